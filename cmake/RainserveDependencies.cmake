@@ -1,0 +1,30 @@
+# Finds every third-party package. All come from Debian 12 packages
+# (scripts/install_deps.sh) or, on the GPU machine, from those packages
+# unpacked into a prefix plus PyTorch's LibTorch (scripts/gpu/build.sh).
+
+find_package(Threads REQUIRED)
+find_package(PkgConfig REQUIRED)
+
+find_package(yaml-cpp CONFIG REQUIRED)
+if(NOT TARGET yaml-cpp::yaml-cpp)
+  # Debian 12's yaml-cpp 0.7 exports a plain `yaml-cpp` target.
+  add_library(yaml-cpp::yaml-cpp ALIAS yaml-cpp)
+endif()
+
+find_package(nlohmann_json 3 CONFIG REQUIRED)
+
+# Protobuf through FindProtobuf; link it through ${Protobuf_LIBRARIES}
+# (the imported target can pick a static archive in an unpacked prefix).
+find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_program(RAINSERVE_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
+
+find_package(prometheus-cpp CONFIG REQUIRED)
+
+# LibTorch: Debian's CPU build here, PyTorch's (CUDA) build on the GPU machine.
+find_package(Torch REQUIRED)
+
+find_package(GTest CONFIG QUIET)
+if(NOT GTest_FOUND)
+  find_package(GTest REQUIRED)
+endif()

@@ -1,0 +1,61 @@
+// Typed server configuration, loaded once from YAML and validated.
+//
+// configs/server.yaml is the reference file; docs/configuration.md lists every
+// key. Nothing past LoadServerConfig sees YAML.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace rainserve {
+
+struct QueueConfig {
+  int64_t max_pending = 64;       // jobs waiting (not running) before RESOURCE_EXHAUSTED
+  double timeout_seconds = 600;   // a job waiting longer than this fails with DEADLINE_EXCEEDED
+};
+
+struct ServerSection {
+  std::string listen_address = "127.0.0.1:50051";   // gRPC, "host:port" (port 0 = any free)
+  std::string metrics_address = "127.0.0.1:9464";   // Prometheus exposer, "host:port"
+  std::string log_level = "info";
+  double drain_timeout_seconds = 30;                // SIGTERM: time running jobs get to finish
+  int64_t max_message_bytes = 4 << 20;              // largest request accepted
+  QueueConfig queue;
+};
+
+// One servable model. Relative paths are resolved against the config file's folder.
+struct ModelEntry {
+  std::string name;          // what clients put in GenerateRequest.model
+  std::string pipeline = "wan";
+  std::string path;          // checkpoint folder (diffusers layout)
+  std::string device = "cpu";  // "cpu" or "cuda:N"
+  std::string dtype = "fp32";  // "fp32" | "bf16" | "fp16"
+  int64_t threads = 0;       // CPU threads for this model's worker; 0 = all cores
+  bool load_at_startup = true;
+};
+
+struct ServerConfig {
+  ServerSection server;
+  std::vector<ModelEntry> models;
+  std::string source;  // file it was loaded from (for messages)
+};
+
+// Parses and validates YAML text. Unknown keys, wrong types and out-of-range
+// values are INVALID_ARGUMENT errors naming the key path.
+// `base_dir` resolves relative model paths ("" leaves them as written).
+StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, const std::string& source,
+                                         const std::string& base_dir);
+
+// Reads and parses a file; NOT_FOUND when it cannot be read.
+StatusOr<ServerConfig> LoadServerConfig(const std::string& path);
+
+// Checks "host:port" (IPv4, [IPv6] or name; port 0..65535).
+Status ValidateHostPort(const std::string& key_path, const std::string& address);
+
+// Reads a whole file into *out; NOT_FOUND / DATA_LOSS with the path on failure.
+Status ReadFile(const std::string& path, std::string* out);
+
+}  // namespace rainserve

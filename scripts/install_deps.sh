@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package RainServe needs to build, test and run.
+# Idempotent: packages already present are left alone and nothing else changes.
+# Usage: scripts/install_deps.sh        (as root, or with sudo available)
+set -euo pipefail
+
+packages=(
+  # toolchain
+  build-essential cmake ninja-build ccache pkg-config git curl ca-certificates
+  # rpc and serialisation
+  libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
+  # configuration, metrics, json
+  libyaml-cpp-dev prometheus-cpp-dev nlohmann-json3-dev
+  # tensors: LibTorch (CPU) and a fast multi-threaded BLAS for it
+  libtorch-dev libopenblas0-openmp
+  # tests
+  libgtest-dev libgmock-dev googletest
+  # tokenizer, images, video
+  libsentencepiece-dev sentencepiece libpng-dev
+  libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install_deps: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+echo "install_deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,114 @@
+// rainserve-server: the RainServe gRPC service.
+//
+//   rainserve-server --config configs/server.yaml [--listen HOST:PORT]
+//                    [--metrics-listen HOST:PORT] [--port-file PATH]
+//
+// Exits 0 after a graceful shutdown on SIGTERM/SIGINT; non-zero with a message
+// on stderr when the configuration is invalid or a port cannot be bound.
+#include <signal.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "common/config.h"
+#include "common/logging.h"
+#include "server/server_app.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: rainserve-server [--config FILE] [--listen HOST:PORT] [--metrics-listen HOST:PORT]\n"
+    "                        [--port-file FILE] [--log-level debug|info|warning|error]\n"
+    "  --config          server YAML (default: configs/server.yaml)\n"
+    "  --listen          gRPC address, overrides server.listen_address (port 0 = any free)\n"
+    "  --metrics-listen  Prometheus address, overrides server.metrics_address\n"
+    "  --port-file       write {\"grpc_port\": N, \"metrics_port\": M} here once serving\n";
+
+struct Flags {
+  std::string config = "configs/server.yaml";
+  std::string listen, metrics_listen, port_file, log_level;
+};
+
+bool ParseFlags(int argc, char** argv, Flags* flags) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](std::string* out) {
+      if (i + 1 >= argc) return false;
+      *out = argv[++i];
+      return true;
+    };
+    bool ok = true;
+    if (arg == "--config") ok = value(&flags->config);
+    else if (arg == "--listen") ok = value(&flags->listen);
+    else if (arg == "--metrics-listen") ok = value(&flags->metrics_listen);
+    else if (arg == "--port-file") ok = value(&flags->port_file);
+    else if (arg == "--log-level") ok = value(&flags->log_level);
+    else if (arg == "--help" || arg == "-h") { std::fputs(kUsage, stdout); std::exit(0); }
+    else ok = false;
+    if (!ok) {
+      std::fprintf(stderr, "rainserve-server: bad argument '%s'\n%s", arg.c_str(), kUsage);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << "{\"grpc_port\": " << grpc_port << ", \"metrics_port\": " << metrics_port << "}\n";
+    if (!out) return false;
+  }
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+int Fail(const rainserve::Status& s) {
+  std::fprintf(stderr, "rainserve-server: %s\n", s.ToString().c_str());
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags flags;
+  if (!ParseFlags(argc, argv, &flags)) return 2;
+
+  // Block the shutdown signals in every thread (gRPC's included); the main
+  // thread takes them synchronously with sigwait below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto config = rainserve::LoadServerConfig(flags.config);
+  if (!config.ok()) return Fail(config.status());
+  rainserve::ServerSection& server = config->server;
+  if (!flags.listen.empty()) server.listen_address = flags.listen;
+  if (!flags.metrics_listen.empty()) server.metrics_address = flags.metrics_listen;
+  if (!flags.log_level.empty()) server.log_level = flags.log_level;
+  if (auto s = rainserve::ValidateHostPort("--listen", server.listen_address); !s.ok()) return Fail(s);
+  if (auto s = rainserve::ValidateHostPort("--metrics-listen", server.metrics_address); !s.ok()) {
+    return Fail(s);
+  }
+  auto level = rainserve::ParseLogLevel(server.log_level);
+  if (!level.ok()) return Fail(level.status());
+  rainserve::SetLogLevel(*level);
+
+  auto app = rainserve::ServerApp::Start(*config);
+  if (!app.ok()) return Fail(app.status());
+  if (!flags.port_file.empty() &&
+      !WritePortFile(flags.port_file, (*app)->grpc_port(), (*app)->metrics_port())) {
+    (*app)->Shutdown();
+    return Fail(rainserve::UnavailableError("cannot write port file '" + flags.port_file + "'"));
+  }
+
+  int received = 0;
+  sigwait(&signals, &received);
+  RAINSERVE_LOG(INFO) << "received " << strsignal(received) << ", shutting down";
+  (*app)->Shutdown();
+  return 0;
+}

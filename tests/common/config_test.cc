@@ -1,0 +1,131 @@
+#include "common/config.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+namespace rainserve {
+namespace {
+
+std::string SourceDir() {
+  const char* dir = std::getenv("RAINSERVE_SOURCE_DIR");
+  return dir ? dir : ".";
+}
+
+// Parses `yaml` and expects INVALID_ARGUMENT whose message starts with `prefix`.
+void ExpectRejected(const std::string& yaml, const std::string& prefix) {
+  auto cfg = ParseServerConfig(yaml, "test.yaml", "/base");
+  ASSERT_FALSE(cfg.ok()) << "accepted:\n" << yaml;
+  EXPECT_EQ(cfg.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(cfg.status().message().rfind(prefix, 0), 0u)
+      << "message: " << cfg.status().message() << "\nexpected prefix: " << prefix;
+}
+
+TEST(ConfigTest, ShippedServerYamlLoads) {
+  auto cfg = LoadServerConfig(SourceDir() + "/configs/server.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_EQ(cfg->server.listen_address, "127.0.0.1:50051");
+  EXPECT_EQ(cfg->server.metrics_address, "127.0.0.1:9464");
+  EXPECT_EQ(cfg->server.queue.max_pending, 64);
+}
+
+TEST(ConfigTest, EmptyDocumentGivesDefaults) {
+  auto cfg = ParseServerConfig("", "empty.yaml", "");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_EQ(cfg->server.queue.max_pending, 64);
+  EXPECT_DOUBLE_EQ(cfg->server.queue.timeout_seconds, 600);
+  EXPECT_TRUE(cfg->models.empty());
+}
+
+TEST(ConfigTest, ValuesAndModelsAreRead) {
+  auto cfg = ParseServerConfig(R"(
+server:
+  listen_address: "0.0.0.0:7000"
+  log_level: debug
+  queue: {max_pending: 3, timeout_seconds: 2.5}
+models:
+  - name: wan-tiny
+    path: models/wan-tiny
+    threads: 2
+  - name: wan-1.3b
+    path: /srv/wan
+    device: "cuda:1"
+    dtype: bf16
+    load_at_startup: false
+)", "t.yaml", "/etc/rainserve");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_EQ(cfg->server.listen_address, "0.0.0.0:7000");
+  EXPECT_EQ(cfg->server.log_level, "debug");
+  EXPECT_EQ(cfg->server.queue.max_pending, 3);
+  EXPECT_DOUBLE_EQ(cfg->server.queue.timeout_seconds, 2.5);
+  ASSERT_EQ(cfg->models.size(), 2u);
+  EXPECT_EQ(cfg->models[0].path, "/etc/rainserve/models/wan-tiny");  // relative -> config dir
+  EXPECT_EQ(cfg->models[0].threads, 2);
+  EXPECT_EQ(cfg->models[1].path, "/srv/wan");
+  EXPECT_EQ(cfg->models[1].device, "cuda:1");
+  EXPECT_EQ(cfg->models[1].dtype, "bf16");
+  EXPECT_FALSE(cfg->models[1].load_at_startup);
+}
+
+TEST(ConfigTest, UnknownKeysAreRejectedWithTheirPath) {
+  ExpectRejected("servr: {}\n", "servr: unknown key");
+  ExpectRejected("server: {listen_adress: 'a:1'}\n", "server.listen_adress: unknown key");
+  ExpectRejected("server: {queue: {max_pendng: 1}}\n", "server.queue.max_pendng: unknown key");
+  ExpectRejected("models: [{name: a, path: p, gpu: 1}]\n", "models[0].gpu: unknown key");
+}
+
+TEST(ConfigTest, WrongTypesAreRejectedWithTheirPath) {
+  ExpectRejected("server: {queue: {max_pending: many}}\n",
+                 "server.queue.max_pending: expected integer >= 1, got 'many'");
+  ExpectRejected("server: {queue: {max_pending: 2.5}}\n",
+                 "server.queue.max_pending: expected integer >= 1");
+  ExpectRejected("server: {queue: [1, 2]}\n", "server.queue: expected a mapping, got a list");
+  ExpectRejected("server: {drain_timeout_seconds: soon}\n",
+                 "server.drain_timeout_seconds: expected number in [0, 86400]");
+  ExpectRejected("models: {name: a}\n", "models: expected a list");
+  ExpectRejected("models: [{name: a, path: p, load_at_startup: maybe}]\n",
+                 "models[0].load_at_startup: expected true or false");
+  ExpectRejected("server: {log_level: loud}\n",
+                 "server.log_level: expected one of debug, info, warning, error, got 'loud'");
+}
+
+TEST(ConfigTest, OutOfRangeValuesAreRejectedWithTheirPath) {
+  ExpectRejected("server: {queue: {max_pending: 0}}\n",
+                 "server.queue.max_pending: expected integer >= 1, got '0'");
+  ExpectRejected("server: {queue: {timeout_seconds: -1}}\n", "server.queue.timeout_seconds:");
+  ExpectRejected("server: {drain_timeout_seconds: 1e9}\n", "server.drain_timeout_seconds:");
+  ExpectRejected("server: {listen_address: 'localhost:70000'}\n",
+                 "server.listen_address: expected \"host:port\"");
+  ExpectRejected("server: {metrics_address: 'nohost'}\n", "server.metrics_address:");
+  ExpectRejected("models: [{name: a, path: p, threads: -1}]\n",
+                 "models[0].threads: expected integer in [0, 1024]");
+}
+
+TEST(ConfigTest, ModelEntriesAreValidated) {
+  ExpectRejected("models: [{path: p}]\n", "models[0].name: required");
+  ExpectRejected("models: [{name: a}]\n", "models[0].path: required");
+  ExpectRejected("models: [{name: 'a b', path: p}]\n", "models[0].name: expected letters");
+  ExpectRejected("models: [{name: a, path: p, device: gpu0}]\n",
+                 "models[0].device: expected \"cpu\" or \"cuda:N\"");
+  ExpectRejected("models: [{name: a, path: p, dtype: int8}]\n", "models[0].dtype: expected one of");
+  ExpectRejected("models: [{name: a, path: p, pipeline: sd3}]\n",
+                 "models[0].pipeline: expected one of wan");
+  ExpectRejected("models: [{name: a, path: p}, {name: a, path: q}]\n",
+                 "models[1].name: duplicate model name 'a'");
+}
+
+TEST(ConfigTest, SyntaxErrorsNameFileAndLine) {
+  ExpectRejected("server:\n  queue: {max_pending: 1\n", "test.yaml:");
+  ExpectRejected("- just\n- a list\n", "(top level): expected a mapping");
+}
+
+TEST(ConfigTest, MissingFileIsNotFound) {
+  auto cfg = LoadServerConfig("/nonexistent/rainserve.yaml");
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_EQ(cfg.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(cfg.status().message().find("/nonexistent/rainserve.yaml"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace rainserve
