@@ -1,0 +1,57 @@
+// The seam between RainFusion2.0 and the hardware: one small interface that
+// every backend (cpu/, cuda/) implements, plus the argument structs it takes.
+//
+// All pointers in the args live where the backend computes (host memory for
+// the CPU backend, device memory for CUDA). Inputs are already permuted
+// (layout.h) and already validated by the caller (torch_adapter.cc): backends
+// trust them.
+#pragma once
+
+#include <cstdint>
+
+#include "attention/types.h"
+#include "common/status.h"
+
+namespace rainserve::attention {
+
+struct MaskArgs {
+  TensorView q, k;             // [B, N, H, D], permuted
+  BlockTableView blocks;       // nb blocks over N
+  float scale = 1.0f;          // softmax scale, usually 1/sqrt(D)
+  double sparsity = 0.0;       // in (0, 1); dense masks are built without prediction
+  int32_t* counts = nullptr;   // out: [B, H, nb]
+  int32_t* indices = nullptr;  // out: [B, H, nb, nb]
+  int64_t* kept = nullptr;     // out: total kept block pairs (one value)
+};
+
+struct ForwardArgs {
+  TensorView q, k, v;          // [B, N, H, D], permuted, same dtype
+  TensorView out;              // [B, N, H, D], dtype of q
+  float* lse = nullptr;        // optional out: [B, H, N] fp32, natural log
+  BlockTableView blocks;
+  BlockMaskView mask;          // [B, H, nb] counts + [B, H, nb, nb] indices
+  float scale = 1.0f;
+};
+
+class AttentionBackend {
+ public:
+  virtual ~AttentionBackend() = default;
+
+  // "cpu-avx512", "cuda-sm90", ... Any thread.
+  virtual const char* Name() const = 0;
+
+  // OK when Forward/PredictMask can run these inputs (dtype, head dim, block
+  // size, strides); otherwise UNIMPLEMENTED/INVALID_ARGUMENT with the reason.
+  // Called by the adapter before every call, from the calling thread.
+  virtual Status Supports(const ForwardArgs& args, int64_t block_size) const = 0;
+
+  // Predicts the block mask (mask.h describes the rule). Called from the
+  // request's worker thread; a failure fails only that call.
+  virtual Status PredictMask(const MaskArgs& args) = 0;
+
+  // Block-sparse attention: for each (b, h, query block) visits only the kept
+  // key blocks with an online softmax in fp32. Dense = every block kept.
+  virtual Status Forward(const ForwardArgs& args) = 0;
+};
+
+}  // namespace rainserve::attention

@@ -1,0 +1,47 @@
+// Synthetic attention inputs for tests and benchmarks (never the server).
+//
+// Random: q, k, v ~ N(0, 1).
+// Structured: q and k whose attention is local in space and time, the way it
+// is in trained video DiTs. Per (batch, head):
+//   u(t, y, x) = sum_m a_m cos(w_m . (t, y, x) + phi_m)      (a smooth field, R^D)
+//   q = gain * u + noise,  k = gain * u + noise              (neighbours look alike)
+//   q, k <- 3D RoPE(t, y, x)  (Wan's split of D between t, h and w)
+// The field's wavelengths are a few tokens in space and a few frames in time,
+// so a query's largest scores fall on nearby tokens; text tokens are plain noise.
+// Everything is produced in the ORIGINAL token order of the layout.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "attention/layout.h"
+#include "attention/types.h"
+
+namespace rainserve::attention::testing {
+
+struct Qkv {
+  int64_t batch = 0, tokens = 0, heads = 0, head_dim = 0;
+  std::vector<float> q, k, v;  // [B, N, H, D] each
+
+  TensorView View(std::vector<float>& x) {
+    return TensorView::Contiguous(x.data(), DType::kFloat32, batch, tokens, heads, head_dim);
+  }
+};
+
+void FillNormal(float* x, int64_t n, uint64_t seed, float stddev = 1.0f);
+
+Qkv RandomQkv(int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim, uint64_t seed);
+
+// gain sets how peaked the attention is (logits ~ gain^2 * sqrt(D) * correlation).
+Qkv StructuredQkv(const TokenLayout& layout, int64_t batch, int64_t heads, int64_t head_dim,
+                  uint64_t seed, float gain = 1.0f);
+
+// Applies `perm` to a [B, N, H, D] float buffer (returns the permuted copy).
+std::vector<float> Permuted(const TokenPermutation& perm, const std::vector<float>& x,
+                            int64_t batch, int64_t heads, int64_t head_dim);
+
+// Cosine similarity and relative L2 error ||a - b|| / ||b||.
+double Cosine(const float* a, const float* b, int64_t n);
+double RelativeL2(const float* a, const float* b, int64_t n);
+
+}  // namespace rainserve::attention::testing

@@ -1,0 +1,72 @@
+// The only bridge between RainFusion2.0 and at::Tensor.
+//
+// A pipeline builds an AttentionPlan once per transformer forward, permutes
+// its hidden states (and RoPE tables) once with PermuteTokens, calls
+// RainFusionAttention in every self-attention layer, and undoes the
+// permutation once with UnpermuteTokens at the end.
+//
+// Inputs are checked here (shape, dtype, device, plan); errors are
+// INVALID_ARGUMENT naming the tensor and what was expected. The backend is
+// chosen by the tensors' device.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "attention/config.h"
+#include "attention/engine.h"
+#include "common/status.h"
+
+namespace rainserve::attention {
+
+struct AttentionStats {
+  bool sparse = false;             // false when the call ran dense
+  int64_t kept_blocks = 0;         // kept (query block, key block) pairs, over B and H
+  int64_t total_blocks = 0;        // all pairs: B * H * nb * nb
+  double realized_sparsity = 0.0;  // 1 - kept / total
+  double mask_seconds = 0.0;       // mask prediction (0 when dense)
+  double attention_seconds = 0.0;  // the attention kernel
+  std::string backend;             // e.g. "cpu-avx512"
+};
+
+// A predicted block mask, on the device of the q it was predicted from.
+struct TorchBlockMask {
+  at::Tensor counts;   // [B, H, nb] int32
+  at::Tensor indices;  // [B, H, nb, nb] int32, ascending within counts
+  int64_t kept = 0;
+  bool dense = false;
+  double mask_seconds = 0.0;
+};
+
+struct AttentionResult {
+  at::Tensor out;  // [B, N, H, D], dtype of q
+  at::Tensor lse;  // [B, H, N] float32 when config.return_lse, else undefined
+  AttentionStats stats;
+};
+
+// q, k, v: [B, N, H, D], N = plan.tokens(), permuted with plan.permutation.
+// Predicts the mask (or uses the dense one) and runs block-sparse attention.
+StatusOr<AttentionResult> RainFusionAttention(AttentionEngine& engine, const at::Tensor& q,
+                                              const at::Tensor& k, const at::Tensor& v,
+                                              const AttentionPlan& plan,
+                                              const AttentionConfig& config);
+
+// The two halves of RainFusionAttention, for sharing one mask across layers
+// (mask_refresh = per step) and for benchmarks.
+StatusOr<TorchBlockMask> PredictBlockMask(AttentionEngine& engine, const at::Tensor& q,
+                                          const at::Tensor& k, const AttentionPlan& plan,
+                                          const AttentionConfig& config);
+StatusOr<AttentionResult> BlockSparseAttention(AttentionEngine& engine, const at::Tensor& q,
+                                               const at::Tensor& k, const at::Tensor& v,
+                                               const AttentionPlan& plan,
+                                               const TorchBlockMask& mask, bool return_lse);
+
+// x: [B, N, ...] (token dim = 1) or a per-token table [N, ...] (token dim = 0).
+// Permute: original order -> plan order; Unpermute: back.
+StatusOr<at::Tensor> PermuteTokens(AttentionEngine& engine, const at::Tensor& x,
+                                   const AttentionPlan& plan, int64_t token_dim = 1);
+StatusOr<at::Tensor> UnpermuteTokens(AttentionEngine& engine, const at::Tensor& x,
+                                     const AttentionPlan& plan, int64_t token_dim = 1);
+
+}  // namespace rainserve::attention
