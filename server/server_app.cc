@@ -3,16 +3,15 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
-#include <prometheus/exposer.h>
 
 #include <chrono>
-#include <exception>
 #include <mutex>
 
 #include "common/logging.h"
 #include "pipelines/registry.h"
 #include "server/build_info.h"
 #include "server/metrics.h"
+#include "server/metrics_http.h"
 #include "server/services.h"
 
 namespace rainserve {
@@ -21,7 +20,7 @@ struct ServerApp::State {
   ServerConfig config;
   std::shared_ptr<prometheus::Registry> registry;
   std::unique_ptr<ServerMetrics> metrics;
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<MetricsHttpServer> exposer;
   std::shared_ptr<std::vector<ModelSlot>> models;
   std::unique_ptr<ModelsService> models_service;
   std::unique_ptr<GenerationService> generation_service;
@@ -74,14 +73,10 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
   st->registry = std::make_shared<prometheus::Registry>();
   st->metrics = std::make_unique<ServerMetrics>(st->registry);
   st->metrics->SetBuildInfo(kVersion, kGitSha, kCudaVersion);
-  try {
-    st->exposer = std::make_unique<prometheus::Exposer>(sc.metrics_address);
-  } catch (const std::exception& e) {
-    return UnavailableError("cannot serve metrics on " + sc.metrics_address + ": " + e.what());
-  }
-  st->exposer->RegisterCollectable(st->registry);
-  const auto metric_ports = st->exposer->GetListeningPorts();
-  st->metrics_port = metric_ports.empty() ? 0 : metric_ports.front();
+  auto exposer = MetricsHttpServer::Start(sc.metrics_address, st->registry);
+  if (!exposer.ok()) return exposer.status().WithPrefix("metrics");
+  st->exposer = std::move(exposer).value();
+  st->metrics_port = st->exposer->port();
 
   st->models = PrepareModels(config);
   st->models_service = std::make_unique<ModelsService>(st->models);

@@ -88,6 +88,8 @@ TEST_F(ServerProcessTest, MetricsEndpointPublishesBuildInfo) {
   EXPECT_NE(body.find("# TYPE rainserve_build_info gauge"), std::string::npos) << body;
   EXPECT_NE(body.find("rainserve_build_info{"), std::string::npos) << body;
   EXPECT_NE(body.find("version=\"0.1.0\""), std::string::npos) << body;
+  EXPECT_NE(testing::HttpGet(server_->metrics_port(), "/nope").find("404 Not Found"),
+            std::string::npos);
 }
 
 TEST_F(ServerProcessTest, GenerationWithoutModelIsUnavailableAndServerKeepsServing) {
