@@ -53,8 +53,9 @@ Qkv StructuredQkv(const TokenLayout& layout, int64_t batch, int64_t heads, int64
       layout.text_placement == TextPlacement::kBefore ? layout.text_tokens : 0;
   // Wan's RoPE split: h and w get 2 * (D / 6) each, t the rest.
   const int64_t dh = 2 * (D / 6), dw = dh, dt = D - dh - dw;
-  constexpr int kModes = 8;
+  constexpr int kModes = 64;
   constexpr double kPi = 3.14159265358979323846;
+  constexpr double kTimeLength = 1.5, kSpaceLength = 3.0;  // correlation lengths
   std::mt19937_64 rng(seed * 7919 + 17);
   std::normal_distribution<double> normal(0.0, 1.0);
   std::uniform_real_distribution<double> phase(0.0, 2.0 * kPi);
@@ -62,13 +63,12 @@ Qkv StructuredQkv(const TokenLayout& layout, int64_t batch, int64_t heads, int64
   std::vector<double> u(static_cast<size_t>(D));
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t h = 0; h < H; ++h) {
-      // Field modes: wavelengths of ~2-6 frames in time, ~4-12 tokens in space.
       double w[kModes][3], phi[kModes];
       std::vector<double> amp(static_cast<size_t>(kModes * D));
       for (int m = 0; m < kModes; ++m) {
-        w[m][0] = 2.0 * kPi / (2.0 + 4.0 * std::abs(normal(rng))) * (normal(rng) > 0 ? 1 : -1);
-        w[m][1] = 2.0 * kPi / (4.0 + 8.0 * std::abs(normal(rng))) * (normal(rng) > 0 ? 1 : -1);
-        w[m][2] = 2.0 * kPi / (4.0 + 8.0 * std::abs(normal(rng))) * (normal(rng) > 0 ? 1 : -1);
+        w[m][0] = normal(rng) / kTimeLength;
+        w[m][1] = normal(rng) / kSpaceLength;
+        w[m][2] = normal(rng) / kSpaceLength;
         phi[m] = phase(rng);
         for (int64_t d = 0; d < D; ++d) amp[m * D + d] = normal(rng) * std::sqrt(2.0 / kModes);
       }

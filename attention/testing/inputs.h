@@ -3,11 +3,14 @@
 // Random: q, k, v ~ N(0, 1).
 // Structured: q and k whose attention is local in space and time, the way it
 // is in trained video DiTs. Per (batch, head):
-//   u(t, y, x) = sum_m a_m cos(w_m . (t, y, x) + phi_m)      (a smooth field, R^D)
+//   u(t, y, x) = sqrt(2/M) sum_m a_m cos(w_m . (t, y, x) + phi_m)   (R^D, M = 64 modes)
+//   a_m ~ N(0, I_D),  w_m ~ N(0, diag(1/lt^2, 1/ls^2, 1/ls^2)),  phi_m ~ U[0, 2pi)
 //   q = gain * u + noise,  k = gain * u + noise              (neighbours look alike)
 //   q, k <- 3D RoPE(t, y, x)  (Wan's split of D between t, h and w)
-// The field's wavelengths are a few tokens in space and a few frames in time,
-// so a query's largest scores fall on nearby tokens; text tokens are plain noise.
+// With random Gaussian frequencies the field's correlation decays like
+// exp(-|dt|^2 / 2lt^2 - |ds|^2 / 2ls^2) (lt = 1.5 frames, ls = 3 tokens), so a
+// query's large scores (about gain^2 sqrt(D) at distance 0) fall on nearby
+// tokens and the rest sit near 0; text tokens are plain noise.
 // Everything is produced in the ORIGINAL token order of the layout.
 #pragma once
 
