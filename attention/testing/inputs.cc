@@ -5,6 +5,18 @@
 
 namespace rainserve::attention::testing {
 
+TokenLayout VideoLayout(int64_t t, int64_t h, int64_t w, int64_t sink, int64_t text,
+                        TextPlacement where) {
+  TokenLayout l;
+  l.frames = t;
+  l.height = h;
+  l.width = w;
+  l.sink_frames = sink;
+  l.text_tokens = text;
+  l.text_placement = text > 0 ? where : TextPlacement::kNone;
+  return l;
+}
+
 void FillNormal(float* x, int64_t n, uint64_t seed, float stddev) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> dist(0.0f, stddev);

@@ -31,6 +31,10 @@ struct Qkv {
   }
 };
 
+// A T x H x W layout with `sink` sink frames and `text` text tokens after the video.
+TokenLayout VideoLayout(int64_t t, int64_t h, int64_t w, int64_t sink = 0, int64_t text = 0,
+                        TextPlacement where = TextPlacement::kAfter);
+
 void FillNormal(float* x, int64_t n, uint64_t seed, float stddev = 1.0f);
 
 Qkv RandomQkv(int64_t batch, int64_t tokens, int64_t heads, int64_t head_dim, uint64_t seed);

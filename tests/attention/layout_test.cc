@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "attention/testing/inputs.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -15,17 +17,7 @@
 namespace rainserve::attention {
 namespace {
 
-TokenLayout Video(int64_t t, int64_t h, int64_t w, int64_t sink = 0, int64_t text = 0,
-                  TextPlacement where = TextPlacement::kNone) {
-  TokenLayout l;
-  l.frames = t;
-  l.height = h;
-  l.width = w;
-  l.sink_frames = sink;
-  l.text_tokens = text;
-  l.text_placement = text > 0 ? where : TextPlacement::kNone;
-  return l;
-}
+using testing::VideoLayout;
 
 // (t, y, x) of an original video token index (no text before).
 std::tuple<int64_t, int64_t, int64_t> Coord(const TokenLayout& l, int64_t idx) {
@@ -39,7 +31,7 @@ TEST(PermutationTest, ApplyThenInvertIsIdentityForManyOddShapes) {
       for (int64_t w : {1, 7, 16, 52}) {
         for (const auto& win : windows) {
           for (int64_t sink : {int64_t{0}, int64_t{1}, t}) {
-            const TokenLayout l = Video(t, h, w, sink, 5, TextPlacement::kAfter);
+            const TokenLayout l = VideoLayout(t, h, w, sink, 5, TextPlacement::kAfter);
             auto perm = BuildPermutation(l, win);
             ASSERT_TRUE(perm.ok()) << perm.status().ToString();
             const int64_t n = l.total_tokens();
@@ -62,7 +54,7 @@ TEST(PermutationTest, ApplyThenInvertIsIdentityForManyOddShapes) {
 }
 
 TEST(PermutationTest, TokensOfOneWindowAreContiguousInRasterOrder) {
-  const TokenLayout l = Video(5, 11, 19);  // partial windows in every dimension
+  const TokenLayout l = VideoLayout(5, 11, 19);  // partial windows in every dimension
   const WindowShape win{2, 8, 8};
   auto perm = BuildPermutation(l, win);
   ASSERT_TRUE(perm.ok());
@@ -93,7 +85,7 @@ TEST(PermutationTest, TokensOfOneWindowAreContiguousInRasterOrder) {
 
 TEST(PermutationTest, SinkFramesFollowWindowsAndTextComesLast) {
   for (TextPlacement where : {TextPlacement::kBefore, TextPlacement::kAfter}) {
-    const TokenLayout l = Video(4, 6, 10, /*sink=*/2, /*text=*/7, where);
+    const TokenLayout l = VideoLayout(4, 6, 10, /*sink=*/2, /*text=*/7, where);
     auto perm = BuildPermutation(l, WindowShape{2, 4, 4});
     ASSERT_TRUE(perm.ok());
     const int64_t text_start = where == TextPlacement::kBefore ? 0 : l.video_tokens();
@@ -117,17 +109,17 @@ TEST(PermutationTest, SinkFramesFollowWindowsAndTextComesLast) {
 }
 
 TEST(PermutationTest, ImageWithWindowLargerThanGridKeepsRasterOrder) {
-  const TokenLayout l = Video(1, 3, 5);
+  const TokenLayout l = VideoLayout(1, 3, 5);
   auto perm = BuildPermutation(l, WindowShape{4, 16, 16});
   ASSERT_TRUE(perm.ok());
   for (int64_t i = 0; i < perm->size(); ++i) EXPECT_EQ(perm->gather[static_cast<size_t>(i)], i);
   EXPECT_EQ(DefaultWindow(l).t, 1);
   EXPECT_EQ(DefaultWindow(l).w, 16);
-  EXPECT_EQ(DefaultWindow(Video(3, 8, 8)).t, 2);
+  EXPECT_EQ(DefaultWindow(VideoLayout(3, 8, 8)).t, 2);
 }
 
 TEST(PermutationTest, WorksOnRowsOfBatchedTensorsAndTables) {
-  const TokenLayout l = Video(3, 4, 5, 1);
+  const TokenLayout l = VideoLayout(3, 4, 5, 1);
   auto perm = BuildPermutation(l, WindowShape{2, 2, 2});
   ASSERT_TRUE(perm.ok());
   const int64_t n = l.total_tokens(), B = 2, row = 3;  // [B, N, 3] floats
@@ -148,7 +140,7 @@ TEST(PermutationTest, WorksOnRowsOfBatchedTensorsAndTables) {
 }
 
 TEST(BlockTableTest, SegmentsNeverShareABlockAndPartialBlocksAreKept) {
-  const TokenLayout l = Video(3, 10, 10, /*sink=*/1, /*text=*/70, TextPlacement::kAfter);
+  const TokenLayout l = VideoLayout(3, 10, 10, /*sink=*/1, /*text=*/70, TextPlacement::kAfter);
   auto table = BuildBlockTable(l, 64);
   ASSERT_TRUE(table.ok());
   // windowed 200 -> 64,64,64,8; sink 100 -> 64,36; text 70 -> 64,6
@@ -162,7 +154,7 @@ TEST(BlockTableTest, SegmentsNeverShareABlockAndPartialBlocksAreKept) {
 }
 
 TEST(BlockTableTest, CanonicalW1ShapeHas257BlocksWith13Forced) {
-  const TokenLayout l = Video(21, 30, 52, 1);
+  const TokenLayout l = VideoLayout(21, 30, 52, 1);
   auto plan = AttentionPlan::Build(l, WindowShape{2, 8, 8}, 128);
   ASSERT_TRUE(plan.ok());
   EXPECT_EQ(plan->tokens(), 32760);
@@ -171,16 +163,16 @@ TEST(BlockTableTest, CanonicalW1ShapeHas257BlocksWith13Forced) {
 }
 
 TEST(LayoutValidationTest, BadLayoutsAndWindowsAreErrors) {
-  EXPECT_EQ(BuildPermutation(Video(0, 4, 4), {}).status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(BuildPermutation(Video(2, 4, 4, 3), {}).status().message().find("sink_frames"),
+  EXPECT_EQ(BuildPermutation(VideoLayout(0, 4, 4), {}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(BuildPermutation(VideoLayout(2, 4, 4, 3), {}).status().message().find("sink_frames"),
             std::string::npos);
-  EXPECT_NE(BuildPermutation(Video(2, 4, 4), WindowShape{0, 8, 8}).status().message().find("window.t"),
+  EXPECT_NE(BuildPermutation(VideoLayout(2, 4, 4), WindowShape{0, 8, 8}).status().message().find("window.t"),
             std::string::npos);
-  TokenLayout text_without_place = Video(1, 2, 2);
+  TokenLayout text_without_place = VideoLayout(1, 2, 2);
   text_without_place.text_tokens = 3;
   EXPECT_FALSE(BuildPermutation(text_without_place, {}).ok());
-  EXPECT_FALSE(BuildBlockTable(Video(1, 2, 2), 0).ok());
-  EXPECT_NE(AttentionPlan::Build(Video(1, 2, 2), {}, 100).status().message().find("block_size"),
+  EXPECT_FALSE(BuildBlockTable(VideoLayout(1, 2, 2), 0).ok());
+  EXPECT_NE(AttentionPlan::Build(VideoLayout(1, 2, 2), {}, 100).status().message().find("block_size"),
             std::string::npos);
 }
 

@@ -16,19 +16,12 @@
 namespace rainserve::attention {
 namespace {
 
+using testing::VideoLayout;
+
 using testing::Qkv;
 
-TokenLayout Video(int64_t t, int64_t h, int64_t w, int64_t sink) {
-  TokenLayout l;
-  l.frames = t;
-  l.height = h;
-  l.width = w;
-  l.sink_frames = sink;
-  return l;
-}
-
 TEST(PoolBlocksTest, MatchesDirectMeanIncludingPartialBlocks) {
-  const TokenLayout l = Video(3, 5, 7, 1);  // 105 tokens: windowed 70, sink 35
+  const TokenLayout l = VideoLayout(3, 5, 7, 1);  // 105 tokens: windowed 70, sink 35
   auto table = BuildBlockTable(l, 16);      // blocks of 16 with partial tails
   ASSERT_TRUE(table.ok());
   Qkv x = testing::RandomQkv(2, l.total_tokens(), 3, 10, 7);
@@ -52,7 +45,7 @@ TEST(PoolBlocksTest, MatchesDirectMeanIncludingPartialBlocks) {
 }
 
 TEST(PoolBlocksTest, ReadsBFloat16) {
-  const TokenLayout l = Video(1, 4, 8, 0);
+  const TokenLayout l = VideoLayout(1, 4, 8, 0);
   auto table = BuildBlockTable(l, 16);
   ASSERT_TRUE(table.ok());
   std::vector<uint16_t> data(32);
@@ -86,7 +79,7 @@ class MaskPredictionTest : public ::testing::TestWithParam<double> {};
 
 TEST_P(MaskPredictionTest, RowsKeepTopKPlusForcedAndSparsityIsACount) {
   const double sparsity = GetParam();
-  const TokenLayout l = Video(5, 8, 12, 1);  // 480 tokens: windowed 384, sink 96
+  const TokenLayout l = VideoLayout(5, 8, 12, 1);  // 480 tokens: windowed 384, sink 96
   auto plan = AttentionPlan::Build(l, WindowShape{2, 4, 4}, 32);
   ASSERT_TRUE(plan.ok());
   const int64_t B = 2, H = 3, D = 16, nb = plan->num_blocks();
@@ -164,7 +157,7 @@ TEST_P(MaskPredictionTest, RowsKeepTopKPlusForcedAndSparsityIsACount) {
 INSTANTIATE_TEST_SUITE_P(Sparsities, MaskPredictionTest, ::testing::Values(0.0, 0.5, 0.8, 0.9));
 
 TEST(MaskPredictionTest2, BatchElementsGetTheirOwnMasks) {
-  const TokenLayout l = Video(4, 8, 8, 0);
+  const TokenLayout l = VideoLayout(4, 8, 8, 0);
   auto plan = AttentionPlan::Build(l, WindowShape{2, 4, 4}, 32);
   ASSERT_TRUE(plan.ok());
   const int64_t N = l.total_tokens(), H = 2, D = 16, nb = plan->num_blocks();

@@ -5,25 +5,20 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "attention/testing/inputs.h"
+
 #include "attention/reference.h"
 
 namespace rainserve::attention {
 namespace {
 
-TokenLayout Video(int64_t t, int64_t h, int64_t w, int64_t sink) {
-  TokenLayout l;
-  l.frames = t;
-  l.height = h;
-  l.width = w;
-  l.sink_frames = sink;
-  return l;
-}
+using testing::VideoLayout;
 
 class TorchAdapterTest : public ::testing::Test {
  protected:
   void SetUp() override {
     at::manual_seed(3);
-    auto plan = AttentionPlan::Build(Video(4, 6, 10, 1), WindowShape{2, 4, 4}, 32);
+    auto plan = AttentionPlan::Build(VideoLayout(4, 6, 10, 1), WindowShape{2, 4, 4}, 32);
     ASSERT_TRUE(plan.ok());
     plan_ = *plan;
   }
