@@ -21,7 +21,8 @@ struct MaskArgs {
   double sparsity = 0.0;       // in (0, 1); dense masks are built without prediction
   int32_t* counts = nullptr;   // out: [B, H, nb]
   int32_t* indices = nullptr;  // out: [B, H, nb, nb]
-  int64_t* kept = nullptr;     // out: total kept block pairs (one value)
+  int64_t* kept = nullptr;     // out: total kept block pairs (one value; CUDA adds to it)
+  void* stream = nullptr;      // cudaStream_t for CUDA backends
 };
 
 struct ForwardArgs {
@@ -31,6 +32,7 @@ struct ForwardArgs {
   BlockTableView blocks;
   BlockMaskView mask;          // [B, H, nb] counts + [B, H, nb, nb] indices
   float scale = 1.0f;
+  void* stream = nullptr;      // cudaStream_t for CUDA backends
 };
 
 class AttentionBackend {
@@ -52,6 +54,13 @@ class AttentionBackend {
   // Block-sparse attention: for each (b, h, query block) visits only the kept
   // key blocks with an online softmax in fp32. Dense = every block kept.
   virtual Status Forward(const ForwardArgs& args) = 0;
+
+  // Token permutation: dst[o][i] = src[o][index[i]] for `outer` groups of
+  // `rows` rows of `row_bytes` bytes (index: `rows` int64 on the backend's
+  // device). Used with the plan's gather index to permute and its scatter
+  // index to un-permute.
+  virtual Status GatherRows(const void* src, void* dst, const int64_t* index, int64_t outer,
+                            int64_t rows, int64_t row_bytes, void* stream) = 0;
 };
 
 }  // namespace rainserve::attention

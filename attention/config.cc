@@ -1,5 +1,6 @@
 #include "attention/config.h"
 
+#include <atomic>
 #include <cmath>
 #include <string>
 
@@ -42,6 +43,8 @@ StatusOr<AttentionPlan> AttentionPlan::Build(const TokenLayout& layout, const Wi
   plan.window = window;
   RAINSERVE_ASSIGN_OR_RETURN(plan.permutation, BuildPermutation(layout, window));
   RAINSERVE_ASSIGN_OR_RETURN(plan.blocks, BuildBlockTable(layout, block_size));
+  static std::atomic<uint64_t> next_id{1};
+  plan.id = next_id.fetch_add(1);
   return plan;
 }
 

@@ -40,6 +40,7 @@ struct AttentionPlan {
   WindowShape window;
   TokenPermutation permutation;
   BlockTable blocks;
+  uint64_t id = 0;  // unique per Build(): keys device copies of the tables
 
   static StatusOr<AttentionPlan> Build(const TokenLayout& layout, const WindowShape& window,
                                        int64_t block_size = 128);

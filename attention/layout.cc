@@ -11,33 +11,6 @@ Status Positive(const char* name, int64_t v) {
   return InvalidArgumentError(std::string(name) + " must be >= 1, got " + std::to_string(v));
 }
 
-// Copies rows dst[o][i] = src[o][index[i]].
-void GatherRows(const std::vector<int64_t>& index, const void* src, void* dst, int64_t outer,
-                int64_t row_bytes, ThreadPool* pool) {
-  const int64_t n = static_cast<int64_t>(index.size());
-  const auto* s = static_cast<const char*>(src);
-  auto* d = static_cast<char*>(dst);
-  // Chunks of rows so that a task moves at least ~256 KiB.
-  const int64_t rows_per_task = std::max<int64_t>(1, (int64_t{256} << 10) / std::max<int64_t>(1, row_bytes));
-  const int64_t tasks_per_outer = (n + rows_per_task - 1) / rows_per_task;
-  auto run = [&](int64_t task, int) {
-    const int64_t o = task / tasks_per_outer;
-    const int64_t begin = (task % tasks_per_outer) * rows_per_task;
-    const int64_t end = std::min(n, begin + rows_per_task);
-    const char* so = s + o * n * row_bytes;
-    char* dO = d + o * n * row_bytes;
-    for (int64_t i = begin; i < end; ++i) {
-      std::memcpy(dO + i * row_bytes, so + index[i] * row_bytes, static_cast<size_t>(row_bytes));
-    }
-  };
-  const int64_t tasks = outer * tasks_per_outer;
-  if (pool != nullptr) {
-    pool->ParallelFor(tasks, run);
-  } else {
-    for (int64_t t = 0; t < tasks; ++t) run(t, 0);
-  }
-}
-
 }  // namespace
 
 WindowShape DefaultWindow(const TokenLayout& layout) {
@@ -145,14 +118,40 @@ StatusOr<BlockTable> BuildBlockTable(const TokenLayout& layout, int64_t block_si
   return table;
 }
 
+void GatherRows(const int64_t* index, int64_t rows, const void* src, void* dst, int64_t outer,
+                int64_t row_bytes, ThreadPool* pool) {
+  const int64_t n = rows;
+  const auto* s = static_cast<const char*>(src);
+  auto* d = static_cast<char*>(dst);
+  // Chunks of rows so that a task moves at least ~256 KiB.
+  const int64_t rows_per_task = std::max<int64_t>(1, (int64_t{256} << 10) / std::max<int64_t>(1, row_bytes));
+  const int64_t tasks_per_outer = (n + rows_per_task - 1) / rows_per_task;
+  auto run = [&](int64_t task, int) {
+    const int64_t o = task / tasks_per_outer;
+    const int64_t begin = (task % tasks_per_outer) * rows_per_task;
+    const int64_t end = std::min(n, begin + rows_per_task);
+    const char* so = s + o * n * row_bytes;
+    char* dO = d + o * n * row_bytes;
+    for (int64_t i = begin; i < end; ++i) {
+      std::memcpy(dO + i * row_bytes, so + index[i] * row_bytes, static_cast<size_t>(row_bytes));
+    }
+  };
+  const int64_t tasks = outer * tasks_per_outer;
+  if (pool != nullptr) {
+    pool->ParallelFor(tasks, run);
+  } else {
+    for (int64_t t = 0; t < tasks; ++t) run(t, 0);
+  }
+}
+
 void ApplyPermutation(const TokenPermutation& perm, const void* src, void* dst, int64_t outer,
                       int64_t row_bytes, ThreadPool* pool) {
-  GatherRows(perm.gather, src, dst, outer, row_bytes, pool);
+  GatherRows(perm.gather.data(), perm.size(), src, dst, outer, row_bytes, pool);
 }
 
 void InvertPermutation(const TokenPermutation& perm, const void* src, void* dst, int64_t outer,
                        int64_t row_bytes, ThreadPool* pool) {
-  GatherRows(perm.scatter, src, dst, outer, row_bytes, pool);
+  GatherRows(perm.scatter.data(), perm.size(), src, dst, outer, row_bytes, pool);
 }
 
 }  // namespace rainserve::attention

@@ -84,6 +84,10 @@ StatusOr<BlockTable> BuildBlockTable(const TokenLayout& layout, int64_t block_si
 // Works for [B, N, H, D] (outer = B, row = H*D elements) and per-token tables
 // such as RoPE (outer = 1, row = table width). src and dst must not overlap.
 // With a pool, rows are copied in parallel.
+// The row gather behind both: dst[o][i] = src[o][index[i]], i < rows.
+void GatherRows(const int64_t* index, int64_t rows, const void* src, void* dst, int64_t outer,
+                int64_t row_bytes, ThreadPool* pool = nullptr);
+
 void ApplyPermutation(const TokenPermutation& perm, const void* src, void* dst, int64_t outer,
                       int64_t row_bytes, ThreadPool* pool = nullptr);
 void InvertPermutation(const TokenPermutation& perm, const void* src, void* dst, int64_t outer,

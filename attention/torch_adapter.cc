@@ -2,7 +2,14 @@
 
 #include <chrono>
 #include <cmath>
+#include <list>
+#include <mutex>
 #include <sstream>
+#include <tuple>
+
+#if RAINSERVE_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace rainserve::attention {
 namespace {
@@ -92,6 +99,56 @@ at::Tensor DenseD(const at::Tensor& t) {
   return t.stride(3) == 1 ? t : t.contiguous();
 }
 
+// The stream kernels for `t` are enqueued on (the current CUDA stream).
+void* StreamFor(const at::Tensor& t) {
+#if RAINSERVE_WITH_CUDA
+  if (t.is_cuda()) return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+#endif
+  (void)t;
+  return nullptr;
+}
+
+// The plan's tables where the backend reads them: views of the host vectors
+// on the CPU, cached device copies elsewhere (a plan is reused by every layer).
+struct PlanTables {
+  at::Tensor starts;   // [nb + 1] int32
+  at::Tensor forced;   // [nb] uint8
+  at::Tensor gather;   // [N] int64
+  at::Tensor scatter;  // [N] int64
+};
+
+PlanTables TablesFor(const AttentionPlan& plan, const at::Device& device) {
+  auto& perm = plan.permutation;
+  auto& blocks = plan.blocks;
+  auto view = [](const void* data, int64_t n, at::ScalarType type) {
+    return at::from_blob(const_cast<void*>(data), {n}, at::TensorOptions().dtype(type));
+  };
+  PlanTables host{view(blocks.starts.data(), blocks.num_blocks() + 1, at::kInt),
+                  view(blocks.forced.data(), blocks.num_blocks(), at::kByte),
+                  view(perm.gather.data(), perm.size(), at::kLong),
+                  view(perm.scatter.data(), perm.size(), at::kLong)};
+  if (device.is_cpu()) return host;
+
+  static std::mutex mutex;
+  static std::list<std::tuple<uint64_t, at::Device, PlanTables>> cache;  // most recent first
+  std::lock_guard<std::mutex> lock(mutex);
+  for (auto it = cache.begin(); it != cache.end(); ++it) {
+    if (std::get<0>(*it) == plan.id && std::get<1>(*it) == device) {
+      cache.splice(cache.begin(), cache, it);
+      return std::get<2>(cache.front());
+    }
+  }
+  PlanTables dev{host.starts.to(device), host.forced.to(device), host.gather.to(device),
+                 host.scatter.to(device)};
+  cache.emplace_front(plan.id, device, dev);
+  if (cache.size() > 16) cache.pop_back();
+  return dev;
+}
+
+BlockTableView BlockView(const PlanTables& t) {
+  return BlockTableView{t.forced.numel(), t.starts.data_ptr<int32_t>(), t.forced.data_ptr<uint8_t>()};
+}
+
 StatusOr<at::Tensor> Reorder(AttentionEngine& engine, const at::Tensor& x,
                              const AttentionPlan& plan, int64_t token_dim, bool inverse) {
   if (!x.defined()) return InvalidArgumentError("x is undefined");
@@ -104,27 +161,18 @@ StatusOr<at::Tensor> Reorder(AttentionEngine& engine, const at::Tensor& x,
                                 " tokens in dim " + std::to_string(token_dim) + ", got " +
                                 ShapeOf(x));
   }
-  const auto& order = inverse ? plan.permutation.scatter : plan.permutation.gather;
-  if (x.is_cpu()) {
-    const at::Tensor src = x.contiguous();
-    at::Tensor dst = at::empty_like(src);
-    int64_t outer = 1, row = src.element_size();
-    for (int64_t i = 0; i < token_dim; ++i) outer *= src.size(i);
-    for (int64_t i = token_dim + 1; i < src.dim(); ++i) row *= src.size(i);
-    if (inverse) {
-      InvertPermutation(plan.permutation, src.data_ptr(), dst.data_ptr(), outer, row,
-                        &engine.cpu().pool());
-    } else {
-      ApplyPermutation(plan.permutation, src.data_ptr(), dst.data_ptr(), outer, row,
-                       &engine.cpu().pool());
-    }
-    return dst;
-  }
-  const at::Tensor index =
-      at::from_blob(const_cast<int64_t*>(order.data()), {static_cast<int64_t>(order.size())},
-                    at::TensorOptions().dtype(at::kLong))
-          .to(x.device());
-  return x.index_select(token_dim, index);
+  RAINSERVE_ASSIGN_OR_RETURN(AttentionBackend * backend, BackendFor(engine, x));
+  const PlanTables tables = TablesFor(plan, x.device());
+  const at::Tensor src = x.contiguous();
+  at::Tensor dst = at::empty_like(src);
+  int64_t outer = 1, row = src.element_size();
+  for (int64_t i = 0; i < token_dim; ++i) outer *= src.size(i);
+  for (int64_t i = token_dim + 1; i < src.dim(); ++i) row *= src.size(i);
+  const at::Tensor& index = inverse ? tables.scatter : tables.gather;
+  RAINSERVE_RETURN_IF_ERROR(backend->GatherRows(src.data_ptr(), dst.data_ptr(),
+                                                index.data_ptr<int64_t>(), outer, plan.tokens(),
+                                                row, StreamFor(x)));
+  return dst;
 }
 
 }  // namespace
@@ -153,10 +201,12 @@ StatusOr<TorchBlockMask> PredictBlockMask(AttentionEngine& engine, const at::Ten
   mask.counts = at::empty({B, H, nb}, int_opts);
   mask.indices = at::empty({B, H, nb, nb}, int_opts);
   at::Tensor kept = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(q.device()));
+  const PlanTables tables = TablesFor(plan, q.device());
   MaskArgs args;
   args.q = ViewOf(qc, dtype);
   args.k = ViewOf(kc, dtype);
-  args.blocks = plan.blocks.view();
+  args.blocks = BlockView(tables);
+  args.stream = StreamFor(q);
   args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(q.size(3))));
   args.sparsity = config.sparsity;
   args.counts = mask.counts.data_ptr<int32_t>();
@@ -197,7 +247,9 @@ StatusOr<AttentionResult> BlockSparseAttention(AttentionEngine& engine, const at
   args.v = ViewOf(vc, dtype);
   args.out = ViewOf(result.out, dtype);
   args.lse = return_lse ? result.lse.data_ptr<float>() : nullptr;
-  args.blocks = plan.blocks.view();
+  const PlanTables tables = TablesFor(plan, q.device());
+  args.blocks = BlockView(tables);
+  args.stream = StreamFor(q);
   const at::Tensor counts = mask.counts.contiguous(), indices = mask.indices.contiguous();
   args.mask = BlockMaskView{B, H, nb, nb, counts.data_ptr<int32_t>(), indices.data_ptr<int32_t>()};
   args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(q.size(3))));

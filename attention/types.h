@@ -6,6 +6,13 @@
 #include <cstdint>
 #include <string>
 
+// Lets the small inline helpers below run in CUDA kernels too.
+#if defined(__CUDACC__)
+#define RAINSERVE_HOST_DEVICE __host__ __device__
+#else
+#define RAINSERVE_HOST_DEVICE
+#endif
+
 namespace rainserve::attention {
 
 enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
@@ -27,7 +34,7 @@ struct TensorView {
                                int64_t d) {
     return TensorView{data, dtype, b, n, h, d, n * h * d, h * d, d};
   }
-  int64_t Offset(int64_t b, int64_t n, int64_t h) const {
+  RAINSERVE_HOST_DEVICE int64_t Offset(int64_t b, int64_t n, int64_t h) const {
     return b * stride_batch + n * stride_token + h * stride_head;
   }
 };
@@ -50,7 +57,7 @@ struct BlockMaskView {
   const int32_t* counts = nullptr;   // [B, H, q_blocks]
   const int32_t* indices = nullptr;  // [B, H, q_blocks, k_blocks]
 
-  int64_t Row(int64_t b, int64_t h, int64_t qb) const {
+  RAINSERVE_HOST_DEVICE int64_t Row(int64_t b, int64_t h, int64_t qb) const {
     return (b * heads + h) * q_blocks + qb;
   }
 };

@@ -7,3 +7,15 @@ cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)"
+
+# The CUDA kernels are torch-free and must compile with this machine's nvcc
+# even without a GPU, so a broken kernel cannot land.
+nvcc_path=$(command -v nvcc || true)
+[ -z "$nvcc_path" ] && [ -x /usr/local/cuda/bin/nvcc ] && nvcc_path=/usr/local/cuda/bin/nvcc
+if [ -n "$nvcc_path" ]; then
+  RAINSERVE_BUILD_DIR=build-cuda-check RAINSERVE_BUILD_TARGET=rainserve_attention_cuda \
+    scripts/build.sh -DRAINSERVE_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc_path" \
+    -DRAINSERVE_BUILD_TESTS=OFF -DRAINSERVE_BUILD_BENCH=OFF
+else
+  echo "test.sh: no nvcc on this machine; skipping the CUDA compile check"
+fi

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "attention/bf16.h"
+#include "attention/layout.h"
 #include "attention/mask.h"
 
 namespace rainserve::attention {
@@ -160,6 +161,12 @@ Status CpuBackend::Forward(const ForwardArgs& args) {
       }
     }
   });
+  return OkStatus();
+}
+
+Status CpuBackend::GatherRows(const void* src, void* dst, const int64_t* index, int64_t outer,
+                              int64_t rows, int64_t row_bytes, void*) {
+  attention::GatherRows(index, rows, src, dst, outer, row_bytes, &pool_);
   return OkStatus();
 }
 

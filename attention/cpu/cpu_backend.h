@@ -29,6 +29,8 @@ class CpuBackend final : public AttentionBackend {
   Status Supports(const ForwardArgs& args, int64_t block_size) const override;
   Status PredictMask(const MaskArgs& args) override;
   Status Forward(const ForwardArgs& args) override;
+  Status GatherRows(const void* src, void* dst, const int64_t* index, int64_t outer, int64_t rows,
+                    int64_t row_bytes, void* stream) override;
 
   ThreadPool& pool() { return pool_; }
   const cpu::KernelSet& kernels() const { return *kernels_; }

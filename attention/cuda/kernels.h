@@ -1,0 +1,55 @@
+// Launchers of the CUDA attention kernels. Torch-free: raw device pointers,
+// strides in elements, a cudaStream_t passed as void*. Every launcher checks
+// the launch and returns INTERNAL with CUDA's message on failure; inputs were
+// validated by CudaBackend::Supports.
+#pragma once
+
+#include <cstdint>
+
+#include "attention/types.h"
+#include "common/status.h"
+
+namespace rainserve::attention::cuda {
+
+// Block-sparse flash attention forward (flash_fwd.cu).
+struct FlashParams {
+  const void* q = nullptr;  // [B, N, H, D] bf16/fp16, D contiguous, 16-byte aligned rows
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;      // [B, N, H, D], dtype of q
+  float* lse = nullptr;     // optional [B, H, N] fp32, natural log
+  int64_t q_stride[3], k_stride[3], v_stride[3], o_stride[3];  // batch, token, head
+  int batch = 0, tokens = 0, heads = 0, head_dim = 0;
+  int num_blocks = 0;
+  const int32_t* block_starts = nullptr;  // device [nb + 1]
+  const int32_t* mask_counts = nullptr;   // device [B, H, nb]
+  const int32_t* mask_indices = nullptr;  // device [B, H, nb, nb]
+  float scale_log2 = 0.0f;                // softmax scale * log2(e)
+  DType dtype = DType::kBFloat16;
+};
+Status LaunchFlashForward(const FlashParams& p, void* stream);
+
+// Mask prediction (mask.cu): pooled means, then per-row scores, top-k and
+// forced blocks, writing the compact mask and the kept total.
+struct MaskParams {
+  TensorView q, k;                        // device, [B, N, H, D]
+  int num_blocks = 0;
+  const int32_t* block_starts = nullptr;  // device [nb + 1]
+  const uint8_t* block_forced = nullptr;  // device [nb]
+  float scale = 1.0f;
+  int top_k = 1;
+  float* pooled = nullptr;                // device workspace [2, B, H, nb, D] fp32
+  int32_t* counts = nullptr;              // device out [B, H, nb]
+  int32_t* indices = nullptr;             // device out [B, H, nb, nb]
+  int64_t* kept = nullptr;                // device out, incremented (zero it first)
+};
+Status LaunchMaskPrediction(const MaskParams& p, void* stream);
+// Largest number of blocks the top-k kernel sorts in shared memory.
+constexpr int kMaxMaskBlocks = 4096;
+
+// Row gather (permute.cu): dst[o][i] = src[o][index[i]] for `outer` groups of
+// `rows` rows of `row_bytes` bytes. `index` is a device array of `rows` int64.
+Status LaunchGatherRows(const void* src, void* dst, const int64_t* index, int64_t outer,
+                        int64_t rows, int64_t row_bytes, void* stream);
+
+}  // namespace rainserve::attention::cuda
