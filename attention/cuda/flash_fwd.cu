@@ -1,8 +1,10 @@
 // Block-sparse flash attention forward for sm_80+ tensor cores (mma.sync
 // m16n8k16, bf16/fp16 in, fp32 accumulate), the first CUDA kernel of the
 // backend. One CTA = one (query block of <= 128 rows, head, batch element);
-// 8 warps x 16 rows. The CTA walks its kept key blocks in 64-key tiles,
-// double-buffered with cp.async, with an online softmax in registers.
+// 4 warps x 32 rows (two m-tiles, so each K/V fragment loaded from shared
+// memory feeds two MMAs). The CTA walks its kept key blocks in 64-key tiles,
+// double-buffered with cp.async, with an online softmax in registers; Q
+// fragments are re-read from shared memory per tile to save registers.
 //
 // Grid: x = query block (fastest), y = head, z = batch, so the query blocks
 // of one head run together and that head's K/V stay in L2.
@@ -14,6 +16,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "attention/cuda/kernels.h"
@@ -23,8 +26,13 @@ namespace {
 
 constexpr int kBlockM = 128;  // query rows per CTA
 constexpr int kBlockN = 64;   // keys per tile
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
+// Warps per CTA for MT m-tiles (16 rows each) per warp: 8 warps x 16 rows or
+// 4 warps x 32 rows. Both are built; kDefaultMTiles is the measured winner
+// (RAINSERVE_FLASH_MTILES=1|2 overrides it for benchmarks).
+// Registers: 8 warps get up to 255 at one CTA per SM, 4 warps up to 255 at two.
+template <int MT>
+__host__ __device__ constexpr int Threads() { return kBlockM / (16 * MT) * 32; }
+constexpr int kDefaultMTiles = 2;
 
 // ---- PTX wrappers ---------------------------------------------------------
 
@@ -99,7 +107,7 @@ __device__ __forceinline__ int Swizzle(int row, int col) {
 
 // Copies `rows` rows of a [*, D] tile (16-byte chunks) starting at token
 // `first`; rows at or past `end` are zero-filled.
-template <int D, typename T>
+template <int D, int kThreads, typename T>
 __device__ __forceinline__ void LoadTile(T* smem, const T* base, int64_t token_stride, int first,
                                          int end, int rows) {
   constexpr int kChunks = D / 8;
@@ -112,8 +120,10 @@ __device__ __forceinline__ void LoadTile(T* smem, const T* base, int64_t token_s
   }
 }
 
-template <int D, typename T>
-__global__ void __launch_bounds__(kThreads, 1) FlashForwardKernel(const FlashParams p) {
+template <int D, typename T, int kMTiles>
+__global__ void __launch_bounds__(Threads<kMTiles>(), kMTiles) FlashForwardKernel(const FlashParams p) {
+  constexpr int kThreads = Threads<kMTiles>();
+  constexpr int kRowsPerWarp = 16 * kMTiles;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + kBlockM * D;
@@ -149,35 +159,30 @@ __global__ void __launch_bounds__(kThreads, 1) FlashForwardKernel(const FlashPar
   };
 
   // Prologue: Q and the first K/V tile.
-  LoadTile<D>(sQ, q + static_cast<int64_t>(q_start) * p.q_stride[1], p.q_stride[1], 0,
+  LoadTile<D, kThreads>(sQ, q + static_cast<int64_t>(q_start) * p.q_stride[1], p.q_stride[1], 0,
               q_end - q_start, kBlockM);
   int cur_block = 0, cur_sub = 0;
-  {
+  if (count > 0) {
     int first, end;
     tile_of(0, 0, first, end);
-    LoadTile<D>(sK, k, p.k_stride[1], first, end, kBlockN);
-    LoadTile<D>(sV, v, p.v_stride[1], first, end, kBlockN);
+    LoadTile<D, kThreads>(sK, k, p.k_stride[1], first, end, kBlockN);
+    LoadTile<D, kThreads>(sV, v, p.v_stride[1], first, end, kBlockN);
   }
   CpAsyncCommit();
 
-  // Q fragments of this warp's 16 rows, kept in registers.
-  constexpr int kSteps = D / 16;
-  uint32_t qf[kSteps][4];
-  CpAsyncWait<0>();
-  __syncthreads();
-  {
-    const int row = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-    for (int s = 0; s < kSteps; ++s) {
-      const int col = s * 16 + (lane / 16) * 8;
-      LdMatrixX4(SmemAddr(sQ + Swizzle<D>(row, col)), qf[s][0], qf[s][1], qf[s][2], qf[s][3]);
-    }
+  constexpr int kSteps = D / 16;   // k-steps of Q K^T
+  constexpr int kOTiles = D / 8;   // n-tiles of O
+  // This warp's rows: kRowsPerWarp from warp * kRowsPerWarp, as m-tiles of 16.
+  // Accumulator rows of m-tile mi: g + 16 mi (c0, c1) and g + 8 + 16 mi (c2, c3).
+  float o[kMTiles][kOTiles][4];
+  for (int mi = 0; mi < kMTiles; ++mi)
+    for (int j = 0; j < kOTiles; ++j) o[mi][j][0] = o[mi][j][1] = o[mi][j][2] = o[mi][j][3] = 0.0f;
+  float m[2 * kMTiles], l[2 * kMTiles];
+  for (int r = 0; r < 2 * kMTiles; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
   }
-
-  constexpr int kOTiles = D / 8;
-  float o[kOTiles][4];
-  for (int j = 0; j < kOTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-  float m[2] = {-INFINITY, -INFINITY};
-  float l[2] = {0.0f, 0.0f};
+  const int q_row = warp * kRowsPerWarp + (lane % 8) + ((lane / 8) % 2) * 8;  // m-tile 0
 
   int buf = 0;
   while (cur_block < count) {
@@ -188,8 +193,8 @@ __global__ void __launch_bounds__(kThreads, 1) FlashForwardKernel(const FlashPar
     if (nxt_block < count) {
       int nfirst, nend;
       tile_of(nxt_block, nxt_sub, nfirst, nend);
-      LoadTile<D>(sK + (buf ^ 1) * kBlockN * D, k, p.k_stride[1], nfirst, nend, kBlockN);
-      LoadTile<D>(sV + (buf ^ 1) * kBlockN * D, v, p.v_stride[1], nfirst, nend, kBlockN);
+      LoadTile<D, kThreads>(sK + (buf ^ 1) * kBlockN * D, k, p.k_stride[1], nfirst, nend, kBlockN);
+      LoadTile<D, kThreads>(sV + (buf ^ 1) * kBlockN * D, v, p.v_stride[1], nfirst, nend, kBlockN);
       CpAsyncCommit();
       CpAsyncWait<1>();
     } else {
@@ -199,31 +204,45 @@ __global__ void __launch_bounds__(kThreads, 1) FlashForwardKernel(const FlashPar
     const T* tk = sK + buf * kBlockN * D;
     const T* tv = sV + buf * kBlockN * D;
 
-    // S = Q K^T: 16 rows x 64 keys per warp, 8 n-tiles.
-    float s[8][4];
-    for (int j = 0; j < 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-    for (int j = 0; j < 8; ++j) {
-      const int key = j * 8 + (lane % 8);
-      for (int st = 0; st < kSteps; st += 2) {
+    // S = Q K^T: kRowsPerWarp rows x 64 keys per warp (m-tiles x 8 n-tiles).
+    float s[kMTiles][8][4];
+    for (int mi = 0; mi < kMTiles; ++mi)
+      for (int j = 0; j < 8; ++j) s[mi][j][0] = s[mi][j][1] = s[mi][j][2] = s[mi][j][3] = 0.0f;
+    for (int st = 0; st < kSteps; st += 2) {
+      uint32_t qf[kMTiles][2][4];
+      for (int mi = 0; mi < kMTiles; ++mi) {
+        for (int e = 0; e < 2; ++e) {
+          const int col = (st + e) * 16 + (lane / 16) * 8;
+          LdMatrixX4(SmemAddr(sQ + Swizzle<D>(q_row + 16 * mi, col)), qf[mi][e][0], qf[mi][e][1],
+                     qf[mi][e][2], qf[mi][e][3]);
+        }
+      }
+      for (int j = 0; j < 8; ++j) {
         uint32_t b0, b1, b2, b3;
+        const int key = j * 8 + (lane % 8);
         const int col = st * 16 + (lane / 8) * 8;
         LdMatrixX4(SmemAddr(tk + Swizzle<D>(key, col)), b0, b1, b2, b3);
-        Mma<T>::Run(s[j], qf[st], b0, b1);
-        Mma<T>::Run(s[j], qf[st + 1], b2, b3);
+        for (int mi = 0; mi < kMTiles; ++mi) {
+          Mma<T>::Run(s[mi][j], qf[mi][0], b0, b1);
+          Mma<T>::Run(s[mi][j], qf[mi][1], b2, b3);
+        }
       }
     }
 
-    // Online softmax (log2 domain) for rows g and g + 8 of this warp.
-    float row_max[2] = {-INFINITY, -INFINITY};
-    for (int j = 0; j < 8; ++j) {
-      for (int e = 0; e < 4; ++e) {
-        const int key = first + j * 8 + 2 * t + (e & 1);
-        s[j][e] = key < end ? s[j][e] * p.scale_log2 : -INFINITY;
-        row_max[e / 2] = fmaxf(row_max[e / 2], s[j][e]);
+    // Online softmax (log2 domain); row r = 2 mi + (e / 2).
+    float row_max[2 * kMTiles];
+    for (int r = 0; r < 2 * kMTiles; ++r) row_max[r] = -INFINITY;
+    for (int mi = 0; mi < kMTiles; ++mi) {
+      for (int j = 0; j < 8; ++j) {
+        for (int e = 0; e < 4; ++e) {
+          const int key = first + j * 8 + 2 * t + (e & 1);
+          s[mi][j][e] = key < end ? s[mi][j][e] * p.scale_log2 : -INFINITY;
+          row_max[2 * mi + e / 2] = fmaxf(row_max[2 * mi + e / 2], s[mi][j][e]);
+        }
       }
     }
-    float alpha[2];
-    for (int r = 0; r < 2; ++r) {
+    float alpha[2 * kMTiles];
+    for (int r = 0; r < 2 * kMTiles; ++r) {
       row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffff, row_max[r], 1));
       row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffff, row_max[r], 2));
       const float m_new = fmaxf(m[r], row_max[r]);
@@ -231,31 +250,40 @@ __global__ void __launch_bounds__(kThreads, 1) FlashForwardKernel(const FlashPar
       m[r] = m_new;
       l[r] *= alpha[r];
     }
-    uint32_t pf[4][4];  // P as the A operand: 4 k-steps of 16 keys
-    for (int j = 0; j < 8; ++j) {
-      const float p0 = exp2f(s[j][0] - m[0]), p1 = exp2f(s[j][1] - m[0]);
-      const float p2 = exp2f(s[j][2] - m[1]), p3 = exp2f(s[j][3] - m[1]);
-      l[0] += p0 + p1;
-      l[1] += p2 + p3;
-      pf[j / 2][(j % 2) * 2 + 0] = Mma<T>::Pack(p0, p1);
-      pf[j / 2][(j % 2) * 2 + 1] = Mma<T>::Pack(p2, p3);
-    }
-    for (int j = 0; j < kOTiles; ++j) {
-      o[j][0] *= alpha[0];
-      o[j][1] *= alpha[0];
-      o[j][2] *= alpha[1];
-      o[j][3] *= alpha[1];
+    for (int mi = 0; mi < kMTiles; ++mi) {
+      for (int j = 0; j < 8; ++j) {
+        for (int e = 0; e < 4; ++e) {
+          const int r = 2 * mi + e / 2;
+          s[mi][j][e] = exp2f(s[mi][j][e] - m[r]);
+          l[r] += s[mi][j][e];
+        }
+      }
+      for (int j = 0; j < kOTiles; ++j) {
+        o[mi][j][0] *= alpha[2 * mi];
+        o[mi][j][1] *= alpha[2 * mi];
+        o[mi][j][2] *= alpha[2 * mi + 1];
+        o[mi][j][3] *= alpha[2 * mi + 1];
+      }
     }
 
-    // O += P V: A = P (16 x 64), B = V tile (64 keys x D) via ldmatrix.trans.
+    // O += P V: A = P (per m-tile 16 x 64), B = V tile via ldmatrix.trans.
     for (int kk = 0; kk < 4; ++kk) {
+      uint32_t pf[kMTiles][4];
+      for (int mi = 0; mi < kMTiles; ++mi) {
+        pf[mi][0] = Mma<T>::Pack(s[mi][2 * kk][0], s[mi][2 * kk][1]);
+        pf[mi][1] = Mma<T>::Pack(s[mi][2 * kk][2], s[mi][2 * kk][3]);
+        pf[mi][2] = Mma<T>::Pack(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
+        pf[mi][3] = Mma<T>::Pack(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
+      }
       const int key = kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
       for (int j = 0; j < kOTiles; j += 2) {
         uint32_t b0, b1, b2, b3;
         const int col = j * 8 + (lane / 16) * 8;
         LdMatrixX4Trans(SmemAddr(tv + Swizzle<D>(key, col)), b0, b1, b2, b3);
-        Mma<T>::Run(o[j], pf[kk], b0, b1);
-        Mma<T>::Run(o[j + 1], pf[kk], b2, b3);
+        for (int mi = 0; mi < kMTiles; ++mi) {
+          Mma<T>::Run(o[mi][j], pf[mi], b0, b1);
+          Mma<T>::Run(o[mi][j + 1], pf[mi], b2, b3);
+        }
       }
     }
     __syncthreads();  // every warp is done with `buf` before it is refilled
@@ -263,21 +291,21 @@ __global__ void __launch_bounds__(kThreads, 1) FlashForwardKernel(const FlashPar
     cur_block = nxt_block;
     cur_sub = nxt_sub;
   }
+  CpAsyncWait<0>();  // Q's group when there were no tiles
 
   // Normalise and store.
-  for (int r = 0; r < 2; ++r) {
+  T* out = static_cast<T*>(p.out) + b * p.o_stride[0] + h * p.o_stride[2];
+  for (int r = 0; r < 2 * kMTiles; ++r) {
     l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
-  }
-  const float inv[2] = {l[0] > 0.0f ? 1.0f / l[0] : 0.0f, l[1] > 0.0f ? 1.0f / l[1] : 0.0f};
-  T* out = static_cast<T*>(p.out) + b * p.o_stride[0] + h * p.o_stride[2];
-  for (int r = 0; r < 2; ++r) {
-    const int row = q_start + warp * 16 + g + r * 8;
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    const int mi = r / 2, half = r % 2;
+    const int row = q_start + warp * kRowsPerWarp + 16 * mi + 8 * half + g;
     if (row >= q_end) continue;
     T* dst = out + static_cast<int64_t>(row) * p.o_stride[1];
     for (int j = 0; j < kOTiles; ++j) {
       *reinterpret_cast<uint32_t*>(dst + j * 8 + 2 * t) =
-          Mma<T>::Pack(o[j][2 * r] * inv[r], o[j][2 * r + 1] * inv[r]);
+          Mma<T>::Pack(o[mi][j][2 * half] * inv, o[mi][j][2 * half + 1] * inv);
     }
     if (p.lse != nullptr && t == 0) {
       p.lse[(static_cast<int64_t>(b) * p.heads + h) * p.tokens + row] =
@@ -286,13 +314,13 @@ __global__ void __launch_bounds__(kThreads, 1) FlashForwardKernel(const FlashPar
   }
 }
 
-template <int D, typename T>
+template <int D, typename T, int MT>
 Status Launch(const FlashParams& p, cudaStream_t stream) {
   constexpr int kSmem = (kBlockM + 4 * kBlockN) * D * static_cast<int>(sizeof(T));
-  auto kernel = FlashForwardKernel<D, T>;
+  auto kernel = FlashForwardKernel<D, T, MT>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err == cudaSuccess) {
-    kernel<<<dim3(p.num_blocks, p.heads, p.batch), kThreads, kSmem, stream>>>(p);
+    kernel<<<dim3(p.num_blocks, p.heads, p.batch), Threads<MT>(), kSmem, stream>>>(p);
     err = cudaGetLastError();
   }
   if (err != cudaSuccess) {
@@ -301,14 +329,27 @@ Status Launch(const FlashParams& p, cudaStream_t stream) {
   return OkStatus();
 }
 
+template <int D, typename T>
+Status LaunchTiles(const FlashParams& p, cudaStream_t stream) {
+  static const int m_tiles = [] {
+    const char* env = std::getenv("RAINSERVE_FLASH_MTILES");
+    return env != nullptr ? std::atoi(env) : kDefaultMTiles;
+  }();
+  return m_tiles == 1 ? Launch<D, T, 1>(p, stream) : Launch<D, T, 2>(p, stream);
+}
+
 }  // namespace
 
 // The one place where runtime dtype and head dim become template arguments.
 Status LaunchFlashForward(const FlashParams& p, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   const bool bf16 = p.dtype == DType::kBFloat16;
-  if (p.head_dim == 128) return bf16 ? Launch<128, __nv_bfloat16>(p, s) : Launch<128, __half>(p, s);
-  if (p.head_dim == 64) return bf16 ? Launch<64, __nv_bfloat16>(p, s) : Launch<64, __half>(p, s);
+  if (p.head_dim == 128) {
+    return bf16 ? LaunchTiles<128, __nv_bfloat16>(p, s) : LaunchTiles<128, __half>(p, s);
+  }
+  if (p.head_dim == 64) {
+    return bf16 ? LaunchTiles<64, __nv_bfloat16>(p, s) : LaunchTiles<64, __half>(p, s);
+  }
   return UnimplementedError("cuda flash forward: head_dim " + std::to_string(p.head_dim) +
                             " (supported: 64, 128)");
 }
