@@ -16,7 +16,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <cstdlib>
 #include <string>
 
 #include "attention/cuda/kernels.h"
@@ -26,13 +25,11 @@ namespace {
 
 constexpr int kBlockM = 128;  // query rows per CTA
 constexpr int kBlockN = 64;   // keys per tile
-// Warps per CTA for MT m-tiles (16 rows each) per warp: 8 warps x 16 rows or
-// 4 warps x 32 rows. Both are built; kDefaultMTiles is the measured winner
-// (RAINSERVE_FLASH_MTILES=1|2 overrides it for benchmarks).
-// Registers: 8 warps get up to 255 at one CTA per SM, 4 warps up to 255 at two.
-template <int MT>
-__host__ __device__ constexpr int Threads() { return kBlockM / (16 * MT) * 32; }
-constexpr int kDefaultMTiles = 2;
+// 4 warps x 32 rows (two m-tiles of 16), two CTAs per SM. Measured on an
+// H200 against 8 warps x 16 rows (one m-tile, Q kept in registers, one CTA
+// per SM): W1 dense 24.7 vs 29.7 ms, W2 dense 420 vs 505 ms (docs/attention.md).
+constexpr int kMTiles = 2;
+constexpr int kThreads = kBlockM / (16 * kMTiles) * 32;
 
 // ---- PTX wrappers ---------------------------------------------------------
 
@@ -107,7 +104,7 @@ __device__ __forceinline__ int Swizzle(int row, int col) {
 
 // Copies `rows` rows of a [*, D] tile (16-byte chunks) starting at token
 // `first`; rows at or past `end` are zero-filled.
-template <int D, int kThreads, typename T>
+template <int D, typename T>
 __device__ __forceinline__ void LoadTile(T* smem, const T* base, int64_t token_stride, int first,
                                          int end, int rows) {
   constexpr int kChunks = D / 8;
@@ -120,9 +117,8 @@ __device__ __forceinline__ void LoadTile(T* smem, const T* base, int64_t token_s
   }
 }
 
-template <int D, typename T, int kMTiles>
-__global__ void __launch_bounds__(Threads<kMTiles>(), kMTiles) FlashForwardKernel(const FlashParams p) {
-  constexpr int kThreads = Threads<kMTiles>();
+template <int D, typename T>
+__global__ void __launch_bounds__(kThreads, 2) FlashForwardKernel(const FlashParams p) {
   constexpr int kRowsPerWarp = 16 * kMTiles;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -159,14 +155,14 @@ __global__ void __launch_bounds__(Threads<kMTiles>(), kMTiles) FlashForwardKerne
   };
 
   // Prologue: Q and the first K/V tile.
-  LoadTile<D, kThreads>(sQ, q + static_cast<int64_t>(q_start) * p.q_stride[1], p.q_stride[1], 0,
+  LoadTile<D>(sQ, q + static_cast<int64_t>(q_start) * p.q_stride[1], p.q_stride[1], 0,
               q_end - q_start, kBlockM);
   int cur_block = 0, cur_sub = 0;
   if (count > 0) {
     int first, end;
     tile_of(0, 0, first, end);
-    LoadTile<D, kThreads>(sK, k, p.k_stride[1], first, end, kBlockN);
-    LoadTile<D, kThreads>(sV, v, p.v_stride[1], first, end, kBlockN);
+    LoadTile<D>(sK, k, p.k_stride[1], first, end, kBlockN);
+    LoadTile<D>(sV, v, p.v_stride[1], first, end, kBlockN);
   }
   CpAsyncCommit();
 
@@ -193,8 +189,8 @@ __global__ void __launch_bounds__(Threads<kMTiles>(), kMTiles) FlashForwardKerne
     if (nxt_block < count) {
       int nfirst, nend;
       tile_of(nxt_block, nxt_sub, nfirst, nend);
-      LoadTile<D, kThreads>(sK + (buf ^ 1) * kBlockN * D, k, p.k_stride[1], nfirst, nend, kBlockN);
-      LoadTile<D, kThreads>(sV + (buf ^ 1) * kBlockN * D, v, p.v_stride[1], nfirst, nend, kBlockN);
+      LoadTile<D>(sK + (buf ^ 1) * kBlockN * D, k, p.k_stride[1], nfirst, nend, kBlockN);
+      LoadTile<D>(sV + (buf ^ 1) * kBlockN * D, v, p.v_stride[1], nfirst, nend, kBlockN);
       CpAsyncCommit();
       CpAsyncWait<1>();
     } else {
@@ -314,13 +310,13 @@ __global__ void __launch_bounds__(Threads<kMTiles>(), kMTiles) FlashForwardKerne
   }
 }
 
-template <int D, typename T, int MT>
+template <int D, typename T>
 Status Launch(const FlashParams& p, cudaStream_t stream) {
   constexpr int kSmem = (kBlockM + 4 * kBlockN) * D * static_cast<int>(sizeof(T));
-  auto kernel = FlashForwardKernel<D, T, MT>;
+  auto kernel = FlashForwardKernel<D, T>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err == cudaSuccess) {
-    kernel<<<dim3(p.num_blocks, p.heads, p.batch), Threads<MT>(), kSmem, stream>>>(p);
+    kernel<<<dim3(p.num_blocks, p.heads, p.batch), kThreads, kSmem, stream>>>(p);
     err = cudaGetLastError();
   }
   if (err != cudaSuccess) {
@@ -329,27 +325,14 @@ Status Launch(const FlashParams& p, cudaStream_t stream) {
   return OkStatus();
 }
 
-template <int D, typename T>
-Status LaunchTiles(const FlashParams& p, cudaStream_t stream) {
-  static const int m_tiles = [] {
-    const char* env = std::getenv("RAINSERVE_FLASH_MTILES");
-    return env != nullptr ? std::atoi(env) : kDefaultMTiles;
-  }();
-  return m_tiles == 1 ? Launch<D, T, 1>(p, stream) : Launch<D, T, 2>(p, stream);
-}
-
 }  // namespace
 
 // The one place where runtime dtype and head dim become template arguments.
 Status LaunchFlashForward(const FlashParams& p, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   const bool bf16 = p.dtype == DType::kBFloat16;
-  if (p.head_dim == 128) {
-    return bf16 ? LaunchTiles<128, __nv_bfloat16>(p, s) : LaunchTiles<128, __half>(p, s);
-  }
-  if (p.head_dim == 64) {
-    return bf16 ? LaunchTiles<64, __nv_bfloat16>(p, s) : LaunchTiles<64, __half>(p, s);
-  }
+  if (p.head_dim == 128) return bf16 ? Launch<128, __nv_bfloat16>(p, s) : Launch<128, __half>(p, s);
+  if (p.head_dim == 64) return bf16 ? Launch<64, __nv_bfloat16>(p, s) : Launch<64, __half>(p, s);
   return UnimplementedError("cuda flash forward: head_dim " + std::to_string(p.head_dim) +
                             " (supported: 64, 128)");
 }

@@ -23,10 +23,11 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
   echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$out/memcheck.log" | tail -4
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
-  mkdir -p /tmp/masks
+  mkdir -p gpu-masks
   build-gpu/bench/attention_gpu_bench --workloads "$workloads" --reps 20 \
-    --out "$out/attention_gpu.json" --mask-dir /tmp/masks 2>&1 | tee "$out/bench.log"
-  PYTHONUNBUFFERED=1 python3 bench/flex_attention_bench.py /tmp/masks "$out/attention_gpu_flex.json" \
-    2>&1 | tee "$out/flex.log" | grep -v Warning
+    --out bench/results/attention_gpu.json --mask-dir gpu-masks 2>&1 | tee "$out/bench.log"
+  PYTHONUNBUFFERED=1 python3 bench/flex_attention_bench.py gpu-masks \
+    bench/results/attention_gpu_flex.json 2>&1 | tee "$out/flex.log" | grep -v Warning
+  cp bench/results/attention_gpu.json bench/results/attention_gpu_flex.json "$out/"
 fi
 echo "total: $(( $(date +%s) - start )) s"
