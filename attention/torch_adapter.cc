@@ -193,6 +193,7 @@ StatusOr<TorchBlockMask> PredictBlockMask(AttentionEngine& engine, const at::Ten
     mask.counts = at::full({B, H, nb}, nb, int_opts);
     mask.indices = at::arange(nb, int_opts).expand({B, H, nb, nb}).contiguous();
     mask.kept = B * H * nb * nb;
+    mask.kept_tensor = at::full({1}, mask.kept, int_opts.dtype(at::kLong));
     return mask;
   }
   const auto start = Clock::now();
@@ -213,7 +214,9 @@ StatusOr<TorchBlockMask> PredictBlockMask(AttentionEngine& engine, const at::Ten
   args.indices = mask.indices.data_ptr<int32_t>();
   args.kept = kept.data_ptr<int64_t>();
   RAINSERVE_RETURN_IF_ERROR(backend->PredictMask(args));
-  mask.kept = kept.item<int64_t>();
+  mask.kept_tensor = kept;
+  // On the CPU the count is already there; a GPU count is read only on demand.
+  if (q.is_cpu()) mask.kept = kept.item<int64_t>();
   mask.mask_seconds = SecondsSince(start);
   return mask;
 }
@@ -262,10 +265,17 @@ StatusOr<AttentionResult> BlockSparseAttention(AttentionEngine& engine, const at
   st.sparse = !mask.dense;
   st.kept_blocks = mask.kept;
   st.total_blocks = B * H * nb * nb;
-  st.realized_sparsity = 1.0 - double(st.kept_blocks) / double(st.total_blocks);
+  st.realized_sparsity = st.kept_blocks < 0
+                             ? std::nan("")
+                             : 1.0 - double(st.kept_blocks) / double(st.total_blocks);
   st.mask_seconds = mask.mask_seconds;
   st.backend = backend->Name();
   return result;
+}
+
+int64_t KeptBlocks(const TorchBlockMask& mask) {
+  if (mask.kept >= 0 || !mask.kept_tensor.defined()) return mask.kept;
+  return mask.kept_tensor.item<int64_t>();
 }
 
 StatusOr<AttentionResult> RainFusionAttention(AttentionEngine& engine, const at::Tensor& q,

@@ -22,9 +22,10 @@ namespace rainserve::attention {
 
 struct AttentionStats {
   bool sparse = false;             // false when the call ran dense
-  int64_t kept_blocks = 0;         // kept (query block, key block) pairs, over B and H
+  int64_t kept_blocks = 0;         // kept (query block, key block) pairs, over B and H;
+                                   // -1 for a GPU mask whose count was not read
   int64_t total_blocks = 0;        // all pairs: B * H * nb * nb
-  double realized_sparsity = 0.0;  // 1 - kept / total
+  double realized_sparsity = 0.0;  // 1 - kept / total (NaN while kept_blocks is -1)
   double mask_seconds = 0.0;       // mask prediction (0 when dense)
   double attention_seconds = 0.0;  // the attention kernel
   std::string backend;             // e.g. "cpu-avx512"
@@ -32,12 +33,16 @@ struct AttentionStats {
 
 // A predicted block mask, on the device of the q it was predicted from.
 struct TorchBlockMask {
-  at::Tensor counts;   // [B, H, nb] int32
-  at::Tensor indices;  // [B, H, nb, nb] int32, ascending within counts
-  int64_t kept = 0;
+  at::Tensor counts;       // [B, H, nb] int32
+  at::Tensor indices;      // [B, H, nb, nb] int32, ascending within counts
+  at::Tensor kept_tensor;  // [1] int64 on the mask's device: kept block pairs
+  int64_t kept = -1;       // the same on the host; -1 until read (GPU masks: reading syncs)
   bool dense = false;
-  double mask_seconds = 0.0;
+  double mask_seconds = 0.0;  // host time (for GPU masks: enqueue time)
 };
+
+// Kept block pairs of `mask`, reading the device count if needed (syncs).
+int64_t KeptBlocks(const TorchBlockMask& mask);
 
 struct AttentionResult {
   at::Tensor out;  // [B, N, H, D], dtype of q

@@ -260,7 +260,7 @@ int main(int argc, char** argv) {
           sparse = Must(BlockSparseAttention(engine, q, k, v, plan, mask, false));
         });
         const at::Tensor sparse_lse = Must(BlockSparseAttention(engine, q, k, v, plan, mask, true)).lse;
-        const double density = double(mask.kept) / double(nb * nb * H);
+        const double density = double(KeptBlocks(mask)) / double(nb * nb * H);
         const at::Tensor so = sparse.out.to(at::kFloat);
         auto r = base("rainserve_sparse");
         r["sparsity"] = sparsity;

@@ -7,6 +7,9 @@ function(rainserve_add_test)
   add_executable(${ARG_NAME} ${ARG_SOURCES})
   target_link_libraries(${ARG_NAME} PRIVATE ${ARG_LIBS} GTest::gtest GTest::gtest_main
                         rainserve_warnings)
+  # Where test data lives when a binary runs outside ctest (ctest also sets
+  # RAINSERVE_SOURCE_DIR in the environment, which wins).
+  target_compile_definitions(${ARG_NAME} PRIVATE RAINSERVE_SOURCE_DIR_DEFAULT="${PROJECT_SOURCE_DIR}")
   add_test(NAME ${ARG_NAME} COMMAND ${ARG_NAME})
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 600)

@@ -10,7 +10,7 @@ namespace {
 
 std::string SourceDir() {
   const char* dir = std::getenv("RAINSERVE_SOURCE_DIR");
-  return dir ? dir : ".";
+  return dir ? dir : RAINSERVE_SOURCE_DIR_DEFAULT;
 }
 
 // Parses `yaml` and expects INVALID_ARGUMENT whose message starts with `prefix`.

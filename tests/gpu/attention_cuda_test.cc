@@ -93,7 +93,7 @@ void RunParity(AttentionEngine& engine, const Case& c) {
 
   auto gpu = BlockSparseAttention(engine, q.cuda(), k.cuda(), v.cuda(), *plan, gpu_mask, true);
   ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
-  EXPECT_EQ(gpu->stats.backend, "cuda-mma");
+  EXPECT_EQ(gpu->stats.backend.rfind("cuda-", 0), 0u);
   auto cpu = BlockSparseAttention(engine, q, k, v, *plan, *cpu_mask, true);
   ASSERT_TRUE(cpu.ok());
 
@@ -188,7 +188,7 @@ TEST_F(CudaAttentionTest, GpuMaskEqualsCpuMaskUpToTies) {
     auto gpu = PredictBlockMask(engine_, q.cuda(), k.cuda(), *plan, cfg);
     ASSERT_TRUE(cpu.ok() && gpu.ok()) << gpu.status().ToString();
     const at::Tensor gc = gpu->counts.cpu(), gi = gpu->indices.cpu();
-    EXPECT_EQ(gpu->kept, gc.sum().item<int64_t>());
+    EXPECT_EQ(KeptBlocks(*gpu), gc.sum().item<int64_t>());
     // Pooled scores on the CPU, to judge any difference as a near-tie.
     std::vector<float> pq(B * H * nb * D), pk(pq.size());
     const at::Tensor qf = q.to(at::kFloat), kf = k.to(at::kFloat);

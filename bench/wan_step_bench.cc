@@ -1,0 +1,184 @@
+// wan_step_bench: whole denoising steps of a Wan2.1-T2V-1.3B-configuration
+// transformer (random bf16 weights) at the W1 shape (480p, 81 frames: latent
+// 21 x 60 x 104, 32,760 tokens), classifier-free guidance batch 2, on the GPU:
+// dense with LibTorch SDPA, dense with our kernel, RainFusion2.0 at 0.8 and
+// 0.9 with the first-frame sink, and 0.8 with 20% dense warm-up steps; plus
+// one block of the 14B configuration at the W2 shape (720p, 75,600 tokens).
+//
+//   build-gpu/bench/wan_step_bench [--steps 5] [--out bench/results/wan_step_gpu.json]
+//
+// Reports seconds per step (median of timed steps after 2 warm-ups, CUDA
+// events), the share of step time in attention, mask prediction and
+// permutation (from a separate synchronised pass), realized sparsity and peak
+// GPU memory of the forward.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <numeric>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "pipelines/wan_transformer.h"
+
+namespace {
+
+using namespace rainserve;
+
+struct Mode {
+  std::string name;
+  SelfAttentionImpl impl;
+  double sparsity;
+  double warmup_fraction;  // share of steps run dense
+};
+
+double MedianMs(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int steps = 5;
+  std::string out_path;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--steps") steps = std::stoi(value);
+    else if (flag == "--out") out_path = value;
+  }
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("%s\n", prop.name);
+  attention::AttentionEngine engine(8);
+  const at::Device cuda(at::kCUDA, 0);
+  nlohmann::json rows = nlohmann::json::array();
+
+  auto run = [&](const char* shape, const WanTransformer& model, int64_t F, int64_t H, int64_t W,
+                 const std::vector<Mode>& modes) {
+    const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(cuda);
+    const WanTransformerConfig& c = model.config();
+    const at::Tensor lat = at::randn({2, c.in_channels, F, H, W}, bf16);
+    const at::Tensor text = at::randn({2, 512, c.text_dim}, bf16);
+    const at::Tensor t = at::full({2}, 900.0, at::TensorOptions().device(cuda));
+    double sdpa_ms = 0;
+    for (const Mode& mode : modes) {
+      WanForwardOptions o;
+      o.engine = &engine;
+      o.impl = mode.impl;
+      o.sparsity = mode.sparsity;
+      o.sink_frames = 1;
+      auto step = [&](int i, WanForwardStats* st) {
+        WanForwardOptions oi = o;
+        if (i < static_cast<int>(mode.warmup_fraction * steps + 0.5)) oi.sparsity = 0.0;
+        auto r = model.Forward(lat, t, text, oi, st);
+        if (!r.ok()) {
+          std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+          std::exit(1);
+        }
+      };
+      for (int i = 0; i < 2; ++i) step(steps, nullptr);  // warm-up (sparse unless dense mode)
+      cudaDeviceSynchronize();
+      c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+      std::vector<double> ms;
+      WanForwardStats st;
+      double realized = 0;
+      int sparse_steps = 0;
+      for (int i = 0; i < steps; ++i) {
+        cudaEvent_t a, b;
+        cudaEventCreate(&a);
+        cudaEventCreate(&b);
+        cudaEventRecord(a);
+        step(i, &st);
+        cudaEventRecord(b);
+        cudaEventSynchronize(b);
+        float e = 0;
+        cudaEventElapsedTime(&e, a, b);
+        ms.push_back(e);
+        if (st.sparse) {
+          realized += st.realized_sparsity;
+          ++sparse_steps;
+        }
+        cudaEventDestroy(a);
+        cudaEventDestroy(b);
+      }
+      const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+      const double peak_gb = static_cast<double>(stats.allocated_bytes[0].peak) / (1 << 30);
+      // A synchronised pass for the time split (slower, not the step time).
+      WanForwardOptions prof = o;
+      prof.synchronize = [] { cudaDeviceSynchronize(); };
+      WanForwardStats ps;
+      cudaDeviceSynchronize();
+      cudaEvent_t a, b;
+      cudaEventCreate(&a);
+      cudaEventCreate(&b);
+      cudaEventRecord(a);
+      if (!model.Forward(lat, t, text, prof, &ps).ok()) return;
+      cudaEventRecord(b);
+      cudaEventSynchronize(b);
+      float prof_ms = 0;
+      cudaEventElapsedTime(&prof_ms, a, b);
+      const double median = mode.warmup_fraction > 0
+                                ? std::accumulate(ms.begin(), ms.end(), 0.0) / ms.size()
+                                : MedianMs(ms);
+      if (mode.impl == SelfAttentionImpl::kTorch) sdpa_ms = median;
+      nlohmann::json r = {{"shape", shape},
+                          {"impl", mode.name},
+                          {"sparsity", mode.sparsity},
+                          {"dense_warmup_fraction", mode.warmup_fraction},
+                          {"s_per_step", median / 1000},
+                          {"steps_timed", steps},
+                          {"realized_sparsity", sparse_steps ? realized / sparse_steps : 0.0},
+                          {"attention_share", ps.attention_seconds * 1000 / prof_ms},
+                          {"mask_share", ps.mask_seconds * 1000 / prof_ms},
+                          {"permute_share", ps.permute_seconds * 1000 / prof_ms},
+                          {"peak_gpu_gb", peak_gb},
+                          {"tokens", ps.tokens}};
+      if (sdpa_ms > 0) r["speedup_vs_sdpa"] = sdpa_ms / median;
+      std::printf("  %-4s %-28s %.3f s/step  x%.2f  attn %.0f%% mask %.2f%% perm %.2f%%  real %.3f  peak %.1f GB\n",
+                  shape, mode.name.c_str(), median / 1000, sdpa_ms > 0 ? sdpa_ms / median : 1.0,
+                  r["attention_share"].get<double>() * 100, r["mask_share"].get<double>() * 100,
+                  r["permute_share"].get<double>() * 100, r["realized_sparsity"].get<double>(), peak_gb);
+      rows.push_back(r);
+    }
+  };
+
+  const std::vector<Mode> modes = {
+      {"torch_sdpa_dense", SelfAttentionImpl::kTorch, 0.0, 0.0},
+      {"rainserve_dense", SelfAttentionImpl::kRainFusion, 0.0, 0.0},
+      {"rainserve_sparse_0.8_sink1", SelfAttentionImpl::kRainFusion, 0.8, 0.0},
+      {"rainserve_sparse_0.9_sink1", SelfAttentionImpl::kRainFusion, 0.9, 0.0},
+      {"rainserve_sparse_0.8_sink1_warmup20", SelfAttentionImpl::kRainFusion, 0.8, 0.2},
+  };
+  {
+    WanTransformerConfig c13;  // Wan2.1-T2V-1.3B
+    c13.num_attention_heads = 12;
+    c13.ffn_dim = 8960;
+    c13.num_layers = 30;
+    auto model = WanTransformer::Random(c13, at::kBFloat16, cuda, 1);
+    run("W1", *model, 21, 60, 104, modes);
+  }
+  {
+    WanTransformerConfig c14;  // Wan2.1-T2V-14B, one block
+    c14.num_attention_heads = 40;
+    c14.ffn_dim = 13824;
+    c14.num_layers = 1;
+    auto model = WanTransformer::Random(c14, at::kBFloat16, cuda, 2);
+    run("W2x1", *model, 21, 90, 160, {modes[0], modes[1], modes[2], modes[3]});
+  }
+  if (!out_path.empty()) {
+    nlohmann::json result = {{"benchmark", "wan_step_gpu"},
+                             {"machine", prop.name},
+                             {"command", "build-gpu/bench/wan_step_bench --steps " + std::to_string(steps) +
+                                             " --out " + out_path},
+                             {"rows", rows}};
+    std::ofstream(out_path) << result.dump(2) << "\n";
+  }
+  return 0;
+}

@@ -1,0 +1,422 @@
+#include "pipelines/wan_transformer.h"
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <sys/stat.h>
+
+#include <torch/version.h>
+
+#include "attention/torch_adapter.h"
+#include "common/config.h"
+#include "pipelines/safetensors.h"
+
+namespace rainserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string ShapeText(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << "]";
+  return o.str();
+}
+
+// LayerNorm over the last dim in fp32, optional affine (fp32 weights).
+at::Tensor Fp32LayerNorm(const at::Tensor& x, double eps, const at::Tensor& w = {},
+                         const at::Tensor& b = {}) {
+  const at::Tensor xf = x.to(at::kFloat);
+  return at::layer_norm(xf, {xf.size(-1)}, w.defined() ? w.to(at::kFloat) : at::Tensor(),
+                        b.defined() ? b.to(at::kFloat) : at::Tensor(), eps);
+}
+
+// RMSNorm over the last dim (all heads together), computed in fp32.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  const at::Tensor xf = x.to(at::kFloat);
+  return (xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps) * w.to(at::kFloat))
+      .to(x.scalar_type());
+}
+
+// Rotates interleaved pairs (x[2i], x[2i+1]) by the per-token angle tables.
+// x: [B, N, H, D]; cos, sin: [N, D/2] fp32.
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const auto sizes = x.sizes().vec();
+  const at::Tensor pairs = x.to(at::kFloat).reshape({sizes[0], sizes[1], sizes[2], sizes[3] / 2, 2});
+  const at::Tensor x1 = pairs.select(-1, 0), x2 = pairs.select(-1, 1);
+  const at::Tensor c = cos.unsqueeze(0).unsqueeze(2), s = sin.unsqueeze(0).unsqueeze(2);
+  return at::stack({x1 * c - x2 * s, x1 * s + x2 * c}, -1).reshape(sizes).to(x.scalar_type());
+}
+
+// Dense attention with LibTorch. q: [B, Nq, H, D], k, v: [B, Nk, H, D].
+at::Tensor TorchAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const at::Tensor qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);
+#if TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(qt, kt, vt).transpose(1, 2);
+#else
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  const at::Tensor scores = at::matmul(qt.to(at::kFloat), kt.to(at::kFloat).transpose(-1, -2)) * scale;
+  return at::matmul(at::softmax(scores, -1), vt.to(at::kFloat)).to(q.scalar_type()).transpose(1, 2);
+#endif
+}
+
+at::Tensor GeluTanh(const at::Tensor& x) { return at::gelu(x, "tanh"); }
+
+// Sinusoidal timestep embedding as diffusers' Timesteps(flip_sin_to_cos=True,
+// downscale_freq_shift=0): [cos(t w_i), sin(t w_i)], w_i = 10000^(-i/half).
+at::Tensor TimestepEmbedding(const at::Tensor& t, int64_t dim) {
+  const int64_t half = dim / 2;
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(t.device());
+  const at::Tensor exponent = at::arange(half, opts) * (-std::log(10000.0) / static_cast<double>(half));
+  const at::Tensor args = t.to(at::kFloat).unsqueeze(1) * at::exp(exponent).unsqueeze(0);
+  return at::cat({at::cos(args), at::sin(args)}, 1);
+}
+
+// Per-token rotary angle tables [N, D/2] (cos, sin) for a F x H x W grid, in
+// raster order: pairs [t | h | w] with t getting D/2 - 2 (D/6) pairs.
+std::pair<at::Tensor, at::Tensor> RopeTables(int64_t head_dim, int64_t f, int64_t h, int64_t w,
+                                             const at::Device& device) {
+  const int64_t dh = 2 * (head_dim / 6), dt = head_dim - 2 * dh;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  auto axis = [&](int64_t dim, int64_t len) {
+    const at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, dim, 2, f64) / static_cast<double>(dim));
+    return at::outer(at::arange(len, f64), inv);  // [len, dim/2]
+  };
+  const at::Tensor at_ = axis(dt, f).view({f, 1, 1, -1}).expand({f, h, w, dt / 2});
+  const at::Tensor ah = axis(dh, h).view({1, h, 1, -1}).expand({f, h, w, dh / 2});
+  const at::Tensor aw = axis(dh, w).view({1, 1, w, -1}).expand({f, h, w, dh / 2});
+  const at::Tensor angles = at::cat({at_, ah, aw}, -1).reshape({f * h * w, head_dim / 2});
+  return {at::cos(angles).to(at::kFloat).to(device), at::sin(angles).to(at::kFloat).to(device)};
+}
+
+}  // namespace
+
+WanTransformer::WanTransformer(WanTransformerConfig config, at::ScalarType dtype, at::Device device)
+    : config_(std::move(config)), dtype_(dtype), device_(device) {}
+
+bool WanTransformer::KeptInFp32(const std::string& name) {
+  return name.find("time_embedder") != std::string::npos ||
+         name.find("scale_shift_table") != std::string::npos ||
+         name.find(".norm1.") != std::string::npos || name.find(".norm2.") != std::string::npos ||
+         name.find(".norm3.") != std::string::npos;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> WanTransformer::ExpectedParameters(
+    const WanTransformerConfig& c) {
+  const int64_t inner = c.inner_dim();
+  std::vector<std::pair<std::string, std::vector<int64_t>>> p;
+  auto linear = [&](const std::string& name, int64_t out, int64_t in) {
+    p.push_back({name + ".weight", {out, in}});
+    p.push_back({name + ".bias", {out}});
+  };
+  p.push_back({"patch_embedding.weight",
+               {inner, c.in_channels, c.patch_size[0], c.patch_size[1], c.patch_size[2]}});
+  p.push_back({"patch_embedding.bias", {inner}});
+  linear("condition_embedder.time_embedder.linear_1", inner, c.freq_dim);
+  linear("condition_embedder.time_embedder.linear_2", inner, inner);
+  linear("condition_embedder.time_proj", 6 * inner, inner);
+  linear("condition_embedder.text_embedder.linear_1", inner, c.text_dim);
+  linear("condition_embedder.text_embedder.linear_2", inner, inner);
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    p.push_back({b + "scale_shift_table", {1, 6, inner}});
+    for (const char* attn : {"attn1", "attn2"}) {
+      for (const char* proj : {"to_q", "to_k", "to_v", "to_out.0"}) {
+        linear(b + attn + "." + proj, inner, inner);
+      }
+      p.push_back({b + attn + ".norm_q.weight", {inner}});
+      p.push_back({b + attn + ".norm_k.weight", {inner}});
+    }
+    if (c.cross_attn_norm) {
+      p.push_back({b + "norm2.weight", {inner}});
+      p.push_back({b + "norm2.bias", {inner}});
+    }
+    linear(b + "ffn.net.0.proj", c.ffn_dim, inner);
+    linear(b + "ffn.net.2", inner, c.ffn_dim);
+  }
+  p.push_back({"scale_shift_table", {1, 2, inner}});
+  const int64_t patch = c.patch_size[0] * c.patch_size[1] * c.patch_size[2];
+  linear("proj_out", c.out_channels * patch, inner);
+  return p;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> WanTransformer::NamedParameters() const {
+  return params_;
+}
+
+std::unique_ptr<WanTransformer> WanTransformer::Random(const WanTransformerConfig& config,
+                                                       at::ScalarType dtype, at::Device device,
+                                                       uint64_t seed) {
+  std::unique_ptr<WanTransformer> model(new WanTransformer(config, dtype, device));
+  at::manual_seed(seed);
+  const int64_t inner = config.inner_dim();
+  const auto expected = ExpectedParameters(config);
+  std::map<std::string, int64_t> fan_in;  // of each layer, from its weight
+  for (const auto& [name, shape] : expected) {
+    if (shape.size() >= 2 && name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0) {
+      int64_t fan = 1;
+      for (size_t i = 1; i < shape.size(); ++i) fan *= shape[i];
+      fan_in[name.substr(0, name.size() - 7)] = fan;
+    }
+  }
+  for (const auto& [name, shape] : expected) {
+    at::Tensor t;
+    const std::string layer = name.substr(0, name.rfind('.'));
+    const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
+    if (name.find("scale_shift_table") != std::string::npos) {
+      t = at::randn(shape, opts) / std::sqrt(static_cast<double>(inner));
+    } else if (name.find("norm_q") != std::string::npos || name.find("norm_k") != std::string::npos ||
+               name.find("norm2.weight") != std::string::npos) {
+      t = at::ones(shape, opts);
+    } else if (name.find("norm2.bias") != std::string::npos) {
+      t = at::zeros(shape, opts);
+    } else {
+      // nn.Linear / nn.Conv3d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+      const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in[layer]));
+      t = at::rand(shape, opts) * (2 * bound) - bound;
+    }
+    model->params_.push_back({name, t.to(KeptInFp32(name) ? at::kFloat : dtype)});
+  }
+  return model;
+}
+
+StatusOr<std::unique_ptr<WanTransformer>> WanTransformer::Load(const std::string& dir,
+                                                               at::ScalarType dtype,
+                                                               at::Device device) {
+  std::string text;
+  RAINSERVE_RETURN_IF_ERROR(ReadFile(dir + "/config.json", &text));
+  RAINSERVE_ASSIGN_OR_RETURN(WanTransformerConfig config,
+                             ParseWanTransformerConfig(text, dir + "/config.json"));
+  RAINSERVE_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(dir));
+  const auto expected = ExpectedParameters(config);
+
+  std::vector<std::string> missing, mismatched, unexpected;
+  std::set<std::string> known;
+  for (const auto& [name, shape] : expected) {
+    known.insert(name);
+    const SafetensorsFile::Entry* e = ckpt.Find(name);
+    if (e == nullptr) {
+      missing.push_back(name);
+    } else if (e->shape != shape) {
+      mismatched.push_back(name + " " + ShapeText(e->shape) + " (config expects " + ShapeText(shape) + ")");
+    }
+  }
+  for (const std::string& name : ckpt.Names()) {
+    // diffusers drops this key of some exports on load too.
+    if (!known.count(name) && name.find("norm_added_q") == std::string::npos) unexpected.push_back(name);
+  }
+  if (!missing.empty() || !mismatched.empty() || !unexpected.empty()) {
+    std::ostringstream m;
+    m << dir << ": checkpoint does not match config.json:";
+    auto list = [&](const char* what, const std::vector<std::string>& v) {
+      if (v.empty()) return;
+      m << " " << v.size() << " " << what << " (";
+      for (size_t i = 0; i < v.size() && i < 5; ++i) m << (i ? ", " : "") << v[i];
+      m << (v.size() > 5 ? ", ...)" : ")") << ";";
+    };
+    list("missing", missing);
+    list("shape mismatch", mismatched);
+    list("unexpected", unexpected);
+    return InvalidArgumentError(m.str());
+  }
+  std::unique_ptr<WanTransformer> model(new WanTransformer(config, dtype, device));
+  for (const auto& [name, shape] : expected) {
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor t,
+                               ckpt.Get(name, KeptInFp32(name) ? at::kFloat : dtype, device));
+    model->params_.push_back({name, t});
+  }
+  return model;
+}
+
+Status WanTransformer::Save(const std::string& dir, int64_t max_shard_bytes) const {
+  ::mkdir(dir.c_str(), 0755);
+  std::ofstream cfg(dir + "/config.json");
+  cfg << WanTransformerConfigJson(config_) << "\n";
+  if (!cfg) return UnavailableError("cannot write " + dir + "/config.json");
+  return WriteCheckpoint(dir, "diffusion_pytorch_model", params_, max_shard_bytes);
+}
+
+StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at::Tensor& timestep,
+                                             const at::Tensor& text,
+                                             const WanForwardOptions& options,
+                                             WanForwardStats* stats) const {
+  const WanTransformerConfig& c = config_;
+  const auto& ps = c.patch_size;
+  if (!latents.defined() || latents.dim() != 5 || latents.size(1) != c.in_channels) {
+    return InvalidArgumentError("latents must be [B, " + std::to_string(c.in_channels) +
+                                ", F, H, W]");
+  }
+  const int64_t B = latents.size(0);
+  if (latents.size(2) % ps[0] || latents.size(3) % ps[1] || latents.size(4) % ps[2]) {
+    return InvalidArgumentError("latent F, H, W must be multiples of the patch size");
+  }
+  if (!timestep.defined() || timestep.dim() != 1 || timestep.size(0) != B) {
+    return InvalidArgumentError("timestep must be [B]");
+  }
+  if (!text.defined() || text.dim() != 3 || text.size(0) != B || text.size(2) != c.text_dim) {
+    return InvalidArgumentError("text must be [B, L, " + std::to_string(c.text_dim) + "]");
+  }
+  const int64_t F = latents.size(2) / ps[0], H = latents.size(3) / ps[1], W = latents.size(4) / ps[2];
+  if (F > c.rope_max_seq_len || H > c.rope_max_seq_len || W > c.rope_max_seq_len) {
+    return InvalidArgumentError("latent grid exceeds rope_max_seq_len " +
+                                std::to_string(c.rope_max_seq_len));
+  }
+  const bool rainfusion = options.impl == SelfAttentionImpl::kRainFusion;
+  if (rainfusion && options.engine == nullptr) {
+    return InvalidArgumentError("kRainFusion needs an attention engine");
+  }
+  const int64_t heads = c.num_attention_heads, hd = c.attention_head_dim, inner = c.inner_dim();
+  const int64_t N = F * H * W;
+  std::map<std::string, const at::Tensor*> p;
+  for (const auto& kv : params_) p[kv.first] = &kv.second;
+  auto P = [&](const std::string& name) -> const at::Tensor& { return *p.at(name); };
+  auto Linear = [&](const at::Tensor& x, const std::string& name) {
+    return at::linear(x, P(name + ".weight"), P(name + ".bias"));
+  };
+  WanForwardStats st;
+  st.tokens = N;
+  auto sync = [&] {
+    if (options.synchronize) options.synchronize();
+  };
+
+  // Patch embedding: [B, C, F, H, W] -> [B, N, inner] in raster order.
+  at::Tensor x = at::conv3d(latents.to(dtype_), P("patch_embedding.weight"),
+                            P("patch_embedding.bias"), {ps[0], ps[1], ps[2]});
+  x = x.flatten(2).transpose(1, 2).contiguous();
+  auto [rope_cos, rope_sin] = RopeTables(hd, F, H, W, device_);
+
+  // Conditioning: temb [B, inner] (fp32 MLP), modulation [B, 6, inner], text [B, L, inner].
+  const at::Tensor ts = TimestepEmbedding(timestep.to(device_), c.freq_dim);
+  at::Tensor temb = Linear(at::silu(Linear(ts, "condition_embedder.time_embedder.linear_1")),
+                           "condition_embedder.time_embedder.linear_2")
+                        .to(dtype_);
+  const at::Tensor tproj =
+      Linear(at::silu(temb), "condition_embedder.time_proj").view({B, 6, inner});
+  const at::Tensor ctx = Linear(GeluTanh(Linear(text.to(device_, dtype_),
+                                                "condition_embedder.text_embedder.linear_1")),
+                                "condition_embedder.text_embedder.linear_2");
+
+  // RainFusion: plan and permutation once for the whole forward.
+  attention::AttentionPlan plan;
+  attention::AttentionConfig attn_cfg;
+  if (rainfusion) {
+    attention::TokenLayout layout;
+    layout.frames = F;
+    layout.height = H;
+    layout.width = W;
+    layout.sink_frames = std::min<int64_t>(std::max<int64_t>(options.sink_frames, 0), F == 1 ? 0 : F);
+    attention::WindowShape window = options.window;
+    if (window.t <= 0 || window.h <= 0 || window.w <= 0) window = attention::DefaultWindow(layout);
+    RAINSERVE_ASSIGN_OR_RETURN(plan, attention::AttentionPlan::Build(layout, window));
+    attn_cfg.sparsity = options.sparsity;
+    attn_cfg.min_sparse_blocks = options.min_sparse_blocks;
+    RAINSERVE_RETURN_IF_ERROR(attention::ValidateConfig(attn_cfg));
+    sync();
+    const auto start = Clock::now();
+    RAINSERVE_ASSIGN_OR_RETURN(x, attention::PermuteTokens(*options.engine, x, plan, 1));
+    RAINSERVE_ASSIGN_OR_RETURN(rope_cos, attention::PermuteTokens(*options.engine, rope_cos, plan, 0));
+    RAINSERVE_ASSIGN_OR_RETURN(rope_sin, attention::PermuteTokens(*options.engine, rope_sin, plan, 0));
+    sync();
+    st.permute_seconds += Since(start);
+  }
+
+  attention::TorchBlockMask shared_mask;
+  bool have_shared_mask = false;
+  // Kept block pairs summed on the mask's device and read once at the end,
+  // so a GPU forward does not wait on the host in every layer.
+  at::Tensor kept_sum;
+  int64_t pairs_total = 0;
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    // shift, scale, gate, c_shift, c_scale, c_gate: each [B, 1, inner] fp32.
+    const auto mod = (P(b + "scale_shift_table") + tproj.to(at::kFloat)).chunk(6, 1);
+
+    // 1. Self-attention.
+    at::Tensor h = (Fp32LayerNorm(x, c.eps) * (1 + mod[1]) + mod[0]).to(dtype_);
+    at::Tensor q = RmsNorm(Linear(h, b + "attn1.to_q"), P(b + "attn1.norm_q.weight"), c.eps);
+    at::Tensor k = RmsNorm(Linear(h, b + "attn1.to_k"), P(b + "attn1.norm_k.weight"), c.eps);
+    at::Tensor v = Linear(h, b + "attn1.to_v").view({B, N, heads, hd});
+    q = ApplyRope(q.view({B, N, heads, hd}), rope_cos, rope_sin);
+    k = ApplyRope(k.view({B, N, heads, hd}), rope_cos, rope_sin);
+    at::Tensor attn;
+    sync();
+    const auto attn_start = Clock::now();
+    double mask_before = st.mask_seconds;
+    if (rainfusion) {
+      attention::AttentionResult r;
+      if (options.mask_refresh == MaskRefresh::kPerStep) {
+        if (!have_shared_mask) {
+          RAINSERVE_ASSIGN_OR_RETURN(shared_mask,
+                                     attention::PredictBlockMask(*options.engine, q, k, plan, attn_cfg));
+          have_shared_mask = true;
+          st.mask_seconds += shared_mask.mask_seconds;
+        }
+        RAINSERVE_ASSIGN_OR_RETURN(
+            r, attention::BlockSparseAttention(*options.engine, q, k, v, plan, shared_mask, false));
+        kept_sum = kept_sum.defined() ? kept_sum + shared_mask.kept_tensor : shared_mask.kept_tensor;
+      } else {
+        RAINSERVE_ASSIGN_OR_RETURN(attention::TorchBlockMask mask,
+                                   attention::PredictBlockMask(*options.engine, q, k, plan, attn_cfg));
+        st.mask_seconds += mask.mask_seconds;
+        RAINSERVE_ASSIGN_OR_RETURN(
+            r, attention::BlockSparseAttention(*options.engine, q, k, v, plan, mask, false));
+        kept_sum = kept_sum.defined() ? kept_sum + mask.kept_tensor : mask.kept_tensor;
+      }
+      st.sparse = st.sparse || r.stats.sparse;
+      pairs_total += r.stats.total_blocks;
+      attn = r.out;
+    } else {
+      attn = TorchAttention(q, k, v);
+    }
+    sync();
+    // Attention time includes the mask prediction of this layer; keep them apart.
+    st.attention_seconds += Since(attn_start) - (st.mask_seconds - mask_before);
+    attn = Linear(attn.reshape({B, N, inner}), b + "attn1.to_out.0");
+    x = (x.to(at::kFloat) + attn * mod[2]).to(dtype_);
+
+    // 2. Cross-attention to the text (always dense).
+    h = c.cross_attn_norm
+            ? Fp32LayerNorm(x, c.eps, P(b + "norm2.weight"), P(b + "norm2.bias")).to(dtype_)
+            : x;
+    const int64_t L = ctx.size(1);
+    q = RmsNorm(Linear(h, b + "attn2.to_q"), P(b + "attn2.norm_q.weight"), c.eps).view({B, N, heads, hd});
+    k = RmsNorm(Linear(ctx, b + "attn2.to_k"), P(b + "attn2.norm_k.weight"), c.eps).view({B, L, heads, hd});
+    v = Linear(ctx, b + "attn2.to_v").view({B, L, heads, hd});
+    attn = Linear(TorchAttention(q, k, v).reshape({B, N, inner}), b + "attn2.to_out.0");
+    x = x + attn;
+
+    // 3. Feed-forward.
+    h = (Fp32LayerNorm(x, c.eps) * (1 + mod[4]) + mod[3]).to(dtype_);
+    const at::Tensor ff = Linear(GeluTanh(Linear(h, b + "ffn.net.0.proj")), b + "ffn.net.2");
+    x = (x.to(at::kFloat) + ff.to(at::kFloat) * mod[5]).to(dtype_);
+  }
+  if (kept_sum.defined() && pairs_total > 0) {
+    st.realized_sparsity = 1.0 - double(kept_sum.item<int64_t>()) / double(pairs_total);
+  }
+
+  if (rainfusion) {
+    sync();
+    const auto start = Clock::now();
+    RAINSERVE_ASSIGN_OR_RETURN(x, attention::UnpermuteTokens(*options.engine, x, plan, 1));
+    sync();
+    st.permute_seconds += Since(start);
+  }
+  // Output modulation: shift, scale from the table and temb; [B, 1, inner].
+  const auto out_mod = (P("scale_shift_table") + temb.to(at::kFloat).unsqueeze(1)).chunk(2, 1);
+  x = (Fp32LayerNorm(x, c.eps) * (1 + out_mod[1]) + out_mod[0]).to(dtype_);
+  x = Linear(x, "proj_out");  // [B, N, out * pt * ph * pw]
+  // Unpatchify: [B, F, H, W, pt, ph, pw, C] -> [B, C, F*pt, H*ph, W*pw].
+  x = x.reshape({B, F, H, W, ps[0], ps[1], ps[2], c.out_channels})
+          .permute({0, 7, 1, 4, 2, 5, 3, 6})
+          .reshape({B, c.out_channels, F * ps[0], H * ps[1], W * ps[2]});
+  if (stats) *stats = st;
+  return x;
+}
+
+}  // namespace rainserve
