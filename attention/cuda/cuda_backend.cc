@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cstdlib>
 #include <string>
 
 #include "attention/config.h"
@@ -23,6 +24,21 @@ Status CheckView(const TensorView& t, const char* name) {
 }
 
 }  // namespace
+
+CudaBackend::CudaBackend() {
+  int device = 0;
+  cudaDeviceProp prop{};
+  const bool hopper = cudaGetDevice(&device) == cudaSuccess &&
+                      cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9;
+  const char* forced = std::getenv("RAINSERVE_FLASH_KERNEL");
+  if (forced != nullptr && std::string(forced) == "mma") {
+    use_wgmma_ = false;
+  } else if (forced != nullptr && std::string(forced) == "wgmma") {
+    use_wgmma_ = hopper;
+  } else {
+    use_wgmma_ = hopper;
+  }
+}
 
 CudaBackend::~CudaBackend() {
   if (workspace_ != nullptr) cudaFree(workspace_);
@@ -109,7 +125,8 @@ Status CudaBackend::Forward(const ForwardArgs& args) {
   p.mask_indices = args.mask.indices;
   p.scale_log2 = args.scale * 1.4426950408889634f;
   p.dtype = args.q.dtype;
-  return cuda::LaunchFlashForward(p, args.stream);
+  return use_wgmma_ ? cuda::LaunchFlashForwardSm90(p, args.stream)
+                    : cuda::LaunchFlashForward(p, args.stream);
 }
 
 Status CudaBackend::GatherRows(const void* src, void* dst, const int64_t* index, int64_t outer,

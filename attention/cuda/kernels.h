@@ -27,7 +27,10 @@ struct FlashParams {
   float scale_log2 = 0.0f;                // softmax scale * log2(e)
   DType dtype = DType::kBFloat16;
 };
+// mma.sync kernel (flash_fwd.cu): any sm_80+ GPU.
 Status LaunchFlashForward(const FlashParams& p, void* stream);
+// wgmma kernel (flash_fwd_sm90.cu): Hopper (compute capability 9.0) only.
+Status LaunchFlashForwardSm90(const FlashParams& p, void* stream);
 
 // Mask prediction (mask.cu): pooled means, then per-row scores, top-k and
 // forced blocks, writing the compact mask and the kept total.
