@@ -33,6 +33,7 @@
 #include "attention/cpu/cpu_backend.h"
 #include "attention/mask.h"
 #include "attention/testing/inputs.h"
+#include "bench/bench_util.h"
 
 namespace {
 
@@ -62,31 +63,12 @@ Timing Time(int reps, const std::function<void()>& fn) {
   return {ms[ms.size() / 2], ms.front(), ms.back()};
 }
 
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, ',');) out.push_back(item);
-  return out;
-}
-
-std::string Today() {
-  const std::time_t now = std::time(nullptr);
-  char buf[16];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::gmtime(&now));
-  return buf;
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown CPU";
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
+  using rainserve::bench::CpuModel;
+  using rainserve::bench::Split;
+  using rainserve::bench::Today;
   std::string workloads = "C1,C2", out_path, sinks = "1,0", inputs = "random,structured";
   int threads = 0, reps = 5;
   float gain = 1.0f;

@@ -13,6 +13,10 @@ endif()
 
 find_package(nlohmann_json 3 CONFIG REQUIRED)
 
+# UMT5 tokenizer (and the trainer used by the tiny-checkpoint generator):
+# headers at build time, the library is loaded at run time.
+pkg_check_modules(SentencePiece REQUIRED IMPORTED_TARGET sentencepiece)
+
 # Protobuf through FindProtobuf; link it through ${Protobuf_LIBRARIES}
 # (the imported target can pick a static archive in an unpacked prefix).
 find_package(Protobuf REQUIRED)
@@ -28,3 +32,11 @@ find_package(GTest CONFIG QUIET)
 if(NOT GTest_FOUND)
   find_package(GTest REQUIRED)
 endif()
+
+# media: PNG (libpng), MP4/H.264 (FFmpeg's libraries) and SHA-256 (OpenSSL).
+if(RAINSERVE_WITH_VIDEO)
+  pkg_check_modules(RainserveLibav REQUIRED IMPORTED_TARGET
+    libavcodec libavformat libavutil libswscale)
+endif()
+pkg_check_modules(RainservePng REQUIRED IMPORTED_TARGET libpng)
+find_package(OpenSSL REQUIRED)

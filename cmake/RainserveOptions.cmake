@@ -18,6 +18,17 @@ if(RAINSERVE_SANITIZE)
   add_link_options(-fsanitize=address,undefined)
 endif()
 
+# Fuzzing: every target gets libFuzzer's coverage instrumentation and the
+# sanitizers; only the fuzz executables link libFuzzer itself (tests/fuzz).
+if(RAINSERVE_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "RAINSERVE_FUZZ needs clang (-DCMAKE_CXX_COMPILER=clang++)")
+  endif()
+  add_compile_options(-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+                      -fno-sanitize-recover=undefined -g)
+  add_link_options(-fsanitize=address,undefined)
+endif()
+
 if(RAINSERVE_ENABLE_CUDA)
   if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
     # Hopper with its architecture-specific features (wgmma, setmaxnreg).

@@ -35,10 +35,98 @@ Status ReadServerSection(YamlMap& m, ServerSection* s) {
       m.Double("drain_timeout_seconds", 0, 86400, &s->drain_timeout_seconds));
   RAINSERVE_RETURN_IF_ERROR(
       m.Int("max_message_bytes", 1024, int64_t{1} << 30, &s->max_message_bytes));
-  return m.Map("queue", [&](YamlMap& q) {
+  RAINSERVE_RETURN_IF_ERROR(m.Map("queue", [&](YamlMap& q) {
     RAINSERVE_RETURN_IF_ERROR(q.Int("max_pending", 1, kIntMax, &s->queue.max_pending));
     return q.Double("timeout_seconds", 0.001, kDoubleMax, &s->queue.timeout_seconds);
+  }));
+  return m.Map("jobs", [&](YamlMap& j) {
+    RAINSERVE_RETURN_IF_ERROR(
+        j.Double("retention_seconds", 0, 7 * 86400, &s->jobs.retention_seconds));
+    return j.Int("max_retained", 1, 1000000, &s->jobs.max_retained);
   });
+}
+
+template <typename T, typename Reader>
+Status Optional(YamlMap& m, const std::string& key, std::optional<T>* out, Reader read) {
+  if (!m.Has(key)) return OkStatus();
+  T value{};
+  RAINSERVE_RETURN_IF_ERROR(read(&value));
+  *out = value;
+  return OkStatus();
+}
+
+Status OptionalInt(YamlMap& m, const std::string& key, int64_t min, int64_t max,
+                   std::optional<int64_t>* out) {
+  return Optional(m, key, out, [&](int64_t* v) { return m.Int(key, min, max, v); });
+}
+
+Status OptionalDouble(YamlMap& m, const std::string& key, double min, double max,
+                      std::optional<double>* out, bool max_exclusive = false) {
+  return Optional(m, key, out, [&](double* v) { return m.Double(key, min, max, v, max_exclusive); });
+}
+
+Status OptionalEnum(YamlMap& m, const std::string& key, const std::vector<std::string>& choices,
+                    std::optional<std::string>* out) {
+  return Optional(m, key, out, [&](std::string* v) { return m.Enum(key, choices, v); });
+}
+
+// models[].defaults; ranges here are sanity bounds, the model's limits apply
+// again when a request is resolved.
+Status ReadModelDefaults(YamlMap& d, ModelDefaultsOverride* o) {
+  RAINSERVE_RETURN_IF_ERROR(OptionalInt(d, "width", 16, 16384, &o->width));
+  RAINSERVE_RETURN_IF_ERROR(OptionalInt(d, "height", 16, 16384, &o->height));
+  RAINSERVE_RETURN_IF_ERROR(OptionalInt(d, "num_frames", 1, 1025, &o->num_frames));
+  RAINSERVE_RETURN_IF_ERROR(OptionalInt(d, "fps", 1, 240, &o->fps));
+  RAINSERVE_RETURN_IF_ERROR(OptionalInt(d, "steps", 1, 1000, &o->steps));
+  RAINSERVE_RETURN_IF_ERROR(OptionalDouble(d, "guidance_scale", 0, 50, &o->guidance_scale));
+  RAINSERVE_RETURN_IF_ERROR(OptionalDouble(d, "flow_shift", 0.001, 100, &o->flow_shift));
+  RAINSERVE_RETURN_IF_ERROR(OptionalEnum(d, "scheduler", {"unipc", "euler"}, &o->scheduler));
+  return d.Map("sparse_attention", [&](YamlMap& s) {
+    RAINSERVE_RETURN_IF_ERROR(OptionalEnum(s, "mode", {"dense", "rainfusion"}, &o->attention_mode));
+    RAINSERVE_RETURN_IF_ERROR(OptionalDouble(s, "sparsity", 0, 1, &o->sparsity, true));
+    RAINSERVE_RETURN_IF_ERROR(OptionalInt(s, "sink_frames", 0, 1024, &o->sink_frames));
+    RAINSERVE_RETURN_IF_ERROR(OptionalInt(s, "dense_warmup_steps", 0, 1000, &o->dense_warmup_steps));
+    RAINSERVE_RETURN_IF_ERROR(OptionalEnum(s, "mask_refresh", {"every_layer", "per_step"},
+                                           &o->mask_refresh));
+    if (s.Has("window")) {
+      std::vector<int64_t> w;
+      RAINSERVE_RETURN_IF_ERROR(s.IntList("window", 1, 64, &w));
+      if (w.size() != 3) {
+        return InvalidArgumentError(s.KeyPath("window") + ": expected [t, h, w]");
+      }
+      o->window = w;
+    }
+    return OkStatus();
+  });
+}
+
+Status ReadPath(YamlMap& m, const std::string& key, const std::string& base_dir,
+                std::string* out) {
+  if (!m.Has(key)) return OkStatus();
+  RAINSERVE_RETURN_IF_ERROR(m.String(key, out));
+  if (!base_dir.empty() && (*out)[0] != '/') *out = base_dir + "/" + *out;
+  return OkStatus();
+}
+
+Status ReadSecurity(YamlMap& m, const std::string& base_dir, SecurityConfig* s) {
+  RAINSERVE_RETURN_IF_ERROR(m.Map("tls", [&](YamlMap& t) {
+    RAINSERVE_RETURN_IF_ERROR(ReadPath(t, "cert_file", base_dir, &s->tls_cert_file));
+    RAINSERVE_RETURN_IF_ERROR(ReadPath(t, "key_file", base_dir, &s->tls_key_file));
+    RAINSERVE_RETURN_IF_ERROR(ReadPath(t, "client_ca_file", base_dir, &s->tls_client_ca_file));
+    if (s->tls_cert_file.empty() != s->tls_key_file.empty()) {
+      return InvalidArgumentError(t.KeyPath("cert_file") + ": cert_file and key_file go together");
+    }
+    if (!s->tls_client_ca_file.empty() && s->tls_cert_file.empty()) {
+      return InvalidArgumentError(t.KeyPath("client_ca_file") +
+                                  ": mutual TLS needs cert_file and key_file");
+    }
+    return OkStatus();
+  }));
+  RAINSERVE_RETURN_IF_ERROR(m.Map("auth", [&](YamlMap& a) {
+    RAINSERVE_RETURN_IF_ERROR(ReadPath(a, "tokens_file", base_dir, &s->tokens_file));
+    return ReadPath(a, "admin_tokens_file", base_dir, &s->admin_tokens_file);
+  }));
+  return m.Bool("model_management", &s->model_management);
 }
 
 Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
@@ -63,7 +151,19 @@ Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
   RAINSERVE_RETURN_IF_ERROR(ValidateDevice(m.KeyPath("device"), e->device));
   RAINSERVE_RETURN_IF_ERROR(m.Enum("dtype", {"fp32", "bf16", "fp16"}, &e->dtype));
   RAINSERVE_RETURN_IF_ERROR(m.Int("threads", 0, 1024, &e->threads));
-  return m.Bool("load_at_startup", &e->load_at_startup);
+  RAINSERVE_RETURN_IF_ERROR(m.Bool("load_at_startup", &e->load_at_startup));
+  RAINSERVE_RETURN_IF_ERROR(m.Map("defaults", [&](YamlMap& d) {
+    return ReadModelDefaults(d, &e->defaults);
+  }));
+  return m.Map("limits", [&](YamlMap& l) {
+    ModelLimitsOverride* o = &e->limits;
+    RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_width", 16, 16384, &o->max_width));
+    RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_height", 16, 16384, &o->max_height));
+    RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_pixels", 256, int64_t{1} << 28, &o->max_pixels));
+    RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_frames", 1, 1025, &o->max_frames));
+    RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_steps", 1, 1000, &o->max_steps));
+    return OptionalInt(l, "max_prompt_tokens", 1, 4096, &o->max_prompt_tokens);
+  });
 }
 
 }  // namespace
@@ -104,6 +204,9 @@ StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, const std
   RAINSERVE_ASSIGN_OR_RETURN(YamlMap root, YamlMap::FromNode(doc, ""));
   RAINSERVE_RETURN_IF_ERROR(root.Map("server", [&](YamlMap& m) {
     return ReadServerSection(m, &cfg.server);
+  }));
+  RAINSERVE_RETURN_IF_ERROR(root.Map("security", [&](YamlMap& m) {
+    return ReadSecurity(m, base_dir, &cfg.security);
   }));
   std::set<std::string> names;
   RAINSERVE_RETURN_IF_ERROR(root.MapList("models", [&](size_t, YamlMap& m) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,11 @@ struct QueueConfig {
   double timeout_seconds = 600;   // a job waiting longer than this fails with DEADLINE_EXCEEDED
 };
 
+struct JobsConfig {
+  double retention_seconds = 600;  // finished jobs stay visible (GetJob, Watch) this long
+  int64_t max_retained = 1000;     // and at most this many finished jobs are kept
+};
+
 struct ServerSection {
   std::string listen_address = "127.0.0.1:50051";   // gRPC, "host:port" (port 0 = any free)
   std::string metrics_address = "127.0.0.1:9464";   // Prometheus exposer, "host:port"
@@ -24,6 +30,27 @@ struct ServerSection {
   double drain_timeout_seconds = 30;                // SIGTERM: time running jobs get to finish
   int64_t max_message_bytes = 4 << 20;              // largest request accepted
   QueueConfig queue;
+  JobsConfig jobs;
+};
+
+// Per-model overrides of the request defaults the checkpoint implies
+// (models[].defaults). Unset fields keep the pipeline's own default.
+struct ModelDefaultsOverride {
+  std::optional<int64_t> width, height, num_frames, fps, steps;
+  std::optional<double> guidance_scale, flow_shift;
+  std::optional<std::string> scheduler;          // "unipc" | "euler"
+  // sparse_attention:
+  std::optional<std::string> attention_mode;     // "dense" | "rainfusion"
+  std::optional<double> sparsity;
+  std::optional<int64_t> sink_frames, dense_warmup_steps;
+  std::optional<std::vector<int64_t>> window;    // [t, h, w] latent tokens
+  std::optional<std::string> mask_refresh;       // "every_layer" | "per_step"
+};
+
+// Per-model request limits (models[].limits); unset keeps the pipeline's.
+struct ModelLimitsOverride {
+  std::optional<int64_t> max_width, max_height, max_pixels, max_frames, max_steps,
+      max_prompt_tokens;
 };
 
 // One servable model. Relative paths are resolved against the config file's folder.
@@ -35,10 +62,28 @@ struct ModelEntry {
   std::string dtype = "fp32";  // "fp32" | "bf16" | "fp16"
   int64_t threads = 0;       // CPU threads for this model's worker; 0 = all cores
   bool load_at_startup = true;
+  ModelDefaultsOverride defaults;
+  ModelLimitsOverride limits;
+};
+
+// security: transport and authentication. Paths are resolved like model paths.
+struct SecurityConfig {
+  // TLS when cert_file and key_file are set; mutual TLS (clients must present
+  // a certificate signed by this CA) when client_ca_file is set too.
+  std::string tls_cert_file, tls_key_file, tls_client_ca_file;
+  // Bearer tokens, one per line ('#' comments). When tokens_file is set every
+  // rainserve.v1 RPC needs "authorization: Bearer <token>"; health and
+  // reflection stay open for probes.
+  std::string tokens_file;
+  // Tokens allowed to call Models.Load/Unload. With auth on and no admin
+  // tokens, model management is refused.
+  std::string admin_tokens_file;
+  bool model_management = true;  // false: Load/Unload are PERMISSION_DENIED
 };
 
 struct ServerConfig {
   ServerSection server;
+  SecurityConfig security;
   std::vector<ModelEntry> models;
   std::string source;  // file it was loaded from (for messages)
 };

@@ -6,6 +6,7 @@
 // (pipelines/registry.h) from a model entry of the server configuration.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -18,6 +19,54 @@
 
 namespace rainserve {
 
+enum class AttentionMode {
+  kDense,       // every block pair computed
+  kRainFusion,  // RainFusion2.0 block-sparse attention
+};
+
+enum class MaskRefresh {
+  kEveryLayer,  // predict a mask in every self-attention layer
+  kPerStep,     // predict it in the first layer and share it for the forward
+};
+
+// Sparse-attention settings of one request (every field resolved).
+struct SparseSettings {
+  AttentionMode mode = AttentionMode::kRainFusion;
+  double sparsity = 0.8;      // fraction of key blocks skipped, [0, 1)
+  int64_t sink_frames = 1;    // leading latent frames attended densely
+  std::array<int64_t, 3> window = {0, 0, 0};  // latent (t, h, w); 0s = model default
+  int64_t dense_warmup_steps = 0;  // first steps run dense
+  MaskRefresh mask_refresh = MaskRefresh::kEveryLayer;
+};
+
+// What a request may ask for (Models.Describe limits).
+struct PipelineLimits {
+  int64_t size_multiple = 16;  // width and height
+  int64_t max_width = 1280;
+  int64_t max_height = 1280;
+  int64_t max_pixels = 1280 * 720;
+  int64_t frame_multiple = 4;  // num_frames = frame_multiple * k + 1
+  int64_t max_frames = 81;
+  int64_t max_steps = 200;
+  int64_t max_prompt_tokens = 512;  // longer prompts are truncated to this
+  int64_t max_prompt_bytes = 16384;  // longer prompts are rejected
+  double max_guidance_scale = 50.0;
+  double max_flow_shift = 100.0;
+};
+
+// What an unset request field becomes (Models.Describe defaults).
+struct PipelineDefaults {
+  int64_t width = 832;
+  int64_t height = 480;
+  int64_t num_frames = 81;
+  int64_t fps = 16;
+  int64_t steps = 50;
+  double guidance_scale = 5.0;
+  double flow_shift = 3.0;
+  std::string scheduler = "unipc";  // "unipc" | "euler"
+  SparseSettings sparse;
+};
+
 // What a model accepts and what it does by default (Models.Describe).
 struct PipelineDescription {
   std::string name;
@@ -26,6 +75,57 @@ struct PipelineDescription {
   std::string device;
   std::string dtype;
   std::vector<std::string> attention_backends;
+  PipelineLimits limits;
+  PipelineDefaults defaults;
+};
+
+// One generation, every field resolved (the server fills defaults).
+struct GenerationRequest {
+  std::string prompt;
+  std::string negative_prompt;
+  uint64_t seed = 0;
+  int64_t steps = 50;
+  double guidance_scale = 5.0;
+  double flow_shift = 3.0;
+  std::string scheduler = "unipc";
+  int64_t width = 832;
+  int64_t height = 480;
+  int64_t num_frames = 81;
+  SparseSettings sparse;
+};
+
+// Reported after every denoising step (stage "denoise") and at the start of
+// the other stages ("text_encode", "decode").
+struct ProgressUpdate {
+  std::string stage;
+  int64_t step = 0;  // steps done (denoise), 0 otherwise
+  int64_t total_steps = 0;
+  double elapsed_seconds = 0.0;  // since Generate() started
+};
+using ProgressCallback = std::function<void(const ProgressUpdate&)>;
+
+struct StepStat {
+  int64_t step = 0;  // 1-based
+  bool sparse = false;
+  double realized_sparsity = 0.0;
+  double seconds = 0.0;
+};
+
+struct GenerationOutput {
+  int64_t width = 0;
+  int64_t height = 0;
+  int64_t num_frames = 0;
+  std::vector<uint8_t> rgb;  // [num_frames, height, width, 3]
+  std::vector<StepStat> steps;
+  double requested_sparsity = 0.0;
+  double realized_sparsity = 0.0;  // mean over sparse steps (0 when none)
+  double text_encode_seconds = 0.0;
+  double denoise_seconds = 0.0;
+  double decode_seconds = 0.0;
+  // Mask prediction, summed over steps and layers (host clock: on a GPU this
+  // is the launch time unless the pipeline synchronises).
+  double mask_seconds = 0.0;
+  uint64_t peak_memory_bytes = 0;  // device memory (CUDA) or process RSS peak (CPU)
 };
 
 // Set by the server (client cancel, deadline, drain); polled by the pipeline
@@ -39,11 +139,35 @@ class CancelToken {
   std::atomic<bool> cancelled_{false};
 };
 
+// Memory of one CUDA device, as the CUDA runtime reports it.
+struct DeviceMemoryInfo {
+  std::string device;  // "cuda:0"
+  uint64_t used_bytes = 0;
+  uint64_t total_bytes = 0;
+};
+// Every CUDA device this process can see; empty in CPU-only builds or
+// without a device. Cheap (one runtime call per device); any thread.
+std::vector<DeviceMemoryInfo> QueryDeviceMemory();
+
+// Checks a resolved request against a model's limits. INVALID_ARGUMENT naming
+// the field (request field names: "width", "sparse_attention.sparsity", ...)
+// and the allowed range. The server calls it at the edge; pipelines call it
+// again so that nothing invalid reaches a model.
+Status ValidateGenerationRequest(const PipelineDescription& model, const GenerationRequest& request);
+
 class Pipeline {
  public:
   virtual ~Pipeline() = default;
   // Called by the server on any thread; cheap and const.
   virtual PipelineDescription Describe() const = 0;
+  // Called by the model's worker thread, one request at a time. Returns
+  // INVALID_ARGUMENT for a request outside the limits, CANCELLED when `cancel`
+  // fired (checked between steps), INTERNAL/RESOURCE_EXHAUSTED for failures of
+  // the model itself; the pipeline stays usable after any of them. `progress`
+  // runs on the worker thread and must not block.
+  virtual StatusOr<GenerationOutput> Generate(const GenerationRequest& request,
+                                              const ProgressCallback& progress,
+                                              const CancelToken& cancel) = 0;
 };
 
 // Creates a pipeline for a configured model entry. Called by the server's

@@ -1,5 +1,7 @@
 #include "pipelines/registry.h"
 
+#include "pipelines/wan_pipeline.h"
+
 namespace rainserve {
 
 Status PipelineRegistry::Register(const std::string& family, PipelineFactory factory) {
@@ -28,8 +30,7 @@ std::vector<std::string> PipelineRegistry::Families() const {
 }
 
 void RegisterBuiltinPipelines(PipelineRegistry* registry) {
-  // The Wan family registers here once it exists.
-  (void)registry;
+  (void)registry->Register("wan", LoadWanPipeline);
 }
 
 }  // namespace rainserve

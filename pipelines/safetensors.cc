@@ -259,7 +259,10 @@ Status WriteSafetensors(const std::string& path,
   std::sort(sorted.begin(), sorted.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
   nlohmann::json header = nlohmann::json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
+  // transformers (before 4.48.2) refuses files without {"format": "pt"}.
+  std::map<std::string, std::string> meta = {{"format", "pt"}};
+  for (const auto& kv : metadata) meta[kv.first] = kv.second;
+  header["__metadata__"] = meta;
   uint64_t offset = 0;
   std::set<std::string> seen;
   for (auto& [name, t] : sorted) {
@@ -327,6 +330,60 @@ Status WriteCheckpoint(const std::string& dir, const std::string& base,
   out << index.dump(2) << "\n";
   if (!out) return UnavailableError("cannot write the index in '" + dir + "'");
   return OkStatus();
+}
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+StatusOr<std::vector<std::string>> MatchCheckpoint(
+    const SafetensorsCheckpoint& ckpt, const std::string& dir,
+    const std::vector<std::pair<std::string, std::vector<int64_t>>>& expected,
+    const std::map<std::string, std::string>& aliases,
+    const std::function<bool(const std::string&)>& ignore) {
+  std::vector<std::string> missing, mismatched, unexpected, stored_names;
+  std::set<std::string> known;
+  auto check_shape = [&](const std::string& name, const std::vector<int64_t>& shape) {
+    const SafetensorsFile::Entry* e = ckpt.Find(name);
+    if (e != nullptr && e->shape != shape) {
+      mismatched.push_back(name + " " + ShapeText(e->shape) + " (config expects " +
+                           ShapeText(shape) + ")");
+    }
+  };
+  for (const auto& [name, shape] : expected) {
+    known.insert(name);
+    std::string stored = name;
+    const auto alias = aliases.find(name);
+    if (alias != aliases.end()) {
+      known.insert(alias->second);
+      check_shape(alias->second, shape);
+      if (!ckpt.Has(name) && ckpt.Has(alias->second)) stored = alias->second;
+    }
+    stored_names.push_back(stored);
+    if (!ckpt.Has(stored)) {
+      missing.push_back(alias != aliases.end() ? name + " (or " + alias->second + ")" : name);
+    } else if (stored == name) {
+      check_shape(name, shape);
+    }
+  }
+  for (const std::string& name : ckpt.Names()) {
+    if (!known.count(name) && !(ignore && ignore(name))) unexpected.push_back(name);
+  }
+  if (missing.empty() && mismatched.empty() && unexpected.empty()) return stored_names;
+  std::ostringstream m;
+  m << dir << ": checkpoint does not match config.json:";
+  auto list = [&](const char* what, const std::vector<std::string>& v) {
+    if (v.empty()) return;
+    m << " " << v.size() << " " << what << " (";
+    for (size_t i = 0; i < v.size() && i < 5; ++i) m << (i ? ", " : "") << v[i];
+    m << (v.size() > 5 ? ", ...)" : ")") << ";";
+  };
+  list("missing", missing);
+  list("shape mismatch", mismatched);
+  list("unexpected", unexpected);
+  return InvalidArgumentError(m.str());
 }
 
 }  // namespace rainserve

@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -81,6 +82,22 @@ Status WriteSafetensors(const std::string& path,
 Status WriteCheckpoint(const std::string& dir, const std::string& base,
                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        int64_t max_shard_bytes);
+
+// "[2, 3, 4]".
+std::string ShapeText(const std::vector<int64_t>& shape);
+
+// Compares a checkpoint with the parameters a model expects (name, shape).
+// `aliases` maps an expected name to another stored name accepted for it
+// (tied weights stored under either name); stored names for which `ignore`
+// returns true are not "unexpected". Returns, per expected parameter, the
+// stored name to read; otherwise INVALID_ARGUMENT "<dir>: checkpoint does not
+// match config.json: N missing (...); N shape mismatch (...); N unexpected
+// (...);" listing the first five of each kind.
+StatusOr<std::vector<std::string>> MatchCheckpoint(
+    const SafetensorsCheckpoint& ckpt, const std::string& dir,
+    const std::vector<std::pair<std::string, std::vector<int64_t>>>& expected,
+    const std::map<std::string, std::string>& aliases = {},
+    const std::function<bool(const std::string&)>& ignore = nullptr);
 
 // "F32" <-> at::kFloat etc.; unknown names are errors.
 StatusOr<at::ScalarType> SafetensorsDType(const std::string& name);

@@ -1,4 +1,5 @@
 #include "pipelines/wan_config.h"
+#include "pipelines/json_config.h"
 
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -8,22 +9,8 @@ namespace {
 
 using nlohmann::json;
 
-Status KeyError(const std::string& source, const std::string& key, const std::string& what) {
-  return InvalidArgumentError(source + ": " + key + ": " + what);
-}
-
-Status ReadInt(const json& j, const std::string& source, const char* key, int64_t min, int64_t max,
-               int64_t* out) {
-  if (!j.contains(key)) return OkStatus();
-  const json& v = j[key];
-  if (!v.is_number_integer() || v.get<int64_t>() < min || v.get<int64_t>() > max) {
-    return KeyError(source, key,
-                    "expected integer in [" + std::to_string(min) + ", " + std::to_string(max) +
-                        "], got " + v.dump());
-  }
-  *out = v.get<int64_t>();
-  return OkStatus();
-}
+using config_json::KeyError;
+using config_json::ReadInt;
 
 }  // namespace
 

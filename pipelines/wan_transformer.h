@@ -30,6 +30,7 @@
 #include "attention/config.h"
 #include "attention/engine.h"
 #include "common/status.h"
+#include "pipelines/pipeline.h"
 #include "pipelines/wan_config.h"
 
 namespace rainserve {
@@ -37,11 +38,6 @@ namespace rainserve {
 enum class SelfAttentionImpl {
   kRainFusion,  // our kernels: block-sparse, or dense when sparsity is 0
   kTorch,       // plain LibTorch attention in the original token order
-};
-
-enum class MaskRefresh {
-  kEveryLayer,  // predict a mask in every self-attention layer
-  kPerStep,     // predict it in the first layer and share it for the forward
 };
 
 struct WanForwardOptions {

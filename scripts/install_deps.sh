@@ -13,11 +13,18 @@ packages=(
   libyaml-cpp-dev prometheus-cpp-dev nlohmann-json3-dev
   # tensors: LibTorch (CPU) and a fast multi-threaded BLAS for it
   libtorch-dev libopenblas0-openmp
-  # tests
-  libgtest-dev libgmock-dev googletest
+  # tests (openssl: certificates for the TLS end-to-end tests)
+  libgtest-dev libgmock-dev googletest openssl
   # tokenizer, images, video
   libsentencepiece-dev sentencepiece libpng-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
+  # artifact checksums (SHA-256)
+  libssl-dev
+  # the Python example client (stubs are generated at build time)
+  python3 python3-grpcio python3-protobuf
+  # deployment checks (tests/deploy): a real Prometheus and promtool, the
+  # compose-file validator (no Docker engine), YAML for the manifests
+  prometheus docker-compose python3-yaml
 )
 
 missing=()

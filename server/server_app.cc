@@ -10,9 +10,14 @@
 #include "common/logging.h"
 #include "pipelines/registry.h"
 #include "server/build_info.h"
+#include "server/generation_service.h"
 #include "server/metrics.h"
 #include "server/metrics_http.h"
+#include "server/model_manager.h"
 #include "server/services.h"
+#include "media/artifacts.h"
+#include "media/ffmpeg_log.h"
+#include "server/auth.h"
 
 namespace rainserve {
 
@@ -21,10 +26,14 @@ struct ServerApp::State {
   std::shared_ptr<prometheus::Registry> registry;
   std::unique_ptr<ServerMetrics> metrics;
   std::unique_ptr<MetricsHttpServer> exposer;
-  std::shared_ptr<std::vector<ModelSlot>> models;
+  std::unique_ptr<Authenticator> auth;
+  std::unique_ptr<JobManager> jobs;
+  std::unique_ptr<ModelManager> models;
   std::unique_ptr<ModelsService> models_service;
   std::unique_ptr<GenerationService> generation_service;
   std::unique_ptr<grpc::Server> server;
+  std::mutex health_mu;  // orders health updates from loader threads
+  bool draining = false;
   int grpc_port = 0;
   int metrics_port = 0;
   std::once_flag shutdown_once;
@@ -35,26 +44,56 @@ namespace {
 constexpr char kGenerationService[] = "rainserve.v1.Generation";
 constexpr char kModelsService[] = "rainserve.v1.Models";
 
-// Resolves each configured model against the pipeline families in this build.
-std::shared_ptr<std::vector<ModelSlot>> PrepareModels(const ServerConfig& config) {
-  PipelineRegistry registry;
-  RegisterBuiltinPipelines(&registry);
-  auto models = std::make_shared<std::vector<ModelSlot>>();
-  for (const ModelEntry& entry : config.models) {
-    ModelSlot slot;
-    slot.entry = entry;
-    auto pipeline = registry.Create(entry);
-    if (pipeline.ok()) {
-      slot.state = v1::MODEL_STATE_READY;
-    } else {
-      slot.state = v1::MODEL_STATE_FAILED;
-      slot.reason = pipeline.status().message();
-      RAINSERVE_LOG(WARNING) << "model not ready: " << slot.reason;
-    }
-    models->push_back(std::move(slot));
+media::ArtifactFormat FormatOf(v1::OutputFormat format) {
+  switch (format) {
+    case v1::OUTPUT_FORMAT_PNG: return media::ArtifactFormat::kPng;
+    case v1::OUTPUT_FORMAT_MP4: return media::ArtifactFormat::kMp4;
+    case v1::OUTPUT_FORMAT_RAW_RGB: return media::ArtifactFormat::kRawRgb;
+    default: return media::ArtifactFormat::kAuto;
   }
-  return models;
 }
+
+// Frames -> the artifacts the resolved request asked for (worker thread).
+StatusOr<std::vector<EncodedArtifact>> EncodeOutput(const GenerationOutput& out,
+                                                    const v1::GenerateRequest& resolved) {
+  RAINSERVE_ASSIGN_OR_RETURN(
+      std::vector<media::Artifact> artifacts,
+      media::EncodeArtifacts(out.rgb.data(), static_cast<int>(out.width),
+                             static_cast<int>(out.height), static_cast<int>(out.num_frames),
+                             static_cast<int>(resolved.fps()), FormatOf(resolved.output_format())));
+  std::vector<EncodedArtifact> encoded;
+  for (media::Artifact& a : artifacts) {
+    EncodedArtifact e;
+    e.mime_type = std::move(a.mime_type);
+    e.data = std::move(a.data);
+    e.sha256 = std::move(a.sha256);
+    e.width = a.width;
+    e.height = a.height;
+    e.frames = a.frames;
+    e.fps = a.fps;
+    encoded.push_back(std::move(e));
+  }
+  return encoded;
+}
+
+StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const SecurityConfig& sec) {
+  if (sec.tls_cert_file.empty()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  RAINSERVE_RETURN_IF_ERROR(ReadFile(sec.tls_key_file, &pair.private_key).WithPrefix("security.tls.key_file"));
+  RAINSERVE_RETURN_IF_ERROR(ReadFile(sec.tls_cert_file, &pair.cert_chain).WithPrefix("security.tls.cert_file"));
+  grpc::SslServerCredentialsOptions options(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  if (!sec.tls_client_ca_file.empty()) {
+    RAINSERVE_RETURN_IF_ERROR(
+        ReadFile(sec.tls_client_ca_file, &options.pem_root_certs).WithPrefix("security.tls.client_ca_file"));
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  options.pem_key_cert_pairs.push_back(pair);
+  return grpc::SslServerCredentials(options);
+}
+
+// Health: "" and Models are SERVING while not draining; Generation while some
+// model is ready; "rainserve.v1.Generation/<model>" per model.
+void UpdateHealth(ServerApp* app, ServerApp::State* st);
 
 }  // namespace
 
@@ -69,6 +108,12 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
   auto st = std::make_unique<State>();
   st->config = config;
   const ServerSection& sc = config.server;
+  media::ForwardFfmpegLogs();
+
+  RAINSERVE_ASSIGN_OR_RETURN(Authenticator auth, Authenticator::FromConfig(config.security));
+  st->auth = std::make_unique<Authenticator>(std::move(auth));
+  RAINSERVE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                             Credentials(config.security));
 
   st->registry = std::make_shared<prometheus::Registry>();
   st->metrics = std::make_unique<ServerMetrics>(st->registry);
@@ -78,14 +123,33 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
   st->exposer = std::move(exposer).value();
   st->metrics_port = st->exposer->port();
 
-  st->models = PrepareModels(config);
-  st->models_service = std::make_unique<ModelsService>(st->models);
-  st->generation_service = std::make_unique<GenerationService>();
+  st->jobs = std::make_unique<JobManager>(JobManagerOptions::FromConfig(sc), EncodeOutput,
+                                          st->metrics.get());
+  auto registry = std::make_shared<PipelineRegistry>();
+  RegisterBuiltinPipelines(registry.get());
+  State* raw = st.get();
+  ModelManager::Hooks hooks;
+  hooks.on_ready = [raw](const std::string& name, std::shared_ptr<Pipeline> pipeline) {
+    const Status s = raw->jobs->AddModel(name, std::move(pipeline));
+    if (!s.ok()) RAINSERVE_LOG(ERROR) << "model '" << name << "': " << s.ToString();
+  };
+  hooks.on_unload = [raw](const std::string& name) { (void)raw->jobs->RemoveModel(name); };
+  hooks.on_change = [raw] {
+    raw->metrics->SetModelsReady(raw->models->List());
+    UpdateHealth(nullptr, raw);
+  };
+  st->models = std::make_unique<ModelManager>(
+      config.models, [registry](const ModelEntry& e) { return registry->Create(e); },
+      std::move(hooks));
+  st->models_service = std::make_unique<ModelsService>(st->models.get(), st->auth.get());
+  st->generation_service = std::make_unique<GenerationService>(
+      [raw](const std::string& model) { return raw->models->Ready(model); }, st->jobs.get(),
+      st->auth.get(), st->metrics.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(sc.listen_address, grpc::InsecureServerCredentials(), &st->grpc_port);
+  builder.AddListeningPort(sc.listen_address, credentials, &st->grpc_port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(sc.max_message_bytes));
   // Without this, Linux lets a second server bind the same port and the two
   // silently share its traffic.
@@ -97,32 +161,61 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
     return UnavailableError("cannot listen for gRPC on " + sc.listen_address +
                             " (address in use or not local?)");
   }
+  UpdateHealth(nullptr, raw);
+  st->metrics->SetModelsReady(st->models->List());
+  st->metrics->RefreshDeviceMemory();
+  st->models->LoadAtStartup();
 
-  bool any_ready = false;
-  for (const auto& m : *st->models) any_ready = any_ready || m.state == v1::MODEL_STATE_READY;
+  RAINSERVE_LOG(INFO) << "rainserve " << kVersion << " (" << kGitSha << ") serving gRPC on port "
+                      << st->grpc_port << (config.security.tls_cert_file.empty() ? "" : " (TLS)")
+                      << (st->auth->enabled() ? " with bearer tokens" : "")
+                      << ", metrics on port " << st->metrics_port << "; "
+                      << config.models.size() << " model(s) configured";
+  return std::unique_ptr<ServerApp>(new ServerApp(std::move(st)));
+}
+
+namespace {
+
+void UpdateHealth(ServerApp*, ServerApp::State* st) {
+  std::lock_guard<std::mutex> lock(st->health_mu);
+  if (!st->server || st->draining) return;
   grpc::HealthCheckServiceInterface* health = st->server->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kModelsService, true);
+  bool any_ready = false;
+  for (const ModelView& m : st->models->List()) {
+    const bool ready = m.state == ModelState::kReady;
+    any_ready = any_ready || ready;
+    health->SetServingStatus(std::string(kGenerationService) + "/" + m.entry.name, ready);
+  }
   health->SetServingStatus(kGenerationService, any_ready);
-
-  RAINSERVE_LOG(INFO) << "rainserve " << kVersion << " (" << kGitSha << ") serving gRPC on port "
-                      << st->grpc_port << ", metrics on port " << st->metrics_port << "; "
-                      << st->models->size() << " model(s) configured, generation "
-                      << (any_ready ? "SERVING" : "NOT_SERVING");
-  return std::unique_ptr<ServerApp>(new ServerApp(std::move(st)));
 }
+
+}  // namespace
+
+void ServerApp::WaitForModels() { state_->models->WaitIdle(); }
 
 void ServerApp::Shutdown() {
   std::call_once(state_->shutdown_once, [this] {
     State& st = *state_;
     if (st.server) {
-      // Health first, so load balancers stop sending work before we stop accepting.
-      st.server->GetHealthCheckService()->Shutdown();
-      const auto drain = std::chrono::duration<double>(st.config.server.drain_timeout_seconds);
-      st.server->Shutdown(std::chrono::system_clock::now() +
-                          std::chrono::duration_cast<std::chrono::system_clock::duration>(drain));
+      {
+        // Health first (everything NOT_SERVING), so load balancers stop
+        // sending work while running jobs finish.
+        std::lock_guard<std::mutex> lock(st.health_mu);
+        st.draining = true;
+        st.server->GetHealthCheckService()->Shutdown();
+      }
+      const double drain = st.config.server.drain_timeout_seconds;
+      RAINSERVE_LOG(INFO) << "draining: new jobs are refused, running jobs get up to " << drain
+                          << " s";
+      st.jobs->Drain(drain);
+      // Streams now end with their jobs' terminal events; give them a moment
+      // to flush, then stop.
+      st.server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
       st.server->Wait();
     }
+    st.models->Shutdown();
     st.exposer.reset();
     RAINSERVE_LOG(INFO) << "server stopped";
   });

@@ -21,13 +21,18 @@ class ServerApp {
 
   int grpc_port() const;
   int metrics_port() const;
+  // Blocks until every model that is loading is READY or FAILED (tests and
+  // --wait-for-models).
+  void WaitForModels();
 
   // Health goes NOT_SERVING first, then the server stops accepting and gives
   // in-flight calls up to server.drain_timeout_seconds. Idempotent.
   void Shutdown();
 
- private:
+ // Internal; public so that file-local helpers can name it.
   struct State;
+
+ private:
   explicit ServerApp(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;
 };

@@ -1,5 +1,8 @@
 #include "server/services.h"
 
+#include "server/generation_service.h"
+#include "server/request_mapping.h"
+
 namespace rainserve {
 namespace {
 
@@ -9,106 +12,80 @@ grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* ctx, const gr
   return reactor;
 }
 
-// A server stream that ends at once with a status.
-class FinishedStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
- public:
-  explicit FinishedStream(const grpc::Status& s) { Finish(s); }
-  void OnDone() override { delete this; }
-};
-
-const grpc::Status kNoModelReady(grpc::StatusCode::UNAVAILABLE,
-                                 "no model is ready: the server has no loaded model "
-                                 "(see Models.List for each model's state)");
-
-void FillInfo(const ModelSlot& slot, v1::ModelInfo* info) {
-  info->set_name(slot.entry.name);
-  info->set_pipeline(slot.entry.pipeline);
-  info->set_task("text-to-video");
-  info->set_device(slot.entry.device);
-  info->set_dtype(slot.entry.dtype);
-  info->set_state(slot.state);
-  info->set_state_reason(slot.reason);
-}
-
-const ModelSlot* FindModel(const std::vector<ModelSlot>& models, const std::string& name) {
-  for (const auto& m : models) {
-    if (m.entry.name == name) return &m;
+v1::ModelState ToProto(ModelState state) {
+  switch (state) {
+    case ModelState::kNotLoaded: return v1::MODEL_STATE_NOT_LOADED;
+    case ModelState::kLoading: return v1::MODEL_STATE_LOADING;
+    case ModelState::kReady: return v1::MODEL_STATE_READY;
+    case ModelState::kFailed: return v1::MODEL_STATE_FAILED;
   }
-  return nullptr;
+  return v1::MODEL_STATE_UNSPECIFIED;
 }
 
-grpc::Status UnknownModel(const std::string& name) {
+grpc::Status RequireName(const std::string& name) {
   if (name.empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "name: required"};
-  return {grpc::StatusCode::NOT_FOUND, "model '" + name + "' is not configured"};
+  return grpc::Status::OK;
 }
 
 }  // namespace
 
+void FillModelView(const ModelView& view, v1::ModelInfo* info) {
+  if (view.description) FillModelInfo(*view.description, info);
+  info->set_name(view.entry.name);
+  info->set_pipeline(view.entry.pipeline);
+  if (info->task().empty()) info->set_task("text-to-video");
+  info->set_device(view.entry.device);
+  info->set_dtype(view.entry.dtype);
+  info->set_state(ToProto(view.state));
+  info->set_state_reason(view.reason);
+}
+
 grpc::ServerUnaryReactor* ModelsService::List(grpc::CallbackServerContext* ctx,
                                               const v1::ListModelsRequest*,
                                               v1::ListModelsResponse* response) {
-  for (const auto& slot : *models_) FillInfo(slot, response->add_models());
+  if (grpc::Status denied = auth_->Check(ctx); !denied.ok()) return FinishUnary(ctx, denied);
+  for (const ModelView& view : models_->List()) FillModelView(view, response->add_models());
   return FinishUnary(ctx, grpc::Status::OK);
 }
 
 grpc::ServerUnaryReactor* ModelsService::Describe(grpc::CallbackServerContext* ctx,
                                                   const v1::DescribeModelRequest* request,
                                                   v1::ModelInfo* response) {
-  const ModelSlot* slot = FindModel(*models_, request->name());
-  if (slot == nullptr) return FinishUnary(ctx, UnknownModel(request->name()));
-  FillInfo(*slot, response);
+  if (grpc::Status denied = auth_->Check(ctx); !denied.ok()) return FinishUnary(ctx, denied);
+  if (grpc::Status bad = RequireName(request->name()); !bad.ok()) return FinishUnary(ctx, bad);
+  StatusOr<ModelView> view = models_->Get(request->name());
+  if (!view.ok()) return FinishUnary(ctx, ToGrpcStatus(view.status()));
+  FillModelView(*view, response);
   return FinishUnary(ctx, grpc::Status::OK);
 }
 
 grpc::ServerUnaryReactor* ModelsService::Load(grpc::CallbackServerContext* ctx,
                                               const v1::LoadModelRequest* request,
                                               v1::ModelInfo* response) {
-  const ModelSlot* slot = FindModel(*models_, request->name());
-  if (slot == nullptr) return FinishUnary(ctx, UnknownModel(request->name()));
-  return FinishUnary(ctx, {grpc::StatusCode::FAILED_PRECONDITION,
-                           "model '" + slot->entry.name + "' cannot be loaded: " + slot->reason});
+  if (grpc::Status denied = auth_->CheckAdmin(ctx); !denied.ok()) return FinishUnary(ctx, denied);
+  if (grpc::Status bad = RequireName(request->name()); !bad.ok()) return FinishUnary(ctx, bad);
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  const Status started = models_->Load(request->name(), [reactor, response](const ModelView& v) {
+    FillModelView(v, response);
+    if (v.state == ModelState::kFailed) {
+      reactor->Finish({grpc::StatusCode::FAILED_PRECONDITION,
+                       "model '" + v.entry.name + "' failed to load: " + v.reason});
+    } else {
+      reactor->Finish(grpc::Status::OK);
+    }
+  });
+  if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* ModelsService::Unload(grpc::CallbackServerContext* ctx,
                                                 const v1::UnloadModelRequest* request,
                                                 v1::ModelInfo* response) {
-  const ModelSlot* slot = FindModel(*models_, request->name());
-  if (slot == nullptr) return FinishUnary(ctx, UnknownModel(request->name()));
-  FillInfo(*slot, response);
-  return FinishUnary(ctx, grpc::Status::OK);
-}
-
-grpc::ServerWriteReactor<v1::GenerateEvent>* GenerationService::Generate(
-    grpc::CallbackServerContext*, const v1::GenerateRequest*) {
-  return new FinishedStream(kNoModelReady);
-}
-
-grpc::ServerUnaryReactor* GenerationService::Submit(grpc::CallbackServerContext* ctx,
-                                                    const v1::GenerateRequest*,
-                                                    v1::SubmitResponse*) {
-  return FinishUnary(ctx, kNoModelReady);
-}
-
-grpc::ServerWriteReactor<v1::GenerateEvent>* GenerationService::Watch(
-    grpc::CallbackServerContext*, const v1::WatchRequest* request) {
-  return new FinishedStream(
-      {grpc::StatusCode::NOT_FOUND, "job '" + request->job_id() + "' not found"});
-}
-
-grpc::ServerUnaryReactor* GenerationService::Cancel(grpc::CallbackServerContext* ctx,
-                                                    const v1::CancelRequest* request,
-                                                    v1::CancelResponse*) {
-  return FinishUnary(ctx, {grpc::StatusCode::NOT_FOUND, "job '" + request->job_id() + "' not found"});
-}
-
-grpc::ServerUnaryReactor* GenerationService::GetJob(grpc::CallbackServerContext* ctx,
-                                                    const v1::GetJobRequest* request, v1::Job*) {
-  return FinishUnary(ctx, {grpc::StatusCode::NOT_FOUND, "job '" + request->job_id() + "' not found"});
-}
-
-grpc::ServerUnaryReactor* GenerationService::ListJobs(grpc::CallbackServerContext* ctx,
-                                                      const v1::ListJobsRequest*,
-                                                      v1::ListJobsResponse*) {
+  if (grpc::Status denied = auth_->CheckAdmin(ctx); !denied.ok()) return FinishUnary(ctx, denied);
+  if (grpc::Status bad = RequireName(request->name()); !bad.ok()) return FinishUnary(ctx, bad);
+  StatusOr<ModelView> view = models_->Unload(request->name());
+  if (!view.ok()) return FinishUnary(ctx, ToGrpcStatus(view.status()));
+  FillModelView(*view, response);
   return FinishUnary(ctx, grpc::Status::OK);
 }
 

@@ -1,31 +1,23 @@
-// gRPC service implementations (callback API).
-//
-// Until a pipeline family is compiled in and a model is ready, Generation
-// answers UNAVAILABLE ("no model is ready") and Models lists the configured
-// entries with the reason they are not ready.
+// rainserve.v1.Models (callback API) on the ModelManager: List/Describe show
+// every configured model with its state, limits and defaults; Load/Unload
+// manage them (admin token, or refused when model management is disabled).
+// rainserve.v1.Generation lives in server/generation_service.h.
 #pragma once
 
-#include <memory>
-#include <string>
-#include <vector>
-
-#include "common/config.h"
-#include "rainserve/v1/generation.grpc.pb.h"
 #include "rainserve/v1/models.grpc.pb.h"
+#include "server/auth.h"
+#include "server/model_manager.h"
 
 namespace rainserve {
 
-// One configured model as the server sees it. Read by services on gRPC threads.
-struct ModelSlot {
-  ModelEntry entry;
-  v1::ModelState state = v1::MODEL_STATE_NOT_LOADED;
-  std::string reason;
-};
+// Fills `info` from a model snapshot (state, reason, limits and defaults
+// when ready). Called on gRPC threads.
+void FillModelView(const ModelView& view, v1::ModelInfo* info);
 
 class ModelsService final : public v1::Models::CallbackService {
  public:
-  explicit ModelsService(std::shared_ptr<const std::vector<ModelSlot>> models)
-      : models_(std::move(models)) {}
+  // `models` and `auth` must outlive the service and the calls it served.
+  ModelsService(ModelManager* models, const Authenticator* auth) : models_(models), auth_(auth) {}
 
   grpc::ServerUnaryReactor* List(grpc::CallbackServerContext* ctx,
                                  const v1::ListModelsRequest* request,
@@ -33,34 +25,20 @@ class ModelsService final : public v1::Models::CallbackService {
   grpc::ServerUnaryReactor* Describe(grpc::CallbackServerContext* ctx,
                                      const v1::DescribeModelRequest* request,
                                      v1::ModelInfo* response) override;
+  // Finishes when the model is READY or FAILED (the reactor completes on the
+  // loader thread); FAILED_PRECONDITION with the reason when loading failed.
   grpc::ServerUnaryReactor* Load(grpc::CallbackServerContext* ctx,
                                  const v1::LoadModelRequest* request,
                                  v1::ModelInfo* response) override;
+  // Fails the model's queued jobs (UNAVAILABLE), waits for its running job,
+  // frees it.
   grpc::ServerUnaryReactor* Unload(grpc::CallbackServerContext* ctx,
                                    const v1::UnloadModelRequest* request,
                                    v1::ModelInfo* response) override;
 
  private:
-  std::shared_ptr<const std::vector<ModelSlot>> models_;
-};
-
-class GenerationService final : public v1::Generation::CallbackService {
- public:
-  grpc::ServerWriteReactor<v1::GenerateEvent>* Generate(
-      grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) override;
-  grpc::ServerUnaryReactor* Submit(grpc::CallbackServerContext* ctx,
-                                   const v1::GenerateRequest* request,
-                                   v1::SubmitResponse* response) override;
-  grpc::ServerWriteReactor<v1::GenerateEvent>* Watch(grpc::CallbackServerContext* ctx,
-                                                     const v1::WatchRequest* request) override;
-  grpc::ServerUnaryReactor* Cancel(grpc::CallbackServerContext* ctx,
-                                   const v1::CancelRequest* request,
-                                   v1::CancelResponse* response) override;
-  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* ctx,
-                                   const v1::GetJobRequest* request, v1::Job* response) override;
-  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* ctx,
-                                     const v1::ListJobsRequest* request,
-                                     v1::ListJobsResponse* response) override;
+  ModelManager* const models_;
+  const Authenticator* const auth_;
 };
 
 }  // namespace rainserve

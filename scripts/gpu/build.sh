@@ -25,5 +25,6 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DProtobuf_LIBRARY=/opt/sys/usr/lib/x86_64-linux-gnu/libprotobuf.so \
   -DProtobuf_INCLUDE_DIR=/opt/sys/usr/include \
   -DCMAKE_CUDA_ARCHITECTURES=90a \
+  -DRAINSERVE_WITH_VIDEO=OFF \
   "$@"
 cmake --build "$build_dir" -j "${RAINSERVE_JOBS:-16}"

@@ -127,5 +127,73 @@ TEST(ConfigTest, MissingFileIsNotFound) {
   EXPECT_NE(cfg.status().message().find("/nonexistent/rainserve.yaml"), std::string::npos);
 }
 
+TEST(ConfigTest, ModelDefaultsAndLimitsOverridesAreRead) {
+  auto cfg = ParseServerConfig(R"(
+models:
+  - name: m
+    path: ckpt
+    defaults:
+      width: 256
+      steps: 8
+      guidance_scale: 4.5
+      scheduler: euler
+      sparse_attention: {mode: dense, sparsity: 0.75, sink_frames: 0, window: [2, 4, 4],
+                         mask_refresh: per_step, dense_warmup_steps: 2}
+    limits: {max_width: 512, max_frames: 33, max_prompt_tokens: 64}
+)", "test.yaml", "/base");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  const ModelEntry& e = cfg->models.at(0);
+  EXPECT_EQ(e.defaults.width, 256);
+  EXPECT_FALSE(e.defaults.height.has_value());
+  EXPECT_EQ(e.defaults.steps, 8);
+  EXPECT_EQ(e.defaults.guidance_scale, 4.5);
+  EXPECT_EQ(e.defaults.scheduler, "euler");
+  EXPECT_EQ(e.defaults.attention_mode, "dense");
+  EXPECT_EQ(e.defaults.sparsity, 0.75);
+  EXPECT_EQ(e.defaults.sink_frames, 0);
+  EXPECT_EQ(e.defaults.window, (std::vector<int64_t>{2, 4, 4}));
+  EXPECT_EQ(e.defaults.mask_refresh, "per_step");
+  EXPECT_EQ(e.defaults.dense_warmup_steps, 2);
+  EXPECT_EQ(e.limits.max_width, 512);
+  EXPECT_EQ(e.limits.max_frames, 33);
+  EXPECT_EQ(e.limits.max_prompt_tokens, 64);
+  EXPECT_FALSE(e.limits.max_steps.has_value());
+
+  ExpectRejected("models: [{name: m, path: p, defaults: {sparse_attention: {sparsity: 1.0}}}]",
+                 "models[0].defaults.sparse_attention.sparsity");
+  ExpectRejected("models: [{name: m, path: p, defaults: {sparse_attention: {window: [1, 2]}}}]",
+                 "models[0].defaults.sparse_attention.window");
+  ExpectRejected("models: [{name: m, path: p, defaults: {scheduler: ddim}}]",
+                 "models[0].defaults.scheduler");
+  ExpectRejected("models: [{name: m, path: p, limits: {max_height: 8}}]",
+                 "models[0].limits.max_height");
+}
+
+TEST(ConfigTest, SecuritySectionResolvesPathsAndChecksPairs) {
+  auto cfg = ParseServerConfig(R"(
+security:
+  tls: {cert_file: tls/server.crt, key_file: /abs/server.key, client_ca_file: tls/ca.crt}
+  auth: {tokens_file: tokens.txt, admin_tokens_file: admin.txt}
+  model_management: false
+)", "test.yaml", "/base");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_EQ(cfg->security.tls_cert_file, "/base/tls/server.crt");
+  EXPECT_EQ(cfg->security.tls_key_file, "/abs/server.key");
+  EXPECT_EQ(cfg->security.tls_client_ca_file, "/base/tls/ca.crt");
+  EXPECT_EQ(cfg->security.tokens_file, "/base/tokens.txt");
+  EXPECT_EQ(cfg->security.admin_tokens_file, "/base/admin.txt");
+  EXPECT_FALSE(cfg->security.model_management);
+
+  auto plain = ParseServerConfig("", "empty.yaml", "");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_TRUE(plain->security.tls_cert_file.empty());
+  EXPECT_TRUE(plain->security.tokens_file.empty());
+  EXPECT_TRUE(plain->security.model_management);
+
+  ExpectRejected("security: {tls: {cert_file: a.crt}}", "security.tls.cert_file");
+  ExpectRejected("security: {tls: {client_ca_file: ca.crt}}", "security.tls.client_ca_file");
+  ExpectRejected("security: {auth: {token: x}}", "security.auth");
+}
+
 }  // namespace
 }  // namespace rainserve

@@ -23,10 +23,14 @@ using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
 using testing::ServerProcess;
 
+// One configured model whose folder does not exist: it fails to load and
+// the server serves on without it.
 constexpr char kNoModels[] = R"(
 server:
   drain_timeout_seconds: 2
-models: []
+models:
+  - name: broken
+    path: no-such-checkpoint
 )";
 
 class ServerProcessTest : public ::testing::Test {
@@ -92,27 +96,42 @@ TEST_F(ServerProcessTest, MetricsEndpointPublishesBuildInfo) {
             std::string::npos);
 }
 
-TEST_F(ServerProcessTest, GenerationWithoutModelIsUnavailableAndServerKeepsServing) {
-  auto stub = v1::Generation::NewStub(channel_);
-  for (int i = 0; i < 3; ++i) {
-    grpc::ClientContext ctx;
-    v1::GenerateRequest req;
-    req.set_model("wan-tiny");
-    req.set_prompt("a cat");
-    auto reader = stub->Generate(&ctx, req);
-    v1::GenerateEvent ev;
-    EXPECT_FALSE(reader->Read(&ev));
-    const grpc::Status s = reader->Finish();
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
-    EXPECT_NE(s.error_message().find("no model is ready"), std::string::npos);
-  }
+TEST_F(ServerProcessTest, GenerationWithoutAReadyModelFailsAndServerKeepsServing) {
+  // Models load in the background: wait until the broken one has failed.
   auto models = v1::Models::NewStub(channel_);
-  grpc::ClientContext ctx;
   v1::ListModelsResponse list;
-  EXPECT_TRUE(models->List(&ctx, v1::ListModelsRequest(), &list).ok());
-  EXPECT_EQ(list.models_size(), 0);
+  for (int i = 0; i < 100; ++i) {
+    grpc::ClientContext ctx;
+    list.Clear();
+    ASSERT_TRUE(models->List(&ctx, v1::ListModelsRequest(), &list).ok());
+    if (list.models_size() == 1 && list.models(0).state() != v1::MODEL_STATE_LOADING) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  auto stub = v1::Generation::NewStub(channel_);
+  // A model that failed to load is UNAVAILABLE; an unknown one NOT_FOUND.
+  const std::pair<const char*, grpc::StatusCode> cases[] = {
+      {"broken", grpc::StatusCode::UNAVAILABLE}, {"wan-tiny", grpc::StatusCode::NOT_FOUND}};
+  for (int i = 0; i < 2; ++i) {
+    for (const auto& [model, code] : cases) {
+      grpc::ClientContext ctx;
+      v1::GenerateRequest req;
+      req.set_model(model);
+      req.set_prompt("a cat");
+      auto reader = stub->Generate(&ctx, req);
+      v1::GenerateEvent ev;
+      EXPECT_FALSE(reader->Read(&ev));
+      const grpc::Status s = reader->Finish();
+      EXPECT_EQ(s.error_code(), code) << model << ": " << s.error_message();
+      EXPECT_NE(s.error_message().find(model), std::string::npos) << s.error_message();
+    }
+  }
+  ASSERT_EQ(list.models_size(), 1);
+  EXPECT_EQ(list.models(0).state(), v1::MODEL_STATE_FAILED);
+  EXPECT_NE(list.models(0).state_reason().find("no-such-checkpoint"), std::string::npos)
+      << list.models(0).state_reason();
   grpc::Status status;
   EXPECT_EQ(Health("", &status), HealthCheckResponse::SERVING);
+  EXPECT_EQ(Health("rainserve.v1.Generation", &status), HealthCheckResponse::NOT_SERVING);
 }
 
 TEST_F(ServerProcessTest, SigtermTurnsHealthNotServingThenExitsZero) {

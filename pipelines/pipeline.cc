@@ -1,0 +1,120 @@
+// Request validation shared by the server's edge checks and the pipelines.
+#include "pipelines/pipeline.h"
+
+#if RAINSERVE_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+#include <cmath>
+#include <sstream>
+#include <tuple>
+
+namespace rainserve {
+namespace {
+
+Status OutOfRange(const std::string& field, const std::string& allowed, double got) {
+  std::ostringstream msg;
+  msg << field << " must be " << allowed << " (got " << got << ")";
+  return InvalidArgumentError(msg.str());
+}
+
+Status CheckInt(const std::string& field, int64_t value, int64_t lo, int64_t hi) {
+  if (value >= lo && value <= hi) return OkStatus();
+  return OutOfRange(field, "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]",
+                    static_cast<double>(value));
+}
+
+}  // namespace
+
+Status ValidateGenerationRequest(const PipelineDescription& model,
+                                 const GenerationRequest& request) {
+  const PipelineLimits& limits = model.limits;
+  if (request.prompt.empty()) return InvalidArgumentError("prompt must not be empty");
+  if (static_cast<int64_t>(request.prompt.size()) > limits.max_prompt_bytes) {
+    return OutOfRange("prompt", "at most " + std::to_string(limits.max_prompt_bytes) + " bytes",
+                      static_cast<double>(request.prompt.size()));
+  }
+  if (static_cast<int64_t>(request.negative_prompt.size()) > limits.max_prompt_bytes) {
+    return OutOfRange("negative_prompt",
+                      "at most " + std::to_string(limits.max_prompt_bytes) + " bytes",
+                      static_cast<double>(request.negative_prompt.size()));
+  }
+  const int64_t m = limits.size_multiple;
+  for (auto [field, value, max] : {std::make_tuple("width", request.width, limits.max_width),
+                                   std::make_tuple("height", request.height, limits.max_height)}) {
+    if (value < m || value > max || value % m != 0) {
+      return OutOfRange(field,
+                        "a multiple of " + std::to_string(m) + " in [" + std::to_string(m) +
+                            ", " + std::to_string(max) + "]",
+                        static_cast<double>(value));
+    }
+  }
+  if (request.width * request.height > limits.max_pixels) {
+    return OutOfRange("width", "such that width * height <= " + std::to_string(limits.max_pixels),
+                      static_cast<double>(request.width * request.height));
+  }
+  const int64_t f = limits.frame_multiple;
+  if (request.num_frames < 1 || request.num_frames > limits.max_frames ||
+      (request.num_frames - 1) % f != 0) {
+    return OutOfRange("num_frames",
+                      std::to_string(f) + "k+1 in [1, " + std::to_string(limits.max_frames) + "]",
+                      static_cast<double>(request.num_frames));
+  }
+  RAINSERVE_RETURN_IF_ERROR(CheckInt("steps", request.steps, 1, limits.max_steps));
+  if (!std::isfinite(request.guidance_scale) || request.guidance_scale < 0 ||
+      request.guidance_scale > limits.max_guidance_scale) {
+    return OutOfRange("guidance_scale",
+                      "finite in [0, " + std::to_string(limits.max_guidance_scale) + "]",
+                      request.guidance_scale);
+  }
+  if (!std::isfinite(request.flow_shift) || request.flow_shift <= 0 ||
+      request.flow_shift > limits.max_flow_shift) {
+    return OutOfRange("flow_shift",
+                      "finite in (0, " + std::to_string(limits.max_flow_shift) + "]",
+                      request.flow_shift);
+  }
+  if (request.scheduler != "unipc" && request.scheduler != "euler") {
+    return InvalidArgumentError("scheduler must be unipc or euler (got \"" + request.scheduler +
+                                "\")");
+  }
+  const SparseSettings& sparse = request.sparse;
+  if (!std::isfinite(sparse.sparsity) || sparse.sparsity < 0 || sparse.sparsity >= 1) {
+    return OutOfRange("sparse_attention.sparsity", "in [0, 1)", sparse.sparsity);
+  }
+  const int64_t latent_frames = (request.num_frames - 1) / f + 1;
+  RAINSERVE_RETURN_IF_ERROR(
+      CheckInt("sparse_attention.sink_frames", sparse.sink_frames, 0, latent_frames));
+  const char* window_fields[] = {"sparse_attention.window.t", "sparse_attention.window.h",
+                                 "sparse_attention.window.w"};
+  for (int i = 0; i < 3; ++i) {
+    RAINSERVE_RETURN_IF_ERROR(CheckInt(window_fields[i], sparse.window[i], 0, 64));
+  }
+  RAINSERVE_RETURN_IF_ERROR(CheckInt("sparse_attention.dense_warmup_steps",
+                                     sparse.dense_warmup_steps, 0, request.steps));
+  return OkStatus();
+}
+
+std::vector<DeviceMemoryInfo> QueryDeviceMemory() {
+  std::vector<DeviceMemoryInfo> out;
+#if RAINSERVE_WITH_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // not sticky: clear it
+    return out;
+  }
+  int current = 0;
+  cudaGetDevice(&current);
+  for (int d = 0; d < count; ++d) {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaSetDevice(d) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+      cudaGetLastError();
+      continue;
+    }
+    out.push_back({"cuda:" + std::to_string(d), total_bytes - free_bytes, total_bytes});
+  }
+  cudaSetDevice(current);
+#endif
+  return out;
+}
+
+}  // namespace rainserve

@@ -1,0 +1,349 @@
+#include "pipelines/tokenizer.h"
+
+#include <dlfcn.h>
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <algorithm>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <unordered_map>
+
+namespace rainserve {
+namespace {
+
+// Appends code point `cp` as UTF-8.
+void AppendUtf8(uint32_t cp, std::string* out) {
+  if (cp < 0x80) {
+    out->push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
+// Decodes the UTF-8 sequence at s[i]; sets *len to its byte count. Invalid
+// or truncated sequences decode as the single byte (len 1, cp = byte | ~0
+// marker) so that they are copied through unchanged.
+uint32_t DecodeUtf8(const std::string& s, size_t i, size_t* len) {
+  const auto b0 = static_cast<unsigned char>(s[i]);
+  size_t n = b0 < 0x80 ? 1 : (b0 >> 5) == 0x6 ? 2 : (b0 >> 4) == 0xE ? 3 : (b0 >> 3) == 0x1E ? 4 : 0;
+  if (n == 0 || i + n > s.size()) {
+    *len = 1;
+    return 0xFFFFFFFFu;
+  }
+  uint32_t cp = n == 1 ? b0 : n == 2 ? (b0 & 0x1F) : n == 3 ? (b0 & 0x0F) : (b0 & 0x07);
+  for (size_t k = 1; k < n; ++k) {
+    const auto b = static_cast<unsigned char>(s[i + k]);
+    if ((b >> 6) != 0x2) {
+      *len = 1;
+      return 0xFFFFFFFFu;
+    }
+    cp = (cp << 6) | (b & 0x3F);
+  }
+  *len = n;
+  return cp;
+}
+
+// Python's str.isspace(), which is what the reference's \s matches.
+bool IsSpace(uint32_t cp) {
+  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
+         cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
+         cp == 0x202F || cp == 0x205F || cp == 0x3000;
+}
+
+// One pass of HTML unescaping: the named entities prompts actually carry and
+// numeric references (&#39; &#x27;). Unknown or malformed ones stay as they are.
+std::string HtmlUnescape(const std::string& s) {
+  static const std::unordered_map<std::string, uint32_t> kNamed = {
+      {"amp", '&'},     {"lt", '<'},      {"gt", '>'},     {"quot", '"'},    {"apos", '\''},
+      {"nbsp", 0xA0},   {"ndash", 0x2013}, {"mdash", 0x2014}, {"hellip", 0x2026},
+      {"lsquo", 0x2018}, {"rsquo", 0x2019}, {"ldquo", 0x201C}, {"rdquo", 0x201D}};
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '&') {
+      out.push_back(s[i]);
+      continue;
+    }
+    const size_t semi = s.find(';', i + 1);
+    if (semi == std::string::npos || semi - i > 12) {
+      out.push_back('&');
+      continue;
+    }
+    const std::string name = s.substr(i + 1, semi - i - 1);
+    uint32_t cp = 0;
+    bool ok = false;
+    if (name.size() >= 2 && name[0] == '#') {
+      const bool hex = name[1] == 'x' || name[1] == 'X';
+      const std::string digits = name.substr(hex ? 2 : 1);
+      ok = !digits.empty() && digits.size() <= 8;
+      for (char c : digits) {
+        const bool digit = (c >= '0' && c <= '9') ||
+                           (hex && ((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')));
+        if (!digit) ok = false;
+      }
+      if (ok) cp = static_cast<uint32_t>(std::stoul(digits, nullptr, hex ? 16 : 10));
+      ok = ok && cp > 0 && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
+    } else {
+      const auto it = kNamed.find(name);
+      ok = it != kNamed.end();
+      if (ok) cp = it->second;
+    }
+    if (!ok) {
+      out.push_back('&');
+      continue;
+    }
+    AppendUtf8(cp, &out);
+    i = semi;
+  }
+  return out;
+}
+
+// SentencePiece, behind dlopen(RTLD_LOCAL | RTLD_DEEPBIND). Debian's
+// libsentencepiece carries its own protobuf-lite and exports it; linked
+// into a process beside a LibTorch built on the system libprotobuf, each
+// library binds to the other's protobuf functions and the process crashes
+// before main(). Loaded locally with deep binding, SentencePiece keeps to its
+// own copy and the rest of the process never sees it. So nothing here links
+// against it: SentencePieceProcessor's methods are virtual (called through
+// its vtable, no symbol needed) and the few plain functions are looked up
+// by their (Itanium ABI) names. Its logging is switched off: deep binding
+// gives it libstdc++'s own std::cerr, which in an executable that also uses
+// std::cerr is a never-constructed twin (copy relocation); errors still come
+// back as Status.
+using SpStatus = sentencepiece::util::Status;
+using TrainArgs = std::unordered_map<std::string, std::string>;
+
+struct SentencePieceLibrary {
+  std::string error;  // empty when loaded
+  void (*construct)(void* memory) = nullptr;                  // SentencePieceProcessor()
+  void (*destroy_status)(SpStatus* status) = nullptr;         // util::Status::~Status()
+  std::string (*status_text)(const SpStatus* status) = nullptr;  // util::Status::ToString()
+  int (*status_code)(const SpStatus* status) = nullptr;       // util::Status::code()
+  SpStatus (*train)(const TrainArgs& args, sentencepiece::SentenceIterator* it,
+                    std::string* model) = nullptr;            // SentencePieceTrainer::Train()
+};
+
+// AddressSanitizer builds: GCC says so with __SANITIZE_ADDRESS__, clang
+// (the fuzz build) only through __has_feature.
+#if defined(__SANITIZE_ADDRESS__)
+#define RAINSERVE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RAINSERVE_ASAN 1
+#endif
+#endif
+
+int DlopenFlags() {
+#if defined(RAINSERVE_ASAN)
+  // The sanitizer runtime refuses deep binding.
+  return RTLD_NOW | RTLD_LOCAL;
+#else
+  return RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND;
+#endif
+}
+
+// Resolves `name` in `handle` into *fn, or records the failure in lib->error.
+template <typename Fn>
+void Resolve(void* handle, const char* name, Fn* fn, SentencePieceLibrary* lib) {
+  void* sym = handle != nullptr ? ::dlsym(handle, name) : nullptr;
+  if (sym == nullptr && lib->error.empty()) lib->error = std::string("SentencePiece lacks ") + name;
+  *fn = reinterpret_cast<Fn>(sym);
+}
+
+SentencePieceLibrary LoadLibrary(bool trainer) {
+  SentencePieceLibrary lib;
+  void* core = ::dlopen("libsentencepiece.so.0", DlopenFlags());
+  if (core == nullptr) {
+    lib.error = std::string("cannot load libsentencepiece.so.0: ") + ::dlerror();
+    return lib;
+  }
+  Resolve(core, "_ZN13sentencepiece22SentencePieceProcessorC1Ev", &lib.construct, &lib);
+  Resolve(core, "_ZN13sentencepiece4util6StatusD1Ev", &lib.destroy_status, &lib);
+  Resolve(core, "_ZNK13sentencepiece4util6Status8ToStringB5cxx11Ev", &lib.status_text, &lib);
+  Resolve(core, "_ZNK13sentencepiece4util6Status4codeEv", &lib.status_code, &lib);
+  void (*set_min_log_level)(int) = nullptr;
+  Resolve(core, "_ZN13sentencepiece7logging14SetMinLogLevelEi", &set_min_log_level, &lib);
+  if (set_min_log_level != nullptr) set_min_log_level(100);  // above every severity
+  if (trainer) {
+    void* train = ::dlopen("libsentencepiece_train.so.0", DlopenFlags());
+    if (train == nullptr) {
+      lib.error = std::string("cannot load libsentencepiece_train.so.0: ") + ::dlerror();
+      return lib;
+    }
+    Resolve(train,
+            "_ZN13sentencepiece20SentencePieceTrainer5TrainERKSt13unordered_mapINSt7__cxx1112basic_"
+            "stringIcSt11char_traitsIcESaIcEEES7_St4hashIS7_ESt8equal_toIS7_ESaISt4pairIKS7_S7_EEEP"
+            "NS_16SentenceIteratorEPS7_",
+            &lib.train, &lib);
+  }
+  return lib;
+}
+
+// Loaded once per process, on first use (thread-safe static initialisation).
+const SentencePieceLibrary& Library() {
+  static const SentencePieceLibrary lib = LoadLibrary(/*trainer=*/false);
+  return lib;
+}
+const SentencePieceLibrary& TrainerLibrary() {
+  static const SentencePieceLibrary lib = LoadLibrary(/*trainer=*/true);
+  return lib;
+}
+
+// Runs `call` (returning a util::Status) and converts its status. The status
+// is built in place (C++17 guaranteed elision) and destroyed through the
+// library, so no util::Status symbol is linked.
+template <typename Call>
+Status Checked(const SentencePieceLibrary& lib, Call&& call) {
+  alignas(SpStatus) unsigned char storage[sizeof(SpStatus)];
+  SpStatus* st = nullptr;
+  try {
+    st = new (storage) SpStatus(call());
+  } catch (const std::exception& e) {
+    return InternalError(std::string("SentencePiece failed: ") + e.what());
+  }
+  Status out;
+  if (!st->ok()) {
+    const int code = lib.status_code(st);
+    const std::string text = lib.status_text(st);
+    out = code == static_cast<int>(sentencepiece::util::StatusCode::kNotFound) ? NotFoundError(text)
+                                                                                 : InternalError(text);
+  }
+  lib.destroy_status(st);
+  return out;
+}
+
+}  // namespace
+
+std::string CleanPrompt(const std::string& text) {
+  const std::string s = HtmlUnescape(HtmlUnescape(text));
+  std::string out;
+  out.reserve(s.size());
+  bool pending_space = false;
+  for (size_t i = 0; i < s.size();) {
+    size_t len = 1;
+    const uint32_t cp = DecodeUtf8(s, i, &len);
+    if (IsSpace(cp)) {
+      pending_space = true;
+    } else {
+      if (pending_space && !out.empty()) out.push_back(' ');
+      pending_space = false;
+      out.append(s, i, len);
+    }
+    i += len;
+  }
+  return out;
+}
+
+UMT5Tokenizer::UMT5Tokenizer() = default;
+UMT5Tokenizer::~UMT5Tokenizer() = default;
+
+StatusOr<std::unique_ptr<UMT5Tokenizer>> UMT5Tokenizer::Load(const std::string& dir) {
+  const std::string path = dir + "/spiece.model";
+  const SentencePieceLibrary& lib = Library();
+  if (!lib.error.empty()) return FailedPreconditionError(path + ": " + lib.error);
+  std::unique_ptr<UMT5Tokenizer> tok(new UMT5Tokenizer());
+  void* memory = ::operator new(sizeof(sentencepiece::SentencePieceProcessor));
+  lib.construct(memory);
+  tok->sp_.reset(static_cast<sentencepiece::SentencePieceProcessor*>(memory));
+  sentencepiece::SentencePieceProcessor* sp = tok->sp_.get();
+  const Status st = Checked(lib, [&] { return sp->Load(path); });
+  if (!st.ok()) {
+    if (st.code() == StatusCode::kNotFound) {
+      return NotFoundError(path + ": cannot read the SentencePiece model: " + st.message());
+    }
+    return InvalidArgumentError(path + ": not a SentencePiece model: " + st.message());
+  }
+  tok->pad_id_ = sp->pad_id();
+  tok->eos_id_ = sp->eos_id();
+  tok->unk_id_ = sp->unk_id();
+  if (tok->pad_id_ < 0 || tok->eos_id_ < 0) {
+    return InvalidArgumentError(path + ": the model defines no pad or eos piece (pad_id " +
+                                std::to_string(tok->pad_id_) + ", eos_id " +
+                                std::to_string(tok->eos_id_) + ")");
+  }
+  return tok;
+}
+
+int64_t UMT5Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
+
+std::vector<int64_t> UMT5Tokenizer::Pieces(const std::string& text) const {
+  std::vector<int> ids;
+  // Encoding only fails on an unloaded model, which Load() rules out.
+  Checked(Library(), [&] { return sp_->Encode(text, &ids); }).IgnoreError();
+  return std::vector<int64_t>(ids.begin(), ids.end());
+}
+
+TokenizedText UMT5Tokenizer::Encode(const std::string& text, int64_t max_length) const {
+  max_length = std::max<int64_t>(max_length, 1);
+  std::vector<int64_t> pieces = Pieces(CleanPrompt(text));
+  // Truncation keeps room for the EOS that add_special_tokens appends.
+  if (static_cast<int64_t>(pieces.size()) > max_length - 1) pieces.resize(max_length - 1);
+  TokenizedText t;
+  t.ids = std::move(pieces);
+  t.ids.push_back(eos_id_);
+  t.length = static_cast<int64_t>(t.ids.size());
+  t.mask.assign(t.ids.size(), 1);
+  t.ids.resize(max_length, pad_id_);
+  t.mask.resize(max_length, 0);
+  return t;
+}
+
+TokenizedBatch UMT5Tokenizer::EncodeBatch(const std::vector<std::string>& texts,
+                                          int64_t max_length) const {
+  max_length = std::max<int64_t>(max_length, 1);
+  const auto b = static_cast<int64_t>(texts.size());
+  TokenizedBatch batch;
+  batch.ids = at::empty({b, max_length}, at::kLong);
+  batch.mask = at::empty({b, max_length}, at::kLong);
+  int64_t* ids = batch.ids.data_ptr<int64_t>();
+  int64_t* mask = batch.mask.data_ptr<int64_t>();
+  for (int64_t i = 0; i < b; ++i) {
+    const TokenizedText t = Encode(texts[static_cast<size_t>(i)], max_length);
+    std::memcpy(ids + i * max_length, t.ids.data(), sizeof(int64_t) * max_length);
+    std::memcpy(mask + i * max_length, t.mask.data(), sizeof(int64_t) * max_length);
+    batch.lengths.push_back(t.length);
+  }
+  return batch;
+}
+
+Status TrainSentencePieceModel(const std::string& corpus_file, const std::string& model_prefix,
+                               int vocab_size) {
+  if (vocab_size < 8) return InvalidArgumentError("vocab_size must be at least 8");
+  const std::unordered_map<std::string, std::string> args = {
+      {"input", corpus_file},
+      {"model_prefix", model_prefix},
+      {"model_type", "unigram"},
+      {"vocab_size", std::to_string(vocab_size)},
+      {"character_coverage", "1.0"},
+      {"pad_id", "0"},
+      {"eos_id", "1"},
+      {"unk_id", "2"},
+      {"bos_id", "-1"},
+      {"num_threads", "1"},
+      // Every line is used, in file order: nothing is sampled.
+      {"input_sentence_size", "0"},
+      {"shuffle_input_sentence", "false"},
+  };
+  const SentencePieceLibrary& lib = TrainerLibrary();
+  if (!lib.error.empty()) return FailedPreconditionError(lib.error);
+  const Status st = Checked(lib, [&] { return lib.train(args, nullptr, nullptr); });
+  if (!st.ok()) {
+    return InvalidArgumentError("training a SentencePiece model from " + corpus_file + ": " +
+                                st.message());
+  }
+  return OkStatus();
+}
+
+}  // namespace rainserve

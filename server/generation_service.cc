@@ -1,0 +1,278 @@
+#include "server/generation_service.h"
+
+#include <chrono>
+#include <memory>
+#include <optional>
+
+#include "common/logging.h"
+
+namespace rainserve {
+namespace {
+
+constexpr std::chrono::milliseconds kDeadlineSlack(250);
+
+grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* ctx, const grpc::Status& s) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(s);
+  return reactor;
+}
+
+// A server stream that ends at once with a status.
+class FinishedStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
+ public:
+  explicit FinishedStream(const grpc::Status& s) { Finish(s); }
+  void OnDone() override { delete this; }
+};
+
+// Streams one job's events with seq > from_seq, following the log until the
+// terminal event, then finishes with the job's status. Lives from the
+// handler that creates it until OnDone, which deletes it.
+class EventStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
+ public:
+  EventStream(JobManager* jobs, grpc::CallbackServerContext* ctx, std::string job_id,
+              uint64_t from_seq, bool cancel_job_on_disconnect)
+      : jobs_(jobs),
+        ctx_(ctx),
+        job_id_(std::move(job_id)),
+        cancel_job_on_disconnect_(cancel_job_on_disconnect),
+        last_seq_(from_seq) {
+    auto sub = jobs_->Subscribe(job_id_, [this] { Pump(); });
+    if (!sub.ok()) {
+      // The job expired between its lookup and now.
+      if (cancel_job_on_disconnect_) jobs_->Cancel(job_id_).status().IgnoreError();
+      finished_ = true;
+      Finish(ToGrpcStatus(sub.status()));
+      return;
+    }
+    {
+      // A notify may already be running Pump on another thread.
+      std::lock_guard<std::mutex> lock(mu_);
+      subscription_ = *sub;
+    }
+    Pump();
+  }
+
+  void OnWriteDone(bool ok) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      writing_ = false;
+      current_.reset();
+      if (!ok) disconnected_ = true;
+    }
+    Pump();
+  }
+
+  // The client cancelled, went away, or the deadline passed.
+  void OnCancel() override {
+    if (cancel_job_on_disconnect_) {
+      // A client cancels at its own deadline, which the server's copy of it
+      // trails by the request's transit time.
+      const bool deadline_passed =
+          ctx_->deadline() <= std::chrono::system_clock::now() + kDeadlineSlack;
+      const Status reason = deadline_passed
+                                ? DeadlineExceededError("the call's deadline passed")
+                                : CancelledError("the client cancelled the call");
+      jobs_->Cancel(job_id_, reason).status().IgnoreError();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      disconnected_ = true;
+    }
+    Pump();
+  }
+
+  void OnDone() override {
+    std::optional<JobManager::SubscriptionId> subscription;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      subscription = subscription_;
+    }
+    // Waits for a notify that may still be inside Pump on another thread.
+    if (subscription) jobs_->Unsubscribe(*subscription);
+    delete this;
+  }
+
+ private:
+  // Starts the next write, or finishes; called from the constructor, the
+  // JobManager's notify and reactions. Touches no member after StartWrite or
+  // Finish, since OnDone may already be running on another thread.
+  void Pump() {
+    std::shared_ptr<const v1::GenerateEvent> next;
+    grpc::Status final_status;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (finished_ || writing_ || !subscription_) return;
+      if (disconnected_) {
+        finished_ = true;
+        final_status = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
+      } else {
+        JobManager::NextEvent n = jobs_->Next(*subscription_, last_seq_);
+        if (n.event) {
+          next = n.event;
+          current_ = next;
+          writing_ = true;
+          last_seq_ = next->seq();
+          if (next->has_failed()) {
+            job_status_ = grpc::Status(static_cast<grpc::StatusCode>(next->failed().code()),
+                                       next->failed().message());
+          }
+        } else if (n.end) {
+          finished_ = true;
+          final_status = job_status_;
+        } else {
+          return;
+        }
+      }
+    }
+    if (next) {
+      StartWrite(next.get());
+    } else {
+      Finish(final_status);
+    }
+  }
+
+  JobManager* const jobs_;
+  grpc::CallbackServerContext* const ctx_;
+  const std::string job_id_;
+  const bool cancel_job_on_disconnect_;
+
+  std::mutex mu_;
+  std::optional<JobManager::SubscriptionId> subscription_;
+  uint64_t last_seq_;
+  bool writing_ = false;       // a StartWrite has no OnWriteDone yet
+  bool finished_ = false;      // Finish was called
+  bool disconnected_ = false;  // cancelled, or a write failed
+  std::shared_ptr<const v1::GenerateEvent> current_;  // the message being written
+  grpc::Status job_status_;    // from the job's Failed event, if any
+};
+
+// Idempotency identity of a request: everything the client asked for except
+// the key itself and how it waits for the result.
+std::string Fingerprint(const v1::GenerateRequest& request) {
+  v1::GenerateRequest copy = request;
+  copy.clear_client_request_id();
+  copy.clear_detached();
+  return copy.SerializeAsString();
+}
+
+std::optional<std::chrono::steady_clock::time_point> SteadyDeadline(
+    const grpc::CallbackServerContext& ctx) {
+  const auto deadline = ctx.deadline();
+  const auto now = std::chrono::system_clock::now();
+  // gRPC reports "no deadline" as a time centuries away.
+  if (deadline - now > std::chrono::hours(24 * 365)) return std::nullopt;
+  return std::chrono::steady_clock::now() +
+         std::chrono::duration_cast<std::chrono::steady_clock::duration>(deadline - now);
+}
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
+}
+
+GenerationService::GenerationService(ModelLookup lookup, JobManager* jobs,
+                                     const Authenticator* auth, JobObserver* observer)
+    : lookup_(std::move(lookup)),
+      jobs_(jobs),
+      auth_(auth),
+      observer_(observer),
+      rng_(std::random_device{}()) {}
+
+uint64_t GenerationService::RandomSeed() {
+  // Below 2^53 so that clients holding numbers as doubles echo it exactly.
+  std::lock_guard<std::mutex> lock(rng_mu_);
+  return rng_() >> 11;
+}
+
+StatusOr<v1::Job> GenerationService::SubmitJob(const v1::GenerateRequest& request,
+                                               const SubmitOptions& base) {
+  StatusOr<v1::Job> job = QueueJob(request, base);
+  if (!job.ok() && observer_ != nullptr) {
+    // Only configured model names become labels; anything else is "unknown".
+    StatusOr<PipelineDescription> lookup = lookup_(request.model());
+    const bool configured = lookup.ok() || lookup.status().code() == StatusCode::kUnavailable;
+    observer_->OnRequestRefused(configured ? request.model() : "unknown", job.status().code());
+  }
+  return job;
+}
+
+StatusOr<v1::Job> GenerationService::QueueJob(const v1::GenerateRequest& request,
+                                              const SubmitOptions& base) {
+  RAINSERVE_ASSIGN_OR_RETURN(PipelineDescription model, lookup_(request.model()));
+  RAINSERVE_ASSIGN_OR_RETURN(ResolvedRequest r, ResolveRequest(request, model, RandomSeed()));
+  SubmitOptions options = base;
+  options.client_request_id = request.client_request_id();
+  options.priority = request.priority();
+  options.fingerprint = Fingerprint(request);
+  RAINSERVE_ASSIGN_OR_RETURN(v1::Job job, jobs_->Submit(r.resolved, r.generation, options));
+  RAINSERVE_LOG(DEBUG) << "job " << job.job_id() << " for model '" << r.resolved.model() << "': "
+                       << r.generation.width << "x" << r.generation.height << "x"
+                       << r.generation.num_frames << ", " << r.generation.steps << " steps";
+  return job;
+}
+
+grpc::ServerWriteReactor<v1::GenerateEvent>* GenerationService::Generate(
+    grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) {
+  if (grpc::Status denied = Authorize(ctx); !denied.ok()) return new FinishedStream(denied);
+  SubmitOptions options;
+  if (!request->detached()) options.deadline = SteadyDeadline(*ctx);
+  StatusOr<v1::Job> job = SubmitJob(*request, options);
+  if (!job.ok()) return new FinishedStream(ToGrpcStatus(job.status()));
+  return new EventStream(jobs_, ctx, job->job_id(), 0, !request->detached());
+}
+
+grpc::ServerUnaryReactor* GenerationService::Submit(grpc::CallbackServerContext* ctx,
+                                                    const v1::GenerateRequest* request,
+                                                    v1::SubmitResponse* response) {
+  if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
+  StatusOr<v1::Job> job = SubmitJob(*request, SubmitOptions());
+  if (!job.ok()) return FinishUnary(ctx, ToGrpcStatus(job.status()));
+  *response->mutable_job() = std::move(job).value();
+  return FinishUnary(ctx, grpc::Status::OK);
+}
+
+grpc::ServerWriteReactor<v1::GenerateEvent>* GenerationService::Watch(
+    grpc::CallbackServerContext* ctx, const v1::WatchRequest* request) {
+  if (grpc::Status denied = Authorize(ctx); !denied.ok()) return new FinishedStream(denied);
+  if (request->job_id().empty()) {
+    return new FinishedStream({grpc::StatusCode::INVALID_ARGUMENT, "job_id: required"});
+  }
+  StatusOr<v1::Job> job = jobs_->Get(request->job_id());
+  if (!job.ok()) return new FinishedStream(ToGrpcStatus(job.status()));
+  return new EventStream(jobs_, ctx, request->job_id(), request->from_seq(), false);
+}
+
+grpc::ServerUnaryReactor* GenerationService::Cancel(grpc::CallbackServerContext* ctx,
+                                                    const v1::CancelRequest* request,
+                                                    v1::CancelResponse* response) {
+  if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
+  StatusOr<v1::Job> job =
+      jobs_->Cancel(request->job_id(), CancelledError("cancelled by a Cancel request"));
+  if (!job.ok()) return FinishUnary(ctx, ToGrpcStatus(job.status()));
+  *response->mutable_job() = std::move(job).value();
+  return FinishUnary(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* GenerationService::GetJob(grpc::CallbackServerContext* ctx,
+                                                    const v1::GetJobRequest* request,
+                                                    v1::Job* response) {
+  if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
+  StatusOr<v1::Job> job = jobs_->Get(request->job_id());
+  if (!job.ok()) return FinishUnary(ctx, ToGrpcStatus(job.status()));
+  *response = std::move(job).value();
+  return FinishUnary(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* GenerationService::ListJobs(grpc::CallbackServerContext* ctx,
+                                                      const v1::ListJobsRequest* request,
+                                                      v1::ListJobsResponse* response) {
+  if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
+  for (v1::Job& job : jobs_->List(request->include_finished())) {
+    *response->add_jobs() = std::move(job);
+  }
+  return FinishUnary(ctx, grpc::Status::OK);
+}
+
+}  // namespace rainserve

@@ -1,0 +1,192 @@
+#include "server/request_mapping.h"
+
+#include <cmath>
+#include <string>
+
+namespace rainserve {
+namespace {
+
+constexpr int64_t kMaxFps = 240;
+
+// Proto3 enums are open: a client may send any number. UNSPECIFIED is fine
+// (it means "the model's default"); a number the API does not define is not.
+Status CheckEnum(const std::string& field, const google::protobuf::EnumDescriptor* descriptor,
+                 int value) {
+  if (descriptor->FindValueByNumber(value) != nullptr) return OkStatus();
+  std::string allowed;
+  for (int i = 0; i < descriptor->value_count(); ++i) {
+    if (i > 0) allowed += ", ";
+    allowed += descriptor->value(i)->name();
+  }
+  return InvalidArgumentError(field + " must be one of " + allowed + " (got " +
+                              std::to_string(value) + ")");
+}
+
+v1::Scheduler SchedulerToProto(const std::string& name) {
+  if (name == "euler") return v1::SCHEDULER_EULER;
+  return v1::SCHEDULER_UNIPC;
+}
+
+std::string SchedulerName(v1::Scheduler scheduler, const std::string& model_default) {
+  switch (scheduler) {
+    case v1::SCHEDULER_UNIPC: return "unipc";
+    case v1::SCHEDULER_EULER: return "euler";
+    default: return model_default;
+  }
+}
+
+v1::AttentionMode ModeToProto(AttentionMode mode) {
+  return mode == AttentionMode::kDense ? v1::ATTENTION_MODE_DENSE : v1::ATTENTION_MODE_RAINFUSION;
+}
+
+v1::MaskRefresh RefreshToProto(MaskRefresh refresh) {
+  return refresh == MaskRefresh::kPerStep ? v1::MASK_REFRESH_PER_STEP
+                                          : v1::MASK_REFRESH_EVERY_LAYER;
+}
+
+// Every field set, so the message reads as the settings actually applied.
+void SparseToProto(const SparseSettings& s, v1::SparseAttention* out) {
+  out->set_mode(ModeToProto(s.mode));
+  out->set_sparsity(s.sparsity);
+  out->set_sink_frames(static_cast<uint32_t>(s.sink_frames));
+  out->mutable_window()->set_t(static_cast<uint32_t>(s.window[0]));
+  out->mutable_window()->set_h(static_cast<uint32_t>(s.window[1]));
+  out->mutable_window()->set_w(static_cast<uint32_t>(s.window[2]));
+  out->set_dense_warmup_steps(static_cast<uint32_t>(s.dense_warmup_steps));
+  out->set_mask_refresh(RefreshToProto(s.mask_refresh));
+}
+
+StatusOr<SparseSettings> ResolveSparse(const v1::SparseAttention& in, const SparseSettings& dflt) {
+  RAINSERVE_RETURN_IF_ERROR(
+      CheckEnum("sparse_attention.mode", v1::AttentionMode_descriptor(), in.mode()));
+  RAINSERVE_RETURN_IF_ERROR(CheckEnum("sparse_attention.mask_refresh",
+                                      v1::MaskRefresh_descriptor(), in.mask_refresh()));
+  SparseSettings s = dflt;
+  if (in.mode() == v1::ATTENTION_MODE_DENSE) s.mode = AttentionMode::kDense;
+  if (in.mode() == v1::ATTENTION_MODE_RAINFUSION) s.mode = AttentionMode::kRainFusion;
+  if (in.has_sparsity()) s.sparsity = in.sparsity();
+  if (in.has_sink_frames()) s.sink_frames = in.sink_frames();
+  // A zero window component keeps the model's default for that axis.
+  const uint32_t window[3] = {in.window().t(), in.window().h(), in.window().w()};
+  for (int i = 0; i < 3; ++i) {
+    if (window[i] != 0) s.window[i] = window[i];
+  }
+  if (in.has_dense_warmup_steps()) s.dense_warmup_steps = in.dense_warmup_steps();
+  if (in.mask_refresh() == v1::MASK_REFRESH_EVERY_LAYER) s.mask_refresh = MaskRefresh::kEveryLayer;
+  if (in.mask_refresh() == v1::MASK_REFRESH_PER_STEP) s.mask_refresh = MaskRefresh::kPerStep;
+  return s;
+}
+
+}  // namespace
+
+google::protobuf::Duration SecondsToDuration(double seconds) {
+  google::protobuf::Duration d;
+  if (!std::isfinite(seconds) || seconds < 0) seconds = 0;
+  const int64_t nanos = std::llround(seconds * 1e9);
+  d.set_seconds(nanos / 1000000000);
+  d.set_nanos(static_cast<int32_t>(nanos % 1000000000));
+  return d;
+}
+
+StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
+                                         const PipelineDescription& model, uint64_t random_seed) {
+  RAINSERVE_RETURN_IF_ERROR(CheckEnum("scheduler", v1::Scheduler_descriptor(), request.scheduler()));
+  RAINSERVE_RETURN_IF_ERROR(
+      CheckEnum("output_format", v1::OutputFormat_descriptor(), request.output_format()));
+  const PipelineDefaults& d = model.defaults;
+
+  ResolvedRequest out;
+  GenerationRequest& g = out.generation;
+  g.prompt = request.prompt();
+  g.negative_prompt = request.negative_prompt();
+  g.seed = request.has_seed() ? request.seed() : random_seed;
+  g.steps = request.has_steps() ? request.steps() : d.steps;
+  g.guidance_scale = request.has_guidance_scale() ? request.guidance_scale() : d.guidance_scale;
+  g.flow_shift = request.has_flow_shift() ? request.flow_shift() : d.flow_shift;
+  g.scheduler = SchedulerName(request.scheduler(), d.scheduler);
+  g.width = request.has_width() ? request.width() : d.width;
+  g.height = request.has_height() ? request.height() : d.height;
+  g.num_frames = request.has_num_frames() ? request.num_frames() : d.num_frames;
+  RAINSERVE_ASSIGN_OR_RETURN(g.sparse, ResolveSparse(request.sparse_attention(), d.sparse));
+  // Text-to-image: a single latent frame has nothing to sink.
+  if (g.num_frames == 1) g.sparse.sink_frames = 0;
+  const int64_t fps = request.has_fps() ? request.fps() : d.fps;
+  if (fps < 1 || fps > kMaxFps) {
+    return InvalidArgumentError("fps must be in [1, " + std::to_string(kMaxFps) + "] (got " +
+                                std::to_string(fps) + ")");
+  }
+  RAINSERVE_RETURN_IF_ERROR(ValidateGenerationRequest(model, g));
+
+  v1::GenerateRequest& r = out.resolved;
+  r = request;
+  r.set_model(model.name);
+  r.set_seed(g.seed);
+  r.set_steps(static_cast<uint32_t>(g.steps));
+  r.set_guidance_scale(g.guidance_scale);
+  r.set_flow_shift(g.flow_shift);
+  r.set_scheduler(SchedulerToProto(g.scheduler));
+  r.set_width(static_cast<uint32_t>(g.width));
+  r.set_height(static_cast<uint32_t>(g.height));
+  r.set_num_frames(static_cast<uint32_t>(g.num_frames));
+  r.set_fps(static_cast<uint32_t>(fps));
+  if (r.output_format() == v1::OUTPUT_FORMAT_UNSPECIFIED) {
+    r.set_output_format(g.num_frames == 1 ? v1::OUTPUT_FORMAT_PNG : v1::OUTPUT_FORMAT_MP4);
+  }
+  SparseToProto(g.sparse, r.mutable_sparse_attention());
+  return out;
+}
+
+void FillModelInfo(const PipelineDescription& model, v1::ModelInfo* info) {
+  info->set_name(model.name);
+  info->set_pipeline(model.pipeline);
+  info->set_task(model.task);
+  info->set_device(model.device);
+  info->set_dtype(model.dtype);
+  info->clear_attention_backends();
+  for (const auto& backend : model.attention_backends) info->add_attention_backends(backend);
+
+  const PipelineLimits& l = model.limits;
+  v1::Limits* limits = info->mutable_limits();
+  limits->set_size_multiple(static_cast<uint32_t>(l.size_multiple));
+  limits->set_max_width(static_cast<uint32_t>(l.max_width));
+  limits->set_max_height(static_cast<uint32_t>(l.max_height));
+  limits->set_max_pixels(static_cast<uint32_t>(l.max_pixels));
+  limits->set_frame_multiple(static_cast<uint32_t>(l.frame_multiple));
+  limits->set_max_frames(static_cast<uint32_t>(l.max_frames));
+  limits->set_max_steps(static_cast<uint32_t>(l.max_steps));
+  limits->set_max_prompt_tokens(static_cast<uint32_t>(l.max_prompt_tokens));
+
+  const PipelineDefaults& d = model.defaults;
+  v1::Defaults* defaults = info->mutable_defaults();
+  defaults->set_width(static_cast<uint32_t>(d.width));
+  defaults->set_height(static_cast<uint32_t>(d.height));
+  defaults->set_num_frames(static_cast<uint32_t>(d.num_frames));
+  defaults->set_fps(static_cast<uint32_t>(d.fps));
+  defaults->set_steps(static_cast<uint32_t>(d.steps));
+  defaults->set_guidance_scale(d.guidance_scale);
+  defaults->set_flow_shift(d.flow_shift);
+  defaults->set_scheduler(d.scheduler);
+  SparseToProto(d.sparse, defaults->mutable_sparse_attention());
+}
+
+void FillResultFromOutput(const GenerationOutput& output, const v1::GenerateRequest& applied,
+                          v1::GenerateResult* result) {
+  *result->mutable_applied() = applied;
+  result->set_requested_sparsity(output.requested_sparsity);
+  result->set_realized_sparsity(output.realized_sparsity);
+  result->clear_steps();
+  for (const StepStat& s : output.steps) {
+    v1::StepStats* step = result->add_steps();
+    step->set_step(static_cast<uint32_t>(s.step));
+    step->set_sparse(s.sparse);
+    step->set_realized_sparsity(s.realized_sparsity);
+    *step->mutable_duration() = SecondsToDuration(s.seconds);
+  }
+  v1::StageTimings* t = result->mutable_timings();
+  *t->mutable_text_encode() = SecondsToDuration(output.text_encode_seconds);
+  *t->mutable_denoise() = SecondsToDuration(output.denoise_seconds);
+  *t->mutable_decode() = SecondsToDuration(output.decode_seconds);
+  result->set_peak_memory_bytes(output.peak_memory_bytes);
+}
+
+}  // namespace rainserve

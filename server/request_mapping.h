@@ -1,0 +1,50 @@
+// Request mapping: the edge between the API (rainserve.v1 protobuf messages)
+// and the plain structs of pipelines/pipeline.h.
+//
+// ResolveRequest fills every default from the model's description, rejects
+// what the model cannot run (INVALID_ARGUMENT naming the field and the allowed
+// range) and yields both the resolved API request (echoed to clients as the
+// applied settings) and the GenerationRequest a pipeline runs. Nothing that
+// fails here reaches a pipeline. The other functions turn descriptions and
+// outputs back into API messages. All functions are pure and thread-safe.
+#pragma once
+
+#include <google/protobuf/duration.pb.h>
+
+#include <cstdint>
+
+#include "common/status.h"
+#include "pipelines/pipeline.h"
+#include "rainserve/v1/generation.pb.h"
+#include "rainserve/v1/models.pb.h"
+
+namespace rainserve {
+
+struct ResolvedRequest {
+  v1::GenerateRequest resolved;  // every optional field set, enums specified
+  GenerationRequest generation;  // what the pipeline runs
+};
+
+// Fills defaults from `model` and validates. `random_seed` becomes the seed
+// when the request has none. The resolved request names the model by
+// `model.name`; priority, client_request_id and detached are copied as given.
+// Errors: INVALID_ARGUMENT naming the field ("scheduler", "width",
+// "sparse_attention.sparsity", ...). One-frame requests (text-to-image) run
+// with sparse_attention.sink_frames = 0 whatever was asked.
+StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
+                                         const PipelineDescription& model, uint64_t random_seed);
+
+// Name, pipeline, task, device, dtype, attention backends, limits and
+// defaults (every sparse_attention field set). State is left to the caller.
+void FillModelInfo(const PipelineDescription& model, v1::ModelInfo* info);
+
+// The parts of a result a pipeline output determines: the applied request,
+// requested and realized sparsity, per-step stats, the text-encode / denoise /
+// decode timings and peak memory. Artifacts, device and the queue / encode /
+// total timings are the job's to fill.
+void FillResultFromOutput(const GenerationOutput& output, const v1::GenerateRequest& applied,
+                          v1::GenerateResult* result);
+
+google::protobuf::Duration SecondsToDuration(double seconds);
+
+}  // namespace rainserve

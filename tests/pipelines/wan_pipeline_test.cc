@@ -1,0 +1,236 @@
+// The Wan pipeline end to end on the embedded wan-tiny checkpoint (CPU):
+// determinism, progress, cancellation, validation, sparse steps, images.
+#include "pipelines/wan_pipeline.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <string>
+
+#include "pipelines/registry.h"
+
+namespace rainserve {
+namespace {
+
+std::string SourceDir() {
+  const char* env = std::getenv("RAINSERVE_SOURCE_DIR");
+  return env != nullptr ? env : RAINSERVE_SOURCE_DIR_DEFAULT;
+}
+
+ModelEntry TinyEntry() {
+  ModelEntry e;
+  e.name = "wan-tiny";
+  e.path = SourceDir() + "/models/wan-tiny";
+  e.device = "cpu";
+  e.dtype = "fp32";
+  e.threads = 2;
+  e.limits.max_prompt_tokens = 64;
+  return e;
+}
+
+class WanPipelineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto p = LoadWanPipeline(TinyEntry());
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    pipeline_ = std::move(p).value().release();
+  }
+  static void TearDownTestSuite() {
+    delete pipeline_;
+    pipeline_ = nullptr;
+  }
+
+  // A small video request: 64x64, 5 frames, 2 steps.
+  static GenerationRequest Small(uint64_t seed) {
+    GenerationRequest r;
+    r.prompt = "a red fox runs through fresh snow";
+    r.negative_prompt = "blurry";
+    r.seed = seed;
+    r.steps = 2;
+    r.guidance_scale = 5.0;
+    r.flow_shift = 3.0;
+    r.width = 64;
+    r.height = 64;
+    r.num_frames = 5;
+    return r;
+  }
+
+  static GenerationOutput Run(const GenerationRequest& r) {
+    CancelToken cancel;
+    auto out = pipeline_->Generate(r, nullptr, cancel);
+    EXPECT_TRUE(out.ok()) << out.status().ToString();
+    return out.ok() ? std::move(out).value() : GenerationOutput{};
+  }
+
+  static Pipeline* pipeline_;
+};
+
+Pipeline* WanPipelineTest::pipeline_ = nullptr;
+
+TEST_F(WanPipelineTest, DescribesLimitsFromTheCheckpointAndEntry) {
+  const PipelineDescription d = pipeline_->Describe();
+  EXPECT_EQ(d.name, "wan-tiny");
+  EXPECT_EQ(d.pipeline, "wan");
+  EXPECT_EQ(d.limits.size_multiple, 16);  // VAE 8x, patch 2
+  EXPECT_EQ(d.limits.frame_multiple, 4);  // VAE 4x in time
+  EXPECT_EQ(d.limits.max_prompt_tokens, 64);
+  EXPECT_EQ(d.defaults.scheduler, "unipc");
+  EXPECT_DOUBLE_EQ(d.defaults.flow_shift, 3.0);
+}
+
+TEST_F(WanPipelineTest, SameSeedGivesIdenticalFramesOfTheRequestedShape) {
+  const GenerationOutput a = Run(Small(7));
+  const GenerationOutput b = Run(Small(7));
+  ASSERT_EQ(a.num_frames, 5);
+  ASSERT_EQ(a.width, 64);
+  ASSERT_EQ(a.height, 64);
+  ASSERT_EQ(a.rgb.size(), size_t{5 * 64 * 64 * 3});
+  EXPECT_EQ(a.rgb, b.rgb);
+}
+
+TEST_F(WanPipelineTest, DifferentSeedOrPromptGivesDifferentFrames) {
+  const GenerationOutput a = Run(Small(7));
+  const GenerationOutput b = Run(Small(8));
+  GenerationRequest other = Small(7);
+  other.prompt = "a city street at night in the rain";
+  const GenerationOutput c = Run(other);
+  ASSERT_EQ(a.rgb.size(), b.rgb.size());
+  EXPECT_NE(a.rgb, b.rgb);
+  EXPECT_NE(a.rgb, c.rgb);
+}
+
+TEST_F(WanPipelineTest, ReportsProgressOncePerStepAndStageTimings) {
+  GenerationRequest r = Small(1);
+  r.steps = 3;
+  std::vector<int64_t> steps;
+  std::vector<std::string> stages;
+  CancelToken cancel;
+  auto out = pipeline_->Generate(
+      r,
+      [&](const ProgressUpdate& u) {
+        stages.push_back(u.stage);
+        if (u.stage == "denoise") {
+          steps.push_back(u.step);
+          EXPECT_EQ(u.total_steps, 3);
+        }
+      },
+      cancel);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(stages.front(), "text_encode");
+  EXPECT_EQ(stages.back(), "decode");
+  ASSERT_EQ(out->steps.size(), 3u);
+  EXPECT_GT(out->text_encode_seconds, 0);
+  EXPECT_GT(out->denoise_seconds, 0);
+  EXPECT_GT(out->decode_seconds, 0);
+  EXPECT_GT(out->peak_memory_bytes, 0u);
+}
+
+TEST_F(WanPipelineTest, CancellationStopsWithinOneStep) {
+  GenerationRequest r = Small(1);
+  r.steps = 6;
+  CancelToken cancel;
+  int denoise_updates = 0;
+  auto out = pipeline_->Generate(
+      r,
+      [&](const ProgressUpdate& u) {
+        if (u.stage != "denoise") return;
+        ++denoise_updates;
+        if (u.step == 2) cancel.Cancel();
+      },
+      cancel);
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), StatusCode::kCancelled);
+  EXPECT_EQ(denoise_updates, 2);
+  // The pipeline stays usable.
+  EXPECT_EQ(Run(Small(1)).num_frames, 5);
+}
+
+TEST_F(WanPipelineTest, TextToImageIsOneFrameWithTheSinkDisabled) {
+  GenerationRequest r = Small(3);
+  r.num_frames = 1;
+  r.sparse.sink_frames = 1;
+  const GenerationOutput out = Run(r);
+  EXPECT_EQ(out.num_frames, 1);
+  EXPECT_EQ(out.rgb.size(), size_t{64 * 64 * 3});
+}
+
+TEST_F(WanPipelineTest, SparseStepsFollowTheWarmupAndRealizeSparsity) {
+  // 256x256, 5 frames: 2 x 16 x 16 = 512 tokens, 4 key blocks of 128.
+  GenerationRequest r = Small(5);
+  r.width = 256;
+  r.height = 256;
+  r.num_frames = 5;
+  r.steps = 3;
+  r.sparse.sparsity = 0.5;
+  r.sparse.sink_frames = 0;
+  r.sparse.dense_warmup_steps = 1;
+  const GenerationOutput out = Run(r);
+  ASSERT_EQ(out.steps.size(), 3u);
+  EXPECT_FALSE(out.steps[0].sparse);
+  EXPECT_EQ(out.steps[0].realized_sparsity, 0.0);
+  EXPECT_TRUE(out.steps[1].sparse);
+  EXPECT_TRUE(out.steps[2].sparse);
+  EXPECT_NEAR(out.steps[1].realized_sparsity, 0.5, 1e-9);
+  EXPECT_NEAR(out.realized_sparsity, 0.5, 1e-9);
+  EXPECT_DOUBLE_EQ(out.requested_sparsity, 0.5);
+
+  r.sparse.mode = AttentionMode::kDense;
+  const GenerationOutput dense = Run(r);
+  for (const StepStat& s : dense.steps) EXPECT_FALSE(s.sparse);
+  EXPECT_EQ(dense.realized_sparsity, 0.0);
+  EXPECT_NE(dense.rgb, out.rgb);
+}
+
+struct InvalidCase {
+  const char* field;
+  void (*mutate)(GenerationRequest*);
+};
+
+TEST_F(WanPipelineTest, InvalidRequestsNameTheField) {
+  const InvalidCase cases[] = {
+      {"width", [](GenerationRequest* r) { r->width = 72; }},
+      {"height", [](GenerationRequest* r) { r->height = 0; }},
+      {"num_frames", [](GenerationRequest* r) { r->num_frames = 6; }},
+      {"steps", [](GenerationRequest* r) { r->steps = 0; }},
+      {"guidance_scale", [](GenerationRequest* r) { r->guidance_scale = -1; }},
+      {"guidance_scale", [](GenerationRequest* r) { r->guidance_scale = std::nan(""); }},
+      {"flow_shift", [](GenerationRequest* r) { r->flow_shift = 0; }},
+      {"prompt", [](GenerationRequest* r) { r->prompt.clear(); }},
+      {"scheduler", [](GenerationRequest* r) { r->scheduler = "ddim"; }},
+      {"sparse_attention.sparsity", [](GenerationRequest* r) { r->sparse.sparsity = 1.0; }},
+      {"sparse_attention.sparsity", [](GenerationRequest* r) { r->sparse.sparsity = -0.1; }},
+      {"sparse_attention.sink_frames", [](GenerationRequest* r) { r->sparse.sink_frames = 3; }},
+      {"sparse_attention.dense_warmup_steps",
+       [](GenerationRequest* r) { r->sparse.dense_warmup_steps = 3; }},
+  };
+  for (const InvalidCase& c : cases) {
+    GenerationRequest r = Small(1);
+    c.mutate(&r);
+    CancelToken cancel;
+    int calls = 0;
+    auto out = pipeline_->Generate(r, [&](const ProgressUpdate&) { ++calls; }, cancel);
+    ASSERT_FALSE(out.ok()) << c.field;
+    EXPECT_EQ(out.status().code(), StatusCode::kInvalidArgument) << c.field;
+    EXPECT_EQ(out.status().message().rfind(c.field, 0), 0u)
+        << c.field << ": " << out.status().message();
+    EXPECT_EQ(calls, 0) << "an invalid request must not start: " << c.field;
+  }
+}
+
+TEST(WanPipelineLoadTest, MissingFolderIsNotFoundAndUnknownDeviceIsRejected) {
+  ModelEntry e = TinyEntry();
+  e.path = SourceDir() + "/models/no-such-model";
+  auto missing = LoadWanPipeline(e);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("no-such-model"), std::string::npos);
+
+  PipelineRegistry registry;
+  RegisterBuiltinPipelines(&registry);
+  EXPECT_EQ(registry.Families(), std::vector<std::string>{"wan"});
+}
+
+}  // namespace
+}  // namespace rainserve

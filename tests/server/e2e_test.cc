@@ -1,0 +1,858 @@
+// End-to-end tests of the real service: ServerApp in-process on 127.0.0.1:0
+// with the embedded wan-tiny model (random weights, CPU), driven over
+// loopback by the generated C++ stubs. Covers images and videos (decoded with
+// libpng/FFmpeg), progress, determinism, cancellation, deadlines, the queue,
+// Watch replay, idempotency, Models, health during shutdown, bearer tokens,
+// TLS/mTLS (certificates made at run time with the openssl command line) and
+// the metrics endpoint.
+//
+//   ctest --test-dir build -R e2e_test --output-on-failure
+#include <google/protobuf/util/message_differencer.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <openssl/sha.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/config.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "rainserve/v1/generation.grpc.pb.h"
+#include "rainserve/v1/models.grpc.pb.h"
+#include "server/server_app.h"
+#include "tests/media/test_frames.h"
+#include "tests/server/test_server.h"
+
+namespace rainserve {
+namespace {
+
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+using media::testing::DecodeMp4;
+using media::testing::DecodePng;
+
+constexpr char kModel[] = "wan-tiny";
+constexpr char kGeneration[] = "rainserve.v1.Generation";
+constexpr char kGenerationModel[] = "rainserve.v1.Generation/wan-tiny";
+// Long enough that a cancel, a deadline or a shutdown lands mid-run: the
+// largest frames and step count the limits allow (the run is cut short).
+constexpr uint32_t kLongSteps = 50;
+
+std::string SourceDir() {
+  const char* env = std::getenv("RAINSERVE_SOURCE_DIR");
+  return env != nullptr ? env : RAINSERVE_SOURCE_DIR_DEFAULT;
+}
+
+// A fresh folder under the system's temporary directory, removed afterwards.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "rainserve-e2e-XXXXXX").string();
+    if (mkdtemp(pattern.data()) != nullptr) path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
+  }
+  std::string Write(const std::string& name, const std::string& text) const {
+    const std::string file = path_ + "/" + name;
+    std::ofstream(file) << text;
+    return file;
+  }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+std::string Sha256Hex(const std::string& data) {
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest);
+  std::string hex;
+  char byte[3];
+  for (unsigned char d : digest) {
+    std::snprintf(byte, sizeof(byte), "%02x", d);
+    hex += byte;
+  }
+  return hex;
+}
+
+// wan-tiny with small defaults and the limits of configs/server.yaml.
+ModelEntry WanTiny(bool load_at_startup = true) {
+  ModelEntry e;
+  e.name = kModel;
+  e.pipeline = "wan";
+  e.path = SourceDir() + "/models/wan-tiny";
+  e.device = "cpu";
+  e.dtype = "fp32";
+  e.threads = 2;
+  e.load_at_startup = load_at_startup;
+  e.defaults.width = 64;
+  e.defaults.height = 64;
+  e.defaults.num_frames = 5;
+  e.defaults.fps = 8;
+  e.defaults.steps = 2;
+  e.defaults.guidance_scale = 5.0;
+  e.defaults.attention_mode = "rainfusion";
+  e.defaults.sparsity = 0.5;
+  e.defaults.sink_frames = 1;
+  e.defaults.dense_warmup_steps = 1;
+  e.defaults.mask_refresh = "every_layer";
+  e.limits.max_width = 512;
+  e.limits.max_height = 512;
+  e.limits.max_pixels = 262144;
+  e.limits.max_frames = 33;
+  e.limits.max_steps = 50;
+  e.limits.max_prompt_tokens = 64;
+  return e;
+}
+
+ServerConfig Config(bool load_at_startup = true) {
+  ServerConfig c;
+  c.server.listen_address = "127.0.0.1:0";
+  c.server.metrics_address = "127.0.0.1:0";
+  c.server.drain_timeout_seconds = 60;
+  c.models.push_back(WanTiny(load_at_startup));
+  c.source = "e2e_test";
+  return c;
+}
+
+// Starts the service and waits for its models; null (with a failure) on error.
+std::unique_ptr<ServerApp> StartApp(const ServerConfig& config) {
+  StatusOr<std::unique_ptr<ServerApp>> app = ServerApp::Start(config);
+  if (!app.ok()) {
+    ADD_FAILURE() << "ServerApp::Start: " << app.status().ToString();
+    return nullptr;
+  }
+  (*app)->WaitForModels();
+  return std::move(app).value();
+}
+
+std::string Target(const ServerApp& app) {
+  return "127.0.0.1:" + std::to_string(app.grpc_port());
+}
+
+v1::GenerateRequest Request(const std::string& prompt, uint32_t width, uint32_t height,
+                            uint32_t frames, uint32_t steps, uint64_t seed = 1) {
+  v1::GenerateRequest r;
+  r.set_model(kModel);
+  r.set_prompt(prompt);
+  r.set_width(width);
+  r.set_height(height);
+  r.set_num_frames(frames);
+  r.set_steps(steps);
+  r.set_seed(seed);
+  return r;
+}
+
+v1::GenerateRequest LongRequest(const std::string& prompt) {
+  return Request(prompt, 256, 256, 17, kLongSteps);
+}
+
+struct Stream {
+  std::vector<v1::GenerateEvent> events;
+  grpc::Status status;
+};
+
+struct Artifact {
+  v1::ArtifactInfo info;
+  std::string data;
+};
+
+// The artifacts of a stream, from their headers and chunks (in offset order).
+std::vector<Artifact> Artifacts(const Stream& s) {
+  std::vector<Artifact> artifacts;
+  for (const v1::GenerateEvent& e : s.events) {
+    if (e.has_artifact_header()) {
+      EXPECT_EQ(e.artifact_header().info().index(), artifacts.size());
+      artifacts.push_back({e.artifact_header().info(), ""});
+    } else if (e.has_artifact_chunk()) {
+      const v1::ArtifactChunk& c = e.artifact_chunk();
+      EXPECT_LT(c.index(), artifacts.size());
+      if (c.index() >= artifacts.size()) continue;
+      EXPECT_EQ(c.offset(), artifacts[c.index()].data.size());
+      artifacts[c.index()].data += c.data();
+    }
+  }
+  for (const Artifact& a : artifacts) {
+    EXPECT_EQ(a.data.size(), a.info.size_bytes());
+    EXPECT_EQ(Sha256Hex(a.data), a.info.sha256());
+  }
+  return artifacts;
+}
+
+std::vector<v1::Progress> DenoiseProgress(const Stream& s) {
+  std::vector<v1::Progress> progress;
+  for (const v1::GenerateEvent& e : s.events) {
+    if (e.has_progress() && e.progress().stage() == "denoise") progress.push_back(e.progress());
+  }
+  return progress;
+}
+
+// A connection with stubs for the API and health; `token` goes out as
+// "authorization: Bearer <token>" on every API call when set.
+class Client {
+ public:
+  explicit Client(std::shared_ptr<grpc::Channel> channel, std::string token = "")
+      : channel_(std::move(channel)),
+        token_(std::move(token)),
+        generation_(v1::Generation::NewStub(channel_)),
+        models_(v1::Models::NewStub(channel_)),
+        health_(grpc::health::v1::Health::NewStub(channel_)) {}
+  explicit Client(const ServerApp& app, std::string token = "")
+      : Client(grpc::CreateChannel(Target(app), grpc::InsecureChannelCredentials()),
+               std::move(token)) {}
+
+  // Token and a deadline (every call has one, so that a hang fails the test).
+  void Prepare(grpc::ClientContext* ctx, double deadline_seconds = 120) const {
+    if (!token_.empty()) ctx->AddMetadata("authorization", "Bearer " + token_);
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(static_cast<int64_t>(deadline_seconds * 1000)));
+  }
+
+  Stream Generate(const v1::GenerateRequest& request, double deadline_seconds = 120) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, deadline_seconds);
+    return ReadAll(generation_->Generate(&ctx, request).get());
+  }
+
+  Stream Watch(const std::string& job_id, uint64_t from_seq) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    v1::WatchRequest watch;
+    watch.set_job_id(job_id);
+    watch.set_from_seq(from_seq);
+    return ReadAll(generation_->Watch(&ctx, watch).get());
+  }
+
+  grpc::Status Submit(const v1::GenerateRequest& request, v1::Job* job) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    v1::SubmitResponse response;
+    const grpc::Status s = generation_->Submit(&ctx, request, &response);
+    *job = response.job();
+    return s;
+  }
+
+  grpc::Status Cancel(const std::string& job_id) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    v1::CancelRequest request;
+    request.set_job_id(job_id);
+    v1::CancelResponse response;
+    return generation_->Cancel(&ctx, request, &response);
+  }
+
+  v1::Job GetJob(const std::string& job_id) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    v1::GetJobRequest request;
+    request.set_job_id(job_id);
+    v1::Job job;
+    const grpc::Status s = generation_->GetJob(&ctx, request, &job);
+    EXPECT_TRUE(s.ok()) << job_id << ": " << s.error_message();
+    return job;
+  }
+
+  // Polls GetJob until the job reaches `state`; the last snapshot either way.
+  v1::Job WaitForState(const std::string& job_id, v1::JobState state, double timeout_seconds = 60) {
+    const auto end = std::chrono::steady_clock::now() +
+                     std::chrono::milliseconds(static_cast<int64_t>(timeout_seconds * 1000));
+    v1::Job job = GetJob(job_id);
+    while (job.state() != state && std::chrono::steady_clock::now() < end) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      job = GetJob(job_id);
+    }
+    EXPECT_EQ(job.state(), state) << job.DebugString();
+    return job;
+  }
+
+  grpc::Status ListModels(v1::ListModelsResponse* response) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx, 10);
+    return models_->List(&ctx, v1::ListModelsRequest(), response);
+  }
+
+  grpc::Status Describe(const std::string& name, v1::ModelInfo* info) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    v1::DescribeModelRequest request;
+    request.set_name(name);
+    return models_->Describe(&ctx, request, info);
+  }
+
+  grpc::Status Load(const std::string& name, v1::ModelInfo* info) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    v1::LoadModelRequest request;
+    request.set_name(name);
+    return models_->Load(&ctx, request, info);
+  }
+
+  grpc::Status Unload(const std::string& name, v1::ModelInfo* info) {
+    grpc::ClientContext ctx;
+    Prepare(&ctx);
+    v1::UnloadModelRequest request;
+    request.set_name(name);
+    return models_->Unload(&ctx, request, info);
+  }
+
+  // Health.Check for `service`; the RPC must succeed.
+  HealthCheckResponse::ServingStatus Health(const std::string& service) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    HealthCheckRequest request;
+    request.set_service(service);
+    HealthCheckResponse response;
+    const grpc::Status s = health_->Check(&ctx, request, &response);
+    EXPECT_TRUE(s.ok()) << service << ": " << s.error_message();
+    return response.status();
+  }
+
+  v1::Generation::Stub* generation() { return generation_.get(); }
+  grpc::health::v1::Health::Stub* health() { return health_.get(); }
+
+ private:
+  static Stream ReadAll(grpc::ClientReader<v1::GenerateEvent>* reader) {
+    Stream s;
+    for (v1::GenerateEvent e; reader->Read(&e);) s.events.push_back(e);
+    s.status = reader->Finish();
+    return s;
+  }
+
+  std::shared_ptr<grpc::Channel> channel_;
+  std::string token_;
+  std::unique_ptr<v1::Generation::Stub> generation_;
+  std::unique_ptr<v1::Models::Stub> models_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+// Reads `reader` up to and including the first denoise Progress event.
+bool ReadUntilDenoising(grpc::ClientReader<v1::GenerateEvent>* reader, Stream* s) {
+  for (v1::GenerateEvent e; reader->Read(&e);) {
+    s->events.push_back(e);
+    if (e.has_progress() && e.progress().stage() == "denoise") return true;
+  }
+  return false;
+}
+
+// What a streaming reader that fell behind gets (job_manager.h): a Queued
+// event followed by another Queued, or a Progress followed by a Progress of
+// the same stage, is superseded and dropped.
+std::vector<v1::GenerateEvent> Coalesced(const std::vector<v1::GenerateEvent>& events) {
+  std::vector<v1::GenerateEvent> kept;
+  for (size_t i = 0; i < events.size(); ++i) {
+    if (i + 1 < events.size()) {
+      const v1::GenerateEvent& e = events[i];
+      const v1::GenerateEvent& next = events[i + 1];
+      if (e.has_queued() && next.has_queued()) continue;
+      if (e.has_progress() && next.has_progress() &&
+          e.progress().stage() == next.progress().stage()) {
+        continue;
+      }
+    }
+    kept.push_back(events[i]);
+  }
+  return kept;
+}
+
+// ---------------------------------------------------------------- one shared server
+
+// The default configuration (no auth, no TLS, queue of 64), started once for
+// every test of the suite: these tests leave the server as they found it.
+class WanTinyE2eTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { app_ = StartApp(Config()).release(); }
+  static void TearDownTestSuite() {
+    delete app_;
+    app_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_NE(app_, nullptr);
+    client_ = std::make_unique<Client>(*app_);
+  }
+
+  static ServerApp* app_;
+  std::unique_ptr<Client> client_;
+};
+
+ServerApp* WanTinyE2eTest::app_ = nullptr;
+
+TEST_F(WanTinyE2eTest, ImageRequestReturnsAPngThatDecodesToTheRequestedSize) {
+  const Stream s = client_->Generate(Request("a red kite", 80, 48, 1, 2));
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+  const std::vector<Artifact> artifacts = Artifacts(s);
+  ASSERT_EQ(artifacts.size(), 1u);
+  const v1::ArtifactInfo& info = artifacts[0].info;
+  EXPECT_EQ(info.mime_type(), "image/png");
+  EXPECT_EQ(info.width(), 80u);
+  EXPECT_EQ(info.height(), 48u);
+  EXPECT_EQ(info.frames(), 1u);
+  auto png = DecodePng(artifacts[0].data);
+  ASSERT_TRUE(png.ok()) << png.status().ToString();
+  EXPECT_EQ(png->width, 80);
+  EXPECT_EQ(png->height, 48);
+  EXPECT_EQ(png->rgb.size(), 80u * 48u * 3u);
+  ASSERT_TRUE(s.events.back().has_completed());
+  EXPECT_EQ(s.events.back().completed().result().applied().num_frames(), 1u);
+}
+
+TEST_F(WanTinyE2eTest, VideoRequestReturnsAnMp4WithTheRequestedFramesAndSize) {
+  const Stream s = client_->Generate(Request("waves", 64, 48, 9, 2));
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+  const std::vector<Artifact> artifacts = Artifacts(s);
+  ASSERT_EQ(artifacts.size(), 1u);
+  const v1::ArtifactInfo& info = artifacts[0].info;
+  EXPECT_EQ(info.mime_type(), "video/mp4");
+  EXPECT_EQ(info.frames(), 9u);
+  EXPECT_EQ(info.fps(), 8u);
+  auto video = DecodeMp4(artifacts[0].data);
+  ASSERT_TRUE(video.ok()) << video.status().ToString();
+  EXPECT_EQ(video->rgb_frames.size(), 9u);  // 1 + 4k with k = 2
+  EXPECT_EQ(video->width, 64);
+  EXPECT_EQ(video->height, 48);
+  EXPECT_EQ(video->codec_name, "h264");
+}
+
+TEST_F(WanTinyE2eTest, DenoiseProgressHasOneEventPerStepAndSeqIsContiguous) {
+  const Stream s = client_->Generate(Request("steps", 64, 64, 5, 3));
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+  const std::vector<v1::Progress> progress = DenoiseProgress(s);
+  ASSERT_EQ(progress.size(), 3u);
+  for (size_t i = 0; i < progress.size(); ++i) {
+    EXPECT_EQ(progress[i].step(), i + 1);
+    EXPECT_EQ(progress[i].total_steps(), 3u);
+  }
+  for (size_t i = 0; i < s.events.size(); ++i) {
+    EXPECT_EQ(s.events[i].seq(), i + 1) << s.events[i].DebugString();
+  }
+  EXPECT_TRUE(s.events.front().has_accepted());
+  EXPECT_TRUE(s.events.back().has_completed());
+}
+
+TEST_F(WanTinyE2eTest, SameSeedGivesTheSameBytesAndAnotherSeedDoesNot) {
+  auto sha = [&](const v1::GenerateRequest& request) {
+    const Stream s = client_->Generate(request);
+    EXPECT_TRUE(s.status.ok()) << s.status.error_message();
+    const std::vector<Artifact> artifacts = Artifacts(s);
+    return artifacts.size() == 1 ? Sha256Hex(artifacts[0].data) : std::string();
+  };
+  const std::string png = sha(Request("seeded", 64, 64, 1, 2, 42));
+  ASSERT_FALSE(png.empty());
+  EXPECT_EQ(sha(Request("seeded", 64, 64, 1, 2, 42)), png);
+  EXPECT_NE(sha(Request("seeded", 64, 64, 1, 2, 43)), png);
+  const std::string mp4 = sha(Request("seeded", 64, 64, 5, 2, 42));
+  ASSERT_FALSE(mp4.empty());
+  EXPECT_EQ(sha(Request("seeded", 64, 64, 5, 2, 42)), mp4);
+}
+
+TEST_F(WanTinyE2eTest, CancelRpcStopsARunningJob) {
+  grpc::ClientContext ctx;
+  client_->Prepare(&ctx);
+  auto reader = client_->generation()->Generate(&ctx, LongRequest("cancel me"));
+  Stream s;
+  ASSERT_TRUE(ReadUntilDenoising(reader.get(), &s));
+  const std::string id = s.events.front().job_id();
+  ASSERT_TRUE(client_->Cancel(id).ok());
+  for (v1::GenerateEvent e; reader->Read(&e);) s.events.push_back(e);
+  s.status = reader->Finish();
+  EXPECT_EQ(s.status.error_code(), grpc::StatusCode::CANCELLED) << s.status.error_message();
+  ASSERT_TRUE(s.events.back().has_failed());
+  EXPECT_EQ(s.events.back().failed().code(), static_cast<int>(grpc::StatusCode::CANCELLED));
+  EXPECT_LT(DenoiseProgress(s).size(), kLongSteps);
+  const v1::Job job = client_->WaitForState(id, v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(job.failure().code(), static_cast<int>(grpc::StatusCode::CANCELLED));
+}
+
+TEST_F(WanTinyE2eTest, ClientTryCancelCancelsTheJob) {
+  grpc::ClientContext ctx;
+  client_->Prepare(&ctx);
+  auto reader = client_->generation()->Generate(&ctx, LongRequest("hang up"));
+  Stream s;
+  ASSERT_TRUE(ReadUntilDenoising(reader.get(), &s));
+  const std::string id = s.events.front().job_id();
+  ctx.TryCancel();
+  for (v1::GenerateEvent e; reader->Read(&e);) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  const v1::Job job = client_->WaitForState(id, v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(job.failure().code(), static_cast<int>(grpc::StatusCode::CANCELLED));
+  EXPECT_LT(job.step(), kLongSteps);
+}
+
+TEST_F(WanTinyE2eTest, ClientDeadlineShorterThanTheRunIsDeadlineExceeded) {
+  const Stream s = client_->Generate(LongRequest("too slow"), /*deadline_seconds=*/1.0);
+  EXPECT_EQ(s.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << s.status.error_message();
+  ASSERT_FALSE(s.events.empty());
+  ASSERT_TRUE(s.events.front().has_accepted());
+  // The server stops the job too, at its next step.
+  const v1::Job job = client_->WaitForState(s.events.front().job_id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(job.failure().code(), static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED));
+  EXPECT_LT(job.step(), kLongSteps);
+}
+
+TEST_F(WanTinyE2eTest, DetachedSubmitThenWatchReplayMatchesALiveWatcher) {
+  v1::GenerateRequest request = Request("watched", 64, 64, 5, 3);
+  request.set_detached(true);
+  v1::Job job;
+  ASSERT_TRUE(client_->Submit(request, &job).ok());
+  const Stream live = client_->Watch(job.job_id(), 0);
+  ASSERT_TRUE(live.status.ok()) << live.status.error_message();
+  ASSERT_FALSE(live.events.empty());
+  EXPECT_TRUE(live.events.back().has_completed());
+  const Stream replay = client_->Watch(job.job_id(), 0);
+  ASSERT_TRUE(replay.status.ok()) << replay.status.error_message();
+
+  // Either reader may skip superseded Progress/Queued events; everything
+  // else (and the newest Progress of each run of them) is the same event.
+  const std::vector<v1::GenerateEvent> a = Coalesced(live.events);
+  const std::vector<v1::GenerateEvent> b = Coalesced(replay.events);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(a[i], b[i]))
+        << "live:\n" << a[i].DebugString() << "replay:\n" << b[i].DebugString();
+  }
+  const std::vector<Artifact> artifacts = Artifacts(replay);
+  ASSERT_EQ(artifacts.size(), 1u);
+  EXPECT_EQ(Artifacts(live)[0].data, artifacts[0].data);
+  EXPECT_EQ(artifacts[0].info.mime_type(), "video/mp4");
+}
+
+TEST_F(WanTinyE2eTest, ClientRequestIdIsIdempotentAndRefusesAnotherRequest) {
+  v1::GenerateRequest request = Request("once", 64, 64, 1, 1);
+  request.set_client_request_id("e2e-idempotent");
+  v1::Job first, second, other;
+  ASSERT_TRUE(client_->Submit(request, &first).ok());
+  ASSERT_TRUE(client_->Submit(request, &second).ok());
+  EXPECT_EQ(second.job_id(), first.job_id());
+  request.set_prompt("twice");
+  const grpc::Status s = client_->Submit(request, &other);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS) << s.error_message();
+  EXPECT_NE(s.error_message().find("e2e-idempotent"), std::string::npos) << s.error_message();
+  client_->WaitForState(first.job_id(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(WanTinyE2eTest, ModelsListAndDescribeShowReadyWithLimitsAndDefaults) {
+  v1::ListModelsResponse list;
+  ASSERT_TRUE(client_->ListModels(&list).ok());
+  ASSERT_EQ(list.models_size(), 1);
+  const v1::ModelInfo& m = list.models(0);
+  EXPECT_EQ(m.name(), kModel);
+  EXPECT_EQ(m.state(), v1::MODEL_STATE_READY);
+  EXPECT_EQ(m.device(), "cpu");
+  EXPECT_EQ(m.limits().max_width(), 512u);
+  EXPECT_EQ(m.limits().max_height(), 512u);
+  EXPECT_EQ(m.limits().max_pixels(), 262144u);
+  EXPECT_EQ(m.limits().max_frames(), 33u);
+  EXPECT_EQ(m.limits().max_steps(), 50u);
+  EXPECT_EQ(m.limits().max_prompt_tokens(), 64u);
+  EXPECT_EQ(m.limits().size_multiple(), 16u);
+  EXPECT_EQ(m.limits().frame_multiple(), 4u);
+  EXPECT_EQ(m.defaults().width(), 64u);
+  EXPECT_EQ(m.defaults().height(), 64u);
+  EXPECT_EQ(m.defaults().num_frames(), 5u);
+  EXPECT_EQ(m.defaults().steps(), 2u);
+  EXPECT_EQ(m.defaults().fps(), 8u);
+  EXPECT_DOUBLE_EQ(m.defaults().guidance_scale(), 5.0);
+  EXPECT_DOUBLE_EQ(m.defaults().sparse_attention().sparsity(), 0.5);
+
+  v1::ModelInfo described;
+  ASSERT_TRUE(client_->Describe(kModel, &described).ok());
+  EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(described, m))
+      << described.DebugString();
+  EXPECT_EQ(client_->Describe("no-such-model", &described).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(WanTinyE2eTest, HealthIsServingForServerGenerationAndTheModel) {
+  EXPECT_EQ(client_->Health(""), HealthCheckResponse::SERVING);
+  EXPECT_EQ(client_->Health(kGeneration), HealthCheckResponse::SERVING);
+  EXPECT_EQ(client_->Health(kGenerationModel), HealthCheckResponse::SERVING);
+}
+
+TEST_F(WanTinyE2eTest, MetricsShowFinishedJobsStepTimesAndTheQueue) {
+  const Stream s = client_->Generate(Request("metered", 64, 64, 1, 2));
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+  const std::string body = testing::HttpGet(app_->metrics_port(), "/metrics");
+  EXPECT_NE(body.find("rainserve_requests_total{model=\"wan-tiny\",status=\"ok\"}"),
+            std::string::npos)
+      << body;
+  EXPECT_NE(body.find("rainserve_denoise_step_duration_seconds_count{attention="),
+            std::string::npos)
+      << body;
+  EXPECT_NE(body.find("\nrainserve_pending_requests{model=\"wan-tiny\"} 0"), std::string::npos)
+      << body;
+}
+
+TEST_F(WanTinyE2eTest, InvalidRequestsNameTheFieldOrTheModel) {
+  const Stream bad_width = client_->Generate(Request("odd", 72, 64, 1, 1));
+  EXPECT_EQ(bad_width.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(bad_width.status.error_message().find("width"), std::string::npos)
+      << bad_width.status.error_message();
+  EXPECT_TRUE(bad_width.events.empty());
+
+  v1::GenerateRequest unknown = Request("lost", 64, 64, 1, 1);
+  unknown.set_model("no-such-model");
+  const Stream missing = client_->Generate(unknown);
+  EXPECT_EQ(missing.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(missing.status.error_message().find("no-such-model"), std::string::npos)
+      << missing.status.error_message();
+}
+
+// ---------------------------------------------------------------- servers of their own
+
+// Each test starts the service with its own configuration.
+class E2eTest : public ::testing::Test {
+ protected:
+  void StartServer(const ServerConfig& config) {
+    app_ = StartApp(config);
+    ASSERT_NE(app_, nullptr);
+  }
+  void TearDown() override {
+    if (app_) app_->Shutdown();
+  }
+
+  std::unique_ptr<ServerApp> app_;
+};
+
+TEST_F(E2eTest, FullQueueIsResourceExhausted) {
+  ServerConfig config = Config();
+  config.server.queue.max_pending = 1;
+  ASSERT_NO_FATAL_FAILURE(StartServer(config));
+  Client client(*app_);
+  v1::Job running, queued, refused;
+  ASSERT_TRUE(client.Submit(LongRequest("first"), &running).ok());
+  client.WaitForState(running.job_id(), v1::JOB_STATE_RUNNING);
+  ASSERT_TRUE(client.Submit(LongRequest("second"), &queued).ok());
+  EXPECT_EQ(queued.state(), v1::JOB_STATE_QUEUED);
+  for (const char* prompt : {"third", "fourth"}) {
+    const grpc::Status s = client.Submit(LongRequest(prompt), &refused);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+    EXPECT_NE(s.error_message().find("queue is full"), std::string::npos) << s.error_message();
+  }
+  ASSERT_TRUE(client.Cancel(queued.job_id()).ok());
+  ASSERT_TRUE(client.Cancel(running.job_id()).ok());
+  client.WaitForState(queued.job_id(), v1::JOB_STATE_CANCELLED);
+  client.WaitForState(running.job_id(), v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(E2eTest, UnloadMakesGenerateUnavailableAndLoadMakesItReadyAgain) {
+  ASSERT_NO_FATAL_FAILURE(StartServer(Config()));
+  Client client(*app_);
+  v1::ModelInfo info;
+  ASSERT_TRUE(client.Unload(kModel, &info).ok());
+  EXPECT_EQ(info.state(), v1::MODEL_STATE_NOT_LOADED);
+  const Stream unavailable = client.Generate(Request("nobody home", 64, 64, 1, 1));
+  EXPECT_EQ(unavailable.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << unavailable.status.error_message();
+  EXPECT_EQ(client.Health(kGenerationModel), HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(client.Health(kGeneration), HealthCheckResponse::NOT_SERVING);  // no model ready
+  EXPECT_EQ(client.Health(""), HealthCheckResponse::SERVING);
+
+  ASSERT_TRUE(client.Load(kModel, &info).ok());
+  EXPECT_EQ(info.state(), v1::MODEL_STATE_READY);
+  EXPECT_EQ(client.Health(kGenerationModel), HealthCheckResponse::SERVING);
+  EXPECT_EQ(client.Health(kGeneration), HealthCheckResponse::SERVING);
+  const Stream back = client.Generate(Request("back again", 64, 64, 1, 1));
+  EXPECT_TRUE(back.status.ok()) << back.status.error_message();
+}
+
+TEST_F(E2eTest, ShutdownFlipsHealthToNotServingAndDrainsTheRunningJob) {
+  ASSERT_NO_FATAL_FAILURE(StartServer(Config()));
+  Client client(*app_);
+  const std::vector<std::string> services = {"", kGeneration, kGenerationModel};
+  for (const std::string& service : services) {
+    EXPECT_EQ(client.Health(service), HealthCheckResponse::SERVING) << service;
+  }
+  constexpr uint32_t kSteps = 16;
+  grpc::ClientContext ctx;
+  client.Prepare(&ctx);
+  auto reader = client.generation()->Generate(&ctx, Request("last one", 128, 128, 9, kSteps));
+  Stream s;
+  ASSERT_TRUE(ReadUntilDenoising(reader.get(), &s));
+
+  grpc::ClientContext watch_ctx;
+  watch_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  HealthCheckRequest watch_request;
+  auto watch = client.health()->Watch(&watch_ctx, watch_request);
+  HealthCheckResponse health;
+  ASSERT_TRUE(watch->Read(&health));
+  EXPECT_EQ(health.status(), HealthCheckResponse::SERVING);
+
+  // From here on no ASSERT: `stopper` must be joined.
+  std::thread stopper([&] { app_->Shutdown(); });
+  health.Clear();
+  EXPECT_TRUE(watch->Read(&health));
+  EXPECT_EQ(health.status(), HealthCheckResponse::NOT_SERVING);
+  // Still draining (the job runs): the server answers, NOT_SERVING everywhere,
+  // and takes no new work.
+  for (const std::string& service : services) {
+    EXPECT_EQ(client.Health(service), HealthCheckResponse::NOT_SERVING) << service;
+  }
+  const Stream refused = client.Generate(Request("too late", 64, 64, 1, 1));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << refused.status.error_message();
+  watch_ctx.TryCancel();
+  (void)watch->Finish();
+
+  for (v1::GenerateEvent e; reader->Read(&e);) s.events.push_back(e);
+  s.status = reader->Finish();
+  stopper.join();
+  EXPECT_TRUE(s.status.ok()) << s.status.error_message();
+  ASSERT_FALSE(s.events.empty());
+  EXPECT_TRUE(s.events.back().has_completed()) << s.events.back().DebugString();
+  EXPECT_EQ(DenoiseProgress(s).size(), kSteps);
+}
+
+// ---------------------------------------------------------------- security
+
+class SecurityE2eTest : public E2eTest {
+ protected:
+  TempDir dir_;
+};
+
+TEST_F(SecurityE2eTest, BearerTokensGuardTheApiAndAdminTokensGuardModelManagement) {
+  ServerConfig config = Config();
+  config.security.tokens_file = dir_.Write("tokens", "# users\nuser-token\n");
+  config.security.admin_tokens_file = dir_.Write("admin_tokens", "admin-token\n");
+  ASSERT_NO_FATAL_FAILURE(StartServer(config));
+  v1::ListModelsResponse list;
+  v1::ModelInfo info;
+
+  Client anonymous(*app_);
+  EXPECT_EQ(anonymous.ListModels(&list).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(anonymous.Generate(Request("who", 64, 64, 1, 1)).status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(anonymous.Health(""), HealthCheckResponse::SERVING);  // probes stay open
+  Client stranger(*app_, "wrong-token");
+  EXPECT_EQ(stranger.ListModels(&list).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(stranger.Generate(Request("who", 64, 64, 1, 1)).status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+
+  Client user(*app_, "user-token");
+  EXPECT_TRUE(user.ListModels(&list).ok());
+  const Stream generated = user.Generate(Request("welcome", 64, 64, 1, 1));
+  EXPECT_TRUE(generated.status.ok()) << generated.status.error_message();
+  EXPECT_EQ(user.Unload(kModel, &info).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(user.Load(kModel, &info).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+
+  Client admin(*app_, "admin-token");
+  ASSERT_TRUE(admin.Unload(kModel, &info).ok());
+  EXPECT_EQ(info.state(), v1::MODEL_STATE_NOT_LOADED);
+  ASSERT_TRUE(admin.Load(kModel, &info).ok());
+  EXPECT_EQ(info.state(), v1::MODEL_STATE_READY);
+}
+
+TEST_F(SecurityE2eTest, DisabledModelManagementIsDeniedEvenToAdmins) {
+  ServerConfig config = Config(/*load_at_startup=*/false);
+  config.security.tokens_file = dir_.Write("tokens", "user-token\n");
+  config.security.admin_tokens_file = dir_.Write("admin_tokens", "admin-token\n");
+  config.security.model_management = false;
+  ASSERT_NO_FATAL_FAILURE(StartServer(config));
+  Client admin(*app_, "admin-token");
+  v1::ModelInfo info;
+  EXPECT_EQ(admin.Load(kModel, &info).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(admin.Unload(kModel, &info).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  v1::ListModelsResponse list;
+  ASSERT_TRUE(admin.ListModels(&list).ok());
+  ASSERT_EQ(list.models_size(), 1);
+  EXPECT_EQ(list.models(0).state(), v1::MODEL_STATE_NOT_LOADED);
+}
+
+// A CA, a server certificate for localhost/127.0.0.1 and a client
+// certificate, made with the openssl command line in a temporary folder.
+class TlsE2eTest : public SecurityE2eTest {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(dir_.path().empty());
+    const std::string key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    dir_.Write("server.ext", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                             "extendedKeyUsage=serverAuth\n");
+    dir_.Write("client.ext", "extendedKeyUsage=clientAuth\n");
+    ASSERT_NO_FATAL_FAILURE(Openssl(
+        "req -x509 " + key + " -keyout ca.key -out ca.pem -days 2 -subj /CN=rainserve-test-ca" +
+        " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign"));
+    for (const std::string name : {"server", "client"}) {
+      const std::string cn = name == "server" ? "localhost" : "rainserve-test-client";
+      ASSERT_NO_FATAL_FAILURE(Openssl("req " + key + " -keyout " + name + ".key -out " + name +
+                                      ".csr -subj /CN=" + cn));
+      ASSERT_NO_FATAL_FAILURE(Openssl("x509 -req -in " + name + ".csr -CA ca.pem -CAkey ca.key" +
+                                      " -set_serial " + (name == "server" ? "2" : "3") +
+                                      " -days 2 -out " + name + ".pem -extfile " + name + ".ext"));
+    }
+  }
+
+  void Openssl(const std::string& args) {
+    const std::string log = dir_.File("openssl.log");
+    const std::string command =
+        "cd '" + dir_.path() + "' && openssl " + args + " > '" + log + "' 2>&1";
+    std::string output;
+    if (std::system(command.c_str()) != 0) {
+      (void)ReadFile(log, &output);
+      FAIL() << "openssl " << args << " failed:\n" << output;
+    }
+  }
+
+  std::string Pem(const std::string& name) {
+    std::string text;
+    EXPECT_TRUE(ReadFile(dir_.File(name), &text).ok()) << name;
+    return text;
+  }
+
+  ServerConfig TlsConfig(bool mutual) {
+    ServerConfig config = Config(/*load_at_startup=*/false);
+    config.security.tls_cert_file = dir_.File("server.pem");
+    config.security.tls_key_file = dir_.File("server.key");
+    if (mutual) config.security.tls_client_ca_file = dir_.File("ca.pem");
+    return config;
+  }
+
+  // Models.List over a channel with `credentials` (certificates checked
+  // against the name "localhost").
+  grpc::Status List(std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("localhost");
+    Client client(grpc::CreateCustomChannel(Target(*app_), std::move(credentials), args));
+    v1::ListModelsResponse list;
+    return client.ListModels(&list);
+  }
+
+  std::shared_ptr<grpc::ChannelCredentials> TrustingCa(bool with_client_cert) {
+    grpc::SslCredentialsOptions options;
+    options.pem_root_certs = Pem("ca.pem");
+    if (with_client_cert) {
+      options.pem_private_key = Pem("client.key");
+      options.pem_cert_chain = Pem("client.pem");
+    }
+    return grpc::SslCredentials(options);
+  }
+};
+
+TEST_F(TlsE2eTest, TlsServerServesClientsTrustingItsCaAndRefusesPlaintext) {
+  ASSERT_NO_FATAL_FAILURE(StartServer(TlsConfig(/*mutual=*/false)));
+  const grpc::Status tls = List(TrustingCa(/*with_client_cert=*/false));
+  EXPECT_TRUE(tls.ok()) << tls.error_message();
+  EXPECT_FALSE(List(grpc::InsecureChannelCredentials()).ok());
+  // A client that does not trust the CA refuses the server.
+  EXPECT_FALSE(List(grpc::SslCredentials(grpc::SslCredentialsOptions())).ok());
+}
+
+TEST_F(TlsE2eTest, MutualTlsRequiresAClientCertificateSignedByTheCa) {
+  ASSERT_NO_FATAL_FAILURE(StartServer(TlsConfig(/*mutual=*/true)));
+  EXPECT_FALSE(List(TrustingCa(/*with_client_cert=*/false)).ok());
+  EXPECT_FALSE(List(grpc::InsecureChannelCredentials()).ok());
+  const grpc::Status mutual = List(TrustingCa(/*with_client_cert=*/true));
+  EXPECT_TRUE(mutual.ok()) << mutual.error_message();
+}
+
+}  // namespace
+}  // namespace rainserve

@@ -1,0 +1,527 @@
+// rainserve.v1.Generation end to end in one process: a grpc::Server on
+// 127.0.0.1:0 with GenerationService + JobManager + FakePipeline, driven by
+// the generated C++ client stub. Also the request mapping it relies on.
+//   ctest --test-dir build -R generation_service_test
+#include "server/generation_service.h"
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <thread>
+
+#include "server/job_manager.h"
+#include "server/request_mapping.h"
+#include "tests/server/fake_pipeline.h"
+
+namespace rainserve {
+namespace {
+
+using testing::FakeDescription;
+using testing::FakePipeline;
+
+// ---------------------------------------------------------------- mapping
+
+TEST(RequestMappingTest, UnsetFieldsTakeTheModelDefaultsAndTheRandomSeed) {
+  v1::GenerateRequest req;
+  req.set_model("fake");
+  req.set_prompt("a lighthouse");
+  auto r = ResolveRequest(req, FakeDescription(), 1234);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const v1::GenerateRequest& applied = r->resolved;
+  EXPECT_EQ(applied.seed(), 1234u);
+  EXPECT_EQ(applied.steps(), 4u);
+  EXPECT_DOUBLE_EQ(applied.guidance_scale(), 5.0);
+  EXPECT_DOUBLE_EQ(applied.flow_shift(), 3.0);
+  EXPECT_EQ(applied.scheduler(), v1::SCHEDULER_UNIPC);
+  EXPECT_EQ(applied.width(), 32u);
+  EXPECT_EQ(applied.height(), 16u);
+  EXPECT_EQ(applied.num_frames(), 5u);
+  EXPECT_EQ(applied.fps(), 8u);
+  EXPECT_EQ(applied.output_format(), v1::OUTPUT_FORMAT_MP4);
+  const v1::SparseAttention& s = applied.sparse_attention();
+  EXPECT_EQ(s.mode(), v1::ATTENTION_MODE_RAINFUSION);
+  EXPECT_TRUE(s.has_sparsity());
+  EXPECT_DOUBLE_EQ(s.sparsity(), 0.5);
+  EXPECT_EQ(s.sink_frames(), 1u);
+  EXPECT_EQ(s.dense_warmup_steps(), 1u);
+  EXPECT_EQ(s.mask_refresh(), v1::MASK_REFRESH_EVERY_LAYER);
+  EXPECT_EQ(r->generation.seed, 1234u);
+  EXPECT_EQ(r->generation.scheduler, "unipc");
+  EXPECT_EQ(r->generation.width, 32);
+}
+
+TEST(RequestMappingTest, GivenFieldsWinOverDefaults) {
+  v1::GenerateRequest req;
+  req.set_prompt("p");
+  req.set_seed(9);
+  req.set_scheduler(v1::SCHEDULER_EULER);
+  req.set_width(64);
+  req.set_num_frames(9);
+  req.mutable_sparse_attention()->set_mode(v1::ATTENTION_MODE_DENSE);
+  req.mutable_sparse_attention()->set_mask_refresh(v1::MASK_REFRESH_PER_STEP);
+  req.mutable_sparse_attention()->mutable_window()->set_h(4);
+  auto r = ResolveRequest(req, FakeDescription(), 1);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->resolved.seed(), 9u);
+  EXPECT_EQ(r->generation.scheduler, "euler");
+  EXPECT_EQ(r->generation.width, 64);
+  EXPECT_EQ(r->generation.num_frames, 9);
+  EXPECT_EQ(r->generation.sparse.mode, AttentionMode::kDense);
+  EXPECT_EQ(r->generation.sparse.mask_refresh, MaskRefresh::kPerStep);
+  EXPECT_EQ(r->generation.sparse.window[1], 4);
+  EXPECT_EQ(r->resolved.sparse_attention().window().h(), 4u);
+  EXPECT_EQ(r->resolved.model(), "fake");
+}
+
+TEST(RequestMappingTest, OneFrameIsAnImageWithNoSinkFramesAndPngOutput) {
+  v1::GenerateRequest req;
+  req.set_prompt("still life");
+  req.set_num_frames(1);
+  req.mutable_sparse_attention()->set_sink_frames(1);
+  auto r = ResolveRequest(req, FakeDescription(), 1);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->generation.sparse.sink_frames, 0);
+  EXPECT_EQ(r->resolved.sparse_attention().sink_frames(), 0u);
+  EXPECT_EQ(r->resolved.output_format(), v1::OUTPUT_FORMAT_PNG);
+}
+
+TEST(RequestMappingTest, ModelInfoCarriesLimitsAndEveryDefault) {
+  v1::ModelInfo info;
+  FillModelInfo(FakeDescription(), &info);
+  EXPECT_EQ(info.name(), "fake");
+  EXPECT_EQ(info.limits().max_width(), 64u);
+  EXPECT_EQ(info.limits().frame_multiple(), 4u);
+  EXPECT_EQ(info.limits().max_steps(), 100u);
+  EXPECT_EQ(info.defaults().steps(), 4u);
+  EXPECT_EQ(info.defaults().scheduler(), "unipc");
+  EXPECT_TRUE(info.defaults().sparse_attention().has_sparsity());
+  EXPECT_TRUE(info.defaults().sparse_attention().has_sink_frames());
+  EXPECT_TRUE(info.defaults().sparse_attention().has_dense_warmup_steps());
+  EXPECT_EQ(info.attention_backends_size(), 1);
+}
+
+TEST(RequestMappingTest, ResultCarriesStepStatsSparsityAndTimings) {
+  GenerationOutput out;
+  out.steps = {{1, false, 0.0, 0.25}, {2, true, 0.7, 1.5}};
+  out.requested_sparsity = 0.8;
+  out.realized_sparsity = 0.7;
+  out.denoise_seconds = 1.75;
+  out.peak_memory_bytes = 12345;
+  v1::GenerateRequest applied;
+  applied.set_prompt("x");
+  v1::GenerateResult result;
+  FillResultFromOutput(out, applied, &result);
+  ASSERT_EQ(result.steps_size(), 2);
+  EXPECT_TRUE(result.steps(1).sparse());
+  EXPECT_EQ(result.steps(1).duration().seconds(), 1);
+  EXPECT_EQ(result.steps(1).duration().nanos(), 500000000);
+  EXPECT_DOUBLE_EQ(result.requested_sparsity(), 0.8);
+  EXPECT_DOUBLE_EQ(result.realized_sparsity(), 0.7);
+  EXPECT_EQ(result.timings().denoise().seconds(), 1);
+  EXPECT_EQ(result.peak_memory_bytes(), 12345u);
+  EXPECT_EQ(result.applied().prompt(), "x");
+}
+
+// ---------------------------------------------------------------- service
+
+class GenerationServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override { Start(JobManagerOptions(), 0); }
+
+  void Start(JobManagerOptions options, double step_seconds) {
+    Stop();
+    options.chunk_bytes = 1000;
+    jobs_ = std::make_unique<JobManager>(options, testing::RawEncoder());
+    pipeline_ = std::make_shared<FakePipeline>(FakeDescription(), step_seconds);
+    ASSERT_TRUE(jobs_->AddModel("fake", pipeline_).ok());
+    service_ = std::make_unique<GenerationService>(
+        [](const std::string& model) -> StatusOr<PipelineDescription> {
+          if (model == "fake") return FakeDescription();
+          if (model == "loading") return UnavailableError("model 'loading' is not ready");
+          return NotFoundError("model '" + model + "' is not configured");
+        },
+        jobs_.get());
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_TRUE(server_ != nullptr);
+    ASSERT_NE(port, 0);
+    stub_ = v1::Generation::NewStub(
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  }
+
+  void Stop() {
+    if (pipeline_) pipeline_->Release();
+    if (server_) {
+      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      server_->Wait();
+    }
+    server_.reset();
+    service_.reset();
+    jobs_.reset();
+  }
+
+  void TearDown() override { Stop(); }
+
+  static v1::GenerateRequest Request(const std::string& prompt, uint64_t seed = 7) {
+    v1::GenerateRequest req;
+    req.set_model("fake");
+    req.set_prompt(prompt);
+    req.set_seed(seed);
+    return req;
+  }
+
+  struct Stream {
+    std::vector<v1::GenerateEvent> events;
+    grpc::Status status;
+  };
+
+  // Reads until the server ends the stream; `on_event` may cancel `ctx`.
+  static Stream ReadAll(grpc::ClientReader<v1::GenerateEvent>* reader,
+                        const std::function<void(const v1::GenerateEvent&)>& on_event = {}) {
+    Stream s;
+    v1::GenerateEvent event;
+    while (reader->Read(&event)) {
+      s.events.push_back(event);
+      if (on_event) on_event(event);
+    }
+    s.status = reader->Finish();
+    return s;
+  }
+
+  Stream Generate(const v1::GenerateRequest& req) {
+    grpc::ClientContext ctx;
+    auto reader = stub_->Generate(&ctx, req);
+    return ReadAll(reader.get());
+  }
+
+  // The reassembled bytes of artifact 0, checked against its header.
+  static std::string Artifact(const Stream& s) {
+    const v1::ArtifactInfo* info = nullptr;
+    std::string bytes;
+    for (const auto& e : s.events) {
+      if (e.has_artifact_header() && e.artifact_header().info().index() == 0) {
+        info = &e.artifact_header().info();
+      }
+      if (e.has_artifact_chunk() && e.artifact_chunk().index() == 0) {
+        EXPECT_EQ(e.artifact_chunk().offset(), bytes.size());
+        bytes += e.artifact_chunk().data();
+      }
+    }
+    EXPECT_NE(info, nullptr);
+    if (info == nullptr) return "";
+    EXPECT_EQ(info->size_bytes(), bytes.size());
+    EXPECT_EQ(info->sha256(), testing::Sha256Hex(bytes));
+    return bytes;
+  }
+
+  v1::Job WaitForState(const std::string& id, v1::JobState state, double timeout_seconds = 10) {
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::duration<double>(timeout_seconds);
+    for (;;) {
+      auto job = jobs_->Get(id);
+      if (job.ok() && job->state() == state) return *job;
+      if (std::chrono::steady_clock::now() > deadline) {
+        ADD_FAILURE() << "job " << id << " never reached state " << v1::JobState_Name(state)
+                      << (job.ok() ? ", it is " + v1::JobState_Name(job->state()) : "");
+        return job.ok() ? *job : v1::Job();
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+
+  std::unique_ptr<JobManager> jobs_;
+  std::shared_ptr<FakePipeline> pipeline_;
+  std::unique_ptr<GenerationService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::Generation::Stub> stub_;
+};
+
+TEST_F(GenerationServiceTest, GenerateStreamsAcceptedThroughCompletedWithChunksMatchingTheHeader) {
+  const Stream s = Generate(Request("a boat at dawn"));
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+  ASSERT_GE(s.events.size(), 5u);
+  EXPECT_TRUE(s.events.front().has_accepted());
+  EXPECT_EQ(s.events.front().seq(), 1u);
+  EXPECT_EQ(s.events.front().accepted().resolved().steps(), 4u);
+  EXPECT_TRUE(s.events[1].has_queued());
+  EXPECT_TRUE(s.events.back().has_completed());
+  uint64_t last_seq = 0;
+  bool started = false, progress = false;
+  for (const auto& e : s.events) {
+    EXPECT_GT(e.seq(), last_seq);
+    last_seq = e.seq();
+    started = started || e.has_started();
+    progress = progress || e.has_progress();
+  }
+  EXPECT_TRUE(started);
+  EXPECT_TRUE(progress);
+  EXPECT_EQ(Artifact(s).size(), 32u * 16u * 5u * 3u);
+  EXPECT_EQ(s.events.back().completed().result().artifacts_size(), 1);
+}
+
+TEST_F(GenerationServiceTest, SameSeedGivesTheSameSha256AndAnotherSeedDoesNot) {
+  const Stream a = Generate(Request("same", 11));
+  const Stream b = Generate(Request("same", 11));
+  const Stream c = Generate(Request("same", 12));
+  const auto sha = [](const Stream& s) {
+    return s.events.back().completed().result().artifacts(0).sha256();
+  };
+  ASSERT_TRUE(a.status.ok() && b.status.ok() && c.status.ok());
+  EXPECT_EQ(sha(a), sha(b));
+  EXPECT_NE(sha(a), sha(c));
+}
+
+TEST_F(GenerationServiceTest, ClientCancelCancelsTheJob) {
+  Start(JobManagerOptions(), /*step_seconds=*/0.01);
+  v1::GenerateRequest req = Request("cancel me");
+  req.set_steps(100);
+  grpc::ClientContext ctx;
+  auto reader = stub_->Generate(&ctx, req);
+  std::string job_id;
+  const Stream s = ReadAll(reader.get(), [&](const v1::GenerateEvent& e) {
+    job_id = e.job_id();
+    if (e.has_progress() && e.progress().step() >= 2) ctx.TryCancel();
+  });
+  EXPECT_EQ(s.status.error_code(), grpc::StatusCode::CANCELLED);
+  const v1::Job job = WaitForState(job_id, v1::JOB_STATE_CANCELLED);
+  EXPECT_LT(job.step(), 100u);
+}
+
+TEST_F(GenerationServiceTest, DeadlineFailsTheStreamAndTheJobWithDeadlineExceeded) {
+  Start(JobManagerOptions(), /*step_seconds=*/0.01);
+  v1::GenerateRequest req = Request("too slow");
+  req.set_steps(100);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  auto reader = stub_->Generate(&ctx, req);
+  const Stream s = ReadAll(reader.get());
+  EXPECT_EQ(s.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  ASSERT_FALSE(s.events.empty());
+  const v1::Job job = WaitForState(s.events.front().job_id(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(job.failure().code(), static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED));
+}
+
+TEST_F(GenerationServiceTest, DetachedGenerateKeepsRunningAfterTheClientLeaves) {
+  Start(JobManagerOptions(), /*step_seconds=*/0.01);
+  v1::GenerateRequest req = Request("detached");
+  req.set_steps(20);
+  req.set_detached(true);
+  grpc::ClientContext ctx;
+  auto reader = stub_->Generate(&ctx, req);
+  const Stream s = ReadAll(reader.get(), [&](const v1::GenerateEvent& e) {
+    if (e.has_started()) ctx.TryCancel();
+  });
+  EXPECT_EQ(s.status.error_code(), grpc::StatusCode::CANCELLED);
+  WaitForState(s.events.front().job_id(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(GenerationServiceTest, SubmitThenWatchReplaysFromAnySeq) {
+  grpc::ClientContext submit_ctx;
+  v1::SubmitResponse submitted;
+  ASSERT_TRUE(stub_->Submit(&submit_ctx, Request("watch me"), &submitted).ok());
+  const std::string id = submitted.job().job_id();
+  EXPECT_EQ(submitted.job().request().seed(), 7u);
+  WaitForState(id, v1::JOB_STATE_SUCCEEDED);
+
+  v1::WatchRequest watch;
+  watch.set_job_id(id);
+  grpc::ClientContext ctx;
+  auto reader = stub_->Watch(&ctx, watch);
+  const Stream all = ReadAll(reader.get());
+  ASSERT_TRUE(all.status.ok()) << all.status.error_message();
+  EXPECT_TRUE(all.events.front().has_accepted());
+  EXPECT_TRUE(all.events.back().has_completed());
+  Artifact(all);
+
+  watch.set_from_seq(3);
+  grpc::ClientContext ctx2;
+  auto reader2 = stub_->Watch(&ctx2, watch);
+  const Stream rest = ReadAll(reader2.get());
+  ASSERT_TRUE(rest.status.ok());
+  ASSERT_FALSE(rest.events.empty());
+  EXPECT_EQ(rest.events.front().seq(), 4u);  // the text_encode progress: never superseded
+  EXPECT_EQ(rest.events.back().seq(), all.events.back().seq());
+}
+
+TEST_F(GenerationServiceTest, WatchFollowsARunningJobToItsEnd) {
+  Start(JobManagerOptions(), /*step_seconds=*/0.01);
+  v1::GenerateRequest req = Request("followed");
+  req.set_steps(20);
+  grpc::ClientContext submit_ctx;
+  v1::SubmitResponse submitted;
+  ASSERT_TRUE(stub_->Submit(&submit_ctx, req, &submitted).ok());
+  v1::WatchRequest watch;
+  watch.set_job_id(submitted.job().job_id());
+  grpc::ClientContext ctx;
+  auto reader = stub_->Watch(&ctx, watch);
+  const Stream s = ReadAll(reader.get());
+  ASSERT_TRUE(s.status.ok());
+  EXPECT_TRUE(s.events.back().has_completed());
+}
+
+TEST_F(GenerationServiceTest, WatchAndGetJobOfUnknownJobAreNotFound) {
+  v1::WatchRequest watch;
+  watch.set_job_id("job-nope");
+  grpc::ClientContext ctx;
+  auto reader = stub_->Watch(&ctx, watch);
+  EXPECT_EQ(ReadAll(reader.get()).status.error_code(), grpc::StatusCode::NOT_FOUND);
+  grpc::ClientContext ctx2;
+  v1::GetJobRequest get;
+  get.set_job_id("job-nope");
+  v1::Job job;
+  EXPECT_EQ(stub_->GetJob(&ctx2, get, &job).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(GenerationServiceTest, CancelRpcCancelsAQueuedJobAndListJobsShowsPositions) {
+  pipeline_->Hold();
+  std::vector<std::string> ids;
+  for (const char* prompt : {"first", "second", "third"}) {
+    grpc::ClientContext ctx;
+    v1::SubmitResponse r;
+    ASSERT_TRUE(stub_->Submit(&ctx, Request(prompt), &r).ok());
+    ids.push_back(r.job().job_id());
+  }
+  ASSERT_TRUE(pipeline_->WaitForCalls(1));
+
+  grpc::ClientContext list_ctx;
+  v1::ListJobsResponse list;
+  ASSERT_TRUE(stub_->ListJobs(&list_ctx, v1::ListJobsRequest(), &list).ok());
+  ASSERT_EQ(list.jobs_size(), 3);
+  EXPECT_EQ(list.jobs(0).job_id(), ids[0]);
+  EXPECT_EQ(list.jobs(0).state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(list.jobs(1).job_id(), ids[1]);
+  EXPECT_EQ(list.jobs(1).queue_position(), 0u);
+  EXPECT_EQ(list.jobs(2).job_id(), ids[2]);
+  EXPECT_EQ(list.jobs(2).queue_position(), 1u);
+
+  grpc::ClientContext cancel_ctx;
+  v1::CancelRequest cancel;
+  cancel.set_job_id(ids[1]);
+  v1::CancelResponse cancelled;
+  ASSERT_TRUE(stub_->Cancel(&cancel_ctx, cancel, &cancelled).ok());
+  EXPECT_EQ(cancelled.job().state(), v1::JOB_STATE_CANCELLED);
+
+  grpc::ClientContext get_ctx;
+  v1::GetJobRequest get;
+  get.set_job_id(ids[2]);
+  v1::Job third;
+  ASSERT_TRUE(stub_->GetJob(&get_ctx, get, &third).ok());
+  EXPECT_EQ(third.queue_position(), 0u);
+
+  grpc::ClientContext unknown_ctx;
+  cancel.set_job_id("job-nope");
+  EXPECT_EQ(stub_->Cancel(&unknown_ctx, cancel, &cancelled).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  pipeline_->Release();
+}
+
+TEST_F(GenerationServiceTest, FullQueueIsResourceExhausted) {
+  JobManagerOptions options;
+  options.max_pending = 1;
+  Start(options, 0);
+  pipeline_->Hold();
+  grpc::ClientContext c1, c2, c3;
+  v1::SubmitResponse r;
+  ASSERT_TRUE(stub_->Submit(&c1, Request("runs"), &r).ok());
+  ASSERT_TRUE(pipeline_->WaitForCalls(1));
+  ASSERT_TRUE(stub_->Submit(&c2, Request("waits"), &r).ok());
+  const grpc::Status full = stub_->Submit(&c3, Request("rejected"), &r);
+  EXPECT_EQ(full.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(full.error_message().find("retry"), std::string::npos);
+}
+
+TEST_F(GenerationServiceTest, UnknownModelIsNotFoundAndAModelNotReadyIsUnavailable) {
+  v1::GenerateRequest req = Request("x");
+  req.set_model("nope");
+  EXPECT_EQ(Generate(req).status.error_code(), grpc::StatusCode::NOT_FOUND);
+  req.set_model("loading");
+  EXPECT_EQ(Generate(req).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+struct InvalidCase {
+  const char* field;  // the message must start with it
+  std::function<void(v1::GenerateRequest*)> mutate;
+};
+
+TEST_F(GenerationServiceTest, EveryInvalidFieldIsInvalidArgumentNamingIt) {
+  const std::vector<InvalidCase> cases = {
+      {"prompt", [](v1::GenerateRequest* r) { r->set_prompt(""); }},
+      {"prompt", [](v1::GenerateRequest* r) { r->set_prompt(std::string(65, 'a')); }},
+      {"negative_prompt",
+       [](v1::GenerateRequest* r) { r->set_negative_prompt(std::string(65, 'a')); }},
+      {"width", [](v1::GenerateRequest* r) { r->set_width(40); }},
+      {"width", [](v1::GenerateRequest* r) { r->set_width(80); }},
+      {"width", [](v1::GenerateRequest* r) { r->set_width(0); }},
+      {"height", [](v1::GenerateRequest* r) { r->set_height(24); }},
+      {"height", [](v1::GenerateRequest* r) { r->set_height(128); }},
+      {"num_frames", [](v1::GenerateRequest* r) { r->set_num_frames(4); }},
+      {"num_frames", [](v1::GenerateRequest* r) { r->set_num_frames(13); }},
+      {"num_frames", [](v1::GenerateRequest* r) { r->set_num_frames(0); }},
+      {"steps", [](v1::GenerateRequest* r) { r->set_steps(0); }},
+      {"steps", [](v1::GenerateRequest* r) { r->set_steps(101); }},
+      {"guidance_scale", [](v1::GenerateRequest* r) { r->set_guidance_scale(-1); }},
+      {"guidance_scale", [](v1::GenerateRequest* r) { r->set_guidance_scale(std::nan("")); }},
+      {"guidance_scale", [](v1::GenerateRequest* r) { r->set_guidance_scale(51); }},
+      {"flow_shift", [](v1::GenerateRequest* r) { r->set_flow_shift(-1); }},
+      {"flow_shift", [](v1::GenerateRequest* r) { r->set_flow_shift(INFINITY); }},
+      {"fps", [](v1::GenerateRequest* r) { r->set_fps(0); }},
+      {"scheduler", [](v1::GenerateRequest* r) { r->set_scheduler(static_cast<v1::Scheduler>(7)); }},
+      {"output_format",
+       [](v1::GenerateRequest* r) { r->set_output_format(static_cast<v1::OutputFormat>(9)); }},
+      {"sparse_attention.mode",
+       [](v1::GenerateRequest* r) {
+         r->mutable_sparse_attention()->set_mode(static_cast<v1::AttentionMode>(5));
+       }},
+      {"sparse_attention.mask_refresh",
+       [](v1::GenerateRequest* r) {
+         r->mutable_sparse_attention()->set_mask_refresh(static_cast<v1::MaskRefresh>(5));
+       }},
+      {"sparse_attention.sparsity",
+       [](v1::GenerateRequest* r) { r->mutable_sparse_attention()->set_sparsity(-0.1); }},
+      {"sparse_attention.sparsity",
+       [](v1::GenerateRequest* r) { r->mutable_sparse_attention()->set_sparsity(1.0); }},
+      {"sparse_attention.sink_frames",
+       [](v1::GenerateRequest* r) {
+         r->set_num_frames(5);  // 2 latent frames
+         r->mutable_sparse_attention()->set_sink_frames(3);
+       }},
+      {"sparse_attention.dense_warmup_steps",
+       [](v1::GenerateRequest* r) {
+         r->set_steps(4);
+         r->mutable_sparse_attention()->set_dense_warmup_steps(5);
+       }},
+      {"sparse_attention.window.t",
+       [](v1::GenerateRequest* r) { r->mutable_sparse_attention()->mutable_window()->set_t(65); }},
+  };
+  for (const InvalidCase& c : cases) {
+    v1::GenerateRequest req = Request("valid prompt");
+    c.mutate(&req);
+    SCOPED_TRACE(std::string("field ") + c.field + ": " + req.ShortDebugString());
+    grpc::ClientContext ctx;
+    v1::SubmitResponse r;
+    const grpc::Status submit = stub_->Submit(&ctx, req, &r);
+    EXPECT_EQ(submit.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(submit.error_message().rfind(std::string(c.field) + " ", 0), 0u)
+        << submit.error_message();
+    const Stream generate = Generate(req);
+    EXPECT_EQ(generate.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_TRUE(generate.events.empty());
+  }
+  EXPECT_EQ(pipeline_->calls(), 0);
+  grpc::ClientContext ctx;
+  v1::ListJobsRequest all;
+  all.set_include_finished(true);
+  v1::ListJobsResponse list;
+  ASSERT_TRUE(stub_->ListJobs(&ctx, all, &list).ok());
+  EXPECT_EQ(list.jobs_size(), 0);
+}
+
+}  // namespace
+}  // namespace rainserve

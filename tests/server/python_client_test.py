@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""The Python example client (examples/python/rainserve_client.py) against the
+real rainserve-server binary serving the embedded wan-tiny model.
+
+    PYTHONPATH=<build>/examples/python/gen:examples/python \
+      python3 tests/server/python_client_test.py <build>/server/rainserve-server
+
+ctest runs it as python_client_test. Standard library and grpc only.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+import grpc
+
+import rainserve_client
+from rainserve.v1 import generation_pb2_grpc, models_pb2, models_pb2_grpc
+
+SERVER_BINARY = None  # set from the command line
+SOURCE_DIR = os.environ.get(
+    "RAINSERVE_SOURCE_DIR",
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+STEPS = 2
+
+CONFIG = """\
+server:
+  listen_address: "127.0.0.1:0"
+  metrics_address: "127.0.0.1:0"
+  drain_timeout_seconds: 30
+models:
+  - name: wan-tiny
+    path: {model}
+    device: cpu
+    threads: 2
+    defaults:
+      width: 64
+      height: 64
+      num_frames: 5
+      steps: {steps}
+    limits:
+      max_width: 512
+      max_height: 512
+      max_frames: 33
+      max_steps: 50
+"""
+
+
+def client_args(**fields):
+    """What rainserve_client's argument parser would produce."""
+    args = dict(model="wan-tiny", prompt="a paper boat", negative_prompt="", seed=11,
+                steps=None, guidance=None, width=None, height=None, frames=None, fps=None,
+                format=None, sparsity=None, sink_frames=None)
+    args.update(fields)
+    return argparse.Namespace(**args)
+
+
+class PythonClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.TemporaryDirectory(prefix="rainserve-py-")
+        config = os.path.join(cls.dir.name, "server.yaml")
+        with open(config, "w") as f:
+            f.write(CONFIG.format(model=os.path.join(SOURCE_DIR, "models", "wan-tiny"),
+                                  steps=STEPS))
+        port_file = os.path.join(cls.dir.name, "ports.json")
+        cls.stderr = open(os.path.join(cls.dir.name, "stderr.log"), "w+")
+        cls.server = subprocess.Popen(
+            [SERVER_BINARY, "--config", config, "--port-file", port_file],
+            stdout=subprocess.DEVNULL, stderr=cls.stderr)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(port_file):
+            if cls.server.poll() is not None or time.monotonic() > deadline:
+                cls.tearDownClass()
+                raise RuntimeError("the server wrote no port file:\n" + cls.server_log())
+            time.sleep(0.05)
+        with open(port_file) as f:
+            port = json.load(f)["grpc_port"]
+        cls.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        cls.stub = generation_pb2_grpc.GenerationStub(cls.channel)
+        cls.wait_for_model()
+
+    @classmethod
+    def wait_for_model(cls):
+        models = models_pb2_grpc.ModelsStub(cls.channel)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                listed = models.List(models_pb2.ListModelsRequest(), timeout=5)
+                states = [m.state for m in listed.models]
+                if states == [models_pb2.MODEL_STATE_READY]:
+                    return
+                if models_pb2.MODEL_STATE_FAILED in states:
+                    break
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("wan-tiny did not become READY:\n" + cls.server_log())
+
+    @classmethod
+    def server_log(cls):
+        cls.stderr.seek(0)
+        return cls.stderr.read()
+
+    @classmethod
+    def tearDownClass(cls):
+        if getattr(cls, "channel", None) is not None:
+            cls.channel.close()
+        if cls.server.poll() is None:
+            cls.server.kill()
+            cls.server.wait()
+        cls.stderr.close()
+        cls.dir.cleanup()
+
+    def generate(self, **fields):
+        request = rainserve_client.build_request(client_args(**fields))
+        artifacts, result, events = rainserve_client.generate(self.stub, request, None, timeout=120)
+        self.assertEqual(len(artifacts), 1)
+        info, blob = artifacts[0]
+        self.assertEqual(hashlib.sha256(blob).hexdigest(), info.sha256)
+        self.assertEqual(len(blob), info.size_bytes)
+        denoise = [e for e in events
+                   if e.WhichOneof("event") == "progress" and e.progress.stage == "denoise"]
+        self.assertEqual(len(denoise), result.applied.steps)
+        return info, blob, result
+
+    def test_1_image_is_a_png_of_the_requested_size(self):
+        info, png, result = self.generate(frames=1, width=80, height=48)
+        self.assertEqual(info.mime_type, "image/png")
+        self.assertEqual(png[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertEqual(png[12:16], b"IHDR")
+        self.assertEqual(struct.unpack(">II", png[16:24]), (80, 48))
+        self.assertEqual(result.applied.steps, STEPS)
+
+    def test_2_video_is_an_mp4(self):
+        info, mp4, result = self.generate(frames=5, steps=3)
+        self.assertEqual(info.mime_type, "video/mp4")
+        self.assertEqual(mp4[4:8], b"ftyp")
+        self.assertEqual((info.width, info.height, info.frames), (64, 64, 5))
+        self.assertEqual(result.applied.steps, 3)
+
+    def test_3_sigterm_exits_zero(self):
+        self.channel.close()
+        self.__class__.channel = None
+        self.server.send_signal(signal.SIGTERM)
+        try:
+            code = self.server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.fail("the server did not exit within 30 s of SIGTERM")
+        self.assertEqual(code, 0, self.server_log())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(f"usage: {sys.argv[0]} <rainserve-server binary> [unittest args]")
+    SERVER_BINARY = sys.argv.pop(1)
+    unittest.main()
