@@ -162,7 +162,8 @@ Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
     RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_pixels", 256, int64_t{1} << 28, &o->max_pixels));
     RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_frames", 1, 1025, &o->max_frames));
     RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_steps", 1, 1000, &o->max_steps));
-    return OptionalInt(l, "max_prompt_tokens", 1, 4096, &o->max_prompt_tokens);
+    RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_prompt_tokens", 1, 4096, &o->max_prompt_tokens));
+    return OptionalDouble(l, "max_memory_gb", 0, 1e6, &o->max_memory_gb);
   });
 }
 

@@ -51,6 +51,7 @@ struct ModelDefaultsOverride {
 struct ModelLimitsOverride {
   std::optional<int64_t> max_width, max_height, max_pixels, max_frames, max_steps,
       max_prompt_tokens;
+  std::optional<double> max_memory_gb;  // per-request peak-memory budget on the device
 };
 
 // One servable model. Relative paths are resolved against the config file's folder.

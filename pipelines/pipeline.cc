@@ -91,7 +91,28 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
   }
   RAINSERVE_RETURN_IF_ERROR(CheckInt("sparse_attention.dense_warmup_steps",
                                      sparse.dense_warmup_steps, 0, request.steps));
+  if (limits.max_memory_bytes > 0) {
+    const uint64_t need = model.memory.Estimate(request.width, request.height, request.num_frames);
+    if (need > limits.max_memory_bytes) {
+      std::ostringstream msg;
+      msg.precision(3);
+      msg << "this request needs about " << need / 1e9 << " GB on " << model.device
+          << ", over the model's budget of " << limits.max_memory_bytes / 1e9
+          << " GB (limits.max_memory_gb): ask for fewer pixels or frames";
+      return ResourceExhaustedError(msg.str());
+    }
+  }
   return OkStatus();
+}
+
+uint64_t MemoryModel::Estimate(int64_t width, int64_t height, int64_t frames) const {
+  const double pixels = static_cast<double>(width) * static_cast<double>(height);
+  const double latent_frames = static_cast<double>((frames - 1) / latent_frame_stride + 1);
+  const double tokens = latent_frames * pixels / static_cast<double>(latent_token_pixels);
+  const double bytes = static_cast<double>(fixed_bytes) + bytes_per_latent_token * tokens +
+                       bytes_per_output_pixel * pixels +
+                       bytes_per_output_value * static_cast<double>(frames) * pixels * 3.0;
+  return static_cast<uint64_t>(bytes);
 }
 
 std::vector<DeviceMemoryInfo> QueryDeviceMemory() {

@@ -52,6 +52,28 @@ struct PipelineLimits {
   int64_t max_prompt_bytes = 16384;  // longer prompts are rejected
   double max_guidance_scale = 50.0;
   double max_flow_shift = 100.0;
+  // Peak-memory budget of one request on the model's device (0 = none):
+  // requests whose MemoryModel estimate exceeds it are refused up front with
+  // RESOURCE_EXHAUSTED instead of failing mid-run.
+  uint64_t max_memory_bytes = 0;
+};
+
+// A request's peak memory on the model's device, approximately:
+//   fixed_bytes (weights, resident)
+//   + bytes_per_latent_token * latent tokens (transformer activations, CFG batch included)
+//   + bytes_per_output_pixel * width * height (VAE decode working set of one chunk)
+//   + bytes_per_output_value * frames * width * height * 3 (decoded video and frames)
+// The pipeline derives the coefficients from its model at load time
+// (pipelines/wan_pipeline.cc says how); docs/service.md documents the rule.
+struct MemoryModel {
+  uint64_t fixed_bytes = 0;
+  double bytes_per_latent_token = 0;
+  double bytes_per_output_pixel = 0;
+  double bytes_per_output_value = 0;
+  int64_t latent_frame_stride = 4;   // video frames per latent frame (after the first)
+  int64_t latent_token_pixels = 256; // output pixels per latent token in one frame (16 x 16)
+
+  uint64_t Estimate(int64_t width, int64_t height, int64_t frames) const;
 };
 
 // What an unset request field becomes (Models.Describe defaults).
@@ -77,6 +99,7 @@ struct PipelineDescription {
   std::vector<std::string> attention_backends;
   PipelineLimits limits;
   PipelineDefaults defaults;
+  MemoryModel memory;
 };
 
 // One generation, every field resolved (the server fills defaults).

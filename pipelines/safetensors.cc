@@ -121,15 +121,18 @@ StatusOr<std::shared_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
     Entry entry;
     entry.dtype = *dtype;
     if (!e["shape"].is_array()) return FileError(path, where + ": shape must be a list");
-    uint64_t numel = 1;
+    // extent: the product of the dims with 0 counted as 1, so that every
+    // dim and stride of an empty tensor fits in int64 too.
+    uint64_t numel = 1, extent = 1;
     for (const auto& d : e["shape"]) {
       if (!d.is_number_unsigned() && !(d.is_number_integer() && d.get<int64_t>() >= 0)) {
         return FileError(path, where + ": shape entries must be integers >= 0");
       }
       const uint64_t v = d.get<uint64_t>();
-      if (v != 0 && numel > std::numeric_limits<uint64_t>::max() / 16 / v) {
+      if (extent > std::numeric_limits<uint64_t>::max() / 16 / std::max<uint64_t>(v, 1)) {
         return FileError(path, where + ": shape too large");
       }
+      extent *= std::max<uint64_t>(v, 1);
       numel *= v;
       entry.shape.push_back(static_cast<int64_t>(v));
     }
@@ -183,7 +186,7 @@ StatusOr<at::Tensor> SafetensorsFile::Get(const std::string& name) const {
   if (reinterpret_cast<uintptr_t>(ptr) % ElementSize(e.dtype) != 0) {
     // Unaligned data: copy into an aligned tensor.
     at::Tensor t = at::empty(e.shape, opts);
-    std::memcpy(t.data_ptr(), ptr, e.end - e.begin);
+    if (e.end > e.begin) std::memcpy(t.data_ptr(), ptr, e.end - e.begin);  // empty: no data_ptr
     return t;
   }
   std::shared_ptr<const SafetensorsFile> keep = self_.lock();

@@ -171,6 +171,13 @@ void ApplyOverrides(const ModelEntry& entry, PipelineDefaults* d, PipelineLimits
   if (m.max_frames) l->max_frames = *m.max_frames;
   if (m.max_steps) l->max_steps = *m.max_steps;
   if (m.max_prompt_tokens) l->max_prompt_tokens = *m.max_prompt_tokens;
+  if (m.max_memory_gb) l->max_memory_bytes = static_cast<uint64_t>(*m.max_memory_gb * 1e9);
+}
+
+uint64_t ParameterBytes(const std::vector<std::pair<std::string, at::Tensor>>& params) {
+  uint64_t bytes = 0;
+  for (const auto& p : params) bytes += p.second.numel() * p.second.element_size();
+  return bytes;
 }
 
 class WanPipeline final : public Pipeline {
@@ -245,6 +252,33 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelEntry& entry
   d.attention_backends = {p->device_.is_cuda() ? "cuda" : "cpu"};
   d.limits.size_multiple = p->vae_->spatial_scale() * tc.patch_size[1];
   d.limits.frame_multiple = p->vae_->temporal_scale();
+  // Memory model (MemoryModel in pipeline.h), sized from this checkpoint:
+  //  - weights: every parameter as loaded;
+  //  - per latent token, for the CFG batch of 2: the fp32 residual stream,
+  //    norm and modulation outputs (3 x 4 bytes x inner), q, k, v, the
+  //    attention output and their permuted copies (7 x inner in the model
+  //    dtype), the FFN intermediate and its GELU (2 x ffn), plus 25% for the
+  //    allocator;
+  //  - VAE: one decoded chunk (4 frames) at full resolution with the
+  //    decoder's widest full-resolution channel count, ~6 live fp32 copies
+  //    (input, output, cache, norm, activation, temporary);
+  //  - the decoded video (fp32 and its copy) and the uint8 frames: ~10 bytes
+  //    per output value.
+  {
+    const double s = static_cast<double>(c10::elementSize(p->dtype_));
+    const double inner = static_cast<double>(tc.inner_dim());
+    const double ffn = static_cast<double>(tc.ffn_dim);
+    MemoryModel& mm = d.memory;
+    mm.fixed_bytes = ParameterBytes(p->transformer_->NamedParameters()) +
+                     ParameterBytes(p->text_encoder_->NamedParameters()) +
+                     ParameterBytes(p->vae_->NamedParameters());
+    mm.bytes_per_latent_token = 1.25 * 2.0 * (12.0 * inner + 7.0 * inner * s + 2.0 * ffn * s);
+    mm.bytes_per_output_pixel =
+        static_cast<double>(p->vae_->config().decoder_dim()) * 4.0 /*frames*/ * 4.0 * 6.0;
+    mm.bytes_per_output_value = 10.0;
+    mm.latent_frame_stride = p->vae_->temporal_scale();
+    mm.latent_token_pixels = d.limits.size_multiple * d.limits.size_multiple;
+  }
   d.defaults.scheduler = scheduler_kind;
   d.defaults.flow_shift = p->scheduler_config_.flow_shift;
   ApplyOverrides(entry, &d.defaults, &d.limits);

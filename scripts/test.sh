@@ -8,6 +8,10 @@ scripts/install_deps.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)"
 
+# Fuzzers (ASan + UBSan, clang) on their corpora plus a short fuzzing run each;
+# a separate build-fuzz that compiles only what they link (scripts/fuzz.sh).
+scripts/fuzz.sh
+
 # The CUDA kernels are torch-free and must compile with this machine's nvcc
 # even without a GPU, so a broken kernel cannot land.
 nvcc_path=$(command -v nvcc || true)

@@ -155,6 +155,7 @@ void FillModelInfo(const PipelineDescription& model, v1::ModelInfo* info) {
   limits->set_max_frames(static_cast<uint32_t>(l.max_frames));
   limits->set_max_steps(static_cast<uint32_t>(l.max_steps));
   limits->set_max_prompt_tokens(static_cast<uint32_t>(l.max_prompt_tokens));
+  limits->set_max_memory_bytes(l.max_memory_bytes);
 
   const PipelineDefaults& d = model.defaults;
   v1::Defaults* defaults = info->mutable_defaults();

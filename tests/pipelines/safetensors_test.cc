@@ -117,6 +117,27 @@ TEST(SafetensorsTest, BrokenFilesGiveSpecificErrors) {
   ExpectOpenError(huge, "exceeds the");
 }
 
+// Found by tests/fuzz (fuzz_safetensors): an empty tensor whose other dims
+// overflow int64 made Get() throw, and an empty tensor at an unaligned offset
+// handed memcpy a null pointer (a report under the sanitizer builds).
+TEST(SafetensorsTest, EmptyTensorsWithHugeDimsAreRejectedAndUnalignedEmptyOnesLoad) {
+  ExpectOpenError(FileWithHeader(R"({"a": {"dtype": "F32", "shape": [0, 18446744073709551615],)"
+                                 R"( "data_offsets": [0, 0]}})", 0),
+                  "tensor 'a': shape too large");
+  ExpectOpenError(FileWithHeader(R"({"a": {"dtype": "U8", "shape": [0, 4611686018427387904, 4],)"
+                                 R"( "data_offsets": [0, 0]}})", 0),
+                  "tensor 'a': shape too large");
+  std::string header = R"({"a": {"dtype": "F32", "shape": [0, 3], "data_offsets": [1, 1]}})";
+  while ((8 + header.size()) % 8 != 0) header += ' ';  // data 8-byte aligned, so offset 1 is not
+  const std::string path = TempDir() + "/empty.safetensors";
+  WriteBytes(path, FileWithHeader(header, 4));
+  auto file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  auto t = (*file)->Get("a");
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_EQ(t->sizes().vec(), std::vector<int64_t>({0, 3}));
+}
+
 TEST(SafetensorsTest, BrokenIndexesAreErrors) {
   const std::string dir = TempDir();
   ASSERT_TRUE(WriteSafetensors(dir + "/s1.safetensors", {{"a", at::ones({2})}}).ok());

@@ -232,5 +232,41 @@ TEST(WanPipelineLoadTest, MissingFolderIsNotFoundAndUnknownDeviceIsRejected) {
   EXPECT_EQ(registry.Families(), std::vector<std::string>{"wan"});
 }
 
+TEST(WanPipelineMemoryTest, RequestsOverTheMemoryBudgetAreRefusedWithTheEstimate) {
+  ModelEntry e = TinyEntry();
+  e.limits.max_memory_gb = 0.05;  // 50 MB: the 64x64 defaults fit, 512x512x33 does not
+  e.defaults.width = 64;
+  e.defaults.height = 64;
+  e.defaults.num_frames = 5;
+  auto p = LoadWanPipeline(e);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  const PipelineDescription d = (*p)->Describe();
+  EXPECT_EQ(d.limits.max_memory_bytes, 50000000u);
+  const MemoryModel& m = d.memory;
+  EXPECT_GT(m.fixed_bytes, 1000000u);  // the weights (~6 MB)
+  EXPECT_LT(m.Estimate(64, 64, 5), m.Estimate(128, 64, 5));
+  EXPECT_LT(m.Estimate(64, 64, 5), m.Estimate(64, 64, 9));
+
+  GenerationRequest big;
+  big.prompt = "a storm over the sea";
+  big.steps = 1;
+  big.width = 512;
+  big.height = 512;
+  big.num_frames = 33;
+  e.limits.max_width = 512;
+  CancelToken cancel;
+  PipelineDescription wide = d;
+  wide.limits.max_width = wide.limits.max_height = 512;
+  wide.limits.max_pixels = 512 * 512;
+  const Status s = ValidateGenerationRequest(wide, big);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.ToString();
+  EXPECT_NE(s.message().find("needs about"), std::string::npos) << s.message();
+
+  GenerationRequest small = big;
+  small.width = small.height = 64;
+  small.num_frames = 5;
+  EXPECT_TRUE(ValidateGenerationRequest(wide, small).ok());
+}
+
 }  // namespace
 }  // namespace rainserve
