@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the embedded default model models/wan-tiny with tools/make_wan_tiny
+# Regenerates the embedded default model models/wan-tiny with tools/make_wan_checkpoint
 # (deterministic: the committed files are exactly what this writes).
 #   scripts/make_wan_tiny.sh            rewrite models/wan-tiny
 #   scripts/make_wan_tiny.sh --check    regenerate in a temporary folder and
@@ -8,9 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-tool=${RAINSERVE_BUILD_DIR:-build}/tools/make_wan_tiny
+tool=${RAINSERVE_BUILD_DIR:-build}/tools/make_wan_checkpoint
 case "$tool" in /*) ;; *) tool="$root/$tool" ;; esac
-[ -x "$tool" ] || RAINSERVE_BUILD_TARGET=make_wan_tiny scripts/build.sh >/dev/null
+[ -x "$tool" ] || RAINSERVE_BUILD_TARGET=make_wan_checkpoint scripts/build.sh >/dev/null
 if [ "${1:-}" = "--check" ]; then
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
@@ -18,12 +18,12 @@ if [ "${1:-}" = "--check" ]; then
   # model records its training input and output names.
   mkdir -p "$tmp/tools" "$tmp/models"
   ln -s "$root/tools/data" "$tmp/tools/data"
-  (cd "$tmp" && "$tool" --out models/wan-tiny --corpus tools/data/tiny_corpus.txt >/dev/null)
+  (cd "$tmp" && "$tool" --out models/wan-tiny --preset tiny --corpus tools/data/tiny_corpus.txt >/dev/null)
   diff -r "$tmp/models/wan-tiny" models/wan-tiny
   echo "make_wan_tiny: models/wan-tiny matches a fresh generation"
 else
   rm -rf models/wan-tiny
   mkdir -p models
-  "$tool" --out models/wan-tiny --corpus tools/data/tiny_corpus.txt
+  "$tool" --out models/wan-tiny --preset tiny --corpus tools/data/tiny_corpus.txt
   du -sh models/wan-tiny
 fi

@@ -19,11 +19,15 @@
 //   --dense-warmup-steps N --mask-refresh every_layer|per_step
 //
 // Artifacts go to --out (default "output"; the extension follows the MIME
-// type; several artifacts get "-<index>" before it). Exit codes: 0 success,
-// 1 the RPC failed (the gRPC status is printed), 2 bad usage.
+// type; several artifacts get "-<index>" before it). `--json` prints the
+// result of generate/watch as one JSON object instead of the summary:
+// {"result": GenerateResult, "client_seconds": wall time of the call}.
+// Exit codes: 0 success, 1 the RPC failed (the gRPC status is printed), 2 bad usage.
+#include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -58,7 +62,9 @@ struct Args {
 }
 
 // Flags without a value.
-bool IsSwitch(const std::string& name) { return name == "all" || name == "detached"; }
+bool IsSwitch(const std::string& name) {
+  return name == "all" || name == "detached" || name == "json";
+}
 
 Args Parse(int argc, char** argv) {
   Args a;
@@ -220,7 +226,9 @@ const char* Extension(const std::string& mime) {
 // Reassembles artifacts from a stream of events, draws progress, prints the result.
 class EventPrinter {
  public:
-  explicit EventPrinter(std::string out) : out_(std::move(out)), tty_(isatty(2) != 0) {}
+  EventPrinter(std::string out, bool json)
+      : out_(std::move(out)), json_(json), tty_(isatty(2) != 0),
+        start_(std::chrono::steady_clock::now()) {}
 
   void On(const v1::GenerateEvent& e) {
     switch (e.event_case()) {
@@ -281,14 +289,25 @@ class EventPrinter {
 
  private:
   void Completed(const v1::GenerateResult& r) {
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     for (const auto& [index, info] : headers_) {
       std::string path = out_;
       if (headers_.size() > 1) path += "-" + std::to_string(index);
       path += Extension(info.mime_type());
       std::ofstream(path, std::ios::binary) << data_[index];
+      if (json_) continue;
       std::cout << path << "  " << info.mime_type() << "  " << info.width() << "x"
                 << info.height() << "x" << info.frames() << "  " << data_[index].size()
                 << " bytes  sha256 " << info.sha256() << "\n";
+    }
+    if (json_) {
+      std::string text;
+      google::protobuf::util::JsonPrintOptions options;
+      options.preserve_proto_field_names = true;
+      (void)google::protobuf::util::MessageToJsonString(r, &text, options);
+      std::cout << "{\"result\": " << text << ", \"client_seconds\": " << seconds << "}\n";
+      return;
     }
     const auto& t = r.timings();
     std::cout << "model " << r.applied().model() << " on " << r.device() << ": seed "
@@ -301,14 +320,16 @@ class EventPrinter {
   }
 
   std::string out_;
+  bool json_;
   bool tty_;
+  std::chrono::steady_clock::time_point start_;
   bool done_ = false, failed_ = false;
   std::map<uint32_t, v1::ArtifactInfo> headers_;
   std::map<uint32_t, std::string> data_;
 };
 
-int Stream(grpc::ClientReader<v1::GenerateEvent>* reader, const std::string& out) {
-  EventPrinter printer(out);
+int Stream(grpc::ClientReader<v1::GenerateEvent>* reader, const std::string& out, bool json) {
+  EventPrinter printer(out, json);
   v1::GenerateEvent e;
   while (reader->Read(&e)) printer.On(e);
   const grpc::Status s = reader->Finish();
@@ -362,7 +383,7 @@ int main(int argc, char** argv) {
     if (!a.Has("prompt")) Usage("generate needs --prompt");
     const v1::GenerateRequest req = BuildRequest(a);
     auto reader = gen->Generate(&ctx, req);
-    return Stream(reader.get(), out);
+    return Stream(reader.get(), out, a.Has("json"));
   }
   if (cmd == "submit") {
     if (!a.Has("prompt")) Usage("submit needs --prompt");
@@ -380,7 +401,7 @@ int main(int argc, char** argv) {
     req.set_job_id(a.positional[0]);
     if (a.Has("from-seq")) req.set_from_seq(ToUint(a, "from-seq"));
     auto reader = gen->Watch(&ctx, req);
-    return Stream(reader.get(), out);
+    return Stream(reader.get(), out, a.Has("json"));
   }
   if (cmd == "cancel") {
     if (a.positional.size() != 1) Usage("cancel JOB_ID");

@@ -5,6 +5,7 @@
 #
 #   scripts/gpu/build.sh [extra cmake args]
 #   source scripts/gpu/env.sh   # for running the binaries afterwards
+# RAINSERVE_BUILD_TARGETS="a b" builds only those targets.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/gpu/env.sh
@@ -27,4 +28,4 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90a \
   -DRAINSERVE_WITH_VIDEO=OFF \
   "$@"
-cmake --build "$build_dir" -j "${RAINSERVE_JOBS:-16}"
+cmake --build "$build_dir" -j "${RAINSERVE_JOBS:-16}" ${RAINSERVE_BUILD_TARGETS:+--target $RAINSERVE_BUILD_TARGETS}

@@ -1,0 +1,205 @@
+// make_wan_checkpoint: writes a Wan2.1-architecture text-to-video checkpoint
+// in the diffusers folder layout with random weights, deterministically.
+//
+//   make_wan_checkpoint --out models/wan-tiny [--preset tiny]
+//       [--corpus tools/data/tiny_corpus.txt]
+//   make_wan_checkpoint --out DIR --preset 1.3b [--device cuda:0] [--shard-gb 2]
+//
+// Presets:
+//   tiny  the embedded default model (models/wan-tiny, 6.6 MB, fp32, one file
+//         per component; scripts/make_wan_tiny.sh regenerates and checks it);
+//   1.3b  the Wan2.1-T2V-1.3B configuration at full size (umT5-XXL text
+//         encoder and transformer in bf16, the full VAE in fp32, sharded
+//         safetensors with index files), to exercise loading and speed at
+//         real size. Random weights are drawn on --device (default cpu).
+// Components: tokenizer/ (a SentencePiece unigram model trained on the
+// corpus), text_encoder/ (UMT5), transformer/ (WanTransformer3DModel), vae/
+// (AutoencoderKLWan with the published latent statistics), scheduler/ (flow
+// UniPC, shift 3) and model_index.json. The weights are random: the model
+// exercises the whole system; real output needs real weights (see README).
+#include <ATen/ATen.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "common/status.h"
+#include "pipelines/tokenizer.h"
+#include "pipelines/umt5.h"
+#include "pipelines/wan_transformer.h"
+#include "pipelines/wan_vae.h"
+
+namespace rainserve {
+namespace {
+
+constexpr int kVocabSize = 1000;  // SentencePiece pieces (the tiny corpus supports ~1000)
+
+struct Preset {
+  UMT5Config text_encoder;
+  WanTransformerConfig transformer;
+  WanVAEConfig vae;
+  at::ScalarType dtype = at::kFloat;  // text encoder and transformer; the VAE is fp32
+  int64_t shard_bytes = int64_t{1} << 40;
+};
+
+StatusOr<Preset> MakePreset(const std::string& name) {
+  Preset p;
+  if (name == "tiny") {
+    // Text encoder: 2 layers, d_model 64 (= the transformer's text_dim).
+    p.text_encoder.vocab_size = kVocabSize;
+    p.text_encoder.d_model = 64;
+    p.text_encoder.d_kv = 16;
+    p.text_encoder.num_heads = 4;
+    p.text_encoder.d_ff = 128;
+    p.text_encoder.num_layers = 2;
+    // Transformer: 2 layers, 2 heads of 64, ffn 256.
+    p.transformer.num_attention_heads = 2;
+    p.transformer.attention_head_dim = 64;
+    p.transformer.text_dim = 64;
+    p.transformer.freq_dim = 64;
+    p.transformer.ffn_dim = 256;
+    p.transformer.num_layers = 2;
+    // VAE: the published structure (z 16, dim_mult [1, 2, 4, 4], 2 residual
+    // blocks per stage, 4x time and 8x space) with 8 base channels.
+    p.vae.base_dim = 8;
+    return p;
+  }
+  if (name == "1.3b") {
+    // The configs' defaults are umT5-XXL, Wan2.1-T2V-1.3B and the Wan2.1 VAE.
+    p.dtype = at::kBFloat16;
+    return p;
+  }
+  return InvalidArgumentError("unknown preset '" + name + "' (tiny, 1.3b)");
+}
+
+Status WriteText(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  out.close();
+  if (!out) return UnavailableError("cannot write " + path);
+  return OkStatus();
+}
+
+Status MakeDir(const std::string& path) {
+  if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+    return UnavailableError("cannot create " + path);
+  }
+  return OkStatus();
+}
+
+Status MakeCheckpoint(const std::string& out, const std::string& corpus, const Preset& p,
+                      at::Device device) {
+  RAINSERVE_RETURN_IF_ERROR(MakeDir(out));
+  for (const char* sub : {"tokenizer", "text_encoder", "transformer", "vae", "scheduler"}) {
+    RAINSERVE_RETURN_IF_ERROR(MakeDir(out + "/" + sub));
+  }
+
+  // Tokenizer: tokenizer/spiece.model (+ the small JSON files transformers reads).
+  RAINSERVE_RETURN_IF_ERROR(
+      TrainSentencePieceModel(corpus, out + "/tokenizer/spiece", kVocabSize));
+  std::remove((out + "/tokenizer/spiece.vocab").c_str());
+  RAINSERVE_RETURN_IF_ERROR(WriteText(
+      out + "/tokenizer/tokenizer_config.json",
+      "{\n  \"tokenizer_class\": \"T5Tokenizer\",\n  \"model_max_length\": 512,\n"
+      "  \"eos_token\": \"</s>\",\n  \"pad_token\": \"<pad>\",\n  \"unk_token\": \"<unk>\",\n"
+      "  \"extra_ids\": 0\n}\n"));
+  RAINSERVE_RETURN_IF_ERROR(WriteText(
+      out + "/tokenizer/special_tokens_map.json",
+      "{\n  \"eos_token\": \"</s>\",\n  \"pad_token\": \"<pad>\",\n  \"unk_token\": \"<unk>\"\n}\n"));
+
+  RAINSERVE_RETURN_IF_ERROR(UMT5Encoder::Random(p.text_encoder, p.dtype, device, 1)
+                                ->Save(out + "/text_encoder", p.shard_bytes));
+  RAINSERVE_RETURN_IF_ERROR(WanTransformer::Random(p.transformer, p.dtype, device, 2)
+                                ->Save(out + "/transformer", p.shard_bytes));
+  RAINSERVE_RETURN_IF_ERROR(
+      WanVAE::Random(p.vae, at::kFloat, device, 3)->Save(out + "/vae", p.shard_bytes));
+
+  RAINSERVE_RETURN_IF_ERROR(WriteText(out + "/scheduler/scheduler_config.json", R"({
+  "_class_name": "UniPCMultistepScheduler",
+  "_diffusers_version": "0.33.0",
+  "beta_end": 0.02,
+  "beta_schedule": "linear",
+  "beta_start": 0.0001,
+  "disable_corrector": [],
+  "dynamic_thresholding_ratio": 0.995,
+  "final_sigmas_type": "zero",
+  "flow_shift": 3.0,
+  "lower_order_final": true,
+  "num_train_timesteps": 1000,
+  "predict_x0": true,
+  "prediction_type": "flow_prediction",
+  "rescale_betas_zero_snr": false,
+  "sample_max_value": 1.0,
+  "solver_order": 2,
+  "solver_p": null,
+  "solver_type": "bh2",
+  "steps_offset": 0,
+  "thresholding": false,
+  "timestep_spacing": "linspace",
+  "trained_betas": null,
+  "use_beta_sigmas": false,
+  "use_exponential_sigmas": false,
+  "use_flow_sigmas": true,
+  "use_karras_sigmas": false
+}
+)"));
+  return WriteText(out + "/model_index.json", R"({
+  "_class_name": "WanPipeline",
+  "_diffusers_version": "0.33.0",
+  "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+  "text_encoder": ["transformers", "UMT5EncoderModel"],
+  "tokenizer": ["transformers", "T5TokenizerFast"],
+  "transformer": ["diffusers", "WanTransformer3DModel"],
+  "vae": ["diffusers", "AutoencoderKLWan"]
+}
+)");
+}
+
+}  // namespace
+}  // namespace rainserve
+
+int main(int argc, char** argv) {
+  std::string out, corpus = "tools/data/tiny_corpus.txt", preset_name = "tiny", device = "cpu";
+  double shard_gb = 0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    if (flag == "--out") {
+      out = argv[i + 1];
+    } else if (flag == "--corpus") {
+      corpus = argv[i + 1];
+    } else if (flag == "--preset") {
+      preset_name = argv[i + 1];
+    } else if (flag == "--device") {
+      device = argv[i + 1];
+    } else if (flag == "--shard-gb") {
+      shard_gb = std::atof(argv[i + 1]);
+    } else {
+      std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  if (out.empty()) {
+    std::fprintf(stderr,
+                 "usage: make_wan_checkpoint --out DIR [--preset tiny|1.3b] [--corpus FILE] "
+                 "[--device cpu|cuda:N] [--shard-gb G]\n");
+    return 2;
+  }
+  auto preset = rainserve::MakePreset(preset_name);
+  if (!preset.ok()) {
+    std::fprintf(stderr, "make_wan_checkpoint: %s\n", preset.status().ToString().c_str());
+    return 2;
+  }
+  if (shard_gb > 0) preset->shard_bytes = static_cast<int64_t>(shard_gb * 1e9);
+  const auto start = std::chrono::steady_clock::now();
+  const rainserve::Status s = rainserve::MakeCheckpoint(out, corpus, *preset, at::Device(device));
+  if (!s.ok()) {
+    std::fprintf(stderr, "make_wan_checkpoint: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  std::printf("wrote %s (%s) in %.1f s\n", out.c_str(), preset_name.c_str(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return 0;
+}
