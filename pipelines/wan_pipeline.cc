@@ -383,7 +383,6 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
 
   WanForwardOptions options;
   options.engine = engine_.get();
-  options.impl = SelfAttentionImpl::kRainFusion;
   options.sink_frames = F == 1 ? 0 : request.sparse.sink_frames;
   options.window = {request.sparse.window[0], request.sparse.window[1], request.sparse.window[2]};
   options.mask_refresh = request.sparse.mask_refresh;
@@ -402,6 +401,12 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
     const bool sparse_step = request.sparse.mode == AttentionMode::kRainFusion &&
                              i >= request.sparse.dense_warmup_steps && request.sparse.sparsity > 0;
     options.sparsity = sparse_step ? request.sparse.sparsity : 0.0;
+    // Dense steps take the fastest dense attention of the device: LibTorch's
+    // SDPA (FlashAttention-class) on GPUs, where our dense kernel runs at
+    // 0.70x of it (docs/benchmarks.md); our kernel on the CPU, where it is
+    // 2.7-3.4x LibTorch's matmul-softmax-matmul.
+    options.impl = !sparse_step && device_.is_cuda() ? SelfAttentionImpl::kTorch
+                                                     : SelfAttentionImpl::kRainFusion;
     const at::Tensor t = at::full({B}, scheduler->timesteps()[i],
                                   at::TensorOptions().dtype(at::kFloat).device(device_));
     const at::Tensor x = latents.to(dtype_).expand({B, -1, -1, -1, -1});

@@ -2,7 +2,8 @@
 # On the GPU machine: a full-size Wan2.1-T2V-1.3B-configuration checkpoint
 # (random weights, bf16, sharded) written by tools/make_wan_checkpoint, served
 # by rainserve-server on cuda:0, and W1-shaped requests (832x480, 81 frames,
-# CFG) sent through gRPC by rainserve-cli: dense (our kernel), RainFusion2.0
+# CFG) sent through gRPC by rainserve-cli: dense (LibTorch SDPA: the
+# pipeline's dense mode on CUDA), RainFusion2.0
 # 0.8 and 0.9 with the first-frame sink. Output format raw RGB (no encoder
 # on the GPU build). Writes bench/results/e2e_service_gpu.json.
 #   scripts/gpu/e2e_check.sh [steps, default 10]
@@ -78,7 +79,7 @@ for mode in ("dense", "0.8", "0.9"):
     steps_stats = res.get("steps", [])
     per_step = sorted(secs(s.get("duration")) for s in steps_stats)
     rows.append({
-        "mode": mode, "impl": "rainserve_dense" if mode == "dense" else "rainserve_sparse",
+        "mode": mode, "impl": "torch_sdpa" if mode == "dense" else "rainserve_sparse",
         "sparsity": 0.0 if mode == "dense" else float(mode), "sink_frames": 0 if mode == "dense" else 1,
         "realized_sparsity": res.get("realized_sparsity", 0.0),
         "seconds_per_step_median": per_step[len(per_step) // 2] if per_step else None,
@@ -91,8 +92,8 @@ for mode in ("dense", "0.8", "0.9"):
 dense = next((x for x in rows if x["mode"] == "dense" and "error" not in x), None)
 for x in rows:
     if dense and "error" not in x and x is not dense:
-        x["speedup_step_vs_dense"] = dense["seconds_per_step_median"] / x["seconds_per_step_median"]
-        x["speedup_request_vs_dense"] = dense["seconds_client"] / x["seconds_client"]
+        x["speedup_step_vs_sdpa"] = dense["seconds_per_step_median"] / x["seconds_per_step_median"]
+        x["speedup_request_vs_sdpa"] = dense["seconds_client"] / x["seconds_client"]
 result = {"benchmark": "e2e_service_gpu", "date": datetime.date.today().isoformat(), "machine": gpu,
           "command": f"scripts/gpu/e2e_check.sh {steps}",
           "request": {"width": 832, "height": 480, "frames": 81, "steps": int(steps),
