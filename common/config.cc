@@ -35,6 +35,8 @@ Status ReadServerSection(YamlMap& m, ServerSection* s) {
       m.Double("drain_timeout_seconds", 0, 86400, &s->drain_timeout_seconds));
   RAINSERVE_RETURN_IF_ERROR(
       m.Int("max_message_bytes", 1024, int64_t{1} << 30, &s->max_message_bytes));
+  RAINSERVE_RETURN_IF_ERROR(
+      m.Int("max_concurrent_streams", 1, 1000000, &s->max_concurrent_streams));
   RAINSERVE_RETURN_IF_ERROR(m.Map("queue", [&](YamlMap& q) {
     RAINSERVE_RETURN_IF_ERROR(q.Int("max_pending", 1, kIntMax, &s->queue.max_pending));
     return q.Double("timeout_seconds", 0.001, kDoubleMax, &s->queue.timeout_seconds);

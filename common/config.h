@@ -29,6 +29,7 @@ struct ServerSection {
   std::string log_level = "info";
   double drain_timeout_seconds = 30;                // SIGTERM: time running jobs get to finish
   int64_t max_message_bytes = 4 << 20;              // largest request accepted
+  int64_t max_concurrent_streams = 100;             // open calls per client connection
   QueueConfig queue;
   JobsConfig jobs;
 };

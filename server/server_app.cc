@@ -151,6 +151,10 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
   grpc::ServerBuilder builder;
   builder.AddListeningPort(sc.listen_address, credentials, &st->grpc_port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(sc.max_message_bytes));
+  // Calls open at once on one client connection (HTTP/2 SETTINGS); gRPC
+  // clients queue the calls beyond it until one ends (docs/security.md).
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(sc.max_concurrent_streams));
   // Without this, Linux lets a second server bind the same port and the two
   // silently share its traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);

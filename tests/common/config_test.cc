@@ -28,6 +28,7 @@ TEST(ConfigTest, ShippedServerYamlLoads) {
   EXPECT_EQ(cfg->server.listen_address, "127.0.0.1:50051");
   EXPECT_EQ(cfg->server.metrics_address, "127.0.0.1:9464");
   EXPECT_EQ(cfg->server.queue.max_pending, 64);
+  EXPECT_EQ(cfg->server.max_concurrent_streams, 100);
 }
 
 TEST(ConfigTest, EmptyDocumentGivesDefaults) {
@@ -35,6 +36,7 @@ TEST(ConfigTest, EmptyDocumentGivesDefaults) {
   ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
   EXPECT_EQ(cfg->server.queue.max_pending, 64);
   EXPECT_DOUBLE_EQ(cfg->server.queue.timeout_seconds, 600);
+  EXPECT_EQ(cfg->server.max_concurrent_streams, 100);
   EXPECT_TRUE(cfg->models.empty());
 }
 
@@ -43,6 +45,7 @@ TEST(ConfigTest, ValuesAndModelsAreRead) {
 server:
   listen_address: "0.0.0.0:7000"
   log_level: debug
+  max_concurrent_streams: 8
   queue: {max_pending: 3, timeout_seconds: 2.5}
 models:
   - name: wan-tiny
@@ -57,6 +60,7 @@ models:
   ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
   EXPECT_EQ(cfg->server.listen_address, "0.0.0.0:7000");
   EXPECT_EQ(cfg->server.log_level, "debug");
+  EXPECT_EQ(cfg->server.max_concurrent_streams, 8);
   EXPECT_EQ(cfg->server.queue.max_pending, 3);
   EXPECT_DOUBLE_EQ(cfg->server.queue.timeout_seconds, 2.5);
   ASSERT_EQ(cfg->models.size(), 2u);
@@ -95,6 +99,8 @@ TEST(ConfigTest, OutOfRangeValuesAreRejectedWithTheirPath) {
                  "server.queue.max_pending: expected integer >= 1, got '0'");
   ExpectRejected("server: {queue: {timeout_seconds: -1}}\n", "server.queue.timeout_seconds:");
   ExpectRejected("server: {drain_timeout_seconds: 1e9}\n", "server.drain_timeout_seconds:");
+  ExpectRejected("server: {max_concurrent_streams: 0}\n",
+                 "server.max_concurrent_streams: expected integer in [1, 1000000], got '0'");
   ExpectRejected("server: {listen_address: 'localhost:70000'}\n",
                  "server.listen_address: expected \"host:port\"");
   ExpectRejected("server: {metrics_address: 'nohost'}\n", "server.metrics_address:");

@@ -22,6 +22,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   RAINSERVE_FUZZ_CHECK(ValidateHostPort("listen_address", s.listen_address).ok());
   RAINSERVE_FUZZ_CHECK(ValidateHostPort("metrics_address", s.metrics_address).ok());
   RAINSERVE_FUZZ_CHECK(s.max_message_bytes >= 1024 && s.max_message_bytes <= (int64_t{1} << 30));
+  RAINSERVE_FUZZ_CHECK(s.max_concurrent_streams >= 1 && s.max_concurrent_streams <= 1000000);
   RAINSERVE_FUZZ_CHECK(s.queue.max_pending >= 1 && s.jobs.max_retained >= 1);
   const SecurityConfig& sec = config->security;
   RAINSERVE_FUZZ_CHECK(sec.tls_cert_file.empty() == sec.tls_key_file.empty());

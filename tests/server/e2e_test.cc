@@ -3,8 +3,11 @@
 // loopback by the generated C++ stubs. Covers images and videos (decoded with
 // libpng/FFmpeg), progress, determinism, cancellation, deadlines, the queue,
 // Watch replay, idempotency, Models, health during shutdown, bearer tokens,
-// TLS/mTLS (certificates made at run time with the openssl command line) and
-// the metrics endpoint.
+// TLS/mTLS (certificates made at run time with the openssl command line), the
+// metrics endpoint, and faults: clients hanging up, deadlines that pass in the
+// queue, corrupt or missing checkpoint files, oversize requests and the
+// per-connection stream limit. (Signals, slow readers and the server's
+// memory are tested against the real binary in server_process_test.cc.)
 //
 //   ctest --test-dir build -R e2e_test --output-on-failure
 #include <google/protobuf/util/message_differencer.h>
@@ -44,11 +47,6 @@ constexpr char kGenerationModel[] = "rainserve.v1.Generation/wan-tiny";
 // Long enough that a cancel, a deadline or a shutdown lands mid-run: the
 // largest frames and step count the limits allow (the run is cut short).
 constexpr uint32_t kLongSteps = 50;
-
-std::string SourceDir() {
-  const char* env = std::getenv("RAINSERVE_SOURCE_DIR");
-  return env != nullptr ? env : RAINSERVE_SOURCE_DIR_DEFAULT;
-}
 
 // A fresh folder under the system's temporary directory, removed afterwards.
 class TempDir {
@@ -90,7 +88,7 @@ ModelEntry WanTiny(bool load_at_startup = true) {
   ModelEntry e;
   e.name = kModel;
   e.pipeline = "wan";
-  e.path = SourceDir() + "/models/wan-tiny";
+  e.path = testing::SourceDir() + "/models/wan-tiny";
   e.device = "cpu";
   e.dtype = "fp32";
   e.threads = 2;
@@ -275,9 +273,9 @@ class Client {
     return job;
   }
 
-  grpc::Status ListModels(v1::ListModelsResponse* response) {
+  grpc::Status ListModels(v1::ListModelsResponse* response, double deadline_seconds = 10) {
     grpc::ClientContext ctx;
-    Prepare(&ctx, 10);
+    Prepare(&ctx, deadline_seconds);
     return models_->List(&ctx, v1::ListModelsRequest(), response);
   }
 
@@ -486,6 +484,53 @@ TEST_F(WanTinyE2eTest, ClientTryCancelCancelsTheJob) {
   const v1::Job job = client_->WaitForState(id, v1::JOB_STATE_CANCELLED);
   EXPECT_EQ(job.failure().code(), static_cast<int>(grpc::StatusCode::CANCELLED));
   EXPECT_LT(job.step(), kLongSteps);
+}
+
+TEST_F(WanTinyE2eTest, DetachedGenerateKeepsRunningWhenTheClientHangsUp) {
+  v1::GenerateRequest request = Request("left alone", 64, 64, 5, 8);
+  request.set_detached(true);
+  grpc::ClientContext ctx;
+  client_->Prepare(&ctx);
+  auto reader = client_->generation()->Generate(&ctx, request);
+  Stream s;
+  ASSERT_TRUE(ReadUntilDenoising(reader.get(), &s));
+  const std::string id = s.events.front().job_id();
+  ctx.TryCancel();
+  for (v1::GenerateEvent e; reader->Read(&e);) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  const Stream later = client_->Watch(id, 0);
+  ASSERT_TRUE(later.status.ok()) << later.status.error_message();
+  ASSERT_FALSE(later.events.empty());
+  EXPECT_TRUE(later.events.back().has_completed()) << later.events.back().DebugString();
+  EXPECT_EQ(Artifacts(later).size(), 1u);
+  EXPECT_EQ(client_->GetJob(id).state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(WanTinyE2eTest, DeadlineThatPassesInTheQueueFailsTheJobWithoutRunningIt) {
+  v1::Job running;
+  ASSERT_TRUE(client_->Submit(LongRequest("hogging the worker"), &running).ok());
+  client_->WaitForState(running.job_id(), v1::JOB_STATE_RUNNING);
+  const Stream s = client_->Generate(Request("impatient", 64, 64, 1, 1), /*deadline_seconds=*/1.0);
+  ASSERT_TRUE(client_->Cancel(running.job_id()).ok());
+  EXPECT_EQ(s.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << s.status.error_message();
+  ASSERT_FALSE(s.events.empty());
+  ASSERT_TRUE(s.events.front().has_accepted());
+  const std::string id = s.events.front().job_id();
+  const v1::Job job = client_->WaitForState(id, v1::JOB_STATE_FAILED);
+  EXPECT_EQ(job.failure().code(), static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED));
+  EXPECT_FALSE(job.has_started()) << job.DebugString();
+  // Watch replays the log and ends with the job's status.
+  const Stream log = client_->Watch(id, 0);
+  EXPECT_EQ(log.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << log.status.error_message();
+  for (const v1::GenerateEvent& e : log.events) {
+    EXPECT_FALSE(e.has_started() || e.has_progress()) << e.DebugString();
+  }
+  ASSERT_FALSE(log.events.empty());
+  EXPECT_TRUE(log.events.back().has_failed());
+  client_->WaitForState(running.job_id(), v1::JOB_STATE_CANCELLED);
 }
 
 TEST_F(WanTinyE2eTest, ClientDeadlineShorterThanTheRunIsDeadlineExceeded) {
@@ -713,6 +758,88 @@ TEST_F(E2eTest, ShutdownFlipsHealthToNotServingAndDrainsTheRunningJob) {
   EXPECT_EQ(DenoiseProgress(s).size(), kSteps);
 }
 
+// ---------------------------------------------------------------- damaged checkpoints
+
+// Copies of wan-tiny in a temporary folder, to damage.
+class CheckpointE2eTest : public E2eTest {
+ protected:
+  ModelEntry CopyOfWanTiny(const std::string& name, bool load_at_startup = true) {
+    ModelEntry e = WanTiny(load_at_startup);
+    e.name = name;
+    e.path = dir_.File(name);
+    std::filesystem::copy(WanTiny().path, e.path, std::filesystem::copy_options::recursive);
+    return e;
+  }
+
+  // The FAILED model's reason from Models.Describe.
+  std::string FailureReason(Client* client, const std::string& name) {
+    v1::ModelInfo info;
+    const grpc::Status s = client->Describe(name, &info);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(info.state(), v1::MODEL_STATE_FAILED) << info.DebugString();
+    return info.state_reason();
+  }
+
+  TempDir dir_;
+};
+
+TEST_F(CheckpointE2eTest, CorruptFilesAtStartupFailOnlyTheirModelNamingTheFile) {
+  ASSERT_FALSE(dir_.path().empty());
+  ServerConfig config = Config();
+  const ModelEntry truncated = CopyOfWanTiny("truncated");
+  const std::string weights = truncated.path + "/transformer/diffusion_pytorch_model.safetensors";
+  std::filesystem::resize_file(weights, std::filesystem::file_size(weights) / 2);
+  const ModelEntry bad_json = CopyOfWanTiny("bad-json");
+  dir_.Write("bad-json/transformer/config.json", "{\"num_layers\": 2,");
+  config.models.push_back(truncated);
+  config.models.push_back(bad_json);
+  ASSERT_NO_FATAL_FAILURE(StartServer(config));
+  Client client(*app_);
+
+  const std::string truncated_reason = FailureReason(&client, "truncated");
+  EXPECT_NE(truncated_reason.find(weights), std::string::npos) << truncated_reason;
+  const std::string json_reason = FailureReason(&client, "bad-json");
+  EXPECT_NE(json_reason.find(bad_json.path + "/transformer/config.json"), std::string::npos)
+      << json_reason;
+  EXPECT_NE(json_reason.find("bad JSON"), std::string::npos) << json_reason;
+
+  EXPECT_EQ(client.Health(""), HealthCheckResponse::SERVING);
+  EXPECT_EQ(client.Health(kGenerationModel), HealthCheckResponse::SERVING);
+  EXPECT_EQ(client.Health(std::string(kGeneration) + "/truncated"),
+            HealthCheckResponse::NOT_SERVING);
+  v1::GenerateRequest broken = Request("broken", 64, 64, 1, 1);
+  broken.set_model("truncated");
+  EXPECT_EQ(client.Generate(broken).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  const Stream good = client.Generate(Request("still here", 64, 64, 1, 1));
+  EXPECT_TRUE(good.status.ok()) << good.status.error_message();
+}
+
+TEST_F(CheckpointE2eTest, MissingFileAtModelsLoadFailsItAndAFixedFolderLoads) {
+  ASSERT_FALSE(dir_.path().empty());
+  ServerConfig config = Config();
+  const ModelEntry late = CopyOfWanTiny("late", /*load_at_startup=*/false);
+  config.models.push_back(late);
+  ASSERT_NO_FATAL_FAILURE(StartServer(config));
+  Client client(*app_);
+  const std::string vae = late.path + "/vae/diffusion_pytorch_model.safetensors";
+  const std::string kept = dir_.File("vae.safetensors");
+  std::filesystem::rename(vae, kept);
+
+  v1::ModelInfo info;
+  const grpc::Status failed = client.Load("late", &info);
+  EXPECT_EQ(failed.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(failed.error_message().find(late.path + "/vae"), std::string::npos)
+      << failed.error_message();
+  EXPECT_NE(FailureReason(&client, "late").find(late.path + "/vae"), std::string::npos);
+  const Stream good = client.Generate(Request("unaffected", 64, 64, 1, 1));
+  EXPECT_TRUE(good.status.ok()) << good.status.error_message();
+
+  std::filesystem::rename(kept, vae);
+  const grpc::Status loaded = client.Load("late", &info);
+  ASSERT_TRUE(loaded.ok()) << loaded.error_message();
+  EXPECT_EQ(info.state(), v1::MODEL_STATE_READY);
+}
+
 // ---------------------------------------------------------------- security
 
 class SecurityE2eTest : public E2eTest {
@@ -766,6 +893,69 @@ TEST_F(SecurityE2eTest, DisabledModelManagementIsDeniedEvenToAdmins) {
   ASSERT_TRUE(admin.ListModels(&list).ok());
   ASSERT_EQ(list.models_size(), 1);
   EXPECT_EQ(list.models(0).state(), v1::MODEL_STATE_NOT_LOADED);
+}
+
+// No model is loaded: gRPC refuses the request before any RainServe code
+// runs, and the next call on the connection reaches the service again.
+TEST_F(SecurityE2eTest, OversizeRequestIsResourceExhaustedAndTheServerKeepsServing) {
+  ServerConfig config = Config(/*load_at_startup=*/false);
+  config.server.max_message_bytes = 4096;
+  ASSERT_NO_FATAL_FAILURE(StartServer(config));
+  Client client(*app_);
+  const v1::GenerateRequest huge = Request(std::string(8192, 'a'), 64, 64, 1, 1);
+  const Stream streamed = client.Generate(huge);
+  EXPECT_EQ(streamed.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << streamed.status.error_message();
+  EXPECT_TRUE(streamed.events.empty());
+  v1::Job job;
+  const grpc::Status submitted = client.Submit(huge, &job);
+  EXPECT_EQ(submitted.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << submitted.error_message();
+  EXPECT_NE(submitted.error_message().find("larger than max"), std::string::npos)
+      << submitted.error_message();
+  // The same connection still serves: the service itself answers.
+  const Stream small = client.Generate(Request("small", 64, 64, 1, 1));
+  EXPECT_EQ(small.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << small.status.error_message();
+  EXPECT_NE(small.status.error_message().find("is not ready"), std::string::npos)
+      << small.status.error_message();
+  v1::ListModelsResponse list;
+  EXPECT_TRUE(client.ListModels(&list).ok());
+}
+
+// With max_concurrent_streams open calls on one connection, a further call
+// on it waits (it does not fail) until one ends; other connections are not
+// affected.
+TEST_F(SecurityE2eTest, CallsBeyondMaxConcurrentStreamsWaitOnTheirConnection) {
+  ServerConfig config = Config(/*load_at_startup=*/false);
+  config.server.max_concurrent_streams = 2;
+  ASSERT_NO_FATAL_FAILURE(StartServer(config));
+  // A channel of its own (no subchannel shared with other channels).
+  auto connection = [&] {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    return grpc::CreateCustomChannel(Target(*app_), grpc::InsecureChannelCredentials(), args);
+  };
+  Client busy(connection());
+  grpc::ClientContext watch_ctx[2];
+  std::unique_ptr<grpc::ClientReader<HealthCheckResponse>> watches[2];
+  for (int i = 0; i < 2; ++i) {
+    busy.Prepare(&watch_ctx[i], 60);
+    watches[i] = busy.health()->Watch(&watch_ctx[i], HealthCheckRequest());
+    HealthCheckResponse first;
+    ASSERT_TRUE(watches[i]->Read(&first));
+  }
+  v1::ListModelsResponse list;
+  EXPECT_EQ(busy.ListModels(&list, /*deadline_seconds=*/1.0).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+  Client other(connection());
+  EXPECT_TRUE(other.ListModels(&list).ok());
+
+  watch_ctx[0].TryCancel();
+  EXPECT_EQ(watches[0]->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(busy.ListModels(&list).ok());
+  watch_ctx[1].TryCancel();
+  (void)watches[1]->Finish();
 }
 
 // A CA, a server certificate for localhost/127.0.0.1 and a client

@@ -1,14 +1,20 @@
 // Starts the real rainserve-server binary on ephemeral ports and talks to it
 // the way clients and orchestrators do: gRPC health, reflection, the API,
-// the metrics endpoint, and signals.
+// the metrics endpoint, and signals; with the embedded wan-tiny model, a
+// SIGTERM while jobs run and wait, and a reader too slow for its stream
+// (the server's memory read from /proc).
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <set>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
@@ -165,6 +171,182 @@ TEST_F(ServerProcessTest, SigintAlsoExitsZero) {
   const int status = server_->Stop(SIGINT);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// ---------------------------------------------------------------- with wan-tiny
+
+// wan-tiny (random weights, CPU) with small defaults; a drain timeout long
+// enough for any job these tests run, even in a sanitizer build.
+std::string WanTinyConfig() {
+  return R"(
+server:
+  drain_timeout_seconds: 300
+models:
+  - name: wan-tiny
+    path: )" + testing::SourceDir() + R"(/models/wan-tiny
+    threads: 2
+    defaults: {width: 64, height: 64, num_frames: 5, steps: 2}
+    limits: {max_width: 512, max_height: 512, max_pixels: 262144, max_frames: 33, max_steps: 50}
+)";
+}
+
+v1::GenerateRequest Request(const std::string& prompt, uint32_t width, uint32_t height,
+                            uint32_t frames, uint32_t steps) {
+  v1::GenerateRequest r;
+  r.set_model("wan-tiny");
+  r.set_prompt(prompt);
+  r.set_width(width);
+  r.set_height(height);
+  r.set_num_frames(frames);
+  r.set_steps(steps);
+  return r;
+}
+
+// VmRSS of process `pid` in bytes; -1 if unreadable.
+int64_t ResidentBytes(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;  // "... kB"
+  }
+  return -1;
+}
+
+using EventReader = grpc::ClientReader<v1::GenerateEvent>;
+
+// Reads into `events` until one satisfies `done` (true) or the stream ends (false).
+template <typename Done>
+bool ReadUntil(EventReader* reader, std::vector<v1::GenerateEvent>* events, Done done) {
+  for (v1::GenerateEvent e; reader->Read(&e);) {
+    events->push_back(e);
+    if (done(e)) return true;
+  }
+  return false;
+}
+
+bool IsDenoiseProgress(const v1::GenerateEvent& e) {
+  return e.has_progress() && e.progress().stage() == "denoise";
+}
+
+// One call's context, stream and events.
+struct Call {
+  grpc::ClientContext ctx;
+  std::unique_ptr<EventReader> reader;
+  std::vector<v1::GenerateEvent> events;
+  grpc::Status status;
+
+  void Start(v1::Generation::Stub* stub, const v1::GenerateRequest& request) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(400));
+    reader = stub->Generate(&ctx, request);
+  }
+  void ReadToEnd() {
+    ReadUntil(reader.get(), &events, [](const v1::GenerateEvent&) { return false; });
+    status = reader->Finish();
+  }
+};
+
+class WanTinyProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    server_ = std::make_unique<ServerProcess>(WanTinyConfig());
+    ASSERT_TRUE(server_->Start()) << server_->error();
+    channel_ = grpc::CreateChannel(server_->grpc_target(), grpc::InsecureChannelCredentials());
+    generation_ = v1::Generation::NewStub(channel_);
+    auto models = v1::Models::NewStub(channel_);
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(300);
+    v1::ListModelsResponse list;
+    while (std::chrono::steady_clock::now() < end) {
+      grpc::ClientContext ctx;
+      list.Clear();
+      ASSERT_TRUE(models->List(&ctx, v1::ListModelsRequest(), &list).ok());
+      ASSERT_EQ(list.models_size(), 1);
+      if (list.models(0).state() != v1::MODEL_STATE_LOADING) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ASSERT_EQ(list.models(0).state(), v1::MODEL_STATE_READY)
+        << list.models(0).state_reason() << "\n" << server_->Stderr();
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Generation::Stub> generation_;
+};
+
+TEST_F(WanTinyProcessTest, SigtermLetsTheRunningJobFinishFailsQueuedOnesAndExitsZero) {
+  constexpr uint32_t kSteps = 16;
+  Call running;
+  running.Start(generation_.get(), Request("running", 128, 128, 9, kSteps));
+  ASSERT_TRUE(ReadUntil(running.reader.get(), &running.events, IsDenoiseProgress));
+  Call queued[2];
+  for (Call& call : queued) {
+    call.Start(generation_.get(), Request("queued", 64, 64, 1, 1));
+    ASSERT_TRUE(ReadUntil(call.reader.get(), &call.events,
+                          [](const v1::GenerateEvent& e) { return e.has_queued(); }));
+  }
+
+  // From here on no ASSERT: `stopper` must be joined.
+  int exit_status = -1;
+  std::thread stopper([&] { exit_status = server_->Stop(SIGTERM, 400); });
+  for (Call& call : queued) {
+    call.ReadToEnd();
+    // Queued jobs are failed at once (UNAVAILABLE, retryable); their streams
+    // carry the final Failed event and end with its code.
+    EXPECT_EQ(call.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << call.status.error_message();
+    EXPECT_TRUE(call.events.back().has_failed()) << call.events.back().DebugString();
+    EXPECT_EQ(call.events.back().failed().code(), static_cast<int>(call.status.error_code()));
+    EXPECT_TRUE(call.events.back().failed().retryable());
+    for (const v1::GenerateEvent& e : call.events) EXPECT_FALSE(e.has_started());
+  }
+  running.ReadToEnd();
+  stopper.join();
+  EXPECT_TRUE(running.status.ok()) << running.status.error_message();
+  EXPECT_TRUE(running.events.back().has_completed()) << running.events.back().DebugString();
+  EXPECT_TRUE(WIFEXITED(exit_status)) << "status " << exit_status;
+  EXPECT_EQ(WEXITSTATUS(exit_status), 0) << server_->Stderr();
+}
+
+// A client that stops reading in the middle of an artifact, then reads one
+// message at a time with pauses: the worker runs the next job meanwhile (on
+// the same connection), and the server holds no more than the artifact.
+TEST_F(WanTinyProcessTest, StalledReaderBlocksNeitherTheWorkerNorTheConnection) {
+  const int64_t idle_rss = ResidentBytes(server_->pid());
+  ASSERT_GT(idle_rss, 0);
+  v1::GenerateRequest big = Request("big", 128, 128, 33, 2);
+  big.set_output_format(v1::OUTPUT_FORMAT_RAW_RGB);
+  const uint64_t artifact_bytes = 128u * 128u * 3u * 33u;  // 2 chunks of at most 1 MiB
+  Call slow;
+  slow.Start(generation_.get(), big);
+  ASSERT_TRUE(ReadUntil(slow.reader.get(), &slow.events,
+                        [](const v1::GenerateEvent& e) { return e.has_artifact_header(); }));
+  ASSERT_EQ(slow.events.back().artifact_header().info().size_bytes(), artifact_bytes);
+
+  Call next;
+  next.Start(generation_.get(), Request("next", 64, 64, 1, 1));
+  next.ReadToEnd();
+  EXPECT_TRUE(next.status.ok()) << next.status.error_message();
+  ASSERT_FALSE(next.events.empty());
+  EXPECT_TRUE(next.events.back().has_completed());
+
+  int64_t peak_rss = ResidentBytes(server_->pid());
+  const int64_t finished_rss = peak_rss;
+  uint64_t received = 0;
+  for (v1::GenerateEvent e; slow.reader->Read(&e);) {
+    slow.events.push_back(e);
+    if (e.has_artifact_chunk()) received += e.artifact_chunk().data().size();
+    peak_rss = std::max(peak_rss, ResidentBytes(server_->pid()));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  slow.status = slow.reader->Finish();
+  EXPECT_TRUE(slow.status.ok()) << slow.status.error_message();
+  EXPECT_TRUE(slow.events.back().has_completed());
+  EXPECT_EQ(received, artifact_bytes);
+  const std::string rss = "VmRSS idle " + std::to_string(idle_rss >> 20) + " MiB, after both jobs " +
+                          std::to_string(finished_rss >> 20) + " MiB, peak " +
+                          std::to_string(peak_rss >> 20) + " MiB";
+  // Reading slowly costs the server nothing beyond what it already holds, and
+  // the jobs themselves (a 1.6 MB artifact) stay far below this bound.
+  EXPECT_LT(peak_rss, finished_rss + (int64_t{64} << 20)) << rss;
+  EXPECT_LT(peak_rss, idle_rss + (int64_t{512} << 20)) << rss;
 }
 
 TEST(ServerStartupTest, BadConfigExitsNonZeroWithKeyPath) {

@@ -23,6 +23,7 @@ class ServerProcess {
   // Waits for the child to exit by itself; the raw waitpid status or -1 on timeout.
   int Wait(double timeout_seconds);
 
+  pid_t pid() const { return pid_; }  // -1 when not running
   int grpc_port() const { return grpc_port_; }
   int metrics_port() const { return metrics_port_; }
   std::string grpc_target() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
@@ -44,6 +45,10 @@ class ServerProcess {
 // and collects stderr. For start-up failures.
 int RunServerToExit(const std::string& config_yaml, const std::string& extra_args,
                     std::string* stderr_text);
+
+// The source tree (models/wan-tiny, configs/): $RAINSERVE_SOURCE_DIR, which
+// ctest sets, else the folder the test was built from.
+std::string SourceDir();
 
 // Minimal HTTP/1.0 GET on 127.0.0.1:port; returns the whole response (headers
 // and body), or "" on connection failure.
