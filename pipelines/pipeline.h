@@ -191,6 +191,11 @@ class Pipeline {
   virtual StatusOr<GenerationOutput> Generate(const GenerationRequest& request,
                                               const ProgressCallback& progress,
                                               const CancelToken& cancel) = 0;
+  // Called by the model's worker after a job failed: OK while the device is
+  // usable, UNAVAILABLE after a sticky device fault (a CUDA context that
+  // every later call would fail on). The server then takes the model out of
+  // service (FAILED, health NOT_SERVING) instead of failing job after job.
+  virtual Status DeviceStatus() const { return OkStatus(); }
 };
 
 // Creates a pipeline for a configured model entry. Called by the server's

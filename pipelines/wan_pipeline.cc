@@ -28,6 +28,7 @@
 #if RAINSERVE_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <cuda_runtime.h>
 #endif
 
 #include "attention/engine.h"
@@ -185,6 +186,7 @@ class WanPipeline final : public Pipeline {
   static StatusOr<std::unique_ptr<WanPipeline>> Load(const ModelEntry& entry);
 
   PipelineDescription Describe() const override { return description_; }
+  Status DeviceStatus() const override;
   StatusOr<GenerationOutput> Generate(const GenerationRequest& request,
                                       const ProgressCallback& progress,
                                       const CancelToken& cancel) override;
@@ -321,6 +323,26 @@ StatusOr<at::Tensor> WanPipeline::EncodePrompts(const std::vector<std::string>& 
     if (lengths[b] < L) embeds[b].narrow(0, lengths[b], L - lengths[b]).zero_();
   }
   return embeds;
+}
+
+Status WanPipeline::DeviceStatus() const {
+#if RAINSERVE_WITH_CUDA
+  if (device_.is_cuda()) {
+    // A sticky error (illegal address, launch failure, ECC, ...) is returned
+    // by every synchronisation, even after cudaGetLastError() cleared the
+    // last one; a transient one (e.g. a failed allocation) is not.
+    cudaSetDevice(device_.index());
+    if (cudaDeviceSynchronize() != cudaSuccess) {
+      cudaGetLastError();
+      const cudaError_t again = cudaDeviceSynchronize();
+      if (again != cudaSuccess) {
+        return UnavailableError("device " + description_.device +
+                                " has a sticky CUDA error: " + cudaGetErrorString(again));
+      }
+    }
+  }
+#endif
+  return OkStatus();
 }
 
 StatusOr<GenerationOutput> WanPipeline::Generate(const GenerationRequest& request,

@@ -479,6 +479,13 @@ void JobManager::RunJob(Worker* worker, const std::shared_ptr<Job>& job) {
     return worker->pipeline->Generate(job->request, progress, job->cancel);
   });
   Status status = output.status();
+  if (!status.ok() && status.code() != StatusCode::kCancelled && options_.on_device_fault) {
+    const Status device = worker->pipeline->DeviceStatus();
+    if (!device.ok()) {
+      RAINSERVE_LOG(ERROR) << "model '" << job->model << "': " << device.ToString();
+      options_.on_device_fault(job->model, device);
+    }
+  }
   std::vector<v1::GenerateEvent> artifact_events;
   v1::GenerateResult result;
   if (output.ok()) {

@@ -119,6 +119,10 @@ struct JobManagerOptions {
   double retention_seconds = 600;      // finished jobs stay visible this long
   int64_t max_retained_jobs = 1000;    // and at most this many (oldest go first)
   int64_t chunk_bytes = 1 << 20;       // ArtifactChunk payload size
+  // Called on the model's worker thread when, after a failed job, the
+  // pipeline reports a device fault (Pipeline::DeviceStatus). Must not call
+  // RemoveModel for that model (it would wait for this worker).
+  std::function<void(const std::string& model, const Status& fault)> on_device_fault;
 
   static JobManagerOptions FromConfig(const ServerSection& server);
 };

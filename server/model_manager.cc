@@ -60,6 +60,10 @@ Status ModelManager::Load(const std::string& name, std::function<void(const Mode
       if (done) slot->waiters.push_back(std::move(done));
       return OkStatus();
     }
+    if (slot->view.state == ModelState::kFailed && slot->pipeline) {
+      return FailedPreconditionError("model '" + name + "' was taken out of service (" +
+                                     slot->view.reason + "); unload it, then load it again");
+    }
     if (slot->view.state != ModelState::kReady) {
       slot->view.state = ModelState::kLoading;
       slot->view.reason = "loading";
@@ -117,6 +121,18 @@ void ModelManager::LoadOnThread(const std::string& name) {
   for (auto& w : waiters) w(view);
 }
 
+void ModelManager::MarkFailed(const std::string& name, const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Slot* slot = Find(name);
+    if (slot == nullptr || slot->view.state != ModelState::kReady) return;
+    slot->view.state = ModelState::kFailed;
+    slot->view.reason = reason;
+  }
+  RAINSERVE_LOG(ERROR) << "model '" << name << "' taken out of service: " << reason;
+  if (hooks_.on_change) hooks_.on_change();
+}
+
 StatusOr<ModelView> ModelManager::Unload(const std::string& name) {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -125,7 +141,7 @@ StatusOr<ModelView> ModelManager::Unload(const std::string& name) {
     if (slot->view.state == ModelState::kLoading) {
       return FailedPreconditionError("model '" + name + "' is loading; unload it when it is ready");
     }
-    if (slot->view.state != ModelState::kReady) return slot->view;
+    if (slot->view.state != ModelState::kReady && !slot->pipeline) return slot->view;
   }
   if (hooks_.on_unload) hooks_.on_unload(name);
   ModelView view;

@@ -53,6 +53,10 @@ class ModelManager {
   // loader thread, or at once when nothing is to be done) with the outcome.
   // NOT_FOUND for an unknown name.
   Status Load(const std::string& name, std::function<void(const ModelView&)> done);
+  // Takes a READY model out of service after a device fault: FAILED with
+  // `reason`, so new requests get UNAVAILABLE and its health NOT_SERVING. The
+  // pipeline stays allocated until Unload (or shutdown). Any thread.
+  void MarkFailed(const std::string& name, const std::string& reason);
   // Stops the worker and frees the pipeline; NOT_LOADED afterwards.
   // NOT_FOUND for an unknown name; FAILED_PRECONDITION while LOADING.
   StatusOr<ModelView> Unload(const std::string& name);

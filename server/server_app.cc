@@ -123,7 +123,12 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
   st->exposer = std::move(exposer).value();
   st->metrics_port = st->exposer->port();
 
-  st->jobs = std::make_unique<JobManager>(JobManagerOptions::FromConfig(sc), EncodeOutput,
+  State* const state = st.get();
+  JobManagerOptions job_options = JobManagerOptions::FromConfig(sc);
+  job_options.on_device_fault = [state](const std::string& model, const Status& fault) {
+    state->models->MarkFailed(model, fault.ToString());
+  };
+  st->jobs = std::make_unique<JobManager>(std::move(job_options), EncodeOutput,
                                           st->metrics.get());
   auto registry = std::make_shared<PipelineRegistry>();
   RegisterBuiltinPipelines(registry.get());

@@ -87,6 +87,14 @@ class FakePipeline final : public Pipeline {
       : description_(std::move(description)), step_seconds_(step_seconds) {}
 
   PipelineDescription Describe() const override { return description_; }
+  Status DeviceStatus() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return device_fault_ ? UnavailableError("fake device fault") : OkStatus();
+  }
+  void SetDeviceFault(bool fault) {
+    std::lock_guard<std::mutex> lock(mu_);
+    device_fault_ = fault;
+  }
 
   StatusOr<GenerationOutput> Generate(const GenerationRequest& request,
                                       const ProgressCallback& progress,
@@ -173,6 +181,7 @@ class FakePipeline final : public Pipeline {
   mutable std::mutex mu_;
   std::condition_variable changed_;
   bool held_ = false;
+  bool device_fault_ = false;
   int calls_ = 0;
   std::vector<std::string> prompts_;
 };

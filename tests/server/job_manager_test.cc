@@ -358,6 +358,35 @@ TEST_F(JobManagerTest, PipelineErrorOrExceptionFailsOnlyThatJob) {
   }
 }
 
+TEST_F(JobManagerTest, DeviceFaultAfterAFailedJobIsReportedOnlyWhenThePipelineSaysSo) {
+  std::mutex mu;
+  std::vector<std::pair<std::string, std::string>> faults;
+  JobManagerOptions options;
+  options.on_device_fault = [&](const std::string& model, const Status& fault) {
+    std::lock_guard<std::mutex> lock(mu);
+    faults.emplace_back(model, fault.message());
+  };
+  Start(options);
+  // A failure with a healthy device: no fault.
+  pipeline_->set_failure(FakePipeline::Failure::kError);
+  EXPECT_EQ(WaitDone(MustSubmit("transient")).state(), v1::JOB_STATE_FAILED);
+  // A success never asks: no fault even if the device says so.
+  pipeline_->set_failure(FakePipeline::Failure::kNone);
+  pipeline_->SetDeviceFault(true);
+  EXPECT_EQ(WaitDone(MustSubmit("fine")).state(), v1::JOB_STATE_SUCCEEDED);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_TRUE(faults.empty());
+  }
+  // A failure on a faulted device: reported once, with the device's reason.
+  pipeline_->set_failure(FakePipeline::Failure::kError);
+  EXPECT_EQ(WaitDone(MustSubmit("sticky")).state(), v1::JOB_STATE_FAILED);
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_EQ(faults.size(), 1u);
+  EXPECT_EQ(faults[0].first, "fake");
+  EXPECT_EQ(faults[0].second, "fake device fault");
+}
+
 TEST_F(JobManagerTest, EncoderFailureFailsTheJob) {
   jobs_ = std::make_unique<JobManager>(
       JobManagerOptions(),
