@@ -3,6 +3,7 @@
 
 #if RAINSERVE_WITH_CUDA
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #endif
 
 #include <cmath>
@@ -115,6 +116,50 @@ uint64_t MemoryModel::Estimate(int64_t width, int64_t height, int64_t frames) co
   return static_cast<uint64_t>(bytes);
 }
 
+namespace {
+
+#if RAINSERVE_WITH_CUDA
+// NVML through dlopen (the driver's libnvidia-ml.so.1 is present wherever a
+// GPU is, but not at build time): device utilisation only.
+struct Nvml {
+  struct Rates {  // nvmlUtilization_t
+    unsigned int gpu, memory;
+  };
+  using Init = int (*)();
+  using ByIndex = int (*)(unsigned int, void**);
+  using GetRates = int (*)(void*, Rates*);
+  ByIndex by_index = nullptr;
+  GetRates rates = nullptr;
+
+  static const Nvml& Get() {
+    static const Nvml nvml = [] {
+      Nvml n;
+      void* lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+      if (lib == nullptr) return n;
+      auto init = reinterpret_cast<Init>(dlsym(lib, "nvmlInit_v2"));
+      n.by_index = reinterpret_cast<ByIndex>(dlsym(lib, "nvmlDeviceGetHandleByIndex_v2"));
+      n.rates = reinterpret_cast<GetRates>(dlsym(lib, "nvmlDeviceGetUtilizationRates"));
+      if (init == nullptr || init() != 0) n.by_index = nullptr;
+      return n;
+    }();
+    return nvml;
+  }
+
+  // NVML indexes devices in PCI order, as CUDA does by default.
+  double Utilization(int device) const {
+    void* handle = nullptr;
+    Rates u{};
+    if (by_index == nullptr || rates == nullptr || by_index(device, &handle) != 0 ||
+        rates(handle, &u) != 0) {
+      return -1;
+    }
+    return u.gpu / 100.0;
+  }
+};
+#endif
+
+}  // namespace
+
 std::vector<DeviceMemoryInfo> QueryDeviceMemory() {
   std::vector<DeviceMemoryInfo> out;
 #if RAINSERVE_WITH_CUDA
@@ -131,7 +176,8 @@ std::vector<DeviceMemoryInfo> QueryDeviceMemory() {
       cudaGetLastError();
       continue;
     }
-    out.push_back({"cuda:" + std::to_string(d), total_bytes - free_bytes, total_bytes});
+    out.push_back({"cuda:" + std::to_string(d), total_bytes - free_bytes, total_bytes,
+                   Nvml::Get().Utilization(d)});
   }
   cudaSetDevice(current);
 #endif

@@ -167,6 +167,9 @@ struct DeviceMemoryInfo {
   std::string device;  // "cuda:0"
   uint64_t used_bytes = 0;
   uint64_t total_bytes = 0;
+  // GPU busy fraction over NVML's last sample period, in [0, 1]; -1 when
+  // NVML (libnvidia-ml, loaded at run time) is not available.
+  double utilization = -1;
 };
 // Every CUDA device this process can see; empty in CPU-only builds or
 // without a device. Cheap (one runtime call per device); any thread.

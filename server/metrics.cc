@@ -119,7 +119,12 @@ ServerMetrics::ServerMetrics(std::shared_ptr<prometheus::Registry> registry)
       device_total_(&prometheus::BuildGauge()
                          .Name("rainserve_device_memory_total_bytes")
                          .Help("Device memory size (CUDA runtime).")
-                         .Register(*registry_)) {}
+                         .Register(*registry_)),
+      device_utilization_(&prometheus::BuildGauge()
+                               .Name("rainserve_device_utilization_ratio")
+                               .Help("GPU busy fraction over NVML's last sample period (only "
+                                     "when the driver's NVML library is present).")
+                               .Register(*registry_)) {}
 
 void ServerMetrics::SetBuildInfo(const std::string& version, const std::string& git_sha,
                                  const std::string& cuda) {
@@ -139,6 +144,7 @@ void ServerMetrics::RefreshDeviceMemory() {
   for (const DeviceMemoryInfo& d : QueryDeviceMemory()) {
     device_used_->Add({{"device", d.device}}).Set(static_cast<double>(d.used_bytes));
     device_total_->Add({{"device", d.device}}).Set(static_cast<double>(d.total_bytes));
+    if (d.utilization >= 0) device_utilization_->Add({{"device", d.device}}).Set(d.utilization);
   }
 }
 

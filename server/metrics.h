@@ -63,6 +63,7 @@ class ServerMetrics final : public JobObserver {
   prometheus::Family<prometheus::Gauge>* peak_memory_;
   prometheus::Family<prometheus::Gauge>* device_used_;
   prometheus::Family<prometheus::Gauge>* device_total_;
+  prometheus::Family<prometheus::Gauge>* device_utilization_;
 };
 
 // The status class of rainserve_requests_total: ok, cancelled, deadline,

@@ -40,7 +40,8 @@ std::string Response(int code, const char* reason, const std::string& type,
 }  // namespace
 
 StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const std::string& address, std::shared_ptr<prometheus::Registry> registry) {
+    const std::string& address, std::shared_ptr<prometheus::Registry> registry,
+    std::function<void()> before_scrape) {
   const auto colon = address.rfind(':');
   if (colon == std::string::npos) return InvalidArgumentError("bad metrics address '" + address + "'");
   std::string host = address.substr(0, colon);
@@ -71,7 +72,7 @@ StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
                                  : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
       freeaddrinfo(found);
       return std::unique_ptr<MetricsHttpServer>(
-          new MetricsHttpServer(fd, bound_port, std::move(registry)));
+          new MetricsHttpServer(fd, bound_port, std::move(registry), std::move(before_scrape)));
     }
     last_error = std::strerror(errno);
     close(fd);
@@ -80,8 +81,10 @@ StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   return UnavailableError("cannot listen on " + address + ": " + last_error);
 }
 
-MetricsHttpServer::MetricsHttpServer(int fd, int port, std::shared_ptr<prometheus::Registry> registry)
-    : listen_fd_(fd), port_(port), registry_(std::move(registry)) {
+MetricsHttpServer::MetricsHttpServer(int fd, int port, std::shared_ptr<prometheus::Registry> registry,
+                                     std::function<void()> before_scrape)
+    : listen_fd_(fd), port_(port), registry_(std::move(registry)),
+      before_scrape_(std::move(before_scrape)) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -124,6 +127,7 @@ void MetricsHttpServer::Serve(int client) {
     return;
   }
   if (path == "/metrics") {
+    if (before_scrape_) before_scrape_();
     const std::string body = prometheus::TextSerializer().Serialize(registry_->Collect());
     WriteAll(client, Response(200, "OK", "text/plain; version=0.0.4; charset=utf-8",
                               method == "HEAD" ? std::string() : body));

@@ -14,6 +14,7 @@
 #include <prometheus/registry.h>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -25,20 +26,25 @@ namespace rainserve {
 class MetricsHttpServer {
  public:
   // Binds `address` ("host:port", port 0 = any free) and starts serving.
+  // `before_scrape` (optional) runs on the server's thread before every
+  // /metrics response, for gauges read on demand (device memory).
   static StatusOr<std::unique_ptr<MetricsHttpServer>> Start(
-      const std::string& address, std::shared_ptr<prometheus::Registry> registry);
+      const std::string& address, std::shared_ptr<prometheus::Registry> registry,
+      std::function<void()> before_scrape = nullptr);
   ~MetricsHttpServer();  // stops and joins
 
   int port() const { return port_; }
 
  private:
-  MetricsHttpServer(int fd, int port, std::shared_ptr<prometheus::Registry> registry);
+  MetricsHttpServer(int fd, int port, std::shared_ptr<prometheus::Registry> registry,
+                    std::function<void()> before_scrape);
   void Loop();
   void Serve(int client);
 
   int listen_fd_;
   int port_;
   std::shared_ptr<prometheus::Registry> registry_;
+  std::function<void()> before_scrape_;
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };

@@ -118,7 +118,9 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
   st->registry = std::make_shared<prometheus::Registry>();
   st->metrics = std::make_unique<ServerMetrics>(st->registry);
   st->metrics->SetBuildInfo(kVersion, kGitSha, kCudaVersion);
-  auto exposer = MetricsHttpServer::Start(sc.metrics_address, st->registry);
+  ServerMetrics* metrics = st->metrics.get();
+  auto exposer = MetricsHttpServer::Start(sc.metrics_address, st->registry,
+                                          [metrics] { metrics->RefreshDeviceMemory(); });
   if (!exposer.ok()) return exposer.status().WithPrefix("metrics");
   st->exposer = std::move(exposer).value();
   st->metrics_port = st->exposer->port();
