@@ -106,6 +106,20 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
   return OkStatus();
 }
 
+GenerationRequest DefaultRequest(const PipelineDefaults& d) {
+  GenerationRequest r;
+  r.steps = d.steps;
+  r.guidance_scale = d.guidance_scale;
+  r.flow_shift = d.flow_shift;
+  r.scheduler = d.scheduler;
+  r.width = d.width;
+  r.height = d.height;
+  r.num_frames = d.num_frames;
+  r.sparse = d.sparse;
+  if (r.num_frames == 1) r.sparse.sink_frames = 0;
+  return r;
+}
+
 uint64_t MemoryModel::Estimate(int64_t width, int64_t height, int64_t frames) const {
   const double pixels = static_cast<double>(width) * static_cast<double>(height);
   const double latent_frames = static_cast<double>((frames - 1) / latent_frame_stride + 1);

@@ -117,6 +117,10 @@ struct GenerationRequest {
   SparseSettings sparse;
 };
 
+// The request every unset field gives: the model's defaults, no prompt,
+// seed 0, and the sink off for one frame (text-to-image has nothing to sink).
+GenerationRequest DefaultRequest(const PipelineDefaults& defaults);
+
 // Reported after every denoising step (stage "denoise") and at the start of
 // the other stages ("text_encode", "decode").
 struct ProgressUpdate {

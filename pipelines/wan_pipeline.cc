@@ -285,17 +285,8 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelEntry& entry
   d.defaults.flow_shift = p->scheduler_config_.flow_shift;
   ApplyOverrides(entry, &d.defaults, &d.limits);
   // The defaults must themselves be a valid request.
-  GenerationRequest probe;
+  GenerationRequest probe = DefaultRequest(d.defaults);
   probe.prompt = "defaults";
-  probe.steps = d.defaults.steps;
-  probe.guidance_scale = d.defaults.guidance_scale;
-  probe.flow_shift = d.defaults.flow_shift;
-  probe.scheduler = d.defaults.scheduler;
-  probe.width = d.defaults.width;
-  probe.height = d.defaults.height;
-  probe.num_frames = d.defaults.num_frames;
-  probe.sparse = d.defaults.sparse;
-  if (probe.num_frames == 1) probe.sparse.sink_frames = 0;
   const Status ok = ValidateGenerationRequest(d, probe);
   if (!ok.ok()) {
     return InvalidArgumentError("model '" + entry.name + "': its defaults are invalid: " +

@@ -18,6 +18,7 @@
 
 #include <string>
 
+#include "attention/cuda/flash_launch.cuh"
 #include "attention/cuda/kernels.h"
 
 namespace rainserve::attention::cuda {
@@ -310,31 +311,16 @@ __global__ void __launch_bounds__(kThreads, 2) FlashForwardKernel(const FlashPar
   }
 }
 
-template <int D, typename T>
-Status Launch(const FlashParams& p, cudaStream_t stream) {
-  constexpr int kSmem = (kBlockM + 4 * kBlockN) * D * static_cast<int>(sizeof(T));
-  auto kernel = FlashForwardKernel<D, T>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (err == cudaSuccess) {
-    kernel<<<dim3(p.num_blocks, p.heads, p.batch), kThreads, kSmem, stream>>>(p);
-    err = cudaGetLastError();
-  }
-  if (err != cudaSuccess) {
-    return InternalError(std::string("flash forward launch: ") + cudaGetErrorString(err));
-  }
-  return OkStatus();
-}
-
 }  // namespace
 
-// The one place where runtime dtype and head dim become template arguments.
 Status LaunchFlashForward(const FlashParams& p, void* stream) {
-  auto s = static_cast<cudaStream_t>(stream);
-  const bool bf16 = p.dtype == DType::kBFloat16;
-  if (p.head_dim == 128) return bf16 ? Launch<128, __nv_bfloat16>(p, s) : Launch<128, __half>(p, s);
-  if (p.head_dim == 64) return bf16 ? Launch<64, __nv_bfloat16>(p, s) : Launch<64, __half>(p, s);
-  return UnimplementedError("cuda flash forward: head_dim " + std::to_string(p.head_dim) +
-                            " (supported: 64, 128)");
+  return DispatchFlash(p, "cuda flash forward", [&](auto head_dim, auto type) {
+    constexpr int D = decltype(head_dim)::value;
+    using T = typename decltype(type)::type;
+    constexpr int kSmem = (kBlockM + 4 * kBlockN) * D * static_cast<int>(sizeof(T));
+    return LaunchFlash(FlashForwardKernel<D, T>, kThreads, kSmem, p, static_cast<cudaStream_t>(stream),
+                       "cuda flash forward");
+  });
 }
 
 }  // namespace rainserve::attention::cuda

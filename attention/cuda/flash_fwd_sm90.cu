@@ -17,6 +17,7 @@
 
 #include <string>
 
+#include "attention/cuda/flash_launch.cuh"
 #include "attention/cuda/kernels.h"
 #include "attention/cuda/wgmma_ops.h"
 
@@ -261,29 +262,16 @@ __global__ void __launch_bounds__(kThreads, 1) FlashForwardSm90Kernel(const Flas
   }
 }
 
-template <int D, typename T>
-Status Launch(const FlashParams& p, cudaStream_t stream) {
-  constexpr int kSmem = (kBlockM + 4 * kBlockN) * D * 2;
-  auto kernel = FlashForwardSm90Kernel<D, T>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (err == cudaSuccess) {
-    kernel<<<dim3(p.num_blocks, p.heads, p.batch), kThreads, kSmem, stream>>>(p);
-    err = cudaGetLastError();
-  }
-  if (err != cudaSuccess) {
-    return InternalError(std::string("sm90 flash forward launch: ") + cudaGetErrorString(err));
-  }
-  return OkStatus();
-}
-
 }  // namespace
 
 Status LaunchFlashForwardSm90(const FlashParams& p, void* stream) {
-  auto s = static_cast<cudaStream_t>(stream);
-  const bool bf16 = p.dtype == DType::kBFloat16;
-  if (p.head_dim == 128) return bf16 ? Launch<128, __nv_bfloat16>(p, s) : Launch<128, __half>(p, s);
-  if (p.head_dim == 64) return bf16 ? Launch<64, __nv_bfloat16>(p, s) : Launch<64, __half>(p, s);
-  return UnimplementedError("sm90 flash forward: head_dim " + std::to_string(p.head_dim));
+  return DispatchFlash(p, "sm90 flash forward", [&](auto head_dim, auto type) {
+    constexpr int D = decltype(head_dim)::value;
+    using T = typename decltype(type)::type;
+    constexpr int kSmem = (kBlockM + 4 * kBlockN) * D * 2;
+    return LaunchFlash(FlashForwardSm90Kernel<D, T>, kThreads, kSmem, p,
+                       static_cast<cudaStream_t>(stream), "sm90 flash forward");
+  });
 }
 
 }  // namespace rainserve::attention::cuda
