@@ -31,13 +31,7 @@ CudaBackend::CudaBackend() {
   const bool hopper = cudaGetDevice(&device) == cudaSuccess &&
                       cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9;
   const char* forced = std::getenv("RAINSERVE_FLASH_KERNEL");
-  if (forced != nullptr && std::string(forced) == "mma") {
-    use_wgmma_ = false;
-  } else if (forced != nullptr && std::string(forced) == "wgmma") {
-    use_wgmma_ = hopper;
-  } else {
-    use_wgmma_ = hopper;
-  }
+  use_sm90_ = hopper && !(forced != nullptr && std::string(forced) == "mma");
 }
 
 CudaBackend::~CudaBackend() {
@@ -125,8 +119,8 @@ Status CudaBackend::Forward(const ForwardArgs& args) {
   p.mask_indices = args.mask.indices;
   p.scale_log2 = args.scale * 1.4426950408889634f;
   p.dtype = args.q.dtype;
-  return use_wgmma_ ? cuda::LaunchFlashForwardSm90(p, args.stream)
-                    : cuda::LaunchFlashForward(p, args.stream);
+  return use_sm90_ ? cuda::LaunchFlashForwardSm90(p, args.stream)
+                   : cuda::LaunchFlashForward(p, args.stream);
 }
 
 Status CudaBackend::GatherRows(const void* src, void* dst, const int64_t* index, int64_t outer,

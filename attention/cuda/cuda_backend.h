@@ -15,13 +15,13 @@ namespace rainserve::attention {
 
 class CudaBackend final : public AttentionBackend {
  public:
-  // Picks the forward kernel from the current device: wgmma on Hopper
-  // (compute capability 9.x), mma.sync elsewhere; RAINSERVE_FLASH_KERNEL=mma
-  // or =wgmma in the environment forces one (benchmarks compare both).
+  // Picks the forward kernel from the current device: the TMA + wgmma kernel
+  // on Hopper (compute capability 9.x), mma.sync elsewhere;
+  // RAINSERVE_FLASH_KERNEL=mma in the environment forces mma.sync.
   CudaBackend();
   ~CudaBackend() override;
 
-  const char* Name() const override { return use_wgmma_ ? "cuda-wgmma" : "cuda-mma"; }
+  const char* Name() const override { return use_sm90_ ? "cuda-sm90" : "cuda-mma"; }
   Status Supports(const ForwardArgs& args, int64_t block_size) const override;
   Status PredictMask(const MaskArgs& args) override;
   Status Forward(const ForwardArgs& args) override;
@@ -30,7 +30,7 @@ class CudaBackend final : public AttentionBackend {
                     int64_t row_bytes, void* stream) override;
 
  private:
-  bool use_wgmma_ = false;
+  bool use_sm90_ = false;
   std::mutex mutex_;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;

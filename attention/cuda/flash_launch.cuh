@@ -36,14 +36,14 @@ Status DispatchFlash(const FlashParams& p, const char* name, Launch&& launch) {
                             " (supported: 64, 128)");
 }
 
-// One CTA per (query block, head, batch element).
-template <typename Kernel>
+// One CTA per (query block, head, batch element); `extra` follows the params.
+template <typename Kernel, typename... Extra>
 Status LaunchFlash(Kernel kernel, int threads, int smem_bytes, const FlashParams& p,
-                   cudaStream_t stream, const char* name) {
+                   cudaStream_t stream, const char* name, const Extra&... extra) {
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
   if (err == cudaSuccess) {
-    kernel<<<dim3(p.num_blocks, p.heads, p.batch), threads, smem_bytes, stream>>>(p);
+    kernel<<<dim3(p.num_blocks, p.heads, p.batch), threads, smem_bytes, stream>>>(p, extra...);
     err = cudaGetLastError();
   }
   if (err != cudaSuccess) {

@@ -29,7 +29,8 @@ struct FlashParams {
 };
 // mma.sync kernel (flash_fwd.cu): any sm_80+ GPU.
 Status LaunchFlashForward(const FlashParams& p, void* stream);
-// wgmma kernel (flash_fwd_sm90.cu): Hopper (compute capability 9.0) only.
+// TMA + warp-specialised wgmma kernel (flash_fwd_sm90.cu): Hopper (compute
+// capability 9.0) only.
 Status LaunchFlashForwardSm90(const FlashParams& p, void* stream);
 
 // Mask prediction (mask.cu): pooled means, then per-row scores, top-k and

@@ -4,8 +4,9 @@
 //      (8 at a time with 16-byte loads), so each token row is read once.
 //   2. SelectKernel: a warp per query block: scores against every key block
 //      (fp32 dot products of pooled means, key blocks staged in shared memory
-//      for the CTA's rows), a warp bitonic sort on (score desc, index asc),
-//      the first top_k plus every forced block, written ascending.
+//      for the CTA's rows), the top_k by radix select on (score desc, index
+//      asc) plus every forced block, written ascending. (A warp bitonic sort
+//      of the whole row cost ~10x more at W2, 592 blocks: docs/attention.md.)
 //      Forced rows keep everything. The kept count is added to *kept.
 // The rule and tie-breaking are those of the CPU implementation (mask.h).
 #include <cuda_bf16.h>
@@ -61,24 +62,82 @@ __device__ __forceinline__ uint32_t OrderedBits(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-constexpr int kChunk = 64;  // key blocks staged in shared memory at a time
+constexpr int kChunk = 64;       // key blocks staged in shared memory at a time
+constexpr int kRadixBins = 256;  // 8-bit digits, four passes over 32-bit keys
+
+// The top_k-th largest of a warp's nb keys by radix select (four 8-bit
+// passes, a shared histogram per pass). Returns the threshold key T; *above
+// gets how many keys are larger than T (< top_k <= those >= T). 1 <= top_k <= nb.
+__device__ uint32_t RadixSelect(const uint32_t* keys, int nb, int top_k, uint32_t* hist, int lane,
+                                int* above) {
+  uint32_t prefix = 0, prefix_mask = 0;
+  int remaining = top_k, larger = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = lane; i < kRadixBins; i += 32) hist[i] = 0;
+    __syncwarp();
+    for (int j = lane; j < nb; j += 32) {
+      const uint32_t u = keys[j];
+      if ((u & prefix_mask) == prefix) atomicAdd(&hist[(u >> shift) & 0xff], 1u);
+    }
+    __syncwarp();
+    // Lane l holds digits 255 - 8l down to 248 - 8l: a scan over lanes counts
+    // the candidates above each digit, largest digits first.
+    int local[8], sum = 0;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      local[e] = static_cast<int>(hist[kRadixBins - 1 - 8 * lane - e]);
+      sum += local[e];
+    }
+    int incl = sum;
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffff, incl, o);
+      if (lane >= o) incl += y;
+    }
+    const int excl = incl - sum;
+    const uint32_t holder = __ballot_sync(0xffffffff, excl < remaining && remaining <= incl);
+    int digit = -1, count_above = excl;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      if (digit < 0) {
+        if (count_above + local[e] >= remaining) {
+          digit = kRadixBins - 1 - 8 * lane - e;
+        } else {
+          count_above += local[e];
+        }
+      }
+    }
+    const int src = holder != 0 ? __ffs(holder) - 1 : 0;
+    digit = __shfl_sync(0xffffffff, digit, src);
+    count_above = __shfl_sync(0xffffffff, count_above, src);
+    remaining -= count_above;
+    larger += count_above;
+    prefix |= static_cast<uint32_t>(max(digit, 0)) << shift;
+    prefix_mask |= 0xffu << shift;
+    __syncwarp();
+  }
+  *above = larger;
+  return prefix;
+}
 
 // One CTA per (group of `rows` query blocks, head, batch); warp w owns query
 // block blockIdx.x * rows + w. Pooled key blocks are staged in shared memory
-// (rows padded by one float: conflict-free column reads) and shared by the
-// CTA's rows; each warp sorts its own row with a warp-synchronous bitonic
-// sort and writes the kept indices with a warp scan over a bitmask.
+// (rows padded by four floats: 16-byte reads, conflict-free) and shared by
+// the CTA's rows. Each warp scores its row, finds the top_k threshold by
+// radix select, keeps every key above it and the lowest-indexed keys equal to
+// it (the CPU's order: score descending, then index ascending), and writes
+// the kept indices with a warp scan over a bitmask.
 //
-// Shared memory: keys [rows][sort_size] u64 | kp [kChunk][D + 1] f32 |
-//                qp [rows][D] f32 | bits [rows][sort_size / 32] u32
-__global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams p, int sort_size,
-                                                              int rows) {
+// Shared memory: keys [rows][nb32] u32 | kp [kChunk][D + 4] f32 |
+//                qp [rows][D] f32 | bits [rows][nb32 / 32] u32 | hist [rows][256] u32
+__global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams p, int rows) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int nb = p.num_blocks, H = static_cast<int>(p.q.heads), D = static_cast<int>(p.q.head_dim);
-  auto* keys_all = reinterpret_cast<unsigned long long*>(smem_raw);
-  float* kp_s = reinterpret_cast<float*>(keys_all + rows * sort_size);
-  float* qp_s = kp_s + kChunk * (D + 1);
+  const int nb32 = (nb + 31) / 32 * 32, words = nb32 / 32, kp_stride = D + 4;
+  uint32_t* keys_all = reinterpret_cast<uint32_t*>(smem_raw);
+  float* kp_s = reinterpret_cast<float*>(keys_all + rows * nb32);
+  float* qp_s = kp_s + kChunk * kp_stride;
   uint32_t* bits_all = reinterpret_cast<uint32_t*>(qp_s + rows * D);
+  uint32_t* hist_all = bits_all + rows * words;
 
   const int h = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -86,32 +145,39 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams 
   const bool active = warp < rows && qb < nb;
   const int64_t bh = static_cast<int64_t>(b) * H + h;
   const int64_t per = static_cast<int64_t>(p.q.batch) * H * nb * D;
-  const float* kp = p.pooled + per + bh * nb * D;
-  unsigned long long* keys = keys_all + warp * sort_size;
-  uint32_t* bits = bits_all + warp * (sort_size / 32);
+  const float4* kp = reinterpret_cast<const float4*>(p.pooled + per + bh * nb * D);
+  uint32_t* keys = keys_all + warp * nb32;
+  uint32_t* bits = bits_all + warp * words;
   const bool forced_row = active && p.block_forced[qb] != 0;
+  const int d4 = D / 4;
 
-  for (int i = threadIdx.x; i < rows * D; i += kSelectThreads) {
-    const int r = i / D, qrow = blockIdx.x * rows + r;
-    qp_s[i] = qrow < nb ? p.pooled[(bh * nb + qrow) * D + i % D] : 0.0f;
+  for (int i = threadIdx.x; i < rows * d4; i += kSelectThreads) {
+    const int r = i / d4, qrow = blockIdx.x * rows + r;
+    reinterpret_cast<float4*>(qp_s)[i] =
+        qrow < nb ? reinterpret_cast<const float4*>(p.pooled + (bh * nb + qrow) * D)[i % d4]
+                  : make_float4(0.f, 0.f, 0.f, 0.f);
   }
   // Scores, chunk by chunk of key blocks.
   for (int c0 = 0; c0 < nb; c0 += kChunk) {
     const int cn = min(kChunk, nb - c0);
     __syncthreads();
-    for (int i = threadIdx.x; i < cn * D; i += kSelectThreads) {
-      kp_s[(i / D) * (D + 1) + i % D] = kp[static_cast<int64_t>(c0) * D + i];
+    for (int i = threadIdx.x; i < cn * d4; i += kSelectThreads) {
+      reinterpret_cast<float4*>(kp_s + (i / d4) * kp_stride)[i % d4] = kp[c0 * d4 + i];
     }
     __syncthreads();
     if (active && !forced_row) {
-      const float* q = qp_s + warp * D;
+      const float4* q = reinterpret_cast<const float4*>(qp_s + warp * D);
       for (int j = lane; j < cn; j += 32) {
-        const float* kr = kp_s + j * (D + 1);
+        const float4* kr = reinterpret_cast<const float4*>(kp_s + j * kp_stride);
         float dot = 0.0f;
-        for (int d = 0; d < D; ++d) dot += q[d] * kr[d];
-        const uint32_t idx = static_cast<uint32_t>(c0 + j);
-        keys[c0 + j] = (static_cast<unsigned long long>(OrderedBits(dot * p.scale)) << 32) |
-                       static_cast<uint32_t>(~idx);
+        for (int d = 0; d < d4; ++d) {
+          const float4 a = q[d], c = kr[d];
+          dot = fmaf(a.x, c.x, dot);
+          dot = fmaf(a.y, c.y, dot);
+          dot = fmaf(a.z, c.z, dot);
+          dot = fmaf(a.w, c.w, dot);
+        }
+        keys[c0 + j] = OrderedBits(dot * p.scale);
       }
     }
   }
@@ -126,38 +192,30 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams 
     }
     return;
   }
-  for (int j = nb + lane; j < sort_size; j += 32) keys[j] = 0;  // padding sorts last
   __syncwarp();
 
-  // Warp bitonic sort, descending (score desc, then index asc).
-  for (int size = 2; size <= sort_size; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = lane; i < sort_size; i += 32) {
-        const int partner = i ^ stride;
-        if (partner > i) {
-          const bool descending = (i & size) == 0;
-          const unsigned long long a = keys[i], c = keys[partner];
-          if ((a < c) == descending) {
-            keys[i] = c;
-            keys[partner] = a;
-          }
-        }
-      }
-      __syncwarp();
-    }
-  }
-
   // Kept set as a bitmask: forced blocks, then the top_k.
-  const int words = (nb + 31) / 32;
   for (int w = lane; w < words; w += 32) {
     uint32_t m = 0;
     for (int i = 0; i < 32 && w * 32 + i < nb; ++i) m |= (p.block_forced[w * 32 + i] ? 1u : 0u) << i;
     bits[w] = m;
   }
-  __syncwarp();
-  for (int i = lane; i < p.top_k; i += 32) {
-    const uint32_t j = ~static_cast<uint32_t>(keys[i] & 0xffffffffull);
-    atomicOr(&bits[j / 32], 1u << (j % 32));
+  const int top_k = min(p.top_k, nb);
+  if (top_k > 0) {
+    int above = 0;
+    const uint32_t threshold = RadixSelect(keys, nb, top_k, hist_all + warp * kRadixBins, lane, &above);
+    int ties_left = top_k - above;  // keys equal to the threshold still to keep, lowest index first
+    for (int j0 = 0; j0 < nb; j0 += 32) {
+      const int j = j0 + lane;
+      const uint32_t u = j < nb ? keys[j] : 0u;
+      const bool tie = j < nb && u == threshold;
+      const uint32_t ties = __ballot_sync(0xffffffff, tie);
+      const int rank = __popc(ties & ((1u << lane) - 1u));
+      const bool keep = (j < nb && u > threshold) || (tie && rank < ties_left);
+      const uint32_t kept = __ballot_sync(0xffffffff, keep);
+      ties_left -= __popc(ties);
+      if (lane == 0) bits[j0 / 32] |= kept;
+    }
   }
   __syncwarp();
 
@@ -194,7 +252,9 @@ Status LaunchMaskPrediction(const MaskParams& p, void* stream) {
     return UnimplementedError("cuda mask prediction: at most " + std::to_string(kMaxMaskBlocks) +
                               " blocks, got " + std::to_string(p.num_blocks));
   }
-  if (p.q.head_dim > 256) return UnimplementedError("cuda mask prediction: head_dim > 256");
+  if (p.q.head_dim > 256 || p.q.head_dim % 4 != 0) {
+    return UnimplementedError("cuda mask prediction: head_dim must be a multiple of 4, at most 256");
+  }
   const int B = static_cast<int>(p.q.batch), H = static_cast<int>(p.q.heads);
   const dim3 pool_grid(p.num_blocks, B, 2);
   if (p.q.dtype == DType::kBFloat16) {
@@ -206,21 +266,20 @@ Status LaunchMaskPrediction(const MaskParams& p, void* stream) {
   }
   RAINSERVE_RETURN_IF_ERROR(Check(cudaGetLastError(), "mask pooling launch"));
 
-  int sort_size = 32;
-  while (sort_size < p.num_blocks) sort_size <<= 1;
-  // Rows per CTA: up to one per warp, within ~160 KiB of sort keys.
-  int rows = static_cast<int>((160 << 10) / (sort_size * sizeof(unsigned long long)));
-  rows = rows < 1 ? 1 : (rows > kSelectThreads / 32 ? kSelectThreads / 32 : rows);
+  // Rows per CTA: one per warp, as many as ~160 KiB of shared memory holds.
   const int D = static_cast<int>(p.q.head_dim);
-  const size_t smem = rows * sort_size * sizeof(unsigned long long) +
-                      (kChunk * (D + 1) + rows * D) * sizeof(float) +
-                      rows * (sort_size / 32) * sizeof(uint32_t);
+  const int nb32 = (p.num_blocks + 31) / 32 * 32;
+  const size_t fixed = kChunk * (D + 4) * sizeof(float);
+  const size_t per_row = (nb32 + D + nb32 / 32 + kRadixBins) * sizeof(uint32_t);
+  int rows = static_cast<int>(((160 << 10) - fixed) / per_row);
+  rows = rows < 1 ? 1 : (rows > kSelectThreads / 32 ? kSelectThreads / 32 : rows);
+  const size_t smem = fixed + rows * per_row;
   RAINSERVE_RETURN_IF_ERROR(Check(
       cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(smem)),
       "mask select attribute"));
   const dim3 grid((p.num_blocks + rows - 1) / rows, H, B);
-  SelectKernel<<<grid, kSelectThreads, smem, s>>>(p, sort_size, rows);
+  SelectKernel<<<grid, kSelectThreads, smem, s>>>(p, rows);
   return Check(cudaGetLastError(), "mask select launch");
 }
 

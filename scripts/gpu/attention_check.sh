@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# On the GPU machine: build, run the GPU tests (plus compute-sanitizer
-# memcheck on the CUDA attention tests) and the attention benchmarks.
+# On the GPU machine: build the attention targets, run the CUDA attention
+# tests (the Hopper kernel, then the mma.sync kernel's dense rows; plus
+# compute-sanitizer memcheck) and the attention benchmarks.
 #   scripts/gpu/attention_check.sh [tests|bench|all] [bench workloads, default W1,W2,W3]
 # Logs and results go to $OUT (or ./gpu-out when OUT is unset).
 set -uo pipefail
@@ -10,14 +11,18 @@ workloads=${2:-W1,W2,W3}
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 start=$(date +%s)
-scripts/gpu/build.sh > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+RAINSERVE_BUILD_TARGETS="attention_cuda_test attention_gpu_bench" \
+  scripts/gpu/build.sh > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
 source scripts/gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 
 if [ "$what" = tests ] || [ "$what" = all ]; then
-  ctest --test-dir build-gpu --output-on-failure -L gpu > "$out/ctest_gpu.log" 2>&1
-  echo "gpu tests rc=$?"; grep -E "tests passed|Failed|FAILED|Passed" "$out/ctest_gpu.log" | tail -8
+  build-gpu/tests/gpu/attention_cuda_test > "$out/attention_cuda_test.log" 2>&1
+  echo "attention tests rc=$?"; grep -E "^\[  (PASSED|FAILED)|FAILED \]" "$out/attention_cuda_test.log" | tail -8
+  RAINSERVE_FLASH_KERNEL=mma build-gpu/tests/gpu/attention_cuda_test \
+    --gtest_filter='*Dense*:*Unsupported*' > "$out/attention_cuda_test_mma.log" 2>&1
+  echo "attention tests (mma) rc=$?"; grep -E "^\[  (PASSED|FAILED)|FAILED \]" "$out/attention_cuda_test_mma.log" | tail -4
   compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/tests/gpu/attention_cuda_test \
     --gtest_filter='*Permutation*:*Dense*:*GpuMask*:*Unsupported*' > "$out/memcheck.log" 2>&1
   echo "memcheck rc=$?"; grep -E "ERROR SUMMARY|PASSED|FAILED" "$out/memcheck.log" | tail -4
