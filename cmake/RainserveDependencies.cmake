@@ -13,8 +13,9 @@ endif()
 
 find_package(nlohmann_json 3 CONFIG REQUIRED)
 
-# UMT5 tokenizer (and the trainer used by the tiny-checkpoint generator):
-# headers at build time, the library is loaded at run time.
+# SentencePiece training and the tokenizer tests' reference encoder
+# (pipelines/sentencepiece_library.*, not linked by the server): headers at
+# build time, the library is loaded at run time.
 pkg_check_modules(SentencePiece REQUIRED IMPORTED_TARGET sentencepiece)
 
 # Protobuf through FindProtobuf; link it through ${Protobuf_LIBRARIES}

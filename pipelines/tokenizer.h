@@ -1,5 +1,6 @@
-// UMT5 tokenizer: SentencePiece (the checkpoint's tokenizer/spiece.model)
-// with the T5 conventions transformers applies for
+// UMT5 tokenizer: the checkpoint's SentencePiece model (tokenizer/spiece.model,
+// read and run by pipelines/sentencepiece.h, not by libsentencepiece) with
+// the T5 conventions transformers applies for
 //   tokenizer(text, padding="max_length", max_length=L, truncation=True,
 //             add_special_tokens=True)
 // i.e. pieces of the text, then EOS; longer texts keep their first L-1
@@ -19,11 +20,9 @@
 
 #include "common/status.h"
 
-namespace sentencepiece {
-class SentencePieceProcessor;
-}
-
 namespace rainserve {
+
+class SentencePieceModel;
 
 struct TokenizedText {
   std::vector<int64_t> ids;   // [max_length]
@@ -43,12 +42,13 @@ class UMT5Tokenizer {
   // Loads <dir>/spiece.model. tokenizer_config.json and
   // special_tokens_map.json may sit beside it; they are not needed.
   // NOT_FOUND / INVALID_ARGUMENT naming the file when it is missing or not a
-  // SentencePiece model with pad and eos ids. Called once at model load.
+  // unigram SentencePiece model with pad and eos pieces. Called once at
+  // model load.
   static StatusOr<std::unique_ptr<UMT5Tokenizer>> Load(const std::string& dir);
   ~UMT5Tokenizer();
 
   // Tokenizes one prompt (cleaned first). max_length >= 1. Thread-safe
-  // (SentencePiece encoding is const), so any request thread may call it.
+  // (encoding is const), so any request thread may call it.
   TokenizedText Encode(const std::string& text, int64_t max_length) const;
 
   // Encode() for every prompt, stacked: [B, max_length] int64 on the CPU.
@@ -64,7 +64,7 @@ class UMT5Tokenizer {
 
  private:
   UMT5Tokenizer();
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::unique_ptr<SentencePieceModel> model_;
   int64_t pad_id_ = 0, eos_id_ = 1, unk_id_ = 2;
 };
 
@@ -72,13 +72,5 @@ class UMT5Tokenizer {
 // HTML entities unescaped (twice, as the reference does), every run of
 // whitespace (ASCII and Unicode spaces) replaced by one space, ends stripped.
 std::string CleanPrompt(const std::string& text);
-
-// Trains a unigram SentencePiece model from `corpus_file` (one sentence a
-// line) into <model_prefix>.model / .vocab with T5 ids (pad 0, eos 1,
-// unk 2, no bos), full character coverage, one thread and no sampling, so
-// the same corpus gives the same model. Used by the tiny-checkpoint
-// generator and tests, never on a serving path.
-Status TrainSentencePieceModel(const std::string& corpus_file, const std::string& model_prefix,
-                               int vocab_size);
 
 }  // namespace rainserve

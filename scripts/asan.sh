@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Builds the common, attention and server test suites (and rainserve-server,
-# which the server suites start as a child process) with AddressSanitizer and
-# UndefinedBehaviorSanitizer (-DRAINSERVE_SANITIZE=ON) into ./build-asan and
-# runs them with ctest. Any sanitizer report fails the test it occurs in:
-# UBSan aborts (-fno-sanitize-recover), ASan halts on the first error, and
-# LeakSanitizer checks every process at exit, the server children included.
+# which the server suites start as a child process) and the SentencePiece
+# tokenizer suite with AddressSanitizer and UndefinedBehaviorSanitizer
+# (-DRAINSERVE_SANITIZE=ON) into ./build-asan and runs them with ctest. The
+# server suites run the embedded wan-tiny model end to end (tokenizer, text
+# encoder, transformer, VAE), so the model code runs instrumented too. Any
+# sanitizer report fails the test it occurs in: UBSan aborts
+# (-fno-sanitize-recover), ASan halts on the first error, and LeakSanitizer
+# checks every process at exit, the server children included.
 # docs/security.md ("Sanitizers") says what this covers and what it leaves out.
 #
-#   scripts/asan.sh                  build, then ctest -L 'common|attention|server'
+#   scripts/asan.sh                  build, then ctest -L 'common|attention|server|tokenizer'
 #   scripts/asan.sh -R e2e_test      extra arguments go to ctest
 # RAINSERVE_BUILD_DIR picks the folder, RAINSERVE_JOBS the build parallelism.
 set -euo pipefail
@@ -21,20 +24,11 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DRAINSERVE_SANITIZE=ON -DRAINSERVE_BUILD_BENCH=OFF
 targets=(common_test attention_core_test attention_torch_test rainserve-server server_test
          job_manager_test generation_service_test model_manager_test e2e_test
-         rainserve_python_stubs)
+         rainserve_python_stubs sentencepiece_test)
 cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 
-# Not run here: the tests that need the wan-tiny model loaded. Its tokenizer,
-# SentencePiece, only works loaded with RTLD_DEEPBIND, which ASan refuses;
-# without it, SentencePiece's private protobuf meets the system one and the
-# model fails to load (protobuf version check). They run in the normal build
-# (scripts/test.sh). A new test that needs the model fails here until it is
-# listed: gtest suites and tests below, python_client_test by name.
-needs_wan_tiny='WanTinyE2eTest.*:E2eTest.*:CheckpointE2eTest.*'
-needs_wan_tiny+=':SecurityE2eTest.BearerTokensGuardTheApiAndAdminTokensGuardModelManagement'
-needs_wan_tiny+=':WanTinyProcessTest.*'
-GTEST_FILTER="-$needs_wan_tiny" ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" \
-  -L 'common|attention|server' -E '^python_client_test$' "$@"
+ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" \
+  -L 'common|attention|server|tokenizer' "$@"

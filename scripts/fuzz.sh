@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets of tests/fuzz with clang (ASan + UBSan; the
-# tokenizer target UBSan only, tests/fuzz/CMakeLists.txt says why) into
+# Builds the libFuzzer targets of tests/fuzz with clang (ASan + UBSan) into
 # ./build-fuzz and runs each one for a bounded time after replaying its corpus.
 # Fails on any crash, leak, timeout or sanitizer report; the input that
 # triggered it is left in build-fuzz/artifacts/<name>/.

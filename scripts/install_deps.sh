@@ -17,7 +17,8 @@ packages=(
   libtorch-dev libopenblas0-openmp
   # tests (openssl: certificates for the TLS end-to-end tests)
   libgtest-dev libgmock-dev googletest openssl
-  # tokenizer, images, video
+  # tokenizer training (tools/make_wan_checkpoint and the tokenizer tests;
+  # the server reads spiece.model itself), images, video
   libsentencepiece-dev sentencepiece libpng-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
   # artifact checksums (SHA-256)

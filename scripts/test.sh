@@ -8,9 +8,9 @@ scripts/install_deps.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j "$(nproc)"
 
-# The common, attention and server suites again under AddressSanitizer and
-# UndefinedBehaviorSanitizer: scripts/asan.sh (its own build-asan, only the
-# targets those suites need).
+# The common, attention, server and SentencePiece suites again under
+# AddressSanitizer and UndefinedBehaviorSanitizer: scripts/asan.sh (its own
+# build-asan, only the targets those suites need).
 scripts/asan.sh
 
 # Fuzzers (ASan + UBSan, clang) on their corpora plus a short fuzzing run each;

@@ -27,7 +27,7 @@
 #include <string>
 
 #include "common/status.h"
-#include "pipelines/tokenizer.h"
+#include "pipelines/sentencepiece_library.h"
 #include "pipelines/umt5.h"
 #include "pipelines/wan_transformer.h"
 #include "pipelines/wan_vae.h"

@@ -18,7 +18,7 @@ packages=(
   libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libprometheus-cpp-push1.0 prometheus-cpp-dev
   # config, json, tests
   libyaml-cpp0.7 libyaml-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev
-  # tokenizer
+  # SentencePiece training (tools, tests; the server reads spiece.model itself)
   libsentencepiece0 libsentencepiece-dev
   # PNG artifacts (video encoding is off on the GPU machine)
   libpng16-16 libpng-dev

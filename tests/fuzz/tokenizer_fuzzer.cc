@@ -1,27 +1,49 @@
-// Fuzzes the UMT5 tokenizer (pipelines/tokenizer.h) with the embedded
-// wan-tiny model's spiece.model: arbitrary bytes (valid and invalid UTF-8,
-// HTML entities, Unicode spaces) as the prompt. The first byte picks
-// max_length. Checks the T5 layout of the result and CleanPrompt's output.
+// Fuzzes the UMT5 tokenizer (pipelines/tokenizer.h) and the SentencePiece
+// model reader under it (pipelines/sentencepiece.h), with the embedded
+// wan-tiny model's spiece.model. The first byte picks the mode:
+//   < 0xC0  prompt: the rest is the prompt (valid and invalid UTF-8, HTML
+//           entities, Unicode spaces), max_length = 1 + first % 64. Checks
+//           the T5 layout of the result and CleanPrompt's output.
+//   >= 0xC0 model: bytes 1-4 (little-endian) pick an offset in spiece.model,
+//           byte 5 how many bytes to drop there, the rest is inserted; the
+//           edited file must parse to a model or INVALID_ARGUMENT, and a
+//           model must encode some texts (the first inserted bytes among
+//           them: an edited charsmap may expand each byte to a long
+//           replacement) to ids in range.
 //
 //   build-fuzz/tests/fuzz/fuzz_tokenizer tests/fuzz/corpus/tokenizer
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "common/config.h"
+#include "pipelines/sentencepiece.h"
 #include "pipelines/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace rainserve {
 namespace {
 
+std::string TokenizerDir() { return fuzz::SourceDir() + "/models/wan-tiny/tokenizer"; }
+
 const UMT5Tokenizer& Tokenizer() {
   static const UMT5Tokenizer* tokenizer = [] {
-    auto t = UMT5Tokenizer::Load(fuzz::SourceDir() + "/models/wan-tiny/tokenizer");
+    auto t = UMT5Tokenizer::Load(TokenizerDir());
     if (!t.ok()) std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
     RAINSERVE_FUZZ_CHECK(t.ok());
     return t->release();
   }();
   return *tokenizer;
+}
+
+const std::string& ModelBytes() {
+  static const std::string* bytes = [] {
+    auto* b = new std::string();
+    RAINSERVE_FUZZ_CHECK(ReadFile(TokenizerDir() + "/spiece.model", b).ok());
+    return b;
+  }();
+  return *bytes;
 }
 
 void CheckEncoded(const UMT5Tokenizer& tok, const TokenizedText& t, int64_t max_length) {
@@ -36,12 +58,7 @@ void CheckEncoded(const UMT5Tokenizer& tok, const TokenizedText& t, int64_t max_
   }
 }
 
-}  // namespace
-}  // namespace rainserve
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using namespace rainserve;
-  if (size == 0) return 0;
+void FuzzPrompt(const uint8_t* data, size_t size) {
   const UMT5Tokenizer& tok = Tokenizer();
   const int64_t max_length = 1 + data[0] % 64;
   const std::string text(reinterpret_cast<const char*>(data) + 1, size - 1);
@@ -61,5 +78,44 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int64_t* ids = batch.ids.data_ptr<int64_t>();
   for (int64_t i = 0; i < max_length; ++i) RAINSERVE_FUZZ_CHECK(ids[i] == t.ids[i]);
   RAINSERVE_FUZZ_CHECK(batch.lengths[0] == t.length);
+}
+
+void FuzzModel(const uint8_t* data, size_t size) {
+  if (size < 6) return;
+  const std::string& base = ModelBytes();
+  const uint32_t where =
+      data[1] | (data[2] << 8) | (data[3] << 16) | (static_cast<uint32_t>(data[4]) << 24);
+  const size_t offset = where % (base.size() + 1);
+  const size_t drop = std::min<size_t>(data[5], base.size() - offset);
+  const std::string inserted(reinterpret_cast<const char*>(data) + 6, size - 6);
+  const std::string bytes = base.substr(0, offset) + inserted + base.substr(offset + drop);
+
+  auto model = SentencePieceModel::Parse(bytes, "fuzz.model");
+  if (!model.ok()) {
+    RAINSERVE_FUZZ_CHECK(model.status().code() == StatusCode::kInvalidArgument);
+    return;
+  }
+  const SentencePieceModel& m = **model;
+  for (int id : {m.unk_id(), m.bos_id(), m.eos_id(), m.pad_id()}) {
+    RAINSERVE_FUZZ_CHECK(id >= -1 && id < m.size());
+  }
+  for (const std::string& text :
+       {std::string("A red fox trots across a snowy meadow at dawn."),
+        std::string("  \xef\xbc\xa1\xef\xbc\xa2 caf\xc3\xa9 \xe6\x97\xa5 \xf0\x9f\x98\x80 \xff "),
+        inserted.substr(0, 64)}) {
+    for (int id : m.Encode(text)) RAINSERVE_FUZZ_CHECK(id >= 0 && id < m.size());
+  }
+}
+
+}  // namespace
+}  // namespace rainserve
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
+  if (data[0] >= 0xC0) {
+    rainserve::FuzzModel(data, size);
+  } else {
+    rainserve::FuzzPrompt(data, size);
+  }
   return 0;
 }

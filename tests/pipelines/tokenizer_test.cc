@@ -1,7 +1,9 @@
 // UMT5Tokenizer: T5 conventions (EOS, padding, truncation, mask) over a
-// SentencePiece model trained here from tools/data/tiny_corpus.txt. Expected
-// ids come from the trainer's .vocab file (one piece a line, id = line):
-// the pieces of a text must spell the text back, word starts marked "\u2581".
+// SentencePiece model trained here from tools/data/tiny_corpus.txt (by
+// libsentencepiece, pipelines/sentencepiece_library.h). Expected ids come
+// from the trainer's .vocab file (one piece a line, id = line): the pieces
+// of a text must spell the text back, word starts marked "\u2581". The
+// encoder's id-for-id parity with libsentencepiece is sentencepiece_test's.
 #include "pipelines/tokenizer.h"
 
 #include <gtest/gtest.h>
@@ -15,6 +17,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "pipelines/sentencepiece_library.h"
 
 namespace rainserve {
 namespace {
@@ -202,6 +206,30 @@ TEST_F(TokenizerTest, TrainingIsDeterministic) {
   const std::string vocab = ReadBytes(*dir_ + "/spiece.vocab");
   EXPECT_FALSE(vocab.empty());
   EXPECT_EQ(ReadBytes(other + "/spiece.vocab"), vocab);
+}
+
+TEST(TokenizerWanTinyTest, PiecesAreLibSentencePieceIdsAndPromptsAreCleanedFirst) {
+  const std::string dir = SourceDir() + "/models/wan-tiny/tokenizer";
+  auto tok = UMT5Tokenizer::Load(dir);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  auto ref = LibSentencePiece::Load(dir + "/spiece.model");
+  ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+  EXPECT_EQ((*tok)->vocab_size(), (*ref)->size());
+  EXPECT_EQ((*tok)->pad_id(), (*ref)->pad_id());
+  EXPECT_EQ((*tok)->eos_id(), (*ref)->eos_id());
+  EXPECT_EQ((*tok)->unk_id(), (*ref)->unk_id());
+  for (const std::string text :
+       {"A red fox trots across a snowy meadow at dawn.", "  two  spaces\tand a tab ",
+        "\xef\xbc\xa1\xef\xbc\xa2 full width, caf\xc3\xa9, "
+        "\xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80",
+        "bad \xff byte", "it&#39;s &amp; more", ""}) {
+    const std::vector<int> want = (*ref)->Encode(text);
+    EXPECT_EQ((*tok)->Pieces(text), std::vector<int64_t>(want.begin(), want.end())) << text;
+    const std::vector<int> cleaned = (*ref)->Encode(CleanPrompt(text));
+    const TokenizedText t = (*tok)->Encode(text, 64);
+    ASSERT_EQ(t.length, static_cast<int64_t>(cleaned.size()) + 1) << text;
+    for (size_t i = 0; i < cleaned.size(); ++i) EXPECT_EQ(t.ids[i], cleaned[i]) << text << " " << i;
+  }
 }
 
 TEST(TokenizerLoadTest, MissingOrInvalidModelNamesTheFile) {
