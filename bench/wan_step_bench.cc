@@ -4,6 +4,9 @@
 // dense with LibTorch SDPA, dense with our kernel, RainFusion2.0 at 0.8 and
 // 0.9 with the first-frame sink, and 0.8 with 20% dense warm-up steps; plus
 // one block of the 14B configuration at the W2 shape (720p, 75,600 tokens).
+// The SDPA dense mode runs twice: with the fused element-wise kernels (the
+// default, as every other mode) and with the norms, modulation, RoPE and
+// residuals as separate ATen ops (the pre-fusion baseline).
 //
 //   build-gpu/bench/wan_step_bench [--steps 5] [--out bench/results/wan_step_gpu.json]
 //
@@ -35,6 +38,9 @@ struct Mode {
   SelfAttentionImpl impl;
   double sparsity;
   double warmup_fraction;  // share of steps run dense
+  // kAten: norms, modulation, RoPE and residuals as separate ATen ops (the
+  // baseline of the fused kernels, pipelines/wan_ops.h).
+  ElementwiseImpl elementwise = ElementwiseImpl::kFused;
 };
 
 double MedianMs(std::vector<double> v) {
@@ -74,6 +80,7 @@ int main(int argc, char** argv) {
       o.impl = mode.impl;
       o.sparsity = mode.sparsity;
       o.sink_frames = 1;
+      o.elementwise = mode.elementwise;
       auto step = [&](int i, WanForwardStats* st) {
         WanForwardOptions oi = o;
         if (i < static_cast<int>(mode.warmup_fraction * steps + 0.5)) oi.sparsity = 0.0;
@@ -127,9 +134,12 @@ int main(int argc, char** argv) {
       const double median = mode.warmup_fraction > 0
                                 ? std::accumulate(ms.begin(), ms.end(), 0.0) / ms.size()
                                 : MedianMs(ms);
-      if (mode.impl == SelfAttentionImpl::kTorch) sdpa_ms = median;
+      if (mode.impl == SelfAttentionImpl::kTorch && mode.elementwise == ElementwiseImpl::kFused) {
+        sdpa_ms = median;
+      }
       nlohmann::json r = {{"shape", shape},
                           {"impl", mode.name},
+                          {"fused_elementwise", mode.elementwise == ElementwiseImpl::kFused},
                           {"sparsity", mode.sparsity},
                           {"dense_warmup_fraction", mode.warmup_fraction},
                           {"s_per_step", median / 1000},
@@ -151,6 +161,8 @@ int main(int argc, char** argv) {
 
   const std::vector<Mode> modes = {
       {"torch_sdpa_dense", SelfAttentionImpl::kTorch, 0.0, 0.0},
+      {"torch_sdpa_dense_aten_elementwise", SelfAttentionImpl::kTorch, 0.0, 0.0,
+       ElementwiseImpl::kAten},
       {"rainserve_dense", SelfAttentionImpl::kRainFusion, 0.0, 0.0},
       {"rainserve_sparse_0.8_sink1", SelfAttentionImpl::kRainFusion, 0.8, 0.0},
       {"rainserve_sparse_0.9_sink1", SelfAttentionImpl::kRainFusion, 0.9, 0.0},
@@ -170,7 +182,7 @@ int main(int argc, char** argv) {
     c14.ffn_dim = 13824;
     c14.num_layers = 1;
     auto model = WanTransformer::Random(c14, at::kBFloat16, cuda, 2);
-    run("W2x1", *model, 21, 90, 160, {modes[0], modes[1], modes[2], modes[3]});
+    run("W2x1", *model, 21, 90, 160, {modes[0], modes[1], modes[2], modes[3], modes[4]});
   }
   if (!out_path.empty()) {
     nlohmann::json result = {{"benchmark", "wan_step_gpu"},

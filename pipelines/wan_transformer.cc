@@ -13,6 +13,7 @@
 #include "attention/torch_adapter.h"
 #include "common/config.h"
 #include "pipelines/safetensors.h"
+#include "pipelines/wan_ops.h"
 
 namespace rainserve {
 namespace {
@@ -20,31 +21,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// LayerNorm over the last dim in fp32, optional affine (fp32 weights).
-at::Tensor Fp32LayerNorm(const at::Tensor& x, double eps, const at::Tensor& w = {},
-                         const at::Tensor& b = {}) {
-  const at::Tensor xf = x.to(at::kFloat);
-  return at::layer_norm(xf, {xf.size(-1)}, w.defined() ? w.to(at::kFloat) : at::Tensor(),
-                        b.defined() ? b.to(at::kFloat) : at::Tensor(), eps);
-}
-
-// RMSNorm over the last dim (all heads together), computed in fp32.
-at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, double eps) {
-  const at::Tensor xf = x.to(at::kFloat);
-  return (xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps) * w.to(at::kFloat))
-      .to(x.scalar_type());
-}
-
-// Rotates interleaved pairs (x[2i], x[2i+1]) by the per-token angle tables.
-// x: [B, N, H, D]; cos, sin: [N, D/2] fp32.
-at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const auto sizes = x.sizes().vec();
-  const at::Tensor pairs = x.to(at::kFloat).reshape({sizes[0], sizes[1], sizes[2], sizes[3] / 2, 2});
-  const at::Tensor x1 = pairs.select(-1, 0), x2 = pairs.select(-1, 1);
-  const at::Tensor c = cos.unsqueeze(0).unsqueeze(2), s = sin.unsqueeze(0).unsqueeze(2);
-  return at::stack({x1 * c - x2 * s, x1 * s + x2 * c}, -1).reshape(sizes).to(x.scalar_type());
-}
 
 // Dense attention with LibTorch. q: [B, Nq, H, D], k, v: [B, Nk, H, D].
 at::Tensor TorchAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -247,6 +223,8 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
   auto Linear = [&](const at::Tensor& x, const std::string& name) {
     return at::linear(x, P(name + ".weight"), P(name + ".bias"));
   };
+  // Norms, modulation, RoPE and gated residuals (pipelines/wan_ops.h).
+  const ElementwiseImpl ew = options.elementwise;
   WanForwardStats st;
   st.tokens = N;
   auto sync = [&] {
@@ -305,13 +283,16 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
     // shift, scale, gate, c_shift, c_scale, c_gate: each [B, 1, inner] fp32.
     const auto mod = (P(b + "scale_shift_table") + tproj.to(at::kFloat)).chunk(6, 1);
 
-    // 1. Self-attention.
-    at::Tensor h = (Fp32LayerNorm(x, c.eps) * (1 + mod[1]) + mod[0]).to(dtype_);
-    at::Tensor q = RmsNorm(Linear(h, b + "attn1.to_q"), P(b + "attn1.norm_q.weight"), c.eps);
-    at::Tensor k = RmsNorm(Linear(h, b + "attn1.to_k"), P(b + "attn1.norm_k.weight"), c.eps);
+    // 1. Self-attention. h: [B, N, inner]; q, k, v: [B, N, heads, hd].
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor h,
+                               wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], c.eps, ew));
+    RAINSERVE_ASSIGN_OR_RETURN(
+        at::Tensor q, wan_ops::RmsNormRope(Linear(h, b + "attn1.to_q"), P(b + "attn1.norm_q.weight"),
+                                           c.eps, heads, rope_cos, rope_sin, ew));
+    RAINSERVE_ASSIGN_OR_RETURN(
+        at::Tensor k, wan_ops::RmsNormRope(Linear(h, b + "attn1.to_k"), P(b + "attn1.norm_k.weight"),
+                                           c.eps, heads, rope_cos, rope_sin, ew));
     at::Tensor v = Linear(h, b + "attn1.to_v").view({B, N, heads, hd});
-    q = ApplyRope(q.view({B, N, heads, hd}), rope_cos, rope_sin);
-    k = ApplyRope(k.view({B, N, heads, hd}), rope_cos, rope_sin);
     at::Tensor attn;
     sync();
     const auto attn_start = Clock::now();
@@ -346,23 +327,30 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
     // Attention time includes the mask prediction of this layer; keep them apart.
     st.attention_seconds += Since(attn_start) - (st.mask_seconds - mask_before);
     attn = Linear(attn.reshape({B, N, inner}), b + "attn1.to_out.0");
-    x = (x.to(at::kFloat) + attn * mod[2]).to(dtype_);
+    RAINSERVE_ASSIGN_OR_RETURN(x, wan_ops::GatedResidual(x, attn, mod[2], ew));
 
-    // 2. Cross-attention to the text (always dense).
-    h = c.cross_attn_norm
-            ? Fp32LayerNorm(x, c.eps, P(b + "norm2.weight"), P(b + "norm2.bias")).to(dtype_)
-            : x;
+    // 2. Cross-attention to the text (always dense), no RoPE.
+    if (c.cross_attn_norm) {
+      RAINSERVE_ASSIGN_OR_RETURN(h, wan_ops::AffineLayerNorm(x, P(b + "norm2.weight"),
+                                                             P(b + "norm2.bias"), c.eps, ew));
+    } else {
+      h = x;
+    }
     const int64_t L = ctx.size(1);
-    q = RmsNorm(Linear(h, b + "attn2.to_q"), P(b + "attn2.norm_q.weight"), c.eps).view({B, N, heads, hd});
-    k = RmsNorm(Linear(ctx, b + "attn2.to_k"), P(b + "attn2.norm_k.weight"), c.eps).view({B, L, heads, hd});
+    RAINSERVE_ASSIGN_OR_RETURN(q, wan_ops::RmsNormRope(Linear(h, b + "attn2.to_q"),
+                                                       P(b + "attn2.norm_q.weight"), c.eps, heads,
+                                                       {}, {}, ew));
+    RAINSERVE_ASSIGN_OR_RETURN(k, wan_ops::RmsNormRope(Linear(ctx, b + "attn2.to_k"),
+                                                       P(b + "attn2.norm_k.weight"), c.eps, heads,
+                                                       {}, {}, ew));
     v = Linear(ctx, b + "attn2.to_v").view({B, L, heads, hd});
     attn = Linear(TorchAttention(q, k, v).reshape({B, N, inner}), b + "attn2.to_out.0");
     x = x + attn;
 
     // 3. Feed-forward.
-    h = (Fp32LayerNorm(x, c.eps) * (1 + mod[4]) + mod[3]).to(dtype_);
+    RAINSERVE_ASSIGN_OR_RETURN(h, wan_ops::ModulatedLayerNorm(x, mod[4], mod[3], c.eps, ew));
     const at::Tensor ff = Linear(GeluTanh(Linear(h, b + "ffn.net.0.proj")), b + "ffn.net.2");
-    x = (x.to(at::kFloat) + ff.to(at::kFloat) * mod[5]).to(dtype_);
+    RAINSERVE_ASSIGN_OR_RETURN(x, wan_ops::GatedResidual(x, ff, mod[5], ew));
   }
   if (kept_sum.defined() && pairs_total > 0) {
     st.realized_sparsity = 1.0 - double(kept_sum.item<int64_t>()) / double(pairs_total);
@@ -377,7 +365,8 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
   }
   // Output modulation: shift, scale from the table and temb; [B, 1, inner].
   const auto out_mod = (P("scale_shift_table") + temb.to(at::kFloat).unsqueeze(1)).chunk(2, 1);
-  x = (Fp32LayerNorm(x, c.eps) * (1 + out_mod[1]) + out_mod[0]).to(dtype_);
+  RAINSERVE_ASSIGN_OR_RETURN(x,
+                             wan_ops::ModulatedLayerNorm(x, out_mod[1], out_mod[0], c.eps, ew));
   x = Linear(x, "proj_out");  // [B, N, out * pt * ph * pw]
   // Unpatchify: [B, F, H, W, pt, ph, pw, C] -> [B, C, F*pt, H*ph, W*pw].
   x = x.reshape({B, F, H, W, ps[0], ps[1], ps[2], c.out_channels})

@@ -13,6 +13,8 @@
 //   LN(x)*(1+scale)+shift with the output table -> Linear -> unpatchify
 // Norms and modulation run in fp32, as in diffusers; the time embedder, the
 // modulation tables and the block norms are kept in fp32 whatever the dtype.
+// Norms, modulation, RoPE and gated residuals go through pipelines/wan_ops.h:
+// fused CUDA kernels for bf16/fp16 on the GPU, ATen fp32 ops otherwise.
 //
 // With SelfAttentionImpl::kRainFusion the token permutation is applied once
 // after the patch embedding (and to the RoPE tables) and undone once before
@@ -32,6 +34,7 @@
 #include "common/status.h"
 #include "pipelines/pipeline.h"
 #include "pipelines/wan_config.h"
+#include "pipelines/wan_ops.h"
 
 namespace rainserve {
 
@@ -48,6 +51,9 @@ struct WanForwardOptions {
   attention::WindowShape window{0, 0, 0};  // 0s: the default for the layout
   MaskRefresh mask_refresh = MaskRefresh::kEveryLayer;
   int64_t min_sparse_blocks = 4;
+  // kAten runs the norms, modulation, RoPE and gated residuals as separate
+  // ATen ops on every device (the pre-fusion baseline for benchmarks/tests).
+  ElementwiseImpl elementwise = ElementwiseImpl::kFused;
   // Benchmarks set this to a device synchronisation so that the stats'
   // attention/mask/permute times are device times (at some cost in speed).
   std::function<void()> synchronize;

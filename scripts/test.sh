@@ -22,7 +22,8 @@ scripts/fuzz.sh
 nvcc_path=$(command -v nvcc || true)
 [ -z "$nvcc_path" ] && [ -x /usr/local/cuda/bin/nvcc ] && nvcc_path=/usr/local/cuda/bin/nvcc
 if [ -n "$nvcc_path" ]; then
-  RAINSERVE_BUILD_DIR=build-cuda-check RAINSERVE_BUILD_TARGET=rainserve_attention_cuda \
+  RAINSERVE_BUILD_DIR=build-cuda-check \
+    RAINSERVE_BUILD_TARGET="rainserve_attention_cuda rainserve_pipelines_cuda" \
     scripts/build.sh -DRAINSERVE_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc_path" \
     -DRAINSERVE_BUILD_TESTS=OFF -DRAINSERVE_BUILD_BENCH=OFF
 else

@@ -1,0 +1,157 @@
+// wan_ops_gpu_bench: the element-wise ops of a Wan block (pipelines/wan_ops.h)
+// as fused CUDA kernels and as the separate ATen ops they replace, bf16 on the
+// GPU, classifier-free guidance batch 2, at the W1 shape of Wan2.1-1.3B
+// (32,760 tokens, 12 heads x 128) and the W2 shape of Wan2.1-14B (75,600
+// tokens, 40 heads x 128).
+//
+//   build-gpu/bench/wan_ops_gpu_bench [--reps 30] [--out bench/results/wan_ops_gpu.json]
+//
+// Per op: median microseconds per call (CUDA events, after 3 warm-ups), the
+// bandwidth of the bytes the fused kernel has to move (16-bit activations in
+// and out: 4 bytes per element, 6 for the residual), and the per-block total
+// with each op counted as often as a block calls it.
+#include <ATen/ATen.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "pipelines/wan_ops.h"
+
+namespace {
+
+using rainserve::ElementwiseImpl;
+using rainserve::StatusOr;
+namespace wan_ops = rainserve::wan_ops;
+
+struct Shape {
+  const char* name;
+  int64_t batch, tokens, heads, head_dim;
+};
+
+struct Op {
+  const char* name;
+  int per_block;          // calls per transformer block
+  double bytes_per_elem;  // what the fused kernel reads and writes
+  std::function<StatusOr<at::Tensor>(ElementwiseImpl)> run;
+};
+
+// Median microseconds of `reps` calls, each timed with CUDA events.
+double MedianMicros(const Op& op, ElementwiseImpl impl, int reps) {
+  auto call = [&] {
+    auto r = op.run(impl);
+    if (!r.ok()) {
+      std::fprintf(stderr, "%s: %s\n", op.name, r.status().ToString().c_str());
+      std::exit(1);
+    }
+  };
+  for (int i = 0; i < 3; ++i) call();
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::vector<double> us;
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(a);
+    call();
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    us.push_back(ms * 1000.0);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 30;
+  std::string out_path;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--reps") reps = std::stoi(value);
+    else if (flag == "--out") out_path = value;
+  }
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("%s\n", prop.name);
+  nlohmann::json rows = nlohmann::json::array();
+  const double eps = 1e-6;
+
+  for (const Shape& s : {Shape{"W1", 2, 32760, 12, 128}, Shape{"W2", 2, 75600, 40, 128}}) {
+    const int64_t B = s.batch, N = s.tokens, C = s.heads * s.head_dim, D = s.head_dim;
+    const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+    const auto f32 = bf16.dtype(at::kFloat);
+    at::manual_seed(1);
+    // x, y: [B, N, C] bf16; mod: six [B, 1, C] fp32 views of the table.
+    const at::Tensor x = at::randn({B, N, C}, bf16), y = at::randn({B, N, C}, bf16);
+    const auto mod = (at::randn({B, 6, C}, f32) * 0.5).chunk(6, 1);
+    const at::Tensor norm_w = at::ones({C}, f32), norm_b = at::zeros({C}, f32);
+    const at::Tensor qk_w = at::ones({C}, bf16);
+    const at::Tensor angles = at::rand({N, D / 2}, f32);
+    const at::Tensor cos = at::cos(angles), sin = at::sin(angles);
+    if (!wan_ops::FusedKernelsApply(x)) {
+      std::fprintf(stderr, "the fused kernels do not apply here (no CUDA LibTorch?)\n");
+      return 1;
+    }
+    const std::vector<Op> ops = {
+        {"layer_norm_modulate", 2, 4.0,
+         [&](ElementwiseImpl i) { return wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], eps, i); }},
+        {"layer_norm_affine", 1, 4.0,
+         [&](ElementwiseImpl i) { return wan_ops::AffineLayerNorm(x, norm_w, norm_b, eps, i); }},
+        {"rms_norm_rope", 2, 4.0,
+         [&](ElementwiseImpl i) {
+           return wan_ops::RmsNormRope(x, qk_w, eps, s.heads, cos, sin, i);
+         }},
+        {"rms_norm", 1, 4.0,
+         [&](ElementwiseImpl i) { return wan_ops::RmsNormRope(x, qk_w, eps, s.heads, {}, {}, i); }},
+        {"gated_residual", 2, 6.0,
+         [&](ElementwiseImpl i) { return wan_ops::GatedResidual(x, y, mod[2], i); }},
+    };
+    double block_fused = 0, block_aten = 0;
+    for (const Op& op : ops) {
+      const double aten = MedianMicros(op, ElementwiseImpl::kAten, reps);
+      const double fused = MedianMicros(op, ElementwiseImpl::kFused, reps);
+      const double gbps = op.bytes_per_elem * double(B * N * C) / (fused * 1e3);
+      block_fused += op.per_block * fused;
+      block_aten += op.per_block * aten;
+      std::printf("  %s %-20s aten %8.1f us  fused %7.1f us  x%.1f  %6.0f GB/s\n", s.name, op.name,
+                  aten, fused, aten / fused, gbps);
+      rows.push_back({{"shape", s.name},
+                      {"op", op.name},
+                      {"tokens", N},
+                      {"channels", C},
+                      {"us_aten", aten},
+                      {"us_fused", fused},
+                      {"speedup", aten / fused},
+                      {"fused_gb_per_s", gbps},
+                      {"calls_per_block", op.per_block}});
+    }
+    std::printf("  %s per block: aten %.2f ms, fused %.2f ms (x%.1f)\n", s.name, block_aten / 1e3,
+                block_fused / 1e3, block_aten / block_fused);
+    rows.push_back({{"shape", s.name},
+                    {"op", "per_block"},
+                    {"us_aten", block_aten},
+                    {"us_fused", block_fused},
+                    {"speedup", block_aten / block_fused}});
+  }
+  if (!out_path.empty()) {
+    nlohmann::json result = {{"benchmark", "wan_ops_gpu"},
+                             {"machine", prop.name},
+                             {"command", "build-gpu/bench/wan_ops_gpu_bench --reps " +
+                                             std::to_string(reps) + " --out " + out_path},
+                             {"rows", rows}};
+    std::ofstream(out_path) << result.dump(2) << "\n";
+  }
+  return 0;
+}
