@@ -20,14 +20,6 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-std::string ShapeOf(const at::Tensor& t) {
-  std::ostringstream s;
-  s << "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
-  s << "]";
-  return s.str();
-}
-
 StatusOr<DType> ToDType(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {
     case at::kFloat: return DType::kFloat32;
@@ -294,6 +286,14 @@ StatusOr<at::Tensor> PermuteTokens(AttentionEngine& engine, const at::Tensor& x,
 StatusOr<at::Tensor> UnpermuteTokens(AttentionEngine& engine, const at::Tensor& x,
                                      const AttentionPlan& plan, int64_t token_dim) {
   return Reorder(engine, x, plan, token_dim, /*inverse=*/true);
+}
+
+std::string ShapeOf(const at::Tensor& t) {
+  std::ostringstream s;
+  s << "[";
+  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
+  s << "]";
+  return s.str();
 }
 
 }  // namespace rainserve::attention

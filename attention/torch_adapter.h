@@ -44,6 +44,9 @@ struct TorchBlockMask {
 // Kept block pairs of `mask`, reading the device count if needed (syncs).
 int64_t KeptBlocks(const TorchBlockMask& mask);
 
+// "[d0, d1, ...]": a tensor's shape for error messages.
+std::string ShapeOf(const at::Tensor& t);
+
 struct AttentionResult {
   at::Tensor out;  // [B, N, H, D], dtype of q
   at::Tensor lse;  // [B, H, N] float32 when config.return_lse, else undefined

@@ -7,6 +7,8 @@
 #include <string>
 #include <utility>
 
+#include "attention/torch_adapter.h"
+
 #if RAINSERVE_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -17,13 +19,7 @@
 namespace rainserve::wan_ops {
 namespace {
 
-std::string ShapeOf(const at::Tensor& t) {
-  std::ostringstream s;
-  s << "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
-  s << "]";
-  return s.str();
-}
+using attention::ShapeOf;
 
 Status Invalid(const char* op, const char* name, const std::string& what) {
   return InvalidArgumentError(std::string(op) + ": " + name + " " + what);

@@ -223,6 +223,16 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
   auto Linear = [&](const at::Tensor& x, const std::string& name) {
     return at::linear(x, P(name + ".weight"), P(name + ".bias"));
   };
+  // GELU(tanh)(x W^T + b). On CUDA one cuBLASLt GEMM with the bias and GELU
+  // in its epilogue (no separate pass over the [B, N, ffn] activations); the
+  // CPU keeps the two ops. x: [B, N, in] contiguous -> [B, N, out].
+  auto LinearGeluTanh = [&](const at::Tensor& x, const std::string& name) {
+    if (!x.is_cuda()) return GeluTanh(Linear(x, name));
+    const at::Tensor& w = P(name + ".weight");  // [out, in]
+    const at::Tensor y = at::_addmm_activation(P(name + ".bias"), x.reshape({-1, x.size(-1)}),
+                                               w.t(), 1, 1, /*use_gelu=*/true);
+    return y.view({x.size(0), x.size(1), w.size(0)});
+  };
   // Norms, modulation, RoPE and gated residuals (pipelines/wan_ops.h).
   const ElementwiseImpl ew = options.elementwise;
   WanForwardStats st;
@@ -349,7 +359,7 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
 
     // 3. Feed-forward.
     RAINSERVE_ASSIGN_OR_RETURN(h, wan_ops::ModulatedLayerNorm(x, mod[4], mod[3], c.eps, ew));
-    const at::Tensor ff = Linear(GeluTanh(Linear(h, b + "ffn.net.0.proj")), b + "ffn.net.2");
+    const at::Tensor ff = Linear(LinearGeluTanh(h, b + "ffn.net.0.proj"), b + "ffn.net.2");
     RAINSERVE_ASSIGN_OR_RETURN(x, wan_ops::GatedResidual(x, ff, mod[5], ew));
   }
   if (kept_sum.defined() && pairs_total > 0) {

@@ -3,8 +3,8 @@
 // tile overlapping the matrix products of its neighbours.
 //
 // One CTA = one (query block of <= 128 rows, head, batch element); grid x =
-// query block (fastest), so the query blocks of one head run together and that
-// head's K/V stay in L2. 384 threads, three warpgroups:
+// query block (fastest, last block first), so the query blocks of one head
+// run together and that head's K/V stay in L2. 384 threads, three warpgroups:
 //   0, 1  consumers, 64 query rows each, 240 registers a thread (setmaxnreg)
 //   2     producer, 24 registers: one thread issues every TMA copy
 // The producer fills a ring of kStages (K, V) stages, each completing on its
@@ -258,7 +258,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto bar_v = [&](int s) { return SmemAddr(bars + 1 + kStages + s); };
   auto bar_empty = [&](int s) { return SmemAddr(bars + 1 + 2 * kStages + s); };
 
-  const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  // Query blocks in reverse: the layout puts sink (and text) blocks last, and
+  // their rows keep every key block, so they start first instead of
+  // finishing last.
+  const int qb = p.num_blocks - 1 - static_cast<int>(blockIdx.x), h = blockIdx.y, b = blockIdx.z;
   const int lane = threadIdx.x % 32;
   const int q_start = p.block_starts[qb], q_end = p.block_starts[qb + 1];
   const int64_t mask_row = (static_cast<int64_t>(b) * p.heads + h) * p.num_blocks + qb;
@@ -334,6 +337,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Tile i: S(i) and P(i-1) V(i-1) in flight together, then softmax of S(i).
     auto step = [&](int i, uint32_t(&pf_prev)[8][4], uint32_t(&pf_cur)[8][4]) {
       const int s_cur = i % kStages, s_prev = (i - 1) % kStages;
+      const int valid = valid_keys(i);  // loaded before the waits below
       MbarWait(bar_k(s_cur), (i / kStages) & 1);
       MbarWait(bar_v(s_prev), ((i - 1) / kStages) & 1);
       PinRegs(s);
@@ -346,7 +350,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       WgmmaCommit();
       WgmmaWait<1>();
       PinRegs(s);
-      Softmax<T>(s, valid_keys(i), t, p.scale_log2, m, l, alpha, pf_cur);
+      Softmax<T>(s, valid, t, p.scale_log2, m, l, alpha, pf_cur);
       WgmmaWait<0>();
       PinRegs(o);
       PinRegs(pf_prev);
