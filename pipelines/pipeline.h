@@ -115,6 +115,8 @@ struct GenerationRequest {
   int64_t height = 480;
   int64_t num_frames = 81;
   SparseSettings sparse;
+  // false: stop after denoising and return the latents (no VAE decode).
+  bool decode_frames = true;
 };
 
 // The request every unset field gives: the model's defaults, no prompt,
@@ -142,7 +144,11 @@ struct GenerationOutput {
   int64_t width = 0;
   int64_t height = 0;
   int64_t num_frames = 0;
-  std::vector<uint8_t> rgb;  // [num_frames, height, width, 3]
+  std::vector<uint8_t> rgb;  // [num_frames, height, width, 3]; empty without decode_frames
+  // Without decode_frames: the denoised latents, float32 [C, F, H, W] of
+  // latent_shape (the VAE's input, before its de-normalisation).
+  std::vector<float> latents;
+  std::vector<int64_t> latent_shape;
   std::vector<StepStat> steps;
   double requested_sparsity = 0.0;
   double realized_sparsity = 0.0;  // mean over sparse steps (0 when none)

@@ -449,6 +449,16 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
   out.realized_sparsity = sparse_steps > 0 ? sparse_sum / static_cast<double>(sparse_steps) : 0.0;
   if (cancel.cancelled()) return CancelledError("cancelled before decoding");
 
+  // 4a. Latents only: [C, F, H, W] fp32 on the CPU, no decode.
+  if (!request.decode_frames) {
+    const at::Tensor l = latents.squeeze(0).to(at::kCPU, at::kFloat).contiguous();
+    out.latent_shape = l.sizes().vec();
+    out.latents.assign(l.data_ptr<float>(), l.data_ptr<float>() + l.numel());
+    out.num_frames = request.num_frames;
+    out.peak_memory_bytes = PeakMemory(device_);
+    return out;
+  }
+
   // 4. Decode: [1, T, H, W, 3] uint8 on the CPU.
   report("decode", request.steps, request.steps);
   stage_start = Clock::now();

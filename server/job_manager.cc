@@ -525,6 +525,8 @@ void JobManager::RunJob(Worker* worker, const std::shared_ptr<Job>& job) {
         info->set_height(static_cast<uint32_t>(a.height));
         info->set_frames(static_cast<uint32_t>(a.frames));
         info->set_fps(static_cast<uint32_t>(a.fps));
+        for (int64_t d : a.shape) info->add_shape(static_cast<uint32_t>(d));
+        info->set_dtype(a.dtype);
         report.outputs.emplace_back(a.mime_type, a.data.size());
         artifact_events.emplace_back();
         *artifact_events.back().mutable_artifact_header()->mutable_info() = *info;

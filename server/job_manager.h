@@ -56,6 +56,8 @@ struct EncodedArtifact {
   int64_t height = 0;
   int64_t frames = 0;
   int64_t fps = 0;
+  std::vector<int64_t> shape;  // latents only: [C, F, H, W]
+  std::string dtype;           // latents only: "float32"
 };
 
 // Turns a pipeline's frames into the artifacts the resolved request asked for

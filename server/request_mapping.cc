@@ -110,6 +110,7 @@ StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
   RAINSERVE_ASSIGN_OR_RETURN(g.sparse, ResolveSparse(request.sparse_attention(), d.sparse));
   // Text-to-image: a single latent frame has nothing to sink.
   if (g.num_frames == 1) g.sparse.sink_frames = 0;
+  g.decode_frames = request.output_format() != v1::OUTPUT_FORMAT_LATENTS;
   const int64_t fps = request.has_fps() ? request.fps() : d.fps;
   if (fps < 1 || fps > kMaxFps) {
     return InvalidArgumentError("fps must be in [1, " + std::to_string(kMaxFps) + "] (got " +

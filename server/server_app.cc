@@ -53,9 +53,36 @@ media::ArtifactFormat FormatOf(v1::OutputFormat format) {
   }
 }
 
-// Frames -> the artifacts the resolved request asked for (worker thread).
+// Latents -> one float32 little-endian blob with its shape (worker thread).
+EncodedArtifact LatentArtifact(const GenerationOutput& out, int64_t fps) {
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "latents are sent little-endian");
+  EncodedArtifact e;
+  e.mime_type = "application/octet-stream";
+  e.data.assign(reinterpret_cast<const char*>(out.latents.data()),
+                out.latents.size() * sizeof(float));
+  e.sha256 = media::Sha256Hex(e.data);
+  e.shape = out.latent_shape;
+  e.dtype = "float32";
+  if (e.shape.size() == 4) {
+    e.frames = e.shape[1];
+    e.height = e.shape[2];
+    e.width = e.shape[3];
+  }
+  e.fps = fps;
+  return e;
+}
+
+// Frames (or latents) -> the artifacts the resolved request asked for (worker thread).
 StatusOr<std::vector<EncodedArtifact>> EncodeOutput(const GenerationOutput& out,
                                                     const v1::GenerateRequest& resolved) {
+  if (resolved.output_format() == v1::OUTPUT_FORMAT_LATENTS) {
+    if (out.latent_shape.size() != 4 || out.latents.empty()) {
+      return InternalError("the pipeline returned no latents for a latents request");
+    }
+    std::vector<EncodedArtifact> one;
+    one.push_back(LatentArtifact(out, static_cast<int64_t>(resolved.fps())));
+    return one;
+  }
   RAINSERVE_ASSIGN_OR_RETURN(
       std::vector<media::Artifact> artifacts,
       media::EncodeArtifacts(out.rgb.data(), static_cast<int>(out.width),

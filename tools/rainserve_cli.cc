@@ -14,7 +14,7 @@
 //
 // Request flags: --model --prompt --negative-prompt --seed --steps --guidance
 //   --flow-shift --scheduler unipc|euler --width --height --frames --fps
-//   --format png|mp4|raw --priority --request-id
+//   --format png|mp4|raw|latents --priority --request-id
 //   --attention dense|rainfusion --sparsity X --sink-frames N --window T,H,W
 //   --dense-warmup-steps N --mask-refresh every_layer|per_step
 //
@@ -143,7 +143,8 @@ v1::GenerateRequest BuildRequest(const Args& a) {
     r.set_output_format(Choice<v1::OutputFormat>(a, "format",
                                                  {{"png", v1::OUTPUT_FORMAT_PNG},
                                                   {"mp4", v1::OUTPUT_FORMAT_MP4},
-                                                  {"raw", v1::OUTPUT_FORMAT_RAW_RGB}}));
+                                                  {"raw", v1::OUTPUT_FORMAT_RAW_RGB},
+                                                  {"latents", v1::OUTPUT_FORMAT_LATENTS}}));
   }
   if (a.Has("priority")) r.set_priority(static_cast<int32_t>(ToDouble(a, "priority")));
   r.set_client_request_id(a.Get("request-id"));
@@ -217,10 +218,10 @@ std::string Seconds(const google::protobuf::Duration& d) {
   return buf;
 }
 
-const char* Extension(const std::string& mime) {
-  if (mime == "image/png") return ".png";
-  if (mime == "video/mp4") return ".mp4";
-  return ".rgb";
+const char* Extension(const v1::ArtifactInfo& info) {
+  if (info.mime_type() == "image/png") return ".png";
+  if (info.mime_type() == "video/mp4") return ".mp4";
+  return info.dtype() == "float32" ? ".f32" : ".rgb";
 }
 
 // Reassembles artifacts from a stream of events, draws progress, prints the result.
@@ -294,7 +295,7 @@ class EventPrinter {
     for (const auto& [index, info] : headers_) {
       std::string path = out_;
       if (headers_.size() > 1) path += "-" + std::to_string(index);
-      path += Extension(info.mime_type());
+      path += Extension(info);
       std::ofstream(path, std::ios::binary) << data_[index];
       if (json_) continue;
       std::cout << path << "  " << info.mime_type() << "  " << info.width() << "x"

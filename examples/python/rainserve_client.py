@@ -37,6 +37,7 @@ def build_request(args):
         "png": generation_pb2.OUTPUT_FORMAT_PNG,
         "mp4": generation_pb2.OUTPUT_FORMAT_MP4,
         "raw": generation_pb2.OUTPUT_FORMAT_RAW_RGB,
+        "latents": generation_pb2.OUTPUT_FORMAT_LATENTS,
     }
     if args.format:
         request.output_format = formats[args.format]
@@ -94,7 +95,7 @@ def main():
     parser.add_argument("--height", type=int)
     parser.add_argument("--frames", type=int)
     parser.add_argument("--fps", type=int)
-    parser.add_argument("--format", choices=["png", "mp4", "raw"])
+    parser.add_argument("--format", choices=["png", "mp4", "raw", "latents"])
     parser.add_argument("--sparsity", type=float)
     parser.add_argument("--sink-frames", type=int)
     parser.add_argument("--out", default="output")

@@ -5,11 +5,15 @@
 # CFG) sent through gRPC by rainserve-cli: dense (LibTorch SDPA: the
 # pipeline's dense mode on CUDA), RainFusion2.0
 # 0.8 and 0.9 with the first-frame sink. Output format raw RGB (no encoder
-# on the GPU build). Writes bench/results/e2e_service_gpu.json.
-#   scripts/gpu/e2e_check.sh [steps, default 10]
+# on the GPU build; writes bench/results/e2e_service_gpu.json) or the
+# undecoded latents (no VAE; bench/results/e2e_service_gpu_latents.json).
+#   scripts/gpu/e2e_check.sh [steps, default 10] [raw|latents, default raw]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 steps=${1:-10}
+format=${2:-raw}
+result_file=bench/results/e2e_service_gpu.json
+[ "$format" = latents ] && result_file=bench/results/e2e_service_gpu_latents.json
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 work=$(mktemp -d)
@@ -51,7 +55,7 @@ port=$(python3 -c "import json; print(json.load(open('$work/ports.json'))['grpc_
 host_peak_kb=$(grep VmHWM /proc/$pid/status | awk '{print $2}')
 gpu_used_mb=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1)
 
-cli="build-gpu/tools/rainserve-cli --target 127.0.0.1:$port generate --model wan-1.3b --json --format raw --seed 1"
+cli="build-gpu/tools/rainserve-cli --target 127.0.0.1:$port generate --model wan-1.3b --json --format $format --seed 1"
 prompt="a paper boat drifts down a rainy street, cinematic"
 $cli --prompt "$prompt" --steps 2 --out "$work/warm" > /dev/null   # warm-up
 for mode in dense "0.8" "0.9"; do
@@ -61,9 +65,10 @@ for mode in dense "0.8" "0.9"; do
 done
 kill -TERM $pid; wait $pid; echo "server exit: $?"
 
-python3 - "$out" "$gpu" "$ckpt_seconds" "$host_peak_kb" "$gpu_used_mb" "$steps" <<'PY'
+python3 - "$out" "$gpu" "$ckpt_seconds" "$host_peak_kb" "$gpu_used_mb" "$steps" "$format" \
+  "$result_file" <<'PY'
 import json, sys, datetime, re
-out, gpu, ckpt_s, host_kb, gpu_mb, steps = sys.argv[1:]
+out, gpu, ckpt_s, host_kb, gpu_mb, steps, fmt, result_file = sys.argv[1:]
 log = open(f"{out}/server.log").read()
 m = re.search(r"ready in ([0-9.]+) s", log)
 def secs(d):
@@ -95,17 +100,17 @@ for x in rows:
         x["speedup_step_vs_sdpa"] = dense["seconds_per_step_median"] / x["seconds_per_step_median"]
         x["speedup_request_vs_sdpa"] = dense["seconds_client"] / x["seconds_client"]
 result = {"benchmark": "e2e_service_gpu", "date": datetime.date.today().isoformat(), "machine": gpu,
-          "command": f"scripts/gpu/e2e_check.sh {steps}",
+          "command": f"scripts/gpu/e2e_check.sh {steps} {fmt}",
           "request": {"width": 832, "height": 480, "frames": 81, "steps": int(steps),
-                      "guidance_scale": 5.0, "output_format": "raw", "dtype": "bf16"},
+                      "guidance_scale": 5.0, "output_format": fmt, "dtype": "bf16"},
           "checkpoint": {"preset": "1.3b", "write_seconds": float(ckpt_s),
                          "load_seconds": float(m.group(1)) if m else None,
                          "server_peak_host_rss_bytes": int(host_kb) * 1024,
                          "gpu_memory_used_after_load_bytes": int(gpu_mb) * 1024 * 1024},
           "rows": rows}
-json.dump(result, open("bench/results/e2e_service_gpu.json", "w"), indent=2)
+json.dump(result, open(result_file, "w"), indent=2)
 print(json.dumps(result, indent=1))
 PY
-cp bench/results/e2e_service_gpu.json "$out/"
+cp "$result_file" "$out/"
 rm -rf "$work"
 echo "total: $(( $(date +%s) - start )) s"

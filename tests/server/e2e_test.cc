@@ -16,8 +16,10 @@
 #include <openssl/sha.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -418,6 +420,49 @@ TEST_F(WanTinyE2eTest, VideoRequestReturnsAnMp4WithTheRequestedFramesAndSize) {
   EXPECT_EQ(video->width, 64);
   EXPECT_EQ(video->height, 48);
   EXPECT_EQ(video->codec_name, "h264");
+}
+
+TEST_F(WanTinyE2eTest, LatentsRequestReturnsTheUndecodedLatentsWithTheirShape) {
+  v1::GenerateRequest r = Request("waves", 64, 48, 9, 2);
+  r.set_output_format(v1::OUTPUT_FORMAT_LATENTS);
+  const Stream s = client_->Generate(r);
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+  const std::vector<Artifact> artifacts = Artifacts(s);
+  ASSERT_EQ(artifacts.size(), 1u);
+  const v1::ArtifactInfo& info = artifacts[0].info;
+  EXPECT_EQ(info.mime_type(), "application/octet-stream");
+  EXPECT_EQ(info.dtype(), "float32");
+  // [C, latent frames, latent height, latent width]: 9 frames -> 3, 48 x 64 -> 6 x 8.
+  ASSERT_EQ(info.shape_size(), 4);
+  EXPECT_GT(info.shape(0), 0u);
+  EXPECT_EQ(info.shape(1), 3u);
+  EXPECT_EQ(info.shape(2), 6u);
+  EXPECT_EQ(info.shape(3), 8u);
+  EXPECT_EQ(info.frames(), 3u);
+  EXPECT_EQ(info.height(), 6u);
+  EXPECT_EQ(info.width(), 8u);
+  const std::string& data = artifacts[0].data;
+  ASSERT_EQ(data.size(), sizeof(float) * info.shape(0) * 3 * 6 * 8);
+  EXPECT_EQ(Sha256Hex(data), info.sha256());
+  std::vector<float> values(data.size() / sizeof(float));
+  std::memcpy(values.data(), data.data(), data.size());
+  double sum_sq = 0;
+  for (float v : values) {
+    ASSERT_TRUE(std::isfinite(v));
+    sum_sq += double(v) * v;
+  }
+  EXPECT_GT(sum_sq, 0.0);  // denoised noise, not an unwritten buffer
+  // The VAE did not run: no decode stage, no decode time.
+  for (const v1::GenerateEvent& e : s.events) {
+    if (e.has_progress()) {
+      EXPECT_NE(e.progress().stage(), "decode");
+    }
+  }
+  ASSERT_TRUE(s.events.back().has_completed());
+  const v1::GenerateResult& result = s.events.back().completed().result();
+  EXPECT_EQ(result.timings().decode().seconds(), 0);
+  EXPECT_EQ(result.timings().decode().nanos(), 0);
+  EXPECT_EQ(result.applied().output_format(), v1::OUTPUT_FORMAT_LATENTS);
 }
 
 TEST_F(WanTinyE2eTest, DenoiseProgressHasOneEventPerStepAndSeqIsContiguous) {

@@ -89,6 +89,23 @@ TEST(RequestMappingTest, OneFrameIsAnImageWithNoSinkFramesAndPngOutput) {
   EXPECT_EQ(r->resolved.output_format(), v1::OUTPUT_FORMAT_PNG);
 }
 
+TEST(RequestMappingTest, OnlyTheLatentsFormatSkipsTheDecode) {
+  v1::GenerateRequest req;
+  req.set_prompt("waves");
+  for (v1::OutputFormat f : {v1::OUTPUT_FORMAT_UNSPECIFIED, v1::OUTPUT_FORMAT_PNG,
+                             v1::OUTPUT_FORMAT_MP4, v1::OUTPUT_FORMAT_RAW_RGB}) {
+    req.set_output_format(f);
+    auto r = ResolveRequest(req, FakeDescription(), 1);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_TRUE(r->generation.decode_frames) << v1::OutputFormat_Name(f);
+  }
+  req.set_output_format(v1::OUTPUT_FORMAT_LATENTS);
+  auto r = ResolveRequest(req, FakeDescription(), 1);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE(r->generation.decode_frames);
+  EXPECT_EQ(r->resolved.output_format(), v1::OUTPUT_FORMAT_LATENTS);
+}
+
 TEST(RequestMappingTest, ModelInfoCarriesLimitsAndEveryDefault) {
   v1::ModelInfo info;
   FillModelInfo(FakeDescription(), &info);
