@@ -1,4 +1,5 @@
 #include "common/config.h"
+#include "tests/test_files.h"
 
 #include <gtest/gtest.h>
 
@@ -7,11 +8,6 @@
 
 namespace rainserve {
 namespace {
-
-std::string SourceDir() {
-  const char* dir = std::getenv("RAINSERVE_SOURCE_DIR");
-  return dir ? dir : RAINSERVE_SOURCE_DIR_DEFAULT;
-}
 
 // Parses `yaml` and expects INVALID_ARGUMENT whose message starts with `prefix`.
 void ExpectRejected(const std::string& yaml, const std::string& prefix) {
@@ -23,7 +19,7 @@ void ExpectRejected(const std::string& yaml, const std::string& prefix) {
 }
 
 TEST(ConfigTest, ShippedServerYamlLoads) {
-  auto cfg = LoadServerConfig(SourceDir() + "/configs/server.yaml");
+  auto cfg = LoadServerConfig(testing::SourceDir() + "/configs/server.yaml");
   ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
   EXPECT_EQ(cfg->server.listen_address, "127.0.0.1:50051");
   EXPECT_EQ(cfg->server.metrics_address, "127.0.0.1:9464");

@@ -9,19 +9,15 @@
 #include <string>
 
 #include "pipelines/wan_pipeline.h"
+#include "tests/test_files.h"
 
 namespace rainserve {
 namespace {
 
-std::string SourceDir() {
-  const char* env = std::getenv("RAINSERVE_SOURCE_DIR");
-  return env != nullptr ? env : RAINSERVE_SOURCE_DIR_DEFAULT;
-}
-
 ModelEntry Entry(const std::string& device, const std::string& dtype) {
   ModelEntry e;
   e.name = "wan-tiny";
-  e.path = SourceDir() + "/models/wan-tiny";
+  e.path = testing::SourceDir() + "/models/wan-tiny";
   e.device = device;
   e.dtype = dtype;
   e.threads = 4;

@@ -9,17 +9,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/test_files.h"
+
 namespace rainserve {
 namespace {
-
-std::string TempDir() {
-  char tmpl[] = "/tmp/rainserve-st-XXXXXX";
-  return mkdtemp(tmpl);
-}
-
-void WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
 
 // A file with a hand-written JSON header and `data_bytes` zero bytes of data.
 std::string FileWithHeader(const std::string& header, size_t data_bytes) {
@@ -30,8 +23,8 @@ std::string FileWithHeader(const std::string& header, size_t data_bytes) {
 }
 
 void ExpectOpenError(const std::string& bytes, const std::string& needle) {
-  const std::string path = TempDir() + "/bad.safetensors";
-  WriteBytes(path, bytes);
+  const std::string path = testing::MakeTempDir("rainserve-st") + "/bad.safetensors";
+  testing::WriteFileBytes(path, bytes);
   auto f = SafetensorsFile::Open(path);
   ASSERT_FALSE(f.ok()) << "accepted: " << needle;
   EXPECT_EQ(f.status().code(), StatusCode::kDataLoss);
@@ -40,7 +33,7 @@ void ExpectOpenError(const std::string& bytes, const std::string& needle) {
 }
 
 TEST(SafetensorsTest, RoundTripsEveryFloatDType) {
-  const std::string dir = TempDir();
+  const std::string dir = testing::MakeTempDir("rainserve-st");
   at::manual_seed(1);
   const at::Tensor a = at::randn({3, 5});
   const at::Tensor b = at::randn({7}).to(at::kHalf);
@@ -63,7 +56,7 @@ TEST(SafetensorsTest, RoundTripsEveryFloatDType) {
 }
 
 TEST(SafetensorsTest, TensorsOutliveTheFileObject) {
-  const std::string dir = TempDir();
+  const std::string dir = testing::MakeTempDir("rainserve-st");
   const at::Tensor a = at::arange(12, at::kFloat).view({3, 4});
   ASSERT_TRUE(WriteSafetensors(dir + "/m.safetensors", {{"a", a}}).ok());
   at::Tensor kept;
@@ -76,7 +69,7 @@ TEST(SafetensorsTest, TensorsOutliveTheFileObject) {
 }
 
 TEST(SafetensorsTest, ShardedCheckpointWithIndexAndConversionOnLoad) {
-  const std::string dir = TempDir();
+  const std::string dir = testing::MakeTempDir("rainserve-st");
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (int i = 0; i < 6; ++i) tensors.push_back({"w" + std::to_string(i), at::randn({16, 16}).to(at::kHalf)});
   ASSERT_TRUE(WriteCheckpoint(dir, "diffusion_pytorch_model", tensors, 1200).ok());
@@ -129,8 +122,8 @@ TEST(SafetensorsTest, EmptyTensorsWithHugeDimsAreRejectedAndUnalignedEmptyOnesLo
                   "tensor 'a': shape too large");
   std::string header = R"({"a": {"dtype": "F32", "shape": [0, 3], "data_offsets": [1, 1]}})";
   while ((8 + header.size()) % 8 != 0) header += ' ';  // data 8-byte aligned, so offset 1 is not
-  const std::string path = TempDir() + "/empty.safetensors";
-  WriteBytes(path, FileWithHeader(header, 4));
+  const std::string path = testing::MakeTempDir("rainserve-st") + "/empty.safetensors";
+  testing::WriteFileBytes(path, FileWithHeader(header, 4));
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status().ToString();
   auto t = (*file)->Get("a");
@@ -139,27 +132,27 @@ TEST(SafetensorsTest, EmptyTensorsWithHugeDimsAreRejectedAndUnalignedEmptyOnesLo
 }
 
 TEST(SafetensorsTest, BrokenIndexesAreErrors) {
-  const std::string dir = TempDir();
+  const std::string dir = testing::MakeTempDir("rainserve-st");
   ASSERT_TRUE(WriteSafetensors(dir + "/s1.safetensors", {{"a", at::ones({2})}}).ok());
-  WriteBytes(dir + "/diffusion_pytorch_model.safetensors.index.json",
+  testing::WriteFileBytes(dir + "/diffusion_pytorch_model.safetensors.index.json",
              R"({"weight_map": {"a": "s1.safetensors", "b": "s1.safetensors"}})");
   auto c = SafetensorsCheckpoint::Open(dir);
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("'b' is mapped to s1.safetensors, which does not contain it"),
             std::string::npos);
-  WriteBytes(dir + "/diffusion_pytorch_model.safetensors.index.json", R"({"weight_map": {"a": "gone.safetensors"}})");
+  testing::WriteFileBytes(dir + "/diffusion_pytorch_model.safetensors.index.json", R"({"weight_map": {"a": "gone.safetensors"}})");
   c = SafetensorsCheckpoint::Open(dir);
   EXPECT_EQ(c.status().code(), StatusCode::kNotFound);
   EXPECT_NE(c.status().message().find("gone.safetensors"), std::string::npos);
-  WriteBytes(dir + "/diffusion_pytorch_model.safetensors.index.json", R"({"weight_map": {"a": "../x"}})");
+  testing::WriteFileBytes(dir + "/diffusion_pytorch_model.safetensors.index.json", R"({"weight_map": {"a": "../x"}})");
   EXPECT_FALSE(SafetensorsCheckpoint::Open(dir).ok());
-  WriteBytes(dir + "/diffusion_pytorch_model.safetensors.index.json", "not json");
+  testing::WriteFileBytes(dir + "/diffusion_pytorch_model.safetensors.index.json", "not json");
   EXPECT_NE(SafetensorsCheckpoint::Open(dir).status().message().find("bad JSON"), std::string::npos);
-  EXPECT_EQ(SafetensorsCheckpoint::Open(TempDir()).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(SafetensorsCheckpoint::Open(testing::MakeTempDir("rainserve-st")).status().code(), StatusCode::kNotFound);
 }
 
 TEST(SafetensorsTest, WriterRejectsUnsupportedInput) {
-  const std::string dir = TempDir();
+  const std::string dir = testing::MakeTempDir("rainserve-st");
   EXPECT_FALSE(WriteSafetensors(dir + "/x.safetensors", {{"a", at::ones({2})}, {"a", at::ones({2})}}).ok());
   EXPECT_FALSE(WriteSafetensors(dir + "/x.safetensors", {{"c", at::ones({2}, at::kComplexFloat)}}).ok());
 }

@@ -27,34 +27,14 @@
 #include <vector>
 
 #include "pipelines/sentencepiece_library.h"
+#include "tests/test_files.h"
 
 namespace rainserve {
 namespace {
 
 using PieceType = SentencePieceModel::PieceType;
 
-std::string SourceDir() {
-  const char* env = std::getenv("RAINSERVE_SOURCE_DIR");
-  return env != nullptr ? env : RAINSERVE_SOURCE_DIR_DEFAULT;
-}
-
-std::string WanTinyModel() { return SourceDir() + "/models/wan-tiny/tokenizer/spiece.model"; }
-
-std::string TempDir() {
-  char tmpl[] = "/tmp/rainserve-spm-XXXXXX";
-  return mkdtemp(tmpl);
-}
-
-std::string ReadBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary) << bytes;
-}
+std::string WanTinyModel() { return testing::SourceDir() + "/models/wan-tiny/tokenizer/spiece.model"; }
 
 // Non-printable bytes as \xNN, for failure messages.
 std::string Escaped(const std::string& s) {
@@ -358,8 +338,8 @@ TypeCounts ExpectSameIds(const BothModels& m) {
 class SentencePieceParityTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::string(TempDir());
-    std::string corpus = ReadBytes(SourceDir() + "/tools/data/tiny_corpus.txt");
+    dir_ = new std::string(testing::MakeTempDir("rainserve-spm"));
+    std::string corpus = testing::ReadFileBytes(testing::SourceDir() + "/tools/data/tiny_corpus.txt");
     const char* const kLines[] = {
         "\xe6\x9d\xb1\xe4\xba\xac\xe3\x81\xae\xe5\xa4\x9c\xe6\x99\xaf\xe3\x81\xaf\xe7\xbe\x8e\xe3"
         "\x81\x97\xe3\x81\x84\xe3\x80\x82",
@@ -378,7 +358,7 @@ class SentencePieceParityTest : public ::testing::Test {
       for (const char* line : kLines) corpus += std::string(line) + "\n";
     }
     corpus_ = new std::string(*dir_ + "/corpus.txt");
-    WriteBytes(*corpus_, corpus);
+    testing::WriteFileBytes(*corpus_, corpus);
   }
   static void TearDownTestSuite() {
     delete dir_;
@@ -486,9 +466,9 @@ TEST_F(SentencePieceParityTest, NfkcPartialCoverageAndRenamedSpecialPieces) {
 // wan-tiny with fields appended: each variant changes one thing the
 // encoder must honour.
 TEST(SentencePieceVariantTest, WanTinyWithAppendedFieldsGivesTheSameIdsAsLibSentencePiece) {
-  const std::string base = ReadBytes(WanTinyModel());
+  const std::string base = testing::ReadFileBytes(WanTinyModel());
   ASSERT_FALSE(base.empty());
-  const std::string dir = TempDir();
+  const std::string dir = testing::MakeTempDir("rainserve-spm");
   struct Variant {
     const char* name;
     std::string fields;
@@ -528,7 +508,7 @@ TEST(SentencePieceVariantTest, WanTinyWithAppendedFieldsGivesTheSameIdsAsLibSent
   for (const Variant& v : variants) {
     SCOPED_TRACE(v.name);
     const std::string path = dir + "/" + v.name + ".model";
-    WriteBytes(path, base + v.fields);
+    testing::WriteFileBytes(path, base + v.fields);
     BothModels m;
     ASSERT_NO_FATAL_FAILURE(LoadBoth(path, &m));
     TypeCounts seen = ExpectSameIds(m);
@@ -539,7 +519,7 @@ TEST(SentencePieceVariantTest, WanTinyWithAppendedFieldsGivesTheSameIdsAsLibSent
 // ---- Malformed models ---------------------------------------------------------------
 
 TEST(SentencePieceLoadTest, MissingFileIsNotFoundNamingIt) {
-  const std::string path = TempDir() + "/spiece.model";
+  const std::string path = testing::MakeTempDir("rainserve-spm") + "/spiece.model";
   auto model = SentencePieceModel::Load(path);
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.status().code(), StatusCode::kNotFound);
@@ -547,7 +527,7 @@ TEST(SentencePieceLoadTest, MissingFileIsNotFoundNamingIt) {
 }
 
 TEST(SentencePieceLoadTest, MalformedModelsAreInvalidArgumentWithTheReason) {
-  const std::string base = ReadBytes(WanTinyModel());
+  const std::string base = testing::ReadFileBytes(WanTinyModel());
   ASSERT_FALSE(base.empty());
   auto wan_tiny = SentencePieceModel::Parse(base, "wan-tiny");
   ASSERT_TRUE(wan_tiny.ok()) << wan_tiny.status().ToString();
@@ -589,7 +569,7 @@ TEST(SentencePieceLoadTest, MalformedModelsAreInvalidArgumentWithTheReason) {
       {"charsmap of 3 bytes", base + NormalizerField(BytesField(2, "abc")), "charsmap", true},
       {"no normal piece", PieceField("<unk>", 0.0f, 2), "no normal pieces", true},
   };
-  const std::string dir = TempDir();
+  const std::string dir = testing::MakeTempDir("rainserve-spm");
   for (const Case& c : cases) {
     auto model = SentencePieceModel::Parse(c.bytes, "bad.model");
     ASSERT_FALSE(model.ok()) << c.name;
@@ -598,7 +578,7 @@ TEST(SentencePieceLoadTest, MalformedModelsAreInvalidArgumentWithTheReason) {
     EXPECT_NE(model.status().message().find(c.reason), std::string::npos)
         << c.name << ": " << model.status().message();
     if (c.libsentencepiece_too) {
-      WriteBytes(dir + "/bad.model", c.bytes);
+      testing::WriteFileBytes(dir + "/bad.model", c.bytes);
       EXPECT_FALSE(LibSentencePiece::Load(dir + "/bad.model").ok()) << c.name;
     }
   }
@@ -608,7 +588,7 @@ TEST(SentencePieceLoadTest, MalformedModelsAreInvalidArgumentWithTheReason) {
 // boundary, leaves a shorter model; either way the verdict and the ids are
 // libsentencepiece's.
 TEST(SentencePieceLoadTest, TruncatedFilesAreRefusedOrLoadLikeLibSentencePiece) {
-  const std::string base = ReadBytes(WanTinyModel());
+  const std::string base = testing::ReadFileBytes(WanTinyModel());
   ASSERT_GT(base.size(), 1000u);
   std::vector<size_t> cuts;
   for (size_t n = 0; n < 400; n += 3) cuts.push_back(n);
@@ -620,12 +600,12 @@ TEST(SentencePieceLoadTest, TruncatedFilesAreRefusedOrLoadLikeLibSentencePiece) 
     cuts.push_back(pos);
   }
   cuts.push_back(base.size() - 1);
-  const std::string dir = TempDir();
+  const std::string dir = testing::MakeTempDir("rainserve-spm");
   int loaded = 0;
   for (size_t n : cuts) {
     const std::string bytes = base.substr(0, n);
     auto ours = SentencePieceModel::Parse(bytes, "cut.model");
-    WriteBytes(dir + "/cut.model", bytes);
+    testing::WriteFileBytes(dir + "/cut.model", bytes);
     auto lib = LibSentencePiece::Load(dir + "/cut.model");
     ASSERT_EQ(ours.ok(), lib.ok())
         << "cut at " << n << ": " << ours.status().ToString() << " / " << lib.status().ToString();
@@ -647,7 +627,7 @@ TEST(SentencePieceLoadTest, TruncatedFilesAreRefusedOrLoadLikeLibSentencePiece) 
 // a Status or a model whose ids are in range, never a crash or an
 // out-of-bounds read (the sanitizer build runs this too).
 TEST(SentencePieceLoadTest, CorruptedFilesNeverCrash) {
-  const std::string base = ReadBytes(WanTinyModel());
+  const std::string base = testing::ReadFileBytes(WanTinyModel());
   ASSERT_FALSE(base.empty());
   const std::vector<std::string> texts = HandPickedTexts();
   std::mt19937 rng(7);

@@ -19,32 +19,16 @@
 #include <vector>
 
 #include "pipelines/sentencepiece_library.h"
+#include "tests/test_files.h"
 
 namespace rainserve {
 namespace {
 
-std::string SourceDir() {
-  const char* env = std::getenv("RAINSERVE_SOURCE_DIR");
-  return env != nullptr ? env : RAINSERVE_SOURCE_DIR_DEFAULT;
-}
-
-std::string TempDir() {
-  char tmpl[] = "/tmp/rainserve-tok-XXXXXX";
-  return mkdtemp(tmpl);
-}
-
-std::string ReadBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 class TokenizerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::string(TempDir());
-    const Status st = TrainSentencePieceModel(SourceDir() + "/tools/data/tiny_corpus.txt",
+    dir_ = new std::string(testing::MakeTempDir("rainserve-tok"));
+    const Status st = TrainSentencePieceModel(testing::SourceDir() + "/tools/data/tiny_corpus.txt",
                                               *dir_ + "/spiece", 400);
     ASSERT_TRUE(st.ok()) << st.ToString();
   }
@@ -199,17 +183,17 @@ TEST_F(TokenizerTest, BatchStacksTheRowsAsInt64Tensors) {
 }
 
 TEST_F(TokenizerTest, TrainingIsDeterministic) {
-  const std::string other = TempDir();
-  ASSERT_TRUE(TrainSentencePieceModel(SourceDir() + "/tools/data/tiny_corpus.txt", other + "/spiece", 400)
+  const std::string other = testing::MakeTempDir("rainserve-tok");
+  ASSERT_TRUE(TrainSentencePieceModel(testing::SourceDir() + "/tools/data/tiny_corpus.txt", other + "/spiece", 400)
                   .ok());
   // The .model embeds the output path; the pieces and scores must agree.
-  const std::string vocab = ReadBytes(*dir_ + "/spiece.vocab");
+  const std::string vocab = testing::ReadFileBytes(*dir_ + "/spiece.vocab");
   EXPECT_FALSE(vocab.empty());
-  EXPECT_EQ(ReadBytes(other + "/spiece.vocab"), vocab);
+  EXPECT_EQ(testing::ReadFileBytes(other + "/spiece.vocab"), vocab);
 }
 
 TEST(TokenizerWanTinyTest, PiecesAreLibSentencePieceIdsAndPromptsAreCleanedFirst) {
-  const std::string dir = SourceDir() + "/models/wan-tiny/tokenizer";
+  const std::string dir = testing::SourceDir() + "/models/wan-tiny/tokenizer";
   auto tok = UMT5Tokenizer::Load(dir);
   ASSERT_TRUE(tok.ok()) << tok.status().ToString();
   auto ref = LibSentencePiece::Load(dir + "/spiece.model");
@@ -233,7 +217,7 @@ TEST(TokenizerWanTinyTest, PiecesAreLibSentencePieceIdsAndPromptsAreCleanedFirst
 }
 
 TEST(TokenizerLoadTest, MissingOrInvalidModelNamesTheFile) {
-  const std::string dir = TempDir();
+  const std::string dir = testing::MakeTempDir("rainserve-tok");
   auto missing = UMT5Tokenizer::Load(dir);
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
@@ -247,7 +231,7 @@ TEST(TokenizerLoadTest, MissingOrInvalidModelNamesTheFile) {
 }
 
 TEST(TokenizerLoadTest, TrainingFromAMissingCorpusIsAnError) {
-  const std::string dir = TempDir();
+  const std::string dir = testing::MakeTempDir("rainserve-tok");
   const Status st = TrainSentencePieceModel(dir + "/no-such-corpus.txt", dir + "/spiece", 100);
   EXPECT_FALSE(st.ok());
   EXPECT_NE(st.message().find("no-such-corpus.txt"), std::string::npos);

@@ -15,6 +15,7 @@
 
 #include "pipelines/safetensors.h"
 #include "pipelines/tokenizer.h"
+#include "tests/test_files.h"
 
 namespace rainserve {
 namespace {
@@ -31,16 +32,6 @@ UMT5Config TinyConfig() {
   c.relative_attention_num_buckets = 8;
   c.relative_attention_max_distance = 16;
   return c;
-}
-
-std::string TempDir() {
-  char tmpl[] = "/tmp/rainserve-umt5-XXXXXX";
-  return mkdtemp(tmpl);
-}
-
-std::string SourceDir() {
-  const char* env = std::getenv("RAINSERVE_SOURCE_DIR");
-  return env != nullptr ? env : RAINSERVE_SOURCE_DIR_DEFAULT;
 }
 
 // Norm weights away from 1 so that a norm applied wrongly shows.
@@ -443,7 +434,7 @@ TEST(UMT5CheckpointTest, SaveLoadRoundTripGivesIdenticalOutputs) {
   auto want = model->Forward(ids, mask);
   ASSERT_TRUE(want.ok());
   for (const int64_t shard : {int64_t{1} << 30, int64_t{4096}}) {
-    const std::string dir = TempDir();
+    const std::string dir = testing::MakeTempDir("rainserve-umt5");
     ASSERT_TRUE(model->Save(dir, shard).ok());
     const bool sharded = shard < (int64_t{1} << 30);
     EXPECT_TRUE(std::ifstream(dir + (sharded ? "/model.safetensors.index.json" : "/model.safetensors")).good());
@@ -466,7 +457,7 @@ TEST(UMT5CheckpointTest, EmbeddingMayBeStoredUnderItsTiedAlias) {
   auto want = model->Forward(ids, mask);
   ASSERT_TRUE(want.ok());
 
-  const std::string alias_only = TempDir();
+  const std::string alias_only = testing::MakeTempDir("rainserve-umt5");
   ASSERT_TRUE(WriteFolder(alias_only, c,
                           Renamed(model->NamedParameters(), "shared.weight", "encoder.embed_tokens.weight"))
                   .ok());
@@ -476,7 +467,7 @@ TEST(UMT5CheckpointTest, EmbeddingMayBeStoredUnderItsTiedAlias) {
 
   auto both_params = model->NamedParameters();
   both_params.push_back({"encoder.embed_tokens.weight", both_params[0].second});
-  const std::string both = TempDir();
+  const std::string both = testing::MakeTempDir("rainserve-umt5");
   ASSERT_TRUE(WriteFolder(both, c, both_params).ok());
   auto b = UMT5Encoder::Load(both, at::kFloat, at::kCPU);
   ASSERT_TRUE(b.ok()) << b.status().ToString();
@@ -493,7 +484,7 @@ TEST(UMT5CheckpointTest, MissingMisShapedAndUnexpectedParametersAreListed) {
   for (const auto& kv : params) {
     if (kv.first != victim) without.push_back(kv);
   }
-  const std::string missing = TempDir();
+  const std::string missing = testing::MakeTempDir("rainserve-umt5");
   ASSERT_TRUE(WriteFolder(missing, c, without).ok());
   auto r1 = UMT5Encoder::Load(missing, at::kFloat, at::kCPU);
   ASSERT_FALSE(r1.ok());
@@ -506,7 +497,7 @@ TEST(UMT5CheckpointTest, MissingMisShapedAndUnexpectedParametersAreListed) {
     reshaped.push_back({kv.first, kv.first == victim ? at::zeros({4, 2}) : kv.second});
   }
   reshaped.push_back({"encoder.block.9.layer.0.SelfAttention.q.weight", at::zeros({2, 2})});
-  const std::string bad = TempDir();
+  const std::string bad = testing::MakeTempDir("rainserve-umt5");
   ASSERT_TRUE(WriteFolder(bad, c, reshaped).ok());
   auto r2 = UMT5Encoder::Load(bad, at::kFloat, at::kCPU);
   ASSERT_FALSE(r2.ok());
@@ -517,7 +508,7 @@ TEST(UMT5CheckpointTest, MissingMisShapedAndUnexpectedParametersAreListed) {
 
   // No embedding under either name.
   std::vector<std::pair<std::string, at::Tensor>> no_embedding(params.begin() + 1, params.end());
-  const std::string none = TempDir();
+  const std::string none = testing::MakeTempDir("rainserve-umt5");
   ASSERT_TRUE(WriteFolder(none, c, no_embedding).ok());
   auto r3 = UMT5Encoder::Load(none, at::kFloat, at::kCPU);
   ASSERT_FALSE(r3.ok());
@@ -526,7 +517,7 @@ TEST(UMT5CheckpointTest, MissingMisShapedAndUnexpectedParametersAreListed) {
       << r3.status().ToString();
 
   // A config problem names config.json.
-  const std::string no_config = TempDir();
+  const std::string no_config = testing::MakeTempDir("rainserve-umt5");
   auto r4 = UMT5Encoder::Load(no_config, at::kFloat, at::kCPU);
   ASSERT_FALSE(r4.ok());
   EXPECT_NE(r4.status().message().find("config.json"), std::string::npos);
@@ -534,7 +525,7 @@ TEST(UMT5CheckpointTest, MissingMisShapedAndUnexpectedParametersAreListed) {
 
 TEST(UMT5CheckpointTest, LoadsIntoAnotherDtype) {
   auto model = UMT5Encoder::Random(TinyConfig(), at::kFloat, at::kCPU, 61);
-  const std::string dir = TempDir();
+  const std::string dir = testing::MakeTempDir("rainserve-umt5");
   ASSERT_TRUE(model->Save(dir, int64_t{1} << 30).ok());
   auto bf16 = UMT5Encoder::Load(dir, at::kBFloat16, at::kCPU);
   ASSERT_TRUE(bf16.ok()) << bf16.status().ToString();
@@ -545,7 +536,7 @@ TEST(UMT5CheckpointTest, LoadsIntoAnotherDtype) {
 // ---- Wan prompt embeddings ----------------------------------------------------
 
 TEST(UMT5PromptTest, EncodePromptsZeroesEveryPositionPastThePrompt) {
-  auto tok = UMT5Tokenizer::Load(SourceDir() + "/models/wan-tiny/tokenizer");
+  auto tok = UMT5Tokenizer::Load(testing::SourceDir() + "/models/wan-tiny/tokenizer");
   ASSERT_TRUE(tok.ok()) << tok.status().ToString();
   UMT5Config c = TinyConfig();
   c.vocab_size = (*tok)->vocab_size();

@@ -9,19 +9,15 @@
 #include <string>
 
 #include "pipelines/registry.h"
+#include "tests/test_files.h"
 
 namespace rainserve {
 namespace {
 
-std::string SourceDir() {
-  const char* env = std::getenv("RAINSERVE_SOURCE_DIR");
-  return env != nullptr ? env : RAINSERVE_SOURCE_DIR_DEFAULT;
-}
-
 ModelEntry TinyEntry() {
   ModelEntry e;
   e.name = "wan-tiny";
-  e.path = SourceDir() + "/models/wan-tiny";
+  e.path = testing::SourceDir() + "/models/wan-tiny";
   e.device = "cpu";
   e.dtype = "fp32";
   e.threads = 2;
@@ -221,7 +217,7 @@ TEST_F(WanPipelineTest, InvalidRequestsNameTheField) {
 
 TEST(WanPipelineLoadTest, MissingFolderIsNotFoundAndUnknownDeviceIsRejected) {
   ModelEntry e = TinyEntry();
-  e.path = SourceDir() + "/models/no-such-model";
+  e.path = testing::SourceDir() + "/models/no-such-model";
   auto missing = LoadWanPipeline(e);
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);

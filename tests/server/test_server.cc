@@ -137,11 +137,6 @@ int RunServerToExit(const std::string& config_yaml, const std::string& extra_arg
   return (status != -1 && WIFEXITED(status)) ? WEXITSTATUS(status) : -1;
 }
 
-std::string SourceDir() {
-  const char* env = std::getenv("RAINSERVE_SOURCE_DIR");
-  return env != nullptr ? env : RAINSERVE_SOURCE_DIR_DEFAULT;
-}
-
 std::string HttpGet(int port, const std::string& path) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return "";

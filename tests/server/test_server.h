@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "tests/test_files.h"  // SourceDir(): models/wan-tiny, configs/
+
 namespace rainserve::testing {
 
 class ServerProcess {
@@ -45,10 +47,6 @@ class ServerProcess {
 // and collects stderr. For start-up failures.
 int RunServerToExit(const std::string& config_yaml, const std::string& extra_args,
                     std::string* stderr_text);
-
-// The source tree (models/wan-tiny, configs/): $RAINSERVE_SOURCE_DIR, which
-// ctest sets, else the folder the test was built from.
-std::string SourceDir();
 
 // Minimal HTTP/1.0 GET on 127.0.0.1:port; returns the whole response (headers
 // and body), or "" on connection failure.
