@@ -10,6 +10,18 @@
 
 namespace rainserve::config_json {
 
+// `text` parsed as a JSON object; INVALID_ARGUMENT naming `source` otherwise.
+inline StatusOr<nlohmann::json> ParseObject(const std::string& text, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidArgumentError(source + ": bad JSON: " + e.what());
+  }
+  if (!j.is_object()) return InvalidArgumentError(source + ": expected a JSON object");
+  return j;
+}
+
 inline Status KeyError(const std::string& source, const std::string& key, const std::string& what) {
   return InvalidArgumentError(source + ": " + key + ": " + what);
 }

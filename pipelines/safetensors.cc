@@ -301,6 +301,17 @@ Status WriteSafetensors(const std::string& path,
   return OkStatus();
 }
 
+Status WriteModelFolder(const std::string& dir, const std::string& config_json,
+                        const std::string& base,
+                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                        int64_t max_shard_bytes) {
+  ::mkdir(dir.c_str(), 0755);
+  std::ofstream cfg(dir + "/config.json");
+  cfg << config_json << "\n";
+  if (!cfg) return UnavailableError("cannot write " + dir + "/config.json");
+  return WriteCheckpoint(dir, base, tensors, max_shard_bytes);
+}
+
 Status WriteCheckpoint(const std::string& dir, const std::string& base,
                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        int64_t max_shard_bytes) {

@@ -83,6 +83,14 @@ Status WriteCheckpoint(const std::string& dir, const std::string& base,
                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                        int64_t max_shard_bytes);
 
+// A model folder as diffusers / transformers lay it out: <dir> (made if
+// missing), <dir>/config.json holding `config_json`, and the checkpoint
+// (WriteCheckpoint with `base`). UNAVAILABLE when config.json cannot be written.
+Status WriteModelFolder(const std::string& dir, const std::string& config_json,
+                        const std::string& base,
+                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                        int64_t max_shard_bytes);
+
 // "[2, 3, 4]".
 std::string ShapeText(const std::vector<int64_t>& shape);
 

@@ -1,9 +1,6 @@
 #include "pipelines/umt5.h"
 
-#include <sys/stat.h>
-
 #include <cmath>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -12,9 +9,10 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "common/config.h"
+#include "pipelines/json_config.h"
 #include "pipelines/safetensors.h"
 #include "pipelines/tokenizer.h"
-#include "pipelines/json_config.h"
+#include "pipelines/torch_status.h"
 
 namespace rainserve {
 namespace {
@@ -53,26 +51,10 @@ at::Tensor T5LayerNorm(const at::Tensor& x, const at::Tensor& weight, double eps
   return weight * y;
 }
 
-std::string LibTorchErrorText(const c10::Error& e) { return e.what_without_backtrace(); }
-
-Status FromLibTorchError(const std::string& what, const c10::Error& e) {
-  const std::string text = LibTorchErrorText(e);
-  if (text.find("out of memory") != std::string::npos) {
-    return ResourceExhaustedError(what + ": " + text);
-  }
-  return InternalError(what + ": " + text);
-}
-
 }  // namespace
 
 StatusOr<UMT5Config> ParseUMT5Config(const std::string& json_text, const std::string& source) {
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::exception& e) {
-    return InvalidArgumentError(source + ": bad JSON: " + e.what());
-  }
-  if (!j.is_object()) return InvalidArgumentError(source + ": expected a JSON object");
+  RAINSERVE_ASSIGN_OR_RETURN(json j, config_json::ParseObject(json_text, source));
   UMT5Config c;
   if (j.contains("model_type") && j["model_type"] != "umt5") {
     return UnimplementedError(source + ": model_type: only \"umt5\" is supported (T5 and mT5 share "
@@ -265,17 +247,13 @@ StatusOr<std::unique_ptr<UMT5Encoder>> UMT5Encoder::Load(const std::string& dir,
       model->params_.push_back({name, t});
     }
   } catch (const c10::Error& e) {
-    return FromLibTorchError(dir + ": loading the text encoder", e);
+    return TorchExceptionStatus(dir + ": loading the text encoder", e);
   }
   return model;
 }
 
 Status UMT5Encoder::Save(const std::string& dir, int64_t max_shard_bytes) const {
-  ::mkdir(dir.c_str(), 0755);
-  std::ofstream cfg(dir + "/config.json");
-  cfg << UMT5ConfigJson(config_) << "\n";
-  if (!cfg) return UnavailableError("cannot write " + dir + "/config.json");
-  return WriteCheckpoint(dir, "model", params_, max_shard_bytes);
+  return WriteModelFolder(dir, UMT5ConfigJson(config_), "model", params_, max_shard_bytes);
 }
 
 StatusOr<at::Tensor> UMT5Encoder::Forward(const at::Tensor& ids, const at::Tensor& mask) const {
@@ -295,7 +273,7 @@ StatusOr<at::Tensor> UMT5Encoder::Forward(const at::Tensor& ids, const at::Tenso
     }
     return ForwardImpl(ids, mask);
   } catch (const c10::Error& e) {
-    return FromLibTorchError("text encoder forward", e);
+    return TorchExceptionStatus("text encoder forward", e);
   }
 }
 
@@ -364,7 +342,7 @@ StatusOr<at::Tensor> EncodePrompts(const UMT5Tokenizer& tokenizer, const UMT5Enc
     const at::Tensor padded = (positions.unsqueeze(0) >= lengths.unsqueeze(1)).unsqueeze(-1);
     return hidden.masked_fill(padded, 0);
   } catch (const c10::Error& e) {
-    return FromLibTorchError("zeroing the prompt padding", e);
+    return TorchExceptionStatus("zeroing the prompt padding", e);
   }
 }
 

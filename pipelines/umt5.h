@@ -91,8 +91,9 @@ class UMT5Encoder {
   // ids: [B, L] integer token ids in [0, vocab_size); mask: [B, L] (nonzero =
   // attend; bool, integer or floating). Returns last_hidden_state
   // [B, L, d_model] in the model dtype on the model device. Bad inputs are
-  // INVALID_ARGUMENT; a LibTorch failure (e.g. out of memory) is INTERNAL
-  // or RESOURCE_EXHAUSTED. Const and stateless: any thread may call it.
+  // INVALID_ARGUMENT; a LibTorch failure is INTERNAL, running out of memory
+  // RESOURCE_EXHAUSTED (pipelines/torch_status.h). Const and stateless: any
+  // thread may call it.
   StatusOr<at::Tensor> Forward(const at::Tensor& ids, const at::Tensor& mask) const;
 
   const UMT5Config& config() const { return config_; }

@@ -16,13 +16,7 @@ using config_json::ReadInt;
 
 StatusOr<WanTransformerConfig> ParseWanTransformerConfig(const std::string& json_text,
                                                          const std::string& source) {
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::exception& e) {
-    return InvalidArgumentError(source + ": bad JSON: " + e.what());
-  }
-  if (!j.is_object()) return InvalidArgumentError(source + ": expected a JSON object");
+  RAINSERVE_ASSIGN_OR_RETURN(json j, config_json::ParseObject(json_text, source));
   WanTransformerConfig c;
   if (j.contains("_class_name") && j["_class_name"] != "WanTransformer3DModel") {
     return KeyError(source, "_class_name", "expected WanTransformer3DModel, got " + j["_class_name"].dump());

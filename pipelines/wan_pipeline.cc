@@ -35,6 +35,7 @@
 #include "common/logging.h"
 #include "pipelines/schedulers.h"
 #include "pipelines/tokenizer.h"
+#include "pipelines/torch_status.h"
 #include "pipelines/umt5.h"
 #include "pipelines/wan_transformer.h"
 #include "pipelines/wan_vae.h"
@@ -343,13 +344,7 @@ StatusOr<GenerationOutput> WanPipeline::Generate(const GenerationRequest& reques
   try {
     return Run(request, progress, cancel);
   } catch (const std::exception& e) {
-    const std::string what = e.what();
-    const std::string first_line = what.substr(0, what.find('\n'));
-    if (what.find("out of memory") != std::string::npos) {
-      return ResourceExhaustedError("model '" + description_.name + "' ran out of memory: " +
-                                    first_line);
-    }
-    return InternalError("model '" + description_.name + "' failed: " + first_line);
+    return TorchExceptionStatus("model '" + description_.name + "'", e);
   }
 }
 

@@ -2,11 +2,9 @@
 
 #include <chrono>
 #include <cmath>
-#include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
-#include <sys/stat.h>
 
 #include <torch/version.h>
 
@@ -179,11 +177,7 @@ StatusOr<std::unique_ptr<WanTransformer>> WanTransformer::Load(const std::string
 }
 
 Status WanTransformer::Save(const std::string& dir, int64_t max_shard_bytes) const {
-  ::mkdir(dir.c_str(), 0755);
-  std::ofstream cfg(dir + "/config.json");
-  cfg << WanTransformerConfigJson(config_) << "\n";
-  if (!cfg) return UnavailableError("cannot write " + dir + "/config.json");
-  return WriteCheckpoint(dir, "diffusion_pytorch_model", params_, max_shard_bytes);
+  return WriteModelFolder(dir, WanTransformerConfigJson(config_), "diffusion_pytorch_model", params_, max_shard_bytes);
 }
 
 StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at::Tensor& timestep,

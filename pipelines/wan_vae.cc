@@ -4,20 +4,19 @@
 #include "pipelines/wan_vae.h"
 
 #include <cmath>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-#include <sys/stat.h>
 
 #include <torch/version.h>
 
 #include "common/config.h"
-#include "pipelines/safetensors.h"
-#include "pipelines/wan_vae_layers.h"
 #include "pipelines/json_config.h"
+#include "pipelines/safetensors.h"
+#include "pipelines/torch_status.h"
+#include "pipelines/wan_vae_layers.h"
 
 namespace rainserve {
 
@@ -346,8 +345,6 @@ Status ReadNumbers(const json& j, const std::string& source, const char* key, st
   return OkStatus();
 }
 
-std::string TorchMessage(const c10::Error& e) { return e.what_without_backtrace(); }
-
 }  // namespace
 
 int64_t WanVAEConfig::temporal_scale() const {
@@ -371,13 +368,7 @@ const std::vector<double>& WanVAEDefaultLatentsStd() {
 }
 
 StatusOr<WanVAEConfig> ParseWanVAEConfig(const std::string& json_text, const std::string& source) {
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::exception& e) {
-    return InvalidArgumentError(source + ": bad JSON: " + e.what());
-  }
-  if (!j.is_object()) return InvalidArgumentError(source + ": expected a JSON object");
+  RAINSERVE_ASSIGN_OR_RETURN(json j, config_json::ParseObject(json_text, source));
   if (j.contains("_class_name") && j["_class_name"] != "AutoencoderKLWan") {
     return KeyError(source, "_class_name", "expected AutoencoderKLWan, got " + j["_class_name"].dump());
   }
@@ -571,17 +562,13 @@ StatusOr<std::unique_ptr<WanVAE>> WanVAE::Load(const std::string& dir, at::Scala
     }
     model->Bind();
   } catch (const c10::Error& e) {
-    return InternalError(dir + ": loading the VAE: " + TorchMessage(e));
+    return TorchExceptionStatus(dir + ": loading the VAE", e);
   }
   return model;
 }
 
 Status WanVAE::Save(const std::string& dir, int64_t max_shard_bytes) const {
-  ::mkdir(dir.c_str(), 0755);
-  std::ofstream cfg(dir + "/config.json");
-  cfg << WanVAEConfigJson(config_) << "\n";
-  if (!cfg) return UnavailableError("cannot write " + dir + "/config.json");
-  return WriteCheckpoint(dir, "diffusion_pytorch_model", params_, max_shard_bytes);
+  return WriteModelFolder(dir, WanVAEConfigJson(config_), "diffusion_pytorch_model", params_, max_shard_bytes);
 }
 
 int64_t WanVAE::FramesFor(int64_t latent_frames) const {
@@ -601,7 +588,7 @@ StatusOr<at::Tensor> WanVAE::Decode(const at::Tensor& latents, const Progress& p
   try {
     return DecodeImpl(latents, progress);
   } catch (const c10::Error& e) {
-    return InternalError("VAE decode: " + TorchMessage(e));
+    return TorchExceptionStatus("VAE decode", e);
   }
 }
 
@@ -641,7 +628,7 @@ StatusOr<at::Tensor> WanVAE::DecodeToFrames(const at::Tensor& latents, const Pro
     at::Tensor pixels = video.add_(1.0).mul_(127.5).round_().clamp_(0.0, 255.0).to(at::kByte);
     return pixels.permute({0, 2, 3, 4, 1}).to(at::kCPU).contiguous();
   } catch (const c10::Error& e) {
-    return InternalError("VAE decode: " + TorchMessage(e));
+    return TorchExceptionStatus("VAE decode", e);
   }
 }
 
@@ -659,7 +646,7 @@ StatusOr<at::Tensor> WanVAE::Encode(const at::Tensor& video, const Progress& pro
   try {
     return EncodeImpl(video, progress);
   } catch (const c10::Error& e) {
-    return InternalError("VAE encode: " + TorchMessage(e));
+    return TorchExceptionStatus("VAE encode", e);
   }
 }
 

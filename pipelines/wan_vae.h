@@ -105,8 +105,9 @@ class WanVAE {
   // latents: [B, z_dim, F, h, w], normalised as the transformer produces them.
   // Returns float32 video [B, 3, FramesFor(F), h * spatial_scale, w * spatial_scale]
   // in [-1, 1] on the model's device. Bad shapes are INVALID_ARGUMENT; a
-  // LibTorch failure (e.g. out of memory) is INTERNAL. Thread-safe: the
-  // model is read-only, caches live on the call's stack.
+  // LibTorch failure is INTERNAL, running out of memory RESOURCE_EXHAUSTED
+  // (pipelines/torch_status.h). Thread-safe: the model is read-only, caches
+  // live on the call's stack.
   StatusOr<at::Tensor> Decode(const at::Tensor& latents, const Progress& progress = {}) const;
   // The same, as uint8 frames [B, T, H, W, 3] on the CPU: round((x + 1) / 2 * 255).
   StatusOr<at::Tensor> DecodeToFrames(const at::Tensor& latents, const Progress& progress = {}) const;
