@@ -8,8 +8,9 @@
 //
 // Per op: median microseconds per call (CUDA events, after 3 warm-ups), the
 // bandwidth of the bytes the fused kernel has to move (16-bit activations in
-// and out: 4 bytes per element, 6 for the residual), and the per-block total
-// with each op counted as often as a block calls it.
+// and out: 4 bytes per element, 6 for the residual, 8 for a residual fused
+// with the norm after it), and the per-block total with each op counted as
+// often as a block calls it (the ATen baseline runs the same ops unfused).
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
 
@@ -104,18 +105,37 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "the fused kernels do not apply here (no CUDA LibTorch?)\n");
       return 1;
     }
+    // The sum of a residual-fused norm, ignoring its norm output.
+    auto norm_of = [](StatusOr<wan_ops::ResidualNorm> r) -> StatusOr<at::Tensor> {
+      if (!r.ok()) return r.status();
+      return r->norm;
+    };
+    // Per block: norm1 comes fused with the previous block's FFN residual
+    // (plain layer_norm_modulate runs once per forward), norm2 with the
+    // self-attention residual, norm3 with the plain cross-attention residual;
+    // the last block's FFN residual is a lone gated_residual.
     const std::vector<Op> ops = {
-        {"layer_norm_modulate", 2, 4.0,
+        {"layer_norm_modulate", 0, 4.0,
          [&](ElementwiseImpl i) { return wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], eps, i); }},
-        {"layer_norm_affine", 1, 4.0,
+        {"layer_norm_affine", 0, 4.0,
          [&](ElementwiseImpl i) { return wan_ops::AffineLayerNorm(x, norm_w, norm_b, eps, i); }},
+        {"residual_layer_norm_modulate", 2, 8.0,
+         [&](ElementwiseImpl i) {
+           return norm_of(
+               wan_ops::GatedResidualModulatedLayerNorm(x, y, mod[5], mod[1], mod[0], eps, i));
+         }},
+        {"residual_layer_norm_affine", 1, 8.0,
+         [&](ElementwiseImpl i) {
+           return norm_of(
+               wan_ops::GatedResidualAffineLayerNorm(x, y, mod[2], norm_w, norm_b, eps, i));
+         }},
         {"rms_norm_rope", 2, 4.0,
          [&](ElementwiseImpl i) {
            return wan_ops::RmsNormRope(x, qk_w, eps, s.heads, cos, sin, i);
          }},
         {"rms_norm", 1, 4.0,
          [&](ElementwiseImpl i) { return wan_ops::RmsNormRope(x, qk_w, eps, s.heads, {}, {}, i); }},
-        {"gated_residual", 2, 6.0,
+        {"gated_residual", 0, 6.0,
          [&](ElementwiseImpl i) { return wan_ops::GatedResidual(x, y, mod[2], i); }},
     };
     double block_fused = 0, block_aten = 0;
@@ -125,7 +145,7 @@ int main(int argc, char** argv) {
       const double gbps = op.bytes_per_elem * double(B * N * C) / (fused * 1e3);
       block_fused += op.per_block * fused;
       block_aten += op.per_block * aten;
-      std::printf("  %s %-20s aten %8.1f us  fused %7.1f us  x%.1f  %6.0f GB/s\n", s.name, op.name,
+      std::printf("  %s %-28s aten %8.1f us  fused %7.1f us  x%.1f  %6.0f GB/s\n", s.name, op.name,
                   aten, fused, aten / fused, gbps);
       rows.push_back({{"shape", s.name},
                       {"op", op.name},

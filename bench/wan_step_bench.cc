@@ -9,6 +9,15 @@
 // residuals as separate ATen ops (the pre-fusion baseline).
 //
 //   build-gpu/bench/wan_step_bench [--steps 5] [--out bench/results/wan_step_gpu.json]
+//                                  [--only MODE] [--profile 1]
+//
+// --only runs the named modes (comma-separated, e.g.
+// torch_sdpa_dense,rainserve_sparse_0.8_sink1); --profile 1
+// wraps one extra forward per mode in cudaProfilerStart/Stop, for a kernel-
+// by-kernel time list:
+//   ncu --profile-from-start off --clock-control none \
+//       --metrics gpu__time_duration.sum --csv build-gpu/bench/wan_step_bench \
+//       --steps 1 --only rainserve_sparse_0.8_sink1 --profile 1
 //
 // Reports seconds per step (median of timed steps after 2 warm-ups, CUDA
 // events), the share of step time in attention, mask prediction and
@@ -16,9 +25,11 @@
 // GPU memory of the forward.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <numeric>
 #include <cstdio>
 #include <fstream>
@@ -52,11 +63,14 @@ double MedianMs(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   int steps = 5;
-  std::string out_path;
+  std::string out_path, only;
+  bool profile = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--steps") steps = std::stoi(value);
     else if (flag == "--out") out_path = value;
+    else if (flag == "--only") only = value;
+    else if (flag == "--profile") profile = value == "1";
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   cudaDeviceProp prop{};
@@ -75,6 +89,9 @@ int main(int argc, char** argv) {
     const at::Tensor t = at::full({2}, 900.0, at::TensorOptions().device(cuda));
     double sdpa_ms = 0;
     for (const Mode& mode : modes) {
+      if (!only.empty() && ("," + only + ",").find("," + mode.name + ",") == std::string::npos) {
+        continue;
+      }
       WanForwardOptions o;
       o.engine = &engine;
       o.impl = mode.impl;
@@ -93,7 +110,7 @@ int main(int argc, char** argv) {
       for (int i = 0; i < 2; ++i) step(steps, nullptr);  // warm-up (sparse unless dense mode)
       cudaDeviceSynchronize();
       c10::cuda::CUDACachingAllocator::resetPeakStats(0);
-      std::vector<double> ms;
+      std::vector<double> ms, host_ms;
       WanForwardStats st;
       double realized = 0;
       int sparse_steps = 0;
@@ -102,7 +119,11 @@ int main(int argc, char** argv) {
         cudaEventCreate(&a);
         cudaEventCreate(&b);
         cudaEventRecord(a);
+        const auto host_start = std::chrono::steady_clock::now();
         step(i, &st);
+        host_ms.push_back(std::chrono::duration<double, std::milli>(
+                              std::chrono::steady_clock::now() - host_start)
+                              .count());
         cudaEventRecord(b);
         cudaEventSynchronize(b);
         float e = 0;
@@ -114,6 +135,13 @@ int main(int argc, char** argv) {
         }
         cudaEventDestroy(a);
         cudaEventDestroy(b);
+      }
+      if (profile) {
+        cudaDeviceSynchronize();
+        cudaProfilerStart();
+        step(steps, nullptr);
+        cudaDeviceSynchronize();
+        cudaProfilerStop();
       }
       const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
       const double peak_gb = static_cast<double>(stats.allocated_bytes[0].peak) / (1 << 30);
@@ -143,6 +171,9 @@ int main(int argc, char** argv) {
                           {"sparsity", mode.sparsity},
                           {"dense_warmup_fraction", mode.warmup_fraction},
                           {"s_per_step", median / 1000},
+                          // How long the host took to enqueue a step: near
+                          // s_per_step means the GPU waited on the host.
+                          {"host_s_per_step", MedianMs(host_ms) / 1000},
                           {"steps_timed", steps},
                           {"realized_sparsity", sparse_steps ? realized / sparse_steps : 0.0},
                           {"attention_share", ps.attention_seconds * 1000 / prof_ms},
@@ -151,8 +182,8 @@ int main(int argc, char** argv) {
                           {"peak_gpu_gb", peak_gb},
                           {"tokens", ps.tokens}};
       if (sdpa_ms > 0) r["speedup_vs_sdpa"] = sdpa_ms / median;
-      std::printf("  %-4s %-28s %.3f s/step  x%.2f  attn %.0f%% mask %.2f%% perm %.2f%%  real %.3f  peak %.1f GB\n",
-                  shape, mode.name.c_str(), median / 1000, sdpa_ms > 0 ? sdpa_ms / median : 1.0,
+      std::printf("  %-4s %-28s %.3f s/step (host %.3f)  x%.2f  attn %.0f%% mask %.2f%% perm %.2f%%  real %.3f  peak %.1f GB\n",
+                  shape, mode.name.c_str(), median / 1000, MedianMs(host_ms) / 1000, sdpa_ms > 0 ? sdpa_ms / median : 1.0,
                   r["attention_share"].get<double>() * 100, r["mask_share"].get<double>() * 100,
                   r["permute_share"].get<double>() * 100, r["realized_sparsity"].get<double>(), peak_gb);
       rows.push_back(r);

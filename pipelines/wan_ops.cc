@@ -113,7 +113,8 @@ void* StreamOf(const at::Tensor& x) {
   return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
 }
 
-// v: a per-batch fp32 vector with a unit channel stride (the caller keeps it alive).
+// v: a per-batch fp32 vector the kernels can read 16 bytes at a time (see
+// KernelReady; the caller keeps it alive).
 kernels::BatchVector KernelVector(const at::Tensor& v) {
   kernels::BatchVector k;
   k.data = v.data_ptr<float>();
@@ -121,20 +122,37 @@ kernels::BatchVector KernelVector(const at::Tensor& v) {
   return k;
 }
 
-at::Tensor UnitChannelStride(const at::Tensor& v) {
-  return v.stride(-1) == 1 ? v : v.contiguous();
+// v itself when its channels are contiguous, 16-byte aligned, with a batch
+// stride of whole 16-byte steps; otherwise a fresh contiguous copy.
+at::Tensor KernelReady(const at::Tensor& v) {
+  const bool batch_ok = v.dim() < 2 || v.size(0) == 1 || v.stride(0) % 4 == 0;
+  const bool ok = v.stride(-1) == 1 && batch_ok &&
+                  reinterpret_cast<uintptr_t>(v.data_ptr()) % 16 == 0;
+  return ok ? v : v.clone(at::MemoryFormat::Contiguous);
 }
 
-StatusOr<at::Tensor> FusedLayerNorm(const at::Tensor& x, const at::Tensor& scale,
-                                    const at::Tensor& shift, float scale_offset, double eps) {
+// LayerNorm of x, or of x + branch * gate when branch is defined (gate may
+// be undefined: x + branch); returns {sum, norm} (sum undefined without a
+// branch).
+StatusOr<ResidualNorm> FusedLayerNorm(const at::Tensor& x, const at::Tensor& branch,
+                                      const at::Tensor& gate, const at::Tensor& scale,
+                                      const at::Tensor& shift, float scale_offset, double eps) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor a = UnitChannelStride(scale), b = UnitChannelStride(shift);
-  at::Tensor y = at::empty(x.sizes(), x.options());
+  const at::Tensor a = KernelReady(scale), b = KernelReady(shift);
+  const at::Tensor g = gate.defined() ? KernelReady(gate) : at::Tensor();
+  ResidualNorm r;
+  r.norm = at::empty(x.sizes(), x.options());
   kernels::LayerNormParams p;
   p.x = x.data_ptr();
-  p.y = y.data_ptr();
+  p.y = r.norm.data_ptr();
   p.scale = KernelVector(a);
   p.shift = KernelVector(b);
+  if (branch.defined()) {
+    r.sum = at::empty(x.sizes(), x.options());
+    p.branch = branch.data_ptr();
+    p.sum = r.sum.data_ptr();
+    if (g.defined()) p.gate = KernelVector(g);
+  }
   p.scale_offset = scale_offset;
   p.eps = static_cast<float>(eps);
   p.batch = x.size(0);
@@ -142,7 +160,7 @@ StatusOr<at::Tensor> FusedLayerNorm(const at::Tensor& x, const at::Tensor& scale
   p.channels = x.size(2);
   p.dtype = KernelDType(x);
   RAINSERVE_RETURN_IF_ERROR(kernels::LaunchLayerNorm(p, StreamOf(x)));
-  return y;
+  return r;
 }
 
 StatusOr<at::Tensor> FusedRmsNormRope(const at::Tensor& x, const at::Tensor& weight, double eps,
@@ -150,7 +168,7 @@ StatusOr<at::Tensor> FusedRmsNormRope(const at::Tensor& x, const at::Tensor& wei
                                       const at::Tensor& sin) {
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t B = x.size(0), N = x.size(1), D = x.size(2) / heads;
-  const at::Tensor w = weight.to(at::kFloat).contiguous();
+  const at::Tensor w = KernelReady(weight.to(at::kFloat));
   at::Tensor y = at::empty({B, N, heads, D}, x.options());
   kernels::RmsNormRopeParams p;
   p.x = x.data_ptr();
@@ -171,7 +189,7 @@ StatusOr<at::Tensor> FusedRmsNormRope(const at::Tensor& x, const at::Tensor& wei
 StatusOr<at::Tensor> FusedGatedResidual(const at::Tensor& x, const at::Tensor& y,
                                         const at::Tensor& gate) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor g = UnitChannelStride(gate);
+  const at::Tensor g = KernelReady(gate);
   at::Tensor out = at::empty(x.sizes(), x.options());
   kernels::GatedResidualParams p;
   p.x = x.data_ptr();
@@ -200,37 +218,114 @@ bool FusedKernelsApply(const at::Tensor& x) {
 #endif
 }
 
+namespace {
+
+// The block's two LayerNorm flavours: DiT modulation LN(x) * (1 + scale) +
+// shift with [B, 1, C]-like vectors, and the affine LN(x) * weight + bias.
+enum class NormKind { kModulated, kAffine };
+
+Status CheckNormVectors(const char* op, NormKind kind, const at::Tensor& a, const at::Tensor& b,
+                        const at::Tensor& x) {
+  const bool affine = kind == NormKind::kAffine;
+  for (const auto& [name, v] :
+       {std::pair<const char*, const at::Tensor&>{affine ? "weight" : "scale", a},
+        {affine ? "bias" : "shift", b}}) {
+    RAINSERVE_RETURN_IF_ERROR(CheckBatchVector(op, name, v, x));
+    if (affine && v.dim() != 1) return Invalid(op, name, "must be [C], got " + ShapeOf(v));
+  }
+  return OkStatus();
+}
+
+// y, a residual branch: [B, N, C] like x, same dtype and device.
+Status CheckBranch(const char* op, const at::Tensor& x, const at::Tensor& y) {
+  RAINSERVE_RETURN_IF_ERROR(CheckActivations(op, "x", x));
+  RAINSERVE_RETURN_IF_ERROR(CheckActivations(op, "y", y));
+  if (y.sizes() != x.sizes()) {
+    return Invalid(op, "y", "must have x's shape " + ShapeOf(x) + ", got " + ShapeOf(y));
+  }
+  if (y.scalar_type() != x.scalar_type()) {
+    return Invalid(op, "y", "must have x's dtype " + std::string(c10::toString(x.scalar_type())) +
+                                ", got " + std::string(c10::toString(y.scalar_type())));
+  }
+  return CheckDevice(op, "y", y, x);
+}
+
+at::Tensor AtenLayerNorm(NormKind kind, const at::Tensor& x, const at::Tensor& a,
+                         const at::Tensor& b, double eps) {
+  if (kind == NormKind::kAffine) return Fp32LayerNorm(x, eps, a, b).to(x.scalar_type());
+  return (Fp32LayerNorm(x, eps) * (1 + Broadcastable(a)) + Broadcastable(b)).to(x.scalar_type());
+}
+
+// x + y * gate in fp32 stored in x's dtype; x + y (in x's dtype) without a gate.
+at::Tensor AtenResidual(const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate) {
+  if (!gate.defined()) return x + y;
+  return (x.to(at::kFloat) + y.to(at::kFloat) * Broadcastable(gate)).to(x.scalar_type());
+}
+
+float ScaleOffset(NormKind kind) { return kind == NormKind::kModulated ? 1.0f : 0.0f; }
+
+StatusOr<at::Tensor> PlainLayerNorm(const char* op, NormKind kind, const at::Tensor& x,
+                                    const at::Tensor& a, const at::Tensor& b, double eps,
+                                    ElementwiseImpl impl) {
+  RAINSERVE_RETURN_IF_ERROR(CheckActivations(op, "x", x));
+  RAINSERVE_RETURN_IF_ERROR(CheckNormVectors(op, kind, a, b, x));
+#if RAINSERVE_WITH_CUDA
+  if (impl == ElementwiseImpl::kFused && FusedKernelsApply(x)) {
+    RAINSERVE_ASSIGN_OR_RETURN(ResidualNorm r, FusedLayerNorm(x, {}, {}, a, b, ScaleOffset(kind), eps));
+    return r.norm;
+  }
+#endif
+  return AtenLayerNorm(kind, x, a, b, eps);
+}
+
+StatusOr<ResidualNorm> ResidualLayerNorm(const char* op, NormKind kind, const at::Tensor& x,
+                                         const at::Tensor& y, const at::Tensor& gate,
+                                         const at::Tensor& a, const at::Tensor& b, double eps,
+                                         ElementwiseImpl impl) {
+  RAINSERVE_RETURN_IF_ERROR(CheckBranch(op, x, y));
+  if (gate.defined()) RAINSERVE_RETURN_IF_ERROR(CheckBatchVector(op, "gate", gate, x));
+  RAINSERVE_RETURN_IF_ERROR(CheckNormVectors(op, kind, a, b, x));
+#if RAINSERVE_WITH_CUDA
+  if (impl == ElementwiseImpl::kFused && FusedKernelsApply(x) &&
+      kernels::SupportsRows(x.size(2), {y.data_ptr()})) {
+    return FusedLayerNorm(x, y, gate, a, b, ScaleOffset(kind), eps);
+  }
+#endif
+  ResidualNorm r;
+  r.sum = AtenResidual(x, y, gate);
+  r.norm = AtenLayerNorm(kind, r.sum, a, b, eps);
+  return r;
+}
+
+}  // namespace
+
 StatusOr<at::Tensor> ModulatedLayerNorm(const at::Tensor& x, const at::Tensor& scale,
                                         const at::Tensor& shift, double eps,
                                         ElementwiseImpl impl) {
-  constexpr const char* kOp = "ModulatedLayerNorm";
-  RAINSERVE_RETURN_IF_ERROR(CheckActivations(kOp, "x", x));
-  RAINSERVE_RETURN_IF_ERROR(CheckBatchVector(kOp, "scale", scale, x));
-  RAINSERVE_RETURN_IF_ERROR(CheckBatchVector(kOp, "shift", shift, x));
-#if RAINSERVE_WITH_CUDA
-  if (impl == ElementwiseImpl::kFused && FusedKernelsApply(x)) {
-    return FusedLayerNorm(x, scale, shift, /*scale_offset=*/1.0f, eps);
-  }
-#endif
-  return (Fp32LayerNorm(x, eps) * (1 + Broadcastable(scale)) + Broadcastable(shift))
-      .to(x.scalar_type());
+  return PlainLayerNorm("ModulatedLayerNorm", NormKind::kModulated, x, scale, shift, eps, impl);
 }
 
 StatusOr<at::Tensor> AffineLayerNorm(const at::Tensor& x, const at::Tensor& weight,
                                      const at::Tensor& bias, double eps, ElementwiseImpl impl) {
-  constexpr const char* kOp = "AffineLayerNorm";
-  RAINSERVE_RETURN_IF_ERROR(CheckActivations(kOp, "x", x));
-  for (const auto& [name, v] : {std::pair<const char*, const at::Tensor&>{"weight", weight},
-                                {"bias", bias}}) {
-    RAINSERVE_RETURN_IF_ERROR(CheckBatchVector(kOp, name, v, x));
-    if (v.dim() != 1) return Invalid(kOp, name, "must be [C], got " + ShapeOf(v));
-  }
-#if RAINSERVE_WITH_CUDA
-  if (impl == ElementwiseImpl::kFused && FusedKernelsApply(x)) {
-    return FusedLayerNorm(x, weight, bias, /*scale_offset=*/0.0f, eps);
-  }
-#endif
-  return Fp32LayerNorm(x, eps, weight, bias).to(x.scalar_type());
+  return PlainLayerNorm("AffineLayerNorm", NormKind::kAffine, x, weight, bias, eps, impl);
+}
+
+StatusOr<ResidualNorm> GatedResidualModulatedLayerNorm(const at::Tensor& x, const at::Tensor& y,
+                                                       const at::Tensor& gate,
+                                                       const at::Tensor& scale,
+                                                       const at::Tensor& shift, double eps,
+                                                       ElementwiseImpl impl) {
+  return ResidualLayerNorm("GatedResidualModulatedLayerNorm", NormKind::kModulated, x, y, gate,
+                           scale, shift, eps, impl);
+}
+
+StatusOr<ResidualNorm> GatedResidualAffineLayerNorm(const at::Tensor& x, const at::Tensor& y,
+                                                    const at::Tensor& gate,
+                                                    const at::Tensor& weight,
+                                                    const at::Tensor& bias, double eps,
+                                                    ElementwiseImpl impl) {
+  return ResidualLayerNorm("GatedResidualAffineLayerNorm", NormKind::kAffine, x, y, gate, weight,
+                           bias, eps, impl);
 }
 
 StatusOr<at::Tensor> RmsNormRope(const at::Tensor& x, const at::Tensor& weight, double eps,
@@ -283,16 +378,7 @@ StatusOr<at::Tensor> RmsNormRope(const at::Tensor& x, const at::Tensor& weight, 
 StatusOr<at::Tensor> GatedResidual(const at::Tensor& x, const at::Tensor& y,
                                    const at::Tensor& gate, ElementwiseImpl impl) {
   constexpr const char* kOp = "GatedResidual";
-  RAINSERVE_RETURN_IF_ERROR(CheckActivations(kOp, "x", x));
-  RAINSERVE_RETURN_IF_ERROR(CheckActivations(kOp, "y", y));
-  if (y.sizes() != x.sizes()) {
-    return Invalid(kOp, "y", "must have x's shape " + ShapeOf(x) + ", got " + ShapeOf(y));
-  }
-  if (y.scalar_type() != x.scalar_type()) {
-    return Invalid(kOp, "y", "must have x's dtype " + std::string(c10::toString(x.scalar_type())) +
-                                 ", got " + std::string(c10::toString(y.scalar_type())));
-  }
-  RAINSERVE_RETURN_IF_ERROR(CheckDevice(kOp, "y", y, x));
+  RAINSERVE_RETURN_IF_ERROR(CheckBranch(kOp, x, y));
   RAINSERVE_RETURN_IF_ERROR(CheckBatchVector(kOp, "gate", gate, x));
 #if RAINSERVE_WITH_CUDA
   if (impl == ElementwiseImpl::kFused && FusedKernelsApply(x) &&
@@ -300,7 +386,7 @@ StatusOr<at::Tensor> GatedResidual(const at::Tensor& x, const at::Tensor& y,
     return FusedGatedResidual(x, y, gate);
   }
 #endif
-  return (x.to(at::kFloat) + y.to(at::kFloat) * Broadcastable(gate)).to(x.scalar_type());
+  return AtenResidual(x, y, gate);
 }
 
 }  // namespace rainserve::wan_ops

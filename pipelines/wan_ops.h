@@ -4,7 +4,8 @@
 // are the reference and the CPU path (numerics unchanged from the original
 // WanTransformer code). WanTransformer::Forward calls these for every
 // LayerNorm (with modulation or affine), every q/k RMSNorm (+ RoPE) and every
-// gated residual; docs/wan.md, "Fused element-wise ops", has the numbers.
+// gated residual (the residuals that a LayerNorm reads next are fused with
+// it); docs/wan.md, "Fused element-wise ops", has the numbers.
 //
 // Dispatch: CUDA bf16/fp16 activations whose rows the kernels take
 // (FusedKernelsApply) run fused unless ElementwiseImpl::kAten is asked for;
@@ -64,6 +65,21 @@ StatusOr<at::Tensor> RmsNormRope(const at::Tensor& x, const at::Tensor& weight, 
 StatusOr<at::Tensor> GatedResidual(const at::Tensor& x, const at::Tensor& y,
                                    const at::Tensor& gate,
                                    ElementwiseImpl impl = ElementwiseImpl::kFused);
+
+// A residual update and the LayerNorm that reads it next, as one op: the
+// fused kernel reads x and y once instead of writing the sum and reading it
+// back. Results equal GatedResidual(x, y, gate) followed by the LayerNorm of
+// that (rounded) sum; an undefined gate means the plain residual x + y.
+struct ResidualNorm {
+  at::Tensor sum;   // x + y * gate, x's dtype: the updated residual stream
+  at::Tensor norm;  // the LayerNorm of sum, x's dtype
+};
+StatusOr<ResidualNorm> GatedResidualModulatedLayerNorm(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& scale,
+    const at::Tensor& shift, double eps, ElementwiseImpl impl = ElementwiseImpl::kFused);
+StatusOr<ResidualNorm> GatedResidualAffineLayerNorm(
+    const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& weight,
+    const at::Tensor& bias, double eps, ElementwiseImpl impl = ElementwiseImpl::kFused);
 
 }  // namespace wan_ops
 }  // namespace rainserve

@@ -5,6 +5,8 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include <torch/version.h>
 
@@ -46,10 +48,12 @@ at::Tensor TimestepEmbedding(const at::Tensor& t, int64_t dim) {
 
 // Per-token rotary angle tables [N, D/2] (cos, sin) for a F x H x W grid, in
 // raster order: pairs [t | h | w] with t getting D/2 - 2 (D/6) pairs.
+// Computed in fp64 on the model's device: on the host they took the GPU's
+// place at the start of every forward (2 x 2M cos/sin at W1).
 std::pair<at::Tensor, at::Tensor> RopeTables(int64_t head_dim, int64_t f, int64_t h, int64_t w,
                                              const at::Device& device) {
   const int64_t dh = 2 * (head_dim / 6), dt = head_dim - 2 * dh;
-  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
   auto axis = [&](int64_t dim, int64_t len) {
     const at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, dim, 2, f64) / static_cast<double>(dim));
     return at::outer(at::arange(len, f64), inv);  // [len, dim/2]
@@ -58,7 +62,7 @@ std::pair<at::Tensor, at::Tensor> RopeTables(int64_t head_dim, int64_t f, int64_
   const at::Tensor ah = axis(dh, h).view({1, h, 1, -1}).expand({f, h, w, dh / 2});
   const at::Tensor aw = axis(dh, w).view({1, 1, w, -1}).expand({f, h, w, dh / 2});
   const at::Tensor angles = at::cat({at_, ah, aw}, -1).reshape({f * h * w, head_dim / 2});
-  return {at::cos(angles).to(at::kFloat).to(device), at::sin(angles).to(at::kFloat).to(device)};
+  return {at::cos(angles).to(at::kFloat), at::sin(angles).to(at::kFloat)};
 }
 
 }  // namespace
@@ -282,14 +286,21 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
   // so a GPU forward does not wait on the host in every layer.
   at::Tensor kept_sum;
   int64_t pairs_total = 0;
+  // Block i's modulation: shift, scale, gate, c_shift, c_scale, c_gate, each
+  // [B, 1, inner] fp32.
+  const at::Tensor tproj_f32 = tproj.to(at::kFloat);
+  auto block_mod = [&](int64_t i) {
+    return (P("blocks." + std::to_string(i) + ".scale_shift_table") + tproj_f32).chunk(6, 1);
+  };
+  std::vector<at::Tensor> mod = block_mod(0);
+  // h: the normed input of the next sublayer, [B, N, inner]. Each residual
+  // update is fused with the LayerNorm that follows it, across blocks too.
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor h,
+                             wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], c.eps, ew));
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string b = "blocks." + std::to_string(i) + ".";
-    // shift, scale, gate, c_shift, c_scale, c_gate: each [B, 1, inner] fp32.
-    const auto mod = (P(b + "scale_shift_table") + tproj.to(at::kFloat)).chunk(6, 1);
 
-    // 1. Self-attention. h: [B, N, inner]; q, k, v: [B, N, heads, hd].
-    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor h,
-                               wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], c.eps, ew));
+    // 1. Self-attention on h = norm1(x); q, k, v: [B, N, heads, hd].
     RAINSERVE_ASSIGN_OR_RETURN(
         at::Tensor q, wan_ops::RmsNormRope(Linear(h, b + "attn1.to_q"), P(b + "attn1.norm_q.weight"),
                                            c.eps, heads, rope_cos, rope_sin, ew));
@@ -300,23 +311,27 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
     at::Tensor attn;
     sync();
     const auto attn_start = Clock::now();
-    double mask_before = st.mask_seconds;
+    double mask_seconds = 0;  // this layer's mask prediction (GPU time when synchronised)
+    // The block mask of this layer (or the step's shared one), timed apart.
+    auto predict = [&]() -> StatusOr<attention::TorchBlockMask> {
+      const auto start = Clock::now();
+      auto mask = attention::PredictBlockMask(*options.engine, q, k, plan, attn_cfg);
+      sync();
+      mask_seconds = Since(start);
+      return mask;
+    };
     if (rainfusion) {
       attention::AttentionResult r;
       if (options.mask_refresh == MaskRefresh::kPerStep) {
         if (!have_shared_mask) {
-          RAINSERVE_ASSIGN_OR_RETURN(shared_mask,
-                                     attention::PredictBlockMask(*options.engine, q, k, plan, attn_cfg));
+          RAINSERVE_ASSIGN_OR_RETURN(shared_mask, predict());
           have_shared_mask = true;
-          st.mask_seconds += shared_mask.mask_seconds;
         }
         RAINSERVE_ASSIGN_OR_RETURN(
             r, attention::BlockSparseAttention(*options.engine, q, k, v, plan, shared_mask, false));
         kept_sum = kept_sum.defined() ? kept_sum + shared_mask.kept_tensor : shared_mask.kept_tensor;
       } else {
-        RAINSERVE_ASSIGN_OR_RETURN(attention::TorchBlockMask mask,
-                                   attention::PredictBlockMask(*options.engine, q, k, plan, attn_cfg));
-        st.mask_seconds += mask.mask_seconds;
+        RAINSERVE_ASSIGN_OR_RETURN(attention::TorchBlockMask mask, predict());
         RAINSERVE_ASSIGN_OR_RETURN(
             r, attention::BlockSparseAttention(*options.engine, q, k, v, plan, mask, false));
         kept_sum = kept_sum.defined() ? kept_sum + mask.kept_tensor : mask.kept_tensor;
@@ -329,15 +344,20 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
     }
     sync();
     // Attention time includes the mask prediction of this layer; keep them apart.
-    st.attention_seconds += Since(attn_start) - (st.mask_seconds - mask_before);
+    st.mask_seconds += mask_seconds;
+    st.attention_seconds += Since(attn_start) - mask_seconds;
     attn = Linear(attn.reshape({B, N, inner}), b + "attn1.to_out.0");
-    RAINSERVE_ASSIGN_OR_RETURN(x, wan_ops::GatedResidual(x, attn, mod[2], ew));
 
-    // 2. Cross-attention to the text (always dense), no RoPE.
+    // 2. Cross-attention to the text (always dense), no RoPE, on norm2(x).
     if (c.cross_attn_norm) {
-      RAINSERVE_ASSIGN_OR_RETURN(h, wan_ops::AffineLayerNorm(x, P(b + "norm2.weight"),
-                                                             P(b + "norm2.bias"), c.eps, ew));
+      RAINSERVE_ASSIGN_OR_RETURN(
+          wan_ops::ResidualNorm r,
+          wan_ops::GatedResidualAffineLayerNorm(x, attn, mod[2], P(b + "norm2.weight"),
+                                                P(b + "norm2.bias"), c.eps, ew));
+      x = r.sum;
+      h = r.norm;
     } else {
+      RAINSERVE_ASSIGN_OR_RETURN(x, wan_ops::GatedResidual(x, attn, mod[2], ew));
       h = x;
     }
     const int64_t L = ctx.size(1);
@@ -349,12 +369,28 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
                                                        {}, {}, ew));
     v = Linear(ctx, b + "attn2.to_v").view({B, L, heads, hd});
     attn = Linear(TorchAttention(q, k, v).reshape({B, N, inner}), b + "attn2.to_out.0");
-    x = x + attn;
 
-    // 3. Feed-forward.
-    RAINSERVE_ASSIGN_OR_RETURN(h, wan_ops::ModulatedLayerNorm(x, mod[4], mod[3], c.eps, ew));
+    // 3. Feed-forward on norm3(x + attn) (a plain residual).
+    {
+      RAINSERVE_ASSIGN_OR_RETURN(
+          wan_ops::ResidualNorm r,
+          wan_ops::GatedResidualModulatedLayerNorm(x, attn, {}, mod[4], mod[3], c.eps, ew));
+      x = r.sum;
+      h = r.norm;
+    }
     const at::Tensor ff = Linear(LinearGeluTanh(h, b + "ffn.net.0.proj"), b + "ffn.net.2");
-    RAINSERVE_ASSIGN_OR_RETURN(x, wan_ops::GatedResidual(x, ff, mod[5], ew));
+    if (i + 1 < c.num_layers) {
+      // The next block's norm1 reads this residual.
+      std::vector<at::Tensor> next = block_mod(i + 1);
+      RAINSERVE_ASSIGN_OR_RETURN(
+          wan_ops::ResidualNorm r,
+          wan_ops::GatedResidualModulatedLayerNorm(x, ff, mod[5], next[1], next[0], c.eps, ew));
+      x = r.sum;
+      h = r.norm;
+      mod = std::move(next);
+    } else {
+      RAINSERVE_ASSIGN_OR_RETURN(x, wan_ops::GatedResidual(x, ff, mod[5], ew));
+    }
   }
   if (kept_sum.defined() && pairs_total > 0) {
     st.realized_sparsity = 1.0 - double(kept_sum.item<int64_t>()) / double(pairs_total);

@@ -1,14 +1,22 @@
 // Fused element-wise kernels of a DiT block (declared in fused_ops.h):
-// LayerNorm + modulation/affine, RMSNorm (+ RoPE), gated residual.
+// LayerNorm + modulation/affine (optionally after a gated residual), RMSNorm
+// (+ RoPE), gated residual.
 //
-// One layout serves all three. A CTA owns whole rows of one batch element
-// and walks them (grid-stride over tokens, kRowsPerStep rows per step, so
-// that two rows' loads are in flight together and share one block
-// reduction). Each thread owns kSlots 16-byte vectors (8 channels) of a row,
-// at vector indices threadIdx.x + k * blockDim.x, so consecutive threads read
-// consecutive 16 bytes. The fp32 per-batch vectors of a thread's channels
-// (modulation, weight, gate) are read once per CTA into registers. The grid
-// is one wave (occupancy x SMs), split over the batch.
+// The norms: a warp owns a whole row. A CTA of `warps` warps serves one batch
+// element (blockIdx.y); warp w walks the rows blockIdx.x * warps + w,
+// stepping by gridDim.x * warps. Lane l owns the 16-byte vectors (8
+// channels) l + 32 j of its row: it copies them into the warp's slot of
+// shared memory with cp.async (all of a row's loads in flight at once, no
+// registers held), then makes its passes (sum, variance, output) over its own
+// vectors there, so every reduction is a warp shuffle and nothing needs a
+// CTA barrier. (The first version gave a CTA one or two rows with block
+// reductions: two barriers per LayerNorm row kept it at 2.2 TB/s on an H200,
+// about half of what a copy reaches; keeping a row in registers instead made
+// ptxas hoist every load of wide rows and spill.) The fp32 per-channel
+// vectors (modulation, weights, gate) are re-read per row with 16-byte loads
+// that hit L1. The gated residual has no reduction: a flat loop over the
+// vectors of a batch element. Grids are one wave (occupancy x SMs), split
+// over the batch.
 #include "pipelines/cuda/fused_ops.h"
 
 #include <cuda_bf16.h>
@@ -16,18 +24,23 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <type_traits>
 
 namespace rainserve::pipelines::cuda {
 namespace {
 
-constexpr int kVec = 8;           // 16-bit elements per 16-byte vector
-constexpr int kMaxThreads = 512;  // per CTA; up to 2 vectors per thread
-// Two rows per step: 4 rows per step with one barrier per reduction was
-// slower on an H200 (LayerNorm at W1: 235 vs 182 us; fewer resident CTAs).
-constexpr int kRowsPerStep = 2;
-static_assert(kMaxChannels == 2 * kMaxThreads * kVec, "kMaxChannels is 2 vectors per thread");
+constexpr int kVec = 8;        // 16-bit elements per 16-byte vector
+constexpr int kMaxWarps = 8;   // rows in flight per CTA, one per warp
+// Shared memory a CTA of a norm kernel may stage rows in: 8 warps of 1536-
+// channel rows (Wan 1.3B) need 24 KB (48 KB with a residual); wider rows get
+// fewer warps per CTA.
+constexpr int kStageBytes = 64 * 1024;
+// Four CTAs per SM (64 registers a thread): without a bound ptxas picked 48
+// registers and spilt for one variant.
+constexpr int kMinNormCtas = 4;
+constexpr int kFlatThreads = 256;  // gated residual
 
 // bf16 / fp16 pairs <-> float2, one conversion instruction each way.
 template <typename T>
@@ -49,11 +62,10 @@ struct Packed<__half> {
   }
 };
 
-// 8 consecutive elements (16 bytes, aligned) widened to fp32.
+// One 16-byte vector of 8 16-bit elements, widened to fp32.
 template <typename T>
-__device__ __forceinline__ void LoadVec(const T* src, float (&v)[kVec]) {
+__device__ __forceinline__ void Widen(const uint4& raw, float (&v)[kVec]) {
   using P = Packed<T>;
-  const uint4 raw = *reinterpret_cast<const uint4*>(src);
   const auto* pairs = reinterpret_cast<const typename P::Pair*>(&raw);
 #pragma unroll
   for (int i = 0; i < kVec / 2; ++i) {
@@ -63,21 +75,23 @@ __device__ __forceinline__ void LoadVec(const T* src, float (&v)[kVec]) {
   }
 }
 
-// 8 fp32 values rounded to nearest even and stored as one 16-byte vector.
+// 8 fp32 values rounded to nearest even into one 16-byte vector.
 template <typename T>
-__device__ __forceinline__ void StoreVec(T* dst, const float (&v)[kVec]) {
+__device__ __forceinline__ uint4 Narrow(const float (&v)[kVec]) {
   using P = Packed<T>;
   uint4 raw;
   auto* pairs = reinterpret_cast<typename P::Pair*>(&raw);
 #pragma unroll
   for (int i = 0; i < kVec / 2; ++i) pairs[i] = P::FromFloats(v[2 * i], v[2 * i + 1]);
-  *reinterpret_cast<uint4*>(dst) = raw;
+  return raw;
 }
 
-// 8 fp32 values of a per-batch vector (no alignment needed: read once per CTA).
+// 8 fp32 values from 16-byte aligned memory that stays in cache.
 __device__ __forceinline__ void LoadFloats(const float* src, float (&v)[kVec]) {
-#pragma unroll
-  for (int i = 0; i < kVec; ++i) v[i] = src[i];
+  const float4 a = __ldg(reinterpret_cast<const float4*>(src));
+  const float4 b = __ldg(reinterpret_cast<const float4*>(src) + 1);
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+  v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
 }
 
 __device__ __forceinline__ float WarpSum(float v) {
@@ -86,207 +100,197 @@ __device__ __forceinline__ float WarpSum(float v) {
   return v;
 }
 
-// Sums each of the kRowsPerStep values over the CTA; every thread gets the
-// totals, added in the same order. red: shared [kRowsPerStep][32].
-__device__ __forceinline__ void BlockSum(float (&v)[kRowsPerStep], float (*red)[32]) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+// Batch b's row of a per-channel vector, or null for an absent one.
+__device__ __forceinline__ const float* BatchRow(const BatchVector& v, int64_t b) {
+  return v.data == nullptr ? nullptr : v.data + b * v.batch_stride;
+}
+
+// x + y * gate for one vector in fp32 (gate null: x + y), rounded to T.
+template <typename T>
+__device__ __forceinline__ uint4 AddGated(const uint4& x, const uint4& y, const float* gate) {
+  float a[kVec], b[kVec];
+  Widen<T>(x, a);
+  Widen<T>(y, b);
+  if (gate != nullptr) {
+    float g[kVec];
+    LoadFloats(gate, g);
 #pragma unroll
-  for (int r = 0; r < kRowsPerStep; ++r) v[r] = WarpSum(v[r]);
-  if (lane == 0) {
+    for (int i = 0; i < kVec; ++i) a[i] += b[i] * g[i];
+  } else {
 #pragma unroll
-    for (int r = 0; r < kRowsPerStep; ++r) red[r][warp] = v[r];
+    for (int i = 0; i < kVec; ++i) a[i] += b[i];
   }
-  __syncthreads();
-#pragma unroll
-  for (int r = 0; r < kRowsPerStep; ++r) {
+  return Narrow<T>(a);
+}
+
+// The rows of one batch element this warp owns, and the row vectors of this
+// lane: v = lane, lane + 32, ... < vecs.
+struct RowWalk {
+  int64_t tokens, channels;
+  int vecs, warp, lane, warps;
+
+  __device__ RowWalk(int64_t tokens_, int64_t channels_)
+      : tokens(tokens_),
+        channels(channels_),
+        vecs(static_cast<int>(channels_ / kVec)),
+        warp(static_cast<int>(threadIdx.x / 32)),
+        lane(static_cast<int>(threadIdx.x % 32)),
+        warps(static_cast<int>(blockDim.x / 32)) {}
+  __device__ int64_t First() const { return int64_t{blockIdx.x} * warps + warp; }
+  __device__ int64_t Step() const { return int64_t{gridDim.x} * warps; }
+  // This warp's slot for `rows` staged rows in the CTA's shared memory.
+  __device__ uint4* Slot(uint4* stage, int rows) const { return stage + warp * rows * vecs; }
+};
+
+// Starts copying this lane's vectors of `row` into `slot` (cp.async, 16 bytes
+// each); WaitStaged() waits for all of them. A lane only ever reads back the
+// vectors it copied itself, so no warp barrier is needed either way.
+template <typename T>
+__device__ __forceinline__ void StageRow(const RowWalk& w, uint4* slot, const T* row) {
+  const auto* src = reinterpret_cast<const uint4*>(row);
+  for (int v = w.lane; v < w.vecs; v += 32) {
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(slot + v));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src + v));
+  }
+}
+__device__ __forceinline__ void WaitStaged() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+template <typename T, bool kResidual>
+__global__ void __launch_bounds__(kMaxWarps * 32, kMinNormCtas) LayerNormKernel(const LayerNormParams p) {
+  extern __shared__ uint4 stage[];
+  const RowWalk w(p.tokens, p.channels);
+  const int64_t b = blockIdx.y, C = p.channels, batch_offset = b * p.tokens * C;
+  const T* x = static_cast<const T*>(p.x) + batch_offset;
+  T* y = static_cast<T*>(p.y) + batch_offset;
+  const float* scale = BatchRow(p.scale, b);
+  const float* shift = BatchRow(p.shift, b);
+  const float* gate = BatchRow(p.gate, b);
+  uint4* xs = w.Slot(stage, kResidual ? 2 : 1);  // the row (the residual sum)
+  uint4* bs = xs + w.vecs;                        // the branch row
+  const float inv_c = 1.0f / static_cast<float>(C);
+  for (int64_t n = w.First(); n < p.tokens; n += w.Step()) {
+    StageRow(w, xs, x + n * C);
+    if constexpr (kResidual) StageRow(w, bs, static_cast<const T*>(p.branch) + batch_offset + n * C);
+    WaitStaged();
+    if constexpr (kResidual) {
+      // s = x + branch * gate, rounded as the stream is stored, written out.
+      auto* sum = reinterpret_cast<uint4*>(static_cast<T*>(p.sum) + batch_offset + n * C);
+      for (int v = w.lane; v < w.vecs; v += 32) {
+        xs[v] = AddGated<T>(xs[v], bs[v], gate == nullptr ? nullptr : gate + v * kVec);
+        sum[v] = xs[v];
+      }
+    }
     float total = 0.0f;
-    for (int w = 0; w < warps; ++w) total += red[r][w];
-    v[r] = total;
-  }
-  __syncthreads();  // red is free for the next call
-}
-
-// The vector index of slot k of this thread.
-__device__ __forceinline__ int SlotVec(int k) { return threadIdx.x + k * blockDim.x; }
-
-template <typename T, int kSlots>
-__global__ void __launch_bounds__(kMaxThreads) LayerNormKernel(const LayerNormParams p) {
-  __shared__ float red[kRowsPerStep][32];
-  const int64_t C = p.channels, b = blockIdx.y;
-  const int vecs = static_cast<int>(C / kVec);
-  // scale, shift: this thread's channels of batch b, fp32.
-  float scale[kSlots][kVec], shift[kSlots][kVec];
+    for (int v = w.lane; v < w.vecs; v += 32) {
+      float a[kVec];
+      Widen<T>(xs[v], a);
 #pragma unroll
-  for (int k = 0; k < kSlots; ++k) {
-    const int v = SlotVec(k);
-    if (v >= vecs) continue;
-    LoadFloats(p.scale.data + b * p.scale.batch_stride + v * kVec, scale[k]);
-    LoadFloats(p.shift.data + b * p.shift.batch_stride + v * kVec, shift[k]);
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) scale[k][i] += p.scale_offset;
-  }
-  // x, y: [N, C] rows of batch b.
-  const T* x = static_cast<const T*>(p.x) + b * p.tokens * C;
-  T* y = static_cast<T*>(p.y) + b * p.tokens * C;
-  const float inv_c = 1.0f / static_cast<float>(C);
-  for (int64_t n0 = int64_t{blockIdx.x} * kRowsPerStep; n0 < p.tokens;
-       n0 += int64_t{gridDim.x} * kRowsPerStep) {
-    float val[kRowsPerStep][kSlots][kVec];
-    float sum[kRowsPerStep], m2[kRowsPerStep], mean[kRowsPerStep];
-#pragma unroll
-    for (int r = 0; r < kRowsPerStep; ++r) {
-      sum[r] = 0.0f;
-#pragma unroll
-      for (int k = 0; k < kSlots; ++k) {
-        const int v = SlotVec(k);
-        if (v >= vecs || n0 + r >= p.tokens) continue;
-        LoadVec(x + (n0 + r) * C + v * kVec, val[r][k]);
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) sum[r] += val[r][k][i];
-      }
+      for (int i = 0; i < kVec; ++i) total += a[i];
     }
-    BlockSum(sum, red);
-    // Two-pass variance from the registers: no E[x^2] - mean^2 cancellation.
+    const float mean = WarpSum(total) * inv_c;
+    // Two-pass variance: no E[x^2] - mean^2 cancellation.
+    float m2 = 0.0f;
+    for (int v = w.lane; v < w.vecs; v += 32) {
+      float a[kVec];
+      Widen<T>(xs[v], a);
 #pragma unroll
-    for (int r = 0; r < kRowsPerStep; ++r) {
-      mean[r] = sum[r] * inv_c;
-      m2[r] = 0.0f;
-#pragma unroll
-      for (int k = 0; k < kSlots; ++k) {
-        if (SlotVec(k) >= vecs || n0 + r >= p.tokens) continue;
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) {
-          const float d = val[r][k][i] - mean[r];
-          m2[r] += d * d;
-        }
-      }
+      for (int i = 0; i < kVec; ++i) m2 += (a[i] - mean) * (a[i] - mean);
     }
-    BlockSum(m2, red);
+    const float rstd = rsqrtf(WarpSum(m2) * inv_c + p.eps);
+    auto* out = reinterpret_cast<uint4*>(y + n * C);
+    for (int v = w.lane; v < w.vecs; v += 32) {
+      float a[kVec], s[kVec], t[kVec];
+      Widen<T>(xs[v], a);
+      LoadFloats(scale + v * kVec, s);
+      LoadFloats(shift + v * kVec, t);
 #pragma unroll
-    for (int r = 0; r < kRowsPerStep; ++r) {
-      const float rstd = rsqrtf(m2[r] * inv_c + p.eps);
-#pragma unroll
-      for (int k = 0; k < kSlots; ++k) {
-        const int v = SlotVec(k);
-        if (v >= vecs || n0 + r >= p.tokens) continue;
-        float out[kVec];
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) {
-          out[i] = (val[r][k][i] - mean[r]) * rstd * scale[k][i] + shift[k][i];
-        }
-        StoreVec(y + (n0 + r) * C + v * kVec, out);
-      }
+      for (int i = 0; i < kVec; ++i) a[i] = (a[i] - mean) * rstd * (s[i] + p.scale_offset) + t[i];
+      out[v] = Narrow<T>(a);
     }
   }
 }
 
-template <typename T, int kSlots, bool kRope>
-__global__ void __launch_bounds__(kMaxThreads) RmsNormRopeKernel(const RmsNormRopeParams p) {
-  __shared__ float red[kRowsPerStep][32];
-  const int64_t D = p.head_dim, C = p.heads * D, half = D / 2, b = blockIdx.y;
-  const int vecs = static_cast<int>(C / kVec);
-  // weight: this thread's channels, fp32; pair: the RoPE pair index (< D/2)
-  // of each of its 4 interleaved pairs per vector (a vector may span heads).
-  float weight[kSlots][kVec];
-  int pair[kSlots][kVec / 2];
-#pragma unroll
-  for (int k = 0; k < kSlots; ++k) {
-    const int v = SlotVec(k);
-    if (v >= vecs) continue;
-    LoadFloats(p.weight + v * kVec, weight[k]);
-#pragma unroll
-    for (int j = 0; j < kVec / 2; ++j) pair[k][j] = static_cast<int>(((v * kVec + 2 * j) % D) / 2);
-  }
-  // x, y: [N, C] rows of batch b.
-  const T* x = static_cast<const T*>(p.x) + b * p.tokens * C;
-  T* y = static_cast<T*>(p.y) + b * p.tokens * C;
+template <typename T, bool kRope>
+__global__ void __launch_bounds__(kMaxWarps * 32, kMinNormCtas) RmsNormRopeKernel(const RmsNormRopeParams p) {
+  extern __shared__ uint4 stage[];
+  const int64_t D = p.head_dim, half = D / 2, C = p.heads * D;
+  const RowWalk w(p.tokens, C);
+  const int64_t batch_offset = int64_t{blockIdx.y} * p.tokens * C;
+  const T* x = static_cast<const T*>(p.x) + batch_offset;
+  T* y = static_cast<T*>(p.y) + batch_offset;
+  uint4* xs = w.Slot(stage, 1);
   const float inv_c = 1.0f / static_cast<float>(C);
-  for (int64_t n0 = int64_t{blockIdx.x} * kRowsPerStep; n0 < p.tokens;
-       n0 += int64_t{gridDim.x} * kRowsPerStep) {
-    float val[kRowsPerStep][kSlots][kVec];
-    float ss[kRowsPerStep];
+  // With head_dim % 8 == 0 a vector's 4 pairs are consecutive angles of one
+  // head (16-byte loads of cos/sin); otherwise a vector may span two heads.
+  const bool vector_angles = kRope && D % kVec == 0 &&
+                             (reinterpret_cast<uintptr_t>(p.cos) |
+                              reinterpret_cast<uintptr_t>(p.sin)) % 16 == 0;
+  for (int64_t n = w.First(); n < p.tokens; n += w.Step()) {
+    StageRow(w, xs, x + n * C);
+    WaitStaged();
+    float ss = 0.0f;
+    for (int v = w.lane; v < w.vecs; v += 32) {
+      float a[kVec];
+      Widen<T>(xs[v], a);
 #pragma unroll
-    for (int r = 0; r < kRowsPerStep; ++r) {
-      ss[r] = 0.0f;
-#pragma unroll
-      for (int k = 0; k < kSlots; ++k) {
-        const int v = SlotVec(k);
-        if (v >= vecs || n0 + r >= p.tokens) continue;
-        LoadVec(x + (n0 + r) * C + v * kVec, val[r][k]);
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) ss[r] += val[r][k][i] * val[r][k][i];
-      }
+      for (int i = 0; i < kVec; ++i) ss += a[i] * a[i];
     }
-    BlockSum(ss, red);
+    const float rms = rsqrtf(WarpSum(ss) * inv_c + p.eps);
+    auto* out = reinterpret_cast<uint4*>(y + n * C);
+    for (int v = w.lane; v < w.vecs; v += 32) {
+      float a[kVec], wt[kVec];
+      Widen<T>(xs[v], a);
+      LoadFloats(p.weight + v * kVec, wt);
 #pragma unroll
-    for (int r = 0; r < kRowsPerStep; ++r) {
-      const int64_t n = n0 + r;
-      const float rms = rsqrtf(ss[r] * inv_c + p.eps);
-      // cos, sin: [D/2] fp32 of token n.
-      const float* cos = kRope ? p.cos + n * half : nullptr;
-      const float* sin = kRope ? p.sin + n * half : nullptr;
+      for (int i = 0; i < kVec; ++i) a[i] = a[i] * rms * wt[i];
+      if constexpr (kRope) {
+        // c, s: the angles of this vector's 4 pairs for token n.
+        float c[kVec / 2], s[kVec / 2];
+        const float* cos = p.cos + n * half;
+        const float* sin = p.sin + n * half;
+        if (vector_angles) {
+          const int64_t first = (int64_t{v} * kVec % D) / 2;
+          const float4 c4 = __ldg(reinterpret_cast<const float4*>(cos + first));
+          const float4 s4 = __ldg(reinterpret_cast<const float4*>(sin + first));
+          c[0] = c4.x, c[1] = c4.y, c[2] = c4.z, c[3] = c4.w;
+          s[0] = s4.x, s[1] = s4.y, s[2] = s4.z, s[3] = s4.w;
+        } else {
 #pragma unroll
-      for (int k = 0; k < kSlots; ++k) {
-        const int v = SlotVec(k);
-        if (v >= vecs || n >= p.tokens) continue;
-        float out[kVec];
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) out[i] = val[r][k][i] * rms * weight[k][i];
-        if (kRope) {
-#pragma unroll
-          for (int j = 0; j < kVec / 2; ++j) {
-            const float c = __ldg(cos + pair[k][j]), s = __ldg(sin + pair[k][j]);
-            const float x1 = out[2 * j], x2 = out[2 * j + 1];
-            out[2 * j] = x1 * c - x2 * s;
-            out[2 * j + 1] = x1 * s + x2 * c;
+          for (int k = 0; k < kVec / 2; ++k) {
+            const int64_t pair = ((int64_t{v} * kVec + 2 * k) % D) / 2;
+            c[k] = __ldg(cos + pair);
+            s[k] = __ldg(sin + pair);
           }
         }
-        StoreVec(y + n * C + v * kVec, out);
+#pragma unroll
+        for (int k = 0; k < kVec / 2; ++k) {
+          const float x1 = a[2 * k], x2 = a[2 * k + 1];
+          a[2 * k] = x1 * c[k] - x2 * s[k];
+          a[2 * k + 1] = x1 * s[k] + x2 * c[k];
+        }
       }
+      out[v] = Narrow<T>(a);
     }
   }
 }
 
-template <typename T, int kSlots>
-__global__ void __launch_bounds__(kMaxThreads) GatedResidualKernel(const GatedResidualParams p) {
-  const int64_t C = p.channels, b = blockIdx.y;
-  const int vecs = static_cast<int>(C / kVec);
-  // gate: this thread's channels of batch b, fp32.
-  float gate[kSlots][kVec];
-#pragma unroll
-  for (int k = 0; k < kSlots; ++k) {
-    const int v = SlotVec(k);
-    if (v < vecs) LoadFloats(p.gate.data + b * p.gate.batch_stride + v * kVec, gate[k]);
-  }
-  // x, y, out: [N, C] rows of batch b.
-  const T* x = static_cast<const T*>(p.x) + b * p.tokens * C;
-  const T* y = static_cast<const T*>(p.y) + b * p.tokens * C;
-  T* out = static_cast<T*>(p.out) + b * p.tokens * C;
-  for (int64_t n0 = int64_t{blockIdx.x} * kRowsPerStep; n0 < p.tokens;
-       n0 += int64_t{gridDim.x} * kRowsPerStep) {
-    float xv[kRowsPerStep][kSlots][kVec], yv[kRowsPerStep][kSlots][kVec];
-#pragma unroll
-    for (int r = 0; r < kRowsPerStep; ++r) {
-#pragma unroll
-      for (int k = 0; k < kSlots; ++k) {
-        const int v = SlotVec(k);
-        if (v >= vecs || n0 + r >= p.tokens) continue;
-        LoadVec(x + (n0 + r) * C + v * kVec, xv[r][k]);
-        LoadVec(y + (n0 + r) * C + v * kVec, yv[r][k]);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < kRowsPerStep; ++r) {
-#pragma unroll
-      for (int k = 0; k < kSlots; ++k) {
-        const int v = SlotVec(k);
-        if (v >= vecs || n0 + r >= p.tokens) continue;
-        float o[kVec];
-#pragma unroll
-        for (int i = 0; i < kVec; ++i) o[i] = xv[r][k][i] + yv[r][k][i] * gate[k][i];
-        StoreVec(out + (n0 + r) * C + v * kVec, o);
-      }
-    }
+// Flat over the vectors of batch element blockIdx.y; two per thread per
+// step so that four loads are in flight.
+template <typename T>
+__global__ void __launch_bounds__(kFlatThreads) GatedResidualKernel(const GatedResidualParams p) {
+  const int64_t b = blockIdx.y, vecs = p.channels / kVec, total = p.tokens * vecs;
+  const auto* x = reinterpret_cast<const uint4*>(static_cast<const T*>(p.x)) + b * total;
+  const auto* y = reinterpret_cast<const uint4*>(static_cast<const T*>(p.y)) + b * total;
+  auto* out = reinterpret_cast<uint4*>(static_cast<T*>(p.out)) + b * total;
+  const float* gate = BatchRow(p.gate, b);
+  const int64_t stride = int64_t{gridDim.x} * blockDim.x;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += 2 * stride) {
+    const int64_t j = i + stride;
+    const uint4 x0 = x[i], y0 = y[i];
+    uint4 x1{}, y1{};
+    if (j < total) x1 = x[j], y1 = y[j];
+    out[i] = AddGated<T>(x0, y0, gate + (i % vecs) * kVec);
+    if (j < total) out[j] = AddGated<T>(x1, y1, gate + (j % vecs) * kVec);
   }
 }
 
@@ -295,20 +299,7 @@ Status FromCuda(cudaError_t err, const char* what) {
   return InternalError(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-// Threads per CTA and vectors per thread for rows of `channels`.
-struct RowShape {
-  int slots = 1;
-  int threads = 32;
-};
-
-RowShape ShapeFor(int64_t channels) {
-  const int vecs = static_cast<int>(channels / kVec);
-  RowShape s;
-  s.slots = vecs > kMaxThreads ? 2 : 1;
-  const int per_slot = (vecs + s.slots - 1) / s.slots;
-  s.threads = (per_slot + 31) / 32 * 32;
-  return s;
-}
+bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // What every launcher checks before its dispatch.
 Status CheckRows(const char* op, int64_t batch, int64_t tokens, int64_t channels,
@@ -324,22 +315,32 @@ Status CheckRows(const char* op, int64_t batch, int64_t tokens, int64_t channels
   return OkStatus();
 }
 
+// A per-channel fp32 vector: present (unless optional), 16-byte loads.
+Status CheckVector(const char* op, const char* name, const BatchVector& v, bool optional) {
+  if (v.data == nullptr) {
+    return optional ? OkStatus()
+                    : InvalidArgumentError(std::string(op) + ": " + name + " is required");
+  }
+  if (!Aligned16(v.data) || v.batch_stride % 4 != 0) {
+    return InvalidArgumentError(std::string(op) + ": " + name +
+                                " must be 16-byte aligned with a batch stride that is a "
+                                "multiple of 4");
+  }
+  return OkStatus();
+}
+
 template <typename T>
 struct TypeTag {
   using Type = T;
 };
 
-// The one place where the runtime dtype and row width become template
-// arguments: calls launch(TypeTag<element>{}, integral_constant<slots>{}).
+// The one place where the runtime dtype becomes a template argument: calls
+// launch(TypeTag<element>{}).
 template <typename Launch>
-Status Dispatch(DType dtype, int slots, Launch&& launch) {
-  auto with_slots = [&](auto tag) -> Status {
-    if (slots == 1) return launch(tag, std::integral_constant<int, 1>{});
-    return launch(tag, std::integral_constant<int, 2>{});
-  };
+Status Dispatch(DType dtype, Launch&& launch) {
   switch (dtype) {
-    case DType::kBFloat16: return with_slots(TypeTag<__nv_bfloat16>{});
-    case DType::kFloat16: return with_slots(TypeTag<__half>{});
+    case DType::kBFloat16: return launch(TypeTag<__nv_bfloat16>{});
+    case DType::kFloat16: return launch(TypeTag<__half>{});
     default:
       return InvalidArgumentError(
           std::string("fused ops: dtype must be bfloat16 or float16, got ") +
@@ -347,40 +348,63 @@ Status Dispatch(DType dtype, int slots, Launch&& launch) {
   }
 }
 
-// Launches `kernel` over [batch, tokens] rows with one wave of CTAs: the
-// kernel's occupancy times the SM count, split over the batch, at most one
-// CTA per kRowsPerStep tokens.
+// One wave of CTAs of `threads` using `smem` bytes: the kernel's occupancy
+// times the SM count, split over the batch, at most `max_x` CTAs per batch
+// element.
 template <typename Params>
-Status LaunchRows(void (*kernel)(Params), const Params& p, int threads, int64_t batch,
-                  int64_t tokens, void* stream, const char* what) {
+Status LaunchWave(void (*kernel)(Params), const Params& p, int threads, size_t smem,
+                  int64_t batch, int64_t max_x, void* stream, const char* what) {
   int device = 0, sms = 0, per_sm = 0;
   RAINSERVE_RETURN_IF_ERROR(FromCuda(cudaGetDevice(&device), what));
   RAINSERVE_RETURN_IF_ERROR(
       FromCuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), what));
-  RAINSERVE_RETURN_IF_ERROR(
-      FromCuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0), what));
+  if (smem > 48 * 1024) {
+    RAINSERVE_RETURN_IF_ERROR(FromCuda(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem)),
+        what));
+  }
+  RAINSERVE_RETURN_IF_ERROR(FromCuda(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem), what));
   const int64_t wave = int64_t{sms} * std::max(per_sm, 1);
   const int64_t per_batch = std::max<int64_t>(1, (wave + batch - 1) / batch);
-  const int64_t row_steps = (tokens + kRowsPerStep - 1) / kRowsPerStep;
-  const dim3 grid(static_cast<unsigned>(std::min(per_batch, row_steps)),
+  const dim3 grid(static_cast<unsigned>(std::max<int64_t>(1, std::min(per_batch, max_x))),
                   static_cast<unsigned>(batch));
-  kernel<<<grid, threads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  kernel<<<grid, threads, smem, static_cast<cudaStream_t>(stream)>>>(p);
   return FromCuda(cudaGetLastError(), what);
+}
+
+// A norm kernel over [batch, tokens] rows of `channels`, `rows` of them
+// staged per warp: as many warps per CTA (up to kMaxWarps) as kStageBytes
+// holds, one CTA per that many tokens at most.
+template <typename Params>
+Status LaunchRows(void (*kernel)(Params), const Params& p, int64_t batch, int64_t tokens,
+                  int64_t channels, int rows, void* stream, const char* what) {
+  const size_t per_warp = static_cast<size_t>(rows * channels) * 2;
+  const int warps = static_cast<int>(
+      std::clamp<size_t>(kStageBytes / per_warp, 1, static_cast<size_t>(kMaxWarps)));
+  return LaunchWave(kernel, p, warps * 32, warps * per_warp, batch, (tokens + warps - 1) / warps,
+                    stream, what);
 }
 
 }  // namespace
 
 Status LaunchLayerNorm(const LayerNormParams& p, void* stream) {
-  RAINSERVE_RETURN_IF_ERROR(CheckRows("layer norm", p.batch, p.tokens, p.channels, {p.x, p.y}));
-  if (p.scale.data == nullptr || p.shift.data == nullptr) {
-    return InvalidArgumentError("layer norm: scale and shift are required");
-  }
+  const bool residual = p.branch != nullptr;
+  RAINSERVE_RETURN_IF_ERROR(
+      residual ? CheckRows("layer norm", p.batch, p.tokens, p.channels, {p.x, p.y, p.branch, p.sum})
+               : CheckRows("layer norm", p.batch, p.tokens, p.channels, {p.x, p.y}));
+  RAINSERVE_RETURN_IF_ERROR(CheckVector("layer norm", "scale", p.scale, false));
+  RAINSERVE_RETURN_IF_ERROR(CheckVector("layer norm", "shift", p.shift, false));
+  RAINSERVE_RETURN_IF_ERROR(CheckVector("layer norm", "gate", p.gate, true));
+  if (residual && p.sum == nullptr) return InvalidArgumentError("layer norm: a branch needs a sum");
   if (p.batch == 0 || p.tokens == 0) return OkStatus();
-  const RowShape shape = ShapeFor(p.channels);
-  return Dispatch(p.dtype, shape.slots, [&](auto tag, auto slots) {
+  return Dispatch(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::Type;
-    return LaunchRows(&LayerNormKernel<T, decltype(slots)::value>, p, shape.threads, p.batch,
-                      p.tokens, stream, "layer norm launch");
+    return residual ? LaunchRows(&LayerNormKernel<T, true>, p, p.batch, p.tokens, p.channels, 2,
+                                 stream, "residual + layer norm launch")
+                    : LaunchRows(&LayerNormKernel<T, false>, p, p.batch, p.tokens, p.channels, 1,
+                                 stream, "layer norm launch");
   });
 }
 
@@ -392,29 +416,28 @@ Status LaunchRmsNormRope(const RmsNormRopeParams& p, void* stream) {
     return InvalidArgumentError(
         "rms norm: heads > 0, an even head_dim, a weight, and both or neither of cos and sin");
   }
+  RAINSERVE_RETURN_IF_ERROR(CheckVector("rms norm", "weight", BatchVector{p.weight, 0}, false));
   if (p.batch == 0 || p.tokens == 0) return OkStatus();
-  const RowShape shape = ShapeFor(C);
-  return Dispatch(p.dtype, shape.slots, [&](auto tag, auto slots) {
+  return Dispatch(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::Type;
-    constexpr int kSlots = decltype(slots)::value;
-    return p.cos != nullptr
-               ? LaunchRows(&RmsNormRopeKernel<T, kSlots, true>, p, shape.threads, p.batch,
-                            p.tokens, stream, "rms norm + rope launch")
-               : LaunchRows(&RmsNormRopeKernel<T, kSlots, false>, p, shape.threads, p.batch,
-                            p.tokens, stream, "rms norm launch");
+    return p.cos != nullptr ? LaunchRows(&RmsNormRopeKernel<T, true>, p, p.batch, p.tokens, C, 1,
+                                         stream, "rms norm + rope launch")
+                            : LaunchRows(&RmsNormRopeKernel<T, false>, p, p.batch, p.tokens, C,
+                                         1, stream, "rms norm launch");
   });
 }
 
 Status LaunchGatedResidual(const GatedResidualParams& p, void* stream) {
   RAINSERVE_RETURN_IF_ERROR(
       CheckRows("gated residual", p.batch, p.tokens, p.channels, {p.x, p.y, p.out}));
-  if (p.gate.data == nullptr) return InvalidArgumentError("gated residual: gate is required");
+  RAINSERVE_RETURN_IF_ERROR(CheckVector("gated residual", "gate", p.gate, false));
   if (p.batch == 0 || p.tokens == 0) return OkStatus();
-  const RowShape shape = ShapeFor(p.channels);
-  return Dispatch(p.dtype, shape.slots, [&](auto tag, auto slots) {
+  const int64_t vecs = p.tokens * (p.channels / kVec);
+  return Dispatch(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::Type;
-    return LaunchRows(&GatedResidualKernel<T, decltype(slots)::value>, p, shape.threads, p.batch,
-                      p.tokens, stream, "gated residual launch");
+    return LaunchWave(&GatedResidualKernel<T>, p, kFlatThreads, 0, p.batch,
+                      (vecs + 2 * kFlatThreads - 1) / (2 * kFlatThreads), stream,
+                      "gated residual launch");
   });
 }
 

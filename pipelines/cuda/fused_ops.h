@@ -21,7 +21,7 @@ namespace rainserve::pipelines::cuda {
 
 using attention::DType;
 
-// Widest row the kernels take: 1024 16-byte vectors (two per thread at most).
+// Widest row the kernels take (16 KB of 16-bit elements).
 constexpr int64_t kMaxChannels = 8192;
 
 // True when rows of `channels` 16-bit elements at `pointers` fit the kernels:
@@ -35,20 +35,28 @@ inline bool SupportsRows(int64_t channels, std::initializer_list<const void*> po
 }
 
 // An fp32 vector per batch element: element c of batch b is
-// data[b * batch_stride + c]; batch_stride 0 broadcasts one [C] vector.
+// data[b * batch_stride + c]; batch_stride 0 broadcasts one [C] vector. The
+// kernels read it 16 bytes at a time: data 16-byte aligned, batch_stride a
+// multiple of 4 (launchers refuse anything else).
 struct BatchVector {
   const float* data = nullptr;
   int64_t batch_stride = 0;
 };
 
-// y = LayerNorm(x) * (scale_offset + scale) + shift over the channels, with
+// y = LayerNorm(s) * (scale_offset + scale) + shift over the channels, with
 // the biased variance and fp32 statistics. scale_offset is 1 for DiT
-// modulation (LN(x) * (1 + scale) + shift) and 0 for an affine LayerNorm.
+// modulation (LN(s) * (1 + scale) + shift) and 0 for an affine LayerNorm.
+// s is x, or, when `branch` is set, the residual sum x + branch * gate
+// (x + branch without a gate) rounded to x's dtype and also written to `sum`,
+// so a residual and the norm after it read the stream once.
 struct LayerNormParams {
   const void* x = nullptr;  // x: [B, N, C] bf16/fp16
   void* y = nullptr;        // y: [B, N, C], dtype of x (may alias x)
   BatchVector scale;        // scale: [B, C] or [C] fp32, required
   BatchVector shift;        // shift: [B, C] or [C] fp32, required
+  const void* branch = nullptr;  // branch: [B, N, C], dtype of x, or null
+  BatchVector gate;              // gate: [B, C] or [C] fp32, or null (1)
+  void* sum = nullptr;           // sum: [B, N, C], dtype of x; set with branch
   float scale_offset = 0.0f;
   float eps = 1e-6f;
   int64_t batch = 0, tokens = 0, channels = 0;

@@ -94,6 +94,7 @@ const Case kCases[] = {
     {2, 333, 1536, at::kBFloat16}, {2, 333, 1536, at::kHalf},  // Wan2.1-1.3B width
     {2, 77, 5120, at::kBFloat16},  {2, 77, 5120, at::kHalf},   // Wan2.1-14B: 2 vectors/thread
     {2, 1, 136, at::kBFloat16},    {1, 9, 136, at::kHalf},     // partial warp, one token
+    {1, 33, 8192, at::kBFloat16},  // the widest row: 2 warps per CTA with a residual
 };
 
 TEST_F(WanOpsCudaTest, ModulatedLayerNormMatchesFloat64) {
@@ -170,6 +171,49 @@ TEST_F(WanOpsCudaTest, GatedResidualMatchesFloat64) {
     ASSERT_TRUE(got.ok()) << got.status().ToString();
     ExpectWithinRounding(*got, Cpu64(in.x) + Cpu64(in.y) * Cpu64(gate), c.dtype, "gated residual");
   }
+}
+
+// A residual fused with the norm after it: the sum within rounding of the
+// exact sum, the norm within rounding of the exact norm of the stored sum.
+TEST_F(WanOpsCudaTest, ResidualLayerNormsMatchFloat64) {
+  const double eps = 1e-6;
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(Describe(c));
+    const Inputs in = MakeInputs(c, 7 + c.channels);
+    const auto mod = in.table.chunk(6, 1);
+    auto gated =
+        wan_ops::GatedResidualModulatedLayerNorm(in.x, in.y, mod[2], mod[1], mod[0], eps);
+    ASSERT_TRUE(gated.ok()) << gated.status().ToString();
+    ExpectWithinRounding(gated->sum, Cpu64(in.x) + Cpu64(in.y) * Cpu64(mod[2]), c.dtype,
+                         "gated residual sum");
+    ExpectWithinRounding(gated->norm,
+                         LayerNorm64(gated->sum, eps) * (1 + Cpu64(mod[1])) + Cpu64(mod[0]),
+                         c.dtype, "modulated layer norm of the sum");
+
+    const at::Tensor w = in.table[0][2] + 1, b = in.table[0][3];
+    auto plain = wan_ops::GatedResidualAffineLayerNorm(in.x, in.y, {}, w, b, eps);
+    ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+    ExpectWithinRounding(plain->sum, Cpu64(in.x) + Cpu64(in.y), c.dtype, "plain residual sum");
+    ExpectWithinRounding(plain->norm, LayerNorm64(plain->sum, eps) * Cpu64(w) + Cpu64(b), c.dtype,
+                         "affine layer norm of the sum");
+  }
+}
+
+// Per-channel vectors the kernels cannot read 16 bytes at a time (a view 4
+// bytes off alignment) are copied first: same result as an aligned copy.
+TEST_F(WanOpsCudaTest, MisalignedVectorsGiveTheSameResult) {
+  const Case c{2, 65, 1536, at::kBFloat16};
+  const Inputs in = MakeInputs(c, 8);
+  const at::Tensor wide = at::randn({c.batch, 1, c.channels + 1}, in.table.options());
+  const at::Tensor gate = wide.narrow(2, 1, c.channels);  // data 4 bytes past alignment
+  auto odd = wan_ops::GatedResidual(in.x, in.y, gate);
+  auto even = wan_ops::GatedResidual(in.x, in.y, gate.contiguous());
+  ASSERT_TRUE(odd.ok() && even.ok()) << odd.status().ToString();
+  EXPECT_TRUE(at::equal(*odd, *even));
+  auto odd_norm = wan_ops::ModulatedLayerNorm(in.x, gate, gate, 1e-6);
+  auto even_norm = wan_ops::ModulatedLayerNorm(in.x, gate.contiguous(), gate.contiguous(), 1e-6);
+  ASSERT_TRUE(odd_norm.ok() && even_norm.ok()) << odd_norm.status().ToString();
+  EXPECT_TRUE(at::equal(*odd_norm, *even_norm));
 }
 
 TEST_F(WanOpsCudaTest, RowsTheKernelsRefuseRunOnAten) {

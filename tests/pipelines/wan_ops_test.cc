@@ -102,6 +102,30 @@ TEST_P(WanOpsTest, PerBatchVectorShapesAgree) {
   EXPECT_FALSE(at::equal(*a, *c));
 }
 
+// The residual + LayerNorm ops are GatedResidual (or x + y without a gate)
+// followed by the LayerNorm of the rounded sum, and as accurate as each.
+TEST_P(WanOpsTest, ResidualLayerNormsAreTheResidualThenTheNorm) {
+  const auto mod = table_.chunk(6, 1);
+  auto gated = wan_ops::GatedResidualModulatedLayerNorm(x_, y_, mod[2], mod[1], mod[0], kEps);
+  ASSERT_TRUE(gated.ok()) << gated.status().ToString();
+  auto sum = wan_ops::GatedResidual(x_, y_, mod[2]);
+  ASSERT_TRUE(sum.ok());
+  EXPECT_TRUE(at::equal(gated->sum, *sum));
+  auto norm = wan_ops::ModulatedLayerNorm(*sum, mod[1], mod[0], kEps);
+  ASSERT_TRUE(norm.ok());
+  EXPECT_TRUE(at::equal(gated->norm, *norm));
+  EXPECT_LE(ErrorRatio(gated->sum, F64(x_) + F64(y_) * F64(mod[2])), 2.0);
+  EXPECT_LE(ErrorRatio(gated->norm, LayerNorm64(gated->sum) * (1 + F64(mod[1])) + F64(mod[0])),
+            2.0);
+
+  const at::Tensor w = table_[0][2], b = table_[1][3];
+  auto plain = wan_ops::GatedResidualAffineLayerNorm(x_, y_, {}, w, b, kEps);
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+  EXPECT_TRUE(at::equal(plain->sum, x_ + y_));
+  EXPECT_EQ(plain->norm.scalar_type(), GetParam());
+  EXPECT_LE(ErrorRatio(plain->norm, LayerNorm64(x_ + y_) * F64(w) + F64(b)), 2.0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, WanOpsTest, ::testing::Values(at::kFloat, at::kBFloat16));
 
 void ExpectInvalid(const StatusOr<at::Tensor>& r, const std::string& text) {
@@ -132,6 +156,19 @@ TEST(WanOpsErrorsTest, BadInputsNameTheTensor) {
   ExpectInvalid(wan_ops::GatedResidual(x, at::randn({2, 4, 16}), v), "y must have x's shape");
   ExpectInvalid(wan_ops::GatedResidual(x, y.to(at::kBFloat16), v), "y must have x's dtype");
   ExpectInvalid(wan_ops::GatedResidual(x, y, at::Tensor()), "gate is undefined");
+  auto residual_norm = [&](const at::Tensor& yy, const at::Tensor& gate, const at::Tensor& weight)
+      -> StatusOr<at::Tensor> {
+    auto r = wan_ops::GatedResidualAffineLayerNorm(x, yy, gate, weight, w, kEps);
+    if (!r.ok()) return r.status();
+    return r->norm;
+  };
+  ExpectInvalid(residual_norm(at::randn({2, 4, 16}), v, w), "y must have x's shape");
+  ExpectInvalid(residual_norm(y, at::randn({3, 16}), w), "gate must be [B, 1, C]");
+  ExpectInvalid(residual_norm(y, v, v), "weight must be [C]");
+  auto modulated = wan_ops::GatedResidualModulatedLayerNorm(x, y.to(at::kBFloat16), v, v, v, kEps);
+  ASSERT_FALSE(modulated.ok());
+  EXPECT_NE(modulated.status().message().find("GatedResidualModulatedLayerNorm: y must have x's dtype"),
+            std::string::npos) << modulated.status().ToString();
 }
 
 TEST(WanOpsErrorsTest, CpuTensorsNeverTakeTheFusedKernels) {
