@@ -26,10 +26,13 @@
 #include <vector>
 
 #include "attention/torch_adapter.h"
+#include "bench/cuda_timing.h"
 
 namespace {
 
 using namespace rainserve::attention;
+using rainserve::bench::TimeCuda;
+using rainserve::bench::Timing;
 
 struct Workload {
   const char* id;
@@ -38,32 +41,6 @@ struct Workload {
 const Workload kWorkloads[] = {{"W1", 21, 30, 52, 12, 128},
                                {"W2", 21, 45, 80, 40, 128},
                                {"W3", 1, 64, 64, 12, 128}};
-
-struct Timing {
-  double median_ms = 0, min_ms = 0, max_ms = 0;
-};
-
-Timing TimeCuda(int reps, const std::function<void()>& fn) {
-  for (int i = 0; i < 3; ++i) fn();
-  cudaDeviceSynchronize();
-  std::vector<double> ms;
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(start);
-    fn();
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float t = 0;
-    cudaEventElapsedTime(&t, start, stop);
-    ms.push_back(t);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::sort(ms.begin(), ms.end());
-  return {ms[ms.size() / 2], ms.front(), ms.back()};
-}
 
 at::Tensor Sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
 #if TORCH_VERSION_MAJOR >= 2

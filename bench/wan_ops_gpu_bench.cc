@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda_timing.h"
 #include "pipelines/wan_ops.h"
 
 namespace {
@@ -45,31 +46,14 @@ struct Op {
 
 // Median microseconds of `reps` calls, each timed with CUDA events.
 double MedianMicros(const Op& op, ElementwiseImpl impl, int reps) {
-  auto call = [&] {
-    auto r = op.run(impl);
-    if (!r.ok()) {
-      std::fprintf(stderr, "%s: %s\n", op.name, r.status().ToString().c_str());
-      std::exit(1);
-    }
-  };
-  for (int i = 0; i < 3; ++i) call();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  std::vector<double> us;
-  for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(a);
-    call();
-    cudaEventRecord(b);
-    cudaEventSynchronize(b);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    us.push_back(ms * 1000.0);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(us.begin(), us.end());
-  return us[us.size() / 2];
+  return rainserve::bench::TimeCuda(reps, [&] {
+           auto r = op.run(impl);
+           if (!r.ok()) {
+             std::fprintf(stderr, "%s: %s\n", op.name, r.status().ToString().c_str());
+             std::exit(1);
+           }
+         }).median_ms *
+         1000.0;
 }
 
 }  // namespace
@@ -111,9 +95,11 @@ int main(int argc, char** argv) {
       return r->norm;
     };
     // Per block: norm1 comes fused with the previous block's FFN residual
-    // (plain layer_norm_modulate runs once per forward), norm2 with the
-    // self-attention residual, norm3 with the plain cross-attention residual;
-    // the last block's FFN residual is a lone gated_residual.
+    // (plain layer_norm_modulate runs once per forward, for block 0), norm2
+    // with the self-attention residual, norm3 with the plain cross-attention
+    // residual, and the last block's FFN residual with norm_out. The plain
+    // affine norm and the lone gated residual serve models without
+    // cross_attn_norm only.
     const std::vector<Op> ops = {
         {"layer_norm_modulate", 0, 4.0,
          [&](ElementwiseImpl i) { return wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], eps, i); }},

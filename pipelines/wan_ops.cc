@@ -113,6 +113,15 @@ void* StreamOf(const at::Tensor& x) {
   return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
 }
 
+// The [B, N, C] row fields of a kernel's params, from the activations x.
+template <typename Params>
+void SetRows(Params& p, const at::Tensor& x) {
+  p.batch = x.size(0);
+  p.tokens = x.size(1);
+  p.channels = x.size(2);
+  p.dtype = KernelDType(x);
+}
+
 // v: a per-batch fp32 vector the kernels can read 16 bytes at a time (see
 // KernelReady; the caller keeps it alive).
 kernels::BatchVector KernelVector(const at::Tensor& v) {
@@ -155,10 +164,7 @@ StatusOr<ResidualNorm> FusedLayerNorm(const at::Tensor& x, const at::Tensor& bra
   }
   p.scale_offset = scale_offset;
   p.eps = static_cast<float>(eps);
-  p.batch = x.size(0);
-  p.tokens = x.size(1);
-  p.channels = x.size(2);
-  p.dtype = KernelDType(x);
+  SetRows(p, x);
   RAINSERVE_RETURN_IF_ERROR(kernels::LaunchLayerNorm(p, StreamOf(x)));
   return r;
 }
@@ -196,10 +202,7 @@ StatusOr<at::Tensor> FusedGatedResidual(const at::Tensor& x, const at::Tensor& y
   p.y = y.data_ptr();
   p.out = out.data_ptr();
   p.gate = KernelVector(g);
-  p.batch = x.size(0);
-  p.tokens = x.size(1);
-  p.channels = x.size(2);
-  p.dtype = KernelDType(x);
+  SetRows(p, x);
   RAINSERVE_RETURN_IF_ERROR(kernels::LaunchGatedResidual(p, StreamOf(x)));
   return out;
 }

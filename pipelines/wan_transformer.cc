@@ -293,8 +293,11 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
     return (P("blocks." + std::to_string(i) + ".scale_shift_table") + tproj_f32).chunk(6, 1);
   };
   std::vector<at::Tensor> mod = block_mod(0);
+  // Output modulation (norm_out): shift, scale from the table and temb; [B, 1, inner].
+  const auto out_mod = (P("scale_shift_table") + temb.to(at::kFloat).unsqueeze(1)).chunk(2, 1);
   // h: the normed input of the next sublayer, [B, N, inner]. Each residual
-  // update is fused with the LayerNorm that follows it, across blocks too.
+  // update is fused with the LayerNorm that follows it: across blocks, and
+  // the last block's with norm_out (token-wise, so before the unpermute).
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor h,
                              wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], c.eps, ew));
   for (int64_t i = 0; i < c.num_layers; ++i) {
@@ -379,18 +382,15 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
       h = r.norm;
     }
     const at::Tensor ff = Linear(LinearGeluTanh(h, b + "ffn.net.0.proj"), b + "ffn.net.2");
-    if (i + 1 < c.num_layers) {
-      // The next block's norm1 reads this residual.
-      std::vector<at::Tensor> next = block_mod(i + 1);
-      RAINSERVE_ASSIGN_OR_RETURN(
-          wan_ops::ResidualNorm r,
-          wan_ops::GatedResidualModulatedLayerNorm(x, ff, mod[5], next[1], next[0], c.eps, ew));
-      x = r.sum;
-      h = r.norm;
-      mod = std::move(next);
-    } else {
-      RAINSERVE_ASSIGN_OR_RETURN(x, wan_ops::GatedResidual(x, ff, mod[5], ew));
-    }
+    // The next block's norm1 reads this residual; after the last block, norm_out.
+    const bool last = i + 1 == c.num_layers;
+    std::vector<at::Tensor> next = last ? out_mod : block_mod(i + 1);
+    RAINSERVE_ASSIGN_OR_RETURN(
+        wan_ops::ResidualNorm r,
+        wan_ops::GatedResidualModulatedLayerNorm(x, ff, mod[5], next[1], next[0], c.eps, ew));
+    x = r.sum;
+    h = r.norm;
+    mod = std::move(next);
   }
   if (kept_sum.defined() && pairs_total > 0) {
     st.realized_sparsity = 1.0 - double(kept_sum.item<int64_t>()) / double(pairs_total);
@@ -399,15 +399,11 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
   if (rainfusion) {
     sync();
     const auto start = Clock::now();
-    RAINSERVE_ASSIGN_OR_RETURN(x, attention::UnpermuteTokens(*options.engine, x, plan, 1));
+    RAINSERVE_ASSIGN_OR_RETURN(h, attention::UnpermuteTokens(*options.engine, h, plan, 1));
     sync();
     st.permute_seconds += Since(start);
   }
-  // Output modulation: shift, scale from the table and temb; [B, 1, inner].
-  const auto out_mod = (P("scale_shift_table") + temb.to(at::kFloat).unsqueeze(1)).chunk(2, 1);
-  RAINSERVE_ASSIGN_OR_RETURN(x,
-                             wan_ops::ModulatedLayerNorm(x, out_mod[1], out_mod[0], c.eps, ew));
-  x = Linear(x, "proj_out");  // [B, N, out * pt * ph * pw]
+  x = Linear(h, "proj_out");  // [B, N, out * pt * ph * pw]
   // Unpatchify: [B, F, H, W, pt, ph, pw, C] -> [B, C, F*pt, H*ph, W*pw].
   x = x.reshape({B, F, H, W, ps[0], ps[1], ps[2], c.out_channels})
           .permute({0, 7, 1, 4, 2, 5, 3, 6})

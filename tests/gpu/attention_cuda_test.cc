@@ -17,6 +17,7 @@
 #include "attention/reference.h"
 #include "attention/testing/inputs.h"
 #include "attention/torch_adapter.h"
+#include "tests/gpu/cuda_device.h"
 
 namespace rainserve::attention {
 namespace {
@@ -31,10 +32,7 @@ at::Tensor Sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   return at::matmul(at::softmax(at::matmul(q, k.transpose(-1, -2)) * scale, -1), v);
 }
 
-bool HasCudaDevice() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
+using ::rainserve::testing::HasCudaDevice;
 
 class CudaAttentionTest : public ::testing::Test {
  protected:

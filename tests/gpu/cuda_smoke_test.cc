@@ -8,14 +8,12 @@
 #include <vector>
 
 #include "attention/cuda/smoke.h"
+#include "tests/gpu/cuda_device.h"
 
 namespace rainserve {
 namespace {
 
-bool HasCudaDevice() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
+using ::rainserve::testing::HasCudaDevice;
 
 TEST(GpuSmokeTest, SaxpyKernelComputesOnDevice) {
   if (!HasCudaDevice()) GTEST_SKIP() << "no CUDA device";

@@ -22,14 +22,12 @@
 #include "attention/engine.h"
 #include "pipelines/wan_ops.h"
 #include "pipelines/wan_transformer.h"
+#include "tests/gpu/cuda_device.h"
 
 namespace rainserve {
 namespace {
 
-bool HasCudaDevice() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
+using ::rainserve::testing::HasCudaDevice;
 
 class WanOpsCudaTest : public ::testing::Test {
  protected:
