@@ -95,6 +95,12 @@ int64_t BlockTable::num_forced() const {
   return n;
 }
 
+int64_t BlockTable::num_trailing_forced() const {
+  int64_t n = 0;
+  while (n < num_blocks() && forced[static_cast<size_t>(num_blocks() - 1 - n)]) ++n;
+  return n;
+}
+
 StatusOr<BlockTable> BuildBlockTable(const TokenLayout& layout, int64_t block_size) {
   RAINSERVE_RETURN_IF_ERROR(ValidateLayout(layout));
   if (block_size < 1 || block_size > 1024) {

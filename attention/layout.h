@@ -69,8 +69,9 @@ struct BlockTable {
 
   int64_t num_blocks() const { return static_cast<int64_t>(kinds.size()); }
   int64_t num_forced() const;
+  int64_t num_trailing_forced() const;  // forced blocks at the end of the table
   BlockTableView view() const {
-    return BlockTableView{num_blocks(), starts.data(), forced.data()};
+    return BlockTableView{num_blocks(), starts.data(), forced.data(), num_trailing_forced()};
   }
 };
 

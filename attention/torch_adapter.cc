@@ -107,6 +107,7 @@ struct PlanTables {
   at::Tensor forced;   // [nb] uint8
   at::Tensor gather;   // [N] int64
   at::Tensor scatter;  // [N] int64
+  int64_t trailing_forced = 0;
 };
 
 PlanTables TablesFor(const AttentionPlan& plan, const at::Device& device) {
@@ -118,7 +119,8 @@ PlanTables TablesFor(const AttentionPlan& plan, const at::Device& device) {
   PlanTables host{view(blocks.starts.data(), blocks.num_blocks() + 1, at::kInt),
                   view(blocks.forced.data(), blocks.num_blocks(), at::kByte),
                   view(perm.gather.data(), perm.size(), at::kLong),
-                  view(perm.scatter.data(), perm.size(), at::kLong)};
+                  view(perm.scatter.data(), perm.size(), at::kLong),
+                  blocks.num_trailing_forced()};
   if (device.is_cpu()) return host;
 
   static std::mutex mutex;
@@ -131,14 +133,15 @@ PlanTables TablesFor(const AttentionPlan& plan, const at::Device& device) {
     }
   }
   PlanTables dev{host.starts.to(device), host.forced.to(device), host.gather.to(device),
-                 host.scatter.to(device)};
+                 host.scatter.to(device), host.trailing_forced};
   cache.emplace_front(plan.id, device, dev);
   if (cache.size() > 16) cache.pop_back();
   return dev;
 }
 
 BlockTableView BlockView(const PlanTables& t) {
-  return BlockTableView{t.forced.numel(), t.starts.data_ptr<int32_t>(), t.forced.data_ptr<uint8_t>()};
+  return BlockTableView{t.forced.numel(), t.starts.data_ptr<int32_t>(), t.forced.data_ptr<uint8_t>(),
+                        t.trailing_forced};
 }
 
 StatusOr<at::Tensor> Reorder(AttentionEngine& engine, const at::Tensor& x,

@@ -46,6 +46,10 @@ struct BlockTableView {
   int64_t num_blocks = 0;
   const int32_t* starts = nullptr;  // [num_blocks + 1]
   const uint8_t* forced = nullptr;  // [num_blocks]; 1 = sink/text block, always kept
+  // How many of the last blocks are forced (a host-side count; the layout puts
+  // sink and text blocks last). Their query rows keep every key block, so a
+  // GPU backend starts them first.
+  int64_t trailing_forced = 0;
 };
 
 // Compact block mask, the format every backend reads (the same as

@@ -52,7 +52,8 @@ Status CudaBackend::Supports(const ForwardArgs& args, int64_t block_size) const 
     return UnimplementedError("cuda backend: block_size must be 128, got " +
                               std::to_string(block_size));
   }
-  if (q.tokens > INT_MAX / 2 || q.heads > 65535 || q.batch > 65535) {
+  if (q.tokens > INT_MAX / 2 || q.heads > 65535 || q.batch > 65535 ||
+      args.blocks.num_blocks * q.heads * q.batch > INT_MAX) {
     return UnimplementedError("cuda backend: problem too large for one launch");
   }
   if (args.blocks.num_blocks > cuda::kMaxMaskBlocks) {
@@ -114,6 +115,7 @@ Status CudaBackend::Forward(const ForwardArgs& args) {
   p.heads = static_cast<int>(args.q.heads);
   p.head_dim = static_cast<int>(args.q.head_dim);
   p.num_blocks = static_cast<int>(args.blocks.num_blocks);
+  p.heavy_rows = static_cast<int>(args.blocks.trailing_forced);
   p.block_starts = args.blocks.starts;
   p.mask_counts = args.mask.counts;
   p.mask_indices = args.mask.indices;

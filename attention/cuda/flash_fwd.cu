@@ -126,7 +126,8 @@ __global__ void __launch_bounds__(kThreads, 2) FlashForwardKernel(const FlashPar
   T* sK = sQ + kBlockM * D;
   T* sV = sK + 2 * kBlockN * D;
 
-  const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const FlashTile tile = TileOf(p);
+  const int qb = tile.qb, h = tile.h, b = tile.b;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;  // mma fragment row group and column pair
 
@@ -291,7 +292,8 @@ __global__ void __launch_bounds__(kThreads, 2) FlashForwardKernel(const FlashPar
   CpAsyncWait<0>();  // Q's group when there were no tiles
 
   // Normalise and store.
-  T* out = static_cast<T*>(p.out) + b * p.o_stride[0] + h * p.o_stride[2];
+  const FlashTile again = TileOf(p);  // recomputed, not kept live through the loop
+  T* out = static_cast<T*>(p.out) + again.b * p.o_stride[0] + again.h * p.o_stride[2];
   for (int r = 0; r < 2 * kMTiles; ++r) {
     l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
@@ -305,7 +307,7 @@ __global__ void __launch_bounds__(kThreads, 2) FlashForwardKernel(const FlashPar
           Mma<T>::Pack(o[mi][j][2 * half] * inv, o[mi][j][2 * half + 1] * inv);
     }
     if (p.lse != nullptr && t == 0) {
-      p.lse[(static_cast<int64_t>(b) * p.heads + h) * p.tokens + row] =
+      p.lse[(static_cast<int64_t>(again.b) * p.heads + again.h) * p.tokens + row] =
           (m[r] + log2f(l[r])) * 0.69314718055994531f;
     }
   }

@@ -2,9 +2,9 @@
 // producer warp and two consumer warpgroups, wgmma with the softmax of one key
 // tile overlapping the matrix products of its neighbours.
 //
-// One CTA = one (query block of <= 128 rows, head, batch element); grid x =
-// query block (fastest, last block first), so the query blocks of one head
-// run together and that head's K/V stay in L2. 384 threads, three warpgroups:
+// One CTA = one (query block of <= 128 rows, head, batch element), in the
+// order of TileOf (flash_launch.cuh): the rows that keep every key block
+// first, then head by head, so that a head's K/V stay in L2. 384 threads, three warpgroups:
 //   0, 1  consumers, 64 query rows each, 240 registers a thread (setmaxnreg)
 //   2     producer, 24 registers: one thread issues every TMA copy
 // The producer fills a ring of kStages (K, V) stages, each completing on its
@@ -258,10 +258,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto bar_v = [&](int s) { return SmemAddr(bars + 1 + kStages + s); };
   auto bar_empty = [&](int s) { return SmemAddr(bars + 1 + 2 * kStages + s); };
 
-  // Query blocks in reverse: the layout puts sink (and text) blocks last, and
-  // their rows keep every key block, so they start first instead of
-  // finishing last.
-  const int qb = p.num_blocks - 1 - static_cast<int>(blockIdx.x), h = blockIdx.y, b = blockIdx.z;
+  // Sink and text rows (every key block) first, over all heads (TileOf).
+  const FlashTile tile = TileOf(p);
+  const int qb = tile.qb, h = tile.h, b = tile.b;
   const int lane = threadIdx.x % 32;
   const int q_start = p.block_starts[qb], q_end = p.block_starts[qb + 1];
   const int64_t mask_row = (static_cast<int64_t>(b) * p.heads + h) * p.num_blocks + qb;
@@ -390,7 +389,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // Normalise and store rows g and g + 8 of this warp.
   const int warp_in_wg = (threadIdx.x % 128) / 32;
-  T* out = static_cast<T*>(p.out) + b * p.o_stride[0] + h * p.o_stride[2];
+  const FlashTile again = TileOf(p);  // recomputed, not kept live through the loop
+  T* out = static_cast<T*>(p.out) + again.b * p.o_stride[0] + again.h * p.o_stride[2];
   for (int r = 0; r < 2; ++r) {
     l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
@@ -403,7 +403,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           Pack<T>(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
     }
     if (p.lse != nullptr && t == 0) {
-      p.lse[(static_cast<int64_t>(b) * p.heads + h) * p.tokens + row] =
+      p.lse[(static_cast<int64_t>(again.b) * p.heads + again.h) * p.tokens + row] =
           m[r] * p.scale_log2 * 0.69314718055994531f + logf(l[r]);
     }
   }

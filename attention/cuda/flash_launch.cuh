@@ -36,6 +36,19 @@ Status DispatchFlash(const FlashParams& p, const char* name, Launch&& launch) {
                             " (supported: 64, 128)");
 }
 
+// This CTA's (query block, head, batch element): FlashTileOf its launch index.
+// The block index is read with volatile moves so that the compiler recomputes
+// the tile where a kernel asks for it again (a few integer instructions)
+// instead of keeping it live in registers through the main loop.
+__device__ __forceinline__ FlashTile TileOf(const FlashParams& p) {
+  unsigned x, y, z;
+  asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(x));
+  asm volatile("mov.u32 %0, %%ctaid.y;" : "=r"(y));
+  asm volatile("mov.u32 %0, %%ctaid.z;" : "=r"(z));
+  const int linear = static_cast<int>(x + gridDim.x * (y + gridDim.y * z));
+  return FlashTileOf(linear, p.num_blocks, p.heavy_rows, p.heads, p.batch);
+}
+
 // One CTA per (query block, head, batch element); `extra` follows the params.
 template <typename Kernel, typename... Extra>
 Status LaunchFlash(Kernel kernel, int threads, int smem_bytes, const FlashParams& p,

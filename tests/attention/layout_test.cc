@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "attention/config.h"
+#include "attention/cuda/kernels.h"
 
 namespace rainserve::attention {
 namespace {
@@ -151,6 +152,46 @@ TEST(BlockTableTest, SegmentsNeverShareABlockAndPartialBlocksAreKept) {
   EXPECT_EQ(table->kinds[4], BlockKind::kSink);
   EXPECT_EQ(table->kinds[7], BlockKind::kText);
   EXPECT_EQ(table->num_forced(), 4);
+  EXPECT_EQ(table->num_trailing_forced(), 4);
+  EXPECT_EQ(table->view().trailing_forced, 4);
+}
+
+TEST(BlockTableTest, TrailingForcedCountsOnlyTheForcedTail) {
+  BlockTable table;
+  table.kinds.assign(5, BlockKind::kVideo);
+  table.forced = {1, 0, 0, 1, 1};
+  EXPECT_EQ(table.num_forced(), 3);
+  EXPECT_EQ(table.num_trailing_forced(), 2);
+  table.forced = {1, 1, 1, 1, 1};
+  EXPECT_EQ(table.num_trailing_forced(), 5);
+  table.forced = {1, 1, 1, 1, 0};
+  EXPECT_EQ(table.num_trailing_forced(), 0);
+}
+
+// The flash kernels' CTA order: every (query block, head, batch) exactly
+// once, the heavy rows of every head before any other row, then head by head.
+TEST(FlashScheduleTest, HeavyRowsOfAllHeadsFirstAndEveryTileOnce) {
+  for (const auto& [nb, heavy, heads, batch] :
+       std::vector<std::tuple<int, int, int, int>>{
+           {257, 13, 12, 2}, {7, 0, 3, 2}, {5, 5, 2, 3}, {1, 1, 1, 1}, {9, 1, 1, 1}}) {
+    const int total = nb * heads * batch;
+    std::set<std::tuple<int, int, int>> seen;
+    int last_light_bh = -1;
+    for (int i = 0; i < total; ++i) {
+      const cuda::FlashTile t = cuda::FlashTileOf(i, nb, heavy, heads, batch);
+      ASSERT_TRUE(t.qb >= 0 && t.qb < nb && t.h >= 0 && t.h < heads && t.b >= 0 && t.b < batch)
+          << i;
+      EXPECT_TRUE(seen.emplace(t.qb, t.h, t.b).second) << "tile visited twice at " << i;
+      const bool heavy_row = t.qb >= nb - heavy;
+      EXPECT_EQ(heavy_row, i < heavy * heads * batch) << i;
+      if (!heavy_row) {
+        const int bh = t.b * heads + t.h;
+        EXPECT_GE(bh, last_light_bh) << "heads interleaved at " << i;
+        last_light_bh = bh;
+      }
+    }
+    EXPECT_EQ(static_cast<int>(seen.size()), total);
+  }
 }
 
 TEST(BlockTableTest, CanonicalW1ShapeHas257BlocksWith13Forced) {
