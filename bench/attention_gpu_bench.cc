@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "attention/torch_adapter.h"
+#include "bench/bench_util.h"
 #include "bench/cuda_timing.h"
 
 namespace {
@@ -95,13 +96,6 @@ std::vector<std::string> Split(const std::string& s) {
   return out;
 }
 
-std::string Today() {
-  const std::time_t now = std::time(nullptr);
-  char buf[16];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::gmtime(&now));
-  return buf;
-}
-
 template <typename T>
 T Must(rainserve::StatusOr<T> v) {
   if (!v.ok()) {
@@ -125,8 +119,7 @@ int main(int argc, char** argv) {
     else if (flag == "--inputs") inputs = value;
     else { std::fprintf(stderr, "unknown flag %s\n", flag.c_str()); return 2; }
   }
-  std::string command = "build-gpu/bench/attention_gpu_bench";
-  for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
+  const std::string command = rainserve::bench::CommandLine("build-gpu/bench/attention_gpu_bench", argc, argv);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
 
   cudaDeviceProp prop{};
@@ -289,7 +282,7 @@ int main(int argc, char** argv) {
   }
   nlohmann::json result;
   result["benchmark"] = "attention_gpu";
-  result["date"] = Today();
+  result["date"] = rainserve::bench::Today();
   result["machine"] = prop.name;
   result["command"] = command;
   result["kernel"] = engine.cuda() ? engine.cuda()->Name() : "none";

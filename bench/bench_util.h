@@ -24,6 +24,13 @@ inline std::string Today() {
   return buf;
 }
 
+// The command that made a result file: `program` and the arguments as given.
+inline std::string CommandLine(const std::string& program, int argc, char** argv) {
+  std::string command = program;
+  for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
+  return command;
+}
+
 inline std::string CpuModel() {
   std::ifstream in("/proc/cpuinfo");
   for (std::string line; std::getline(in, line);) {

@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "pipelines/wan_transformer.h"
 
 namespace {
@@ -217,9 +218,9 @@ int main(int argc, char** argv) {
   }
   if (!out_path.empty()) {
     nlohmann::json result = {{"benchmark", "wan_step_gpu"},
+                             {"date", bench::Today()},
                              {"machine", prop.name},
-                             {"command", "build-gpu/bench/wan_step_bench --steps " + std::to_string(steps) +
-                                             " --out " + out_path},
+                             {"command", bench::CommandLine("build-gpu/bench/wan_step_bench", argc, argv)},
                              {"rows", rows}};
     std::ofstream(out_path) << result.dump(2) << "\n";
   }

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <set>
 #include <sstream>
+#include <vector>
 
 #include "attention/mask.h"
 #include "attention/reference.h"
@@ -172,11 +173,22 @@ TEST_F(CudaAttentionTest, DenseMatchesScaledDotProductAttention) {
 }
 
 TEST_F(CudaAttentionTest, GpuMaskEqualsCpuMaskUpToTies) {
-  for (double s : {0.5, 0.8, 0.9}) {
-    const TokenLayout layout = Layout(9, 16, 24, 1);
+  // 27 blocks (one CTA of rows per head), and W1's 257 (several key rounds
+  // per thread and CTA).
+  struct MaskCase {
+    TokenLayout layout;
+    int64_t batch, heads;
+    double sparsity;
+  };
+  std::vector<MaskCase> cases;
+  for (double s : {0.5, 0.8, 0.9}) cases.push_back({Layout(9, 16, 24, 1), 2, 3, s});
+  cases.push_back({Layout(21, 30, 52, 1), 1, 2, 0.9});
+  for (const MaskCase& mc : cases) {
+    const TokenLayout& layout = mc.layout;
+    const double s = mc.sparsity;
     auto plan = AttentionPlan::Build(layout, WindowShape{2, 8, 8});
     ASSERT_TRUE(plan.ok());
-    const int64_t B = 2, H = 3, D = 128, N = plan->tokens(), nb = plan->num_blocks();
+    const int64_t B = mc.batch, H = mc.heads, D = 128, N = plan->tokens(), nb = plan->num_blocks();
     testing::Qkv x = testing::StructuredQkv(layout, B, H, D, 5);
     const at::Tensor q = at::from_blob(testing::Permuted(plan->permutation, x.q, B, H, D).data(), {B, N, H, D}).to(at::kBFloat16);
     const at::Tensor k = at::from_blob(testing::Permuted(plan->permutation, x.k, B, H, D).data(), {B, N, H, D}).to(at::kBFloat16);
@@ -218,6 +230,31 @@ TEST_F(CudaAttentionTest, GpuMaskEqualsCpuMaskUpToTies) {
       }
     }
     EXPECT_LE(differing, B * H * nb / 100) << "rows with different masks";
+  }
+}
+
+// Equal scores everywhere (block-constant q and k): every row is one big tie,
+// which both backends must break the same way, toward the lower block index.
+TEST_F(CudaAttentionTest, GpuMaskBreaksExactTiesLikeCpu) {
+  auto plan = AttentionPlan::Build(Layout(9, 16, 24, 1), WindowShape{2, 8, 8});
+  ASSERT_TRUE(plan.ok());
+  const int64_t B = 2, H = 3, D = 64, N = plan->tokens();
+  const at::Tensor q = at::full({B, N, H, D}, 0.5).to(at::kBFloat16);
+  const at::Tensor k = at::full({B, N, H, D}, -0.25).to(at::kBFloat16);
+  for (double s : {0.5, 0.9}) {
+    AttentionConfig cfg;
+    cfg.sparsity = s;
+    auto cpu = PredictBlockMask(engine_, q, k, *plan, cfg);
+    auto gpu = PredictBlockMask(engine_, q.cuda(), k.cuda(), *plan, cfg);
+    ASSERT_TRUE(cpu.ok() && gpu.ok()) << gpu.status().ToString();
+    EXPECT_TRUE(at::equal(gpu->counts.cpu(), cpu->counts)) << "sparsity " << s;
+    // Entries past a row's count are unused: compare the kept prefixes.
+    const at::Tensor gc = cpu->counts.flatten(), gi = gpu->indices.cpu().flatten(0, 2),
+                     ci = cpu->indices.flatten(0, 2);
+    for (int64_t row = 0; row < gc.numel(); ++row) {
+      const int64_t n = gc[row].item<int64_t>();
+      ASSERT_TRUE(at::equal(gi[row].slice(0, 0, n), ci[row].slice(0, 0, n))) << "row " << row;
+    }
   }
 }
 
