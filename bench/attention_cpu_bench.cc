@@ -83,8 +83,8 @@ int main(int argc, char** argv) {
     else if (flag == "--gain") gain = std::stof(value);
     else { std::fprintf(stderr, "unknown flag %s\n", flag.c_str()); return 2; }
   }
-  std::string command = "build/bench/attention_cpu_bench";
-  for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
+  const std::string command =
+      rainserve::bench::CommandLine("build/bench/attention_cpu_bench", argc, argv);
 
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   CpuBackend backend(threads);

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "bench/cuda_timing.h"
 #include "pipelines/wan_ops.h"
 
@@ -153,9 +154,10 @@ int main(int argc, char** argv) {
   }
   if (!out_path.empty()) {
     nlohmann::json result = {{"benchmark", "wan_ops_gpu"},
+                             {"date", rainserve::bench::Today()},
                              {"machine", prop.name},
-                             {"command", "build-gpu/bench/wan_ops_gpu_bench --reps " +
-                                             std::to_string(reps) + " --out " + out_path},
+                             {"command", rainserve::bench::CommandLine(
+                                             "build-gpu/bench/wan_ops_gpu_bench", argc, argv)},
                              {"rows", rows}};
     std::ofstream(out_path) << result.dump(2) << "\n";
   }

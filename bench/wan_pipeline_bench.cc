@@ -47,10 +47,9 @@ int main(int argc, char** argv) {
   request.guidance_scale = 5.0;
   request.flow_shift = 3.0;
   request.sparse.sink_frames = 1;
-  std::string command = argv[0];
+  const std::string command = rainserve::bench::CommandLine(argv[0], argc, argv);
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    command += " " + flag + " " + value;
     if (flag == "--model") model = value;
     else if (flag == "--device") device = value;
     else if (flag == "--dtype") dtype = value;

@@ -574,8 +574,7 @@ void PrintRow(const nlohmann::json& row) {
 int main(int argc, char** argv) {
   const Options o = Parse(argc, argv);
   // As typed: relative paths when run from the repository root.
-  std::string command = argv[0];
-  for (int i = 1; i < argc; ++i) command += std::string(" ") + argv[i];
+  const std::string command = rainserve::bench::CommandLine(argv[0], argc, argv);
 
   SpawnedServer server;
   std::string target = o.target;
