@@ -115,9 +115,16 @@ void ModelManager::LoadOnThread(const std::string& name) {
     }
     view = slot->view;
     waiters.swap(slot->waiters);
+    ++publishing_;
+  }
+  // Health and metrics first: whoever WaitIdle() releases must find them
+  // already saying READY (or FAILED).
+  if (hooks_.on_change) hooks_.on_change();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --publishing_;
   }
   idle_.notify_all();
-  if (hooks_.on_change) hooks_.on_change();
   for (auto& w : waiters) w(view);
 }
 
@@ -197,6 +204,7 @@ bool ModelManager::AnyReady() const {
 void ModelManager::WaitIdle() const {
   std::unique_lock<std::mutex> lock(mu_);
   idle_.wait(lock, [&] {
+    if (publishing_ > 0) return false;
     for (const auto& kv : slots_) {
       if (kv.second.view.state == ModelState::kLoading) return false;
     }

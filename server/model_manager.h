@@ -66,7 +66,8 @@ class ModelManager {
   // The description of a READY model: NOT_FOUND (unknown), UNAVAILABLE (not ready).
   StatusOr<PipelineDescription> Ready(const std::string& name) const;
   bool AnyReady() const;
-  // Blocks until no model is LOADING (tests, start-up scripts).
+  // Blocks until no model is LOADING and the last load's on_change (health,
+  // metrics) has run (tests, start-up scripts).
   void WaitIdle() const;
   // Joins the loader threads. Idempotent.
   void Shutdown();
@@ -85,6 +86,7 @@ class ModelManager {
   Hooks hooks_;
   mutable std::mutex mu_;
   mutable std::condition_variable idle_;
+  int publishing_ = 0;  // loads that ended but whose on_change has not run yet
   std::map<std::string, Slot> slots_;
   std::vector<std::string> order_;  // configuration order
   std::vector<std::thread> loaders_;
