@@ -13,6 +13,7 @@ mapped onto the uniform grid: indices past its end are dropped. The number of
 computed blocks differs by well under 1%; timings are comparable, outputs are
 not compared.
 """
+import datetime
 import json
 import sys
 
@@ -69,7 +70,8 @@ def main(mask_dir, out_path):
                      "speedup_vs_sdpa": sdpa[0] / flex[0], "sdpa_ms": sdpa[0]})
         print(f"  {m['workload']} flex s={m['sparsity']} real={1 - density:.3f} "
               f"{flex[0]:.3f} ms ({sdpa[0] / flex[0]:.2f}x sdpa {sdpa[0]:.3f} ms)", flush=True)
-    json.dump({"benchmark": "attention_gpu_flex", "machine": torch.cuda.get_device_name(),
+    json.dump({"benchmark": "attention_gpu_flex", "date": datetime.date.today().isoformat(),
+               "machine": torch.cuda.get_device_name(),
                "torch": torch.__version__,
                "command": f"python3 bench/flex_attention_bench.py {mask_dir} {out_path}",
                "rows": rows}, open(out_path, "w"), indent=2)

@@ -6,11 +6,12 @@
 //
 //   build-gpu/bench/wan_ops_gpu_bench [--reps 30] [--out bench/results/wan_ops_gpu.json]
 //
-// Per op: median microseconds per call (CUDA events, after 3 warm-ups), the
-// bandwidth of the bytes the fused kernel has to move (16-bit activations in
-// and out: 4 bytes per element, 6 for the residual, 8 for a residual fused
-// with the norm after it), and the per-block total with each op counted as
-// often as a block calls it (the ATen baseline runs the same ops unfused).
+// Per op: median microseconds per call with the fastest and slowest (CUDA
+// events, after 3 warm-ups), the bandwidth of the bytes the fused kernel has
+// to move (16-bit activations in and out: 4 bytes per element, 6 for the
+// residual, 8 for a residual fused with the norm after it), and the
+// per-block total with each op counted as often as a block calls it (the
+// ATen baseline runs the same ops unfused).
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
 
@@ -45,16 +46,15 @@ struct Op {
   std::function<StatusOr<at::Tensor>(ElementwiseImpl)> run;
 };
 
-// Median microseconds of `reps` calls, each timed with CUDA events.
-double MedianMicros(const Op& op, ElementwiseImpl impl, int reps) {
+// Median, fastest and slowest of `reps` calls, each timed with CUDA events.
+rainserve::bench::Timing TimeOp(const Op& op, ElementwiseImpl impl, int reps) {
   return rainserve::bench::TimeCuda(reps, [&] {
-           auto r = op.run(impl);
-           if (!r.ok()) {
-             std::fprintf(stderr, "%s: %s\n", op.name, r.status().ToString().c_str());
-             std::exit(1);
-           }
-         }).median_ms *
-         1000.0;
+    auto r = op.run(impl);
+    if (!r.ok()) {
+      std::fprintf(stderr, "%s: %s\n", op.name, r.status().ToString().c_str());
+      std::exit(1);
+    }
+  });
 }
 
 }  // namespace
@@ -127,8 +127,9 @@ int main(int argc, char** argv) {
     };
     double block_fused = 0, block_aten = 0;
     for (const Op& op : ops) {
-      const double aten = MedianMicros(op, ElementwiseImpl::kAten, reps);
-      const double fused = MedianMicros(op, ElementwiseImpl::kFused, reps);
+      const rainserve::bench::Timing aten_t = TimeOp(op, ElementwiseImpl::kAten, reps);
+      const rainserve::bench::Timing fused_t = TimeOp(op, ElementwiseImpl::kFused, reps);
+      const double aten = aten_t.median_ms * 1e3, fused = fused_t.median_ms * 1e3;
       const double gbps = op.bytes_per_elem * double(B * N * C) / (fused * 1e3);
       block_fused += op.per_block * fused;
       block_aten += op.per_block * aten;
@@ -140,6 +141,10 @@ int main(int argc, char** argv) {
                       {"channels", C},
                       {"us_aten", aten},
                       {"us_fused", fused},
+                      {"us_aten_min", aten_t.min_ms * 1e3},
+                      {"us_aten_max", aten_t.max_ms * 1e3},
+                      {"us_fused_min", fused_t.min_ms * 1e3},
+                      {"us_fused_max", fused_t.max_ms * 1e3},
                       {"speedup", aten / fused},
                       {"fused_gb_per_s", gbps},
                       {"calls_per_block", op.per_block}});

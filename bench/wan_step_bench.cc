@@ -20,9 +20,11 @@
 //       --steps 1 --only rainserve_sparse_0.8_sink1 --profile 1
 //
 // Reports seconds per step (median of timed steps after 2 warm-ups, CUDA
-// events), the share of step time in attention, mask prediction and
-// permutation (from a separate synchronised pass), realized sparsity and peak
-// GPU memory of the forward.
+// events; the mean for warm-up modes; with the fastest and slowest step;
+// the timed steps of all modes interleaved, round by round),
+// the share of step time in attention, mask prediction and permutation (from
+// a separate synchronised pass), realized sparsity and peak GPU memory of the
+// forward.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <cuda_profiler_api.h>
@@ -82,72 +84,93 @@ int main(int argc, char** argv) {
   nlohmann::json rows = nlohmann::json::array();
 
   auto run = [&](const char* shape, const WanTransformer& model, int64_t F, int64_t H, int64_t W,
-                 const std::vector<Mode>& modes) {
+                 const std::vector<Mode>& all_modes) {
     const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(cuda);
     const WanTransformerConfig& c = model.config();
     const at::Tensor lat = at::randn({2, c.in_channels, F, H, W}, bf16);
     const at::Tensor text = at::randn({2, 512, c.text_dim}, bf16);
     const at::Tensor t = at::full({2}, 900.0, at::TensorOptions().device(cuda));
-    double sdpa_ms = 0;
-    for (const Mode& mode : modes) {
-      if (!only.empty() && ("," + only + ",").find("," + mode.name + ",") == std::string::npos) {
-        continue;
+    std::vector<Mode> modes;
+    for (const Mode& mode : all_modes) {
+      if (only.empty() || ("," + only + ",").find("," + mode.name + ",") != std::string::npos) {
+        modes.push_back(mode);
       }
+    }
+    auto options = [&](const Mode& mode) {
       WanForwardOptions o;
       o.engine = &engine;
       o.impl = mode.impl;
       o.sparsity = mode.sparsity;
       o.sink_frames = 1;
       o.elementwise = mode.elementwise;
-      auto step = [&](int i, WanForwardStats* st) {
-        WanForwardOptions oi = o;
-        if (i < static_cast<int>(mode.warmup_fraction * steps + 0.5)) oi.sparsity = 0.0;
-        auto r = model.Forward(lat, t, text, oi, st);
-        if (!r.ok()) {
-          std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
-          std::exit(1);
-        }
-      };
-      for (int i = 0; i < 2; ++i) step(steps, nullptr);  // warm-up (sparse unless dense mode)
-      cudaDeviceSynchronize();
-      c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+      return o;
+    };
+    // Step i of a mode (i >= steps: a warm-up or extra step, sparse unless dense).
+    auto step = [&](const Mode& mode, int i, WanForwardStats* st) {
+      WanForwardOptions o = options(mode);
+      if (i < static_cast<int>(mode.warmup_fraction * steps + 0.5)) o.sparsity = 0.0;
+      auto r = model.Forward(lat, t, text, o, st);
+      if (!r.ok()) {
+        std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+        std::exit(1);
+      }
+    };
+    struct Timed {
       std::vector<double> ms, host_ms;
-      WanForwardStats st;
-      double realized = 0;
+      double realized = 0, peak_gb = 0;
       int sparse_steps = 0;
-      for (int i = 0; i < steps; ++i) {
+    };
+    std::vector<Timed> timed(modes.size());
+    for (const Mode& mode : modes) {
+      for (int i = 0; i < 2; ++i) step(mode, steps, nullptr);
+    }
+    // Timed steps interleaved: round i runs step i of every mode in turn, so
+    // that every mode meets the same clocks and temperatures (the card is
+    // power-limited, and a mode timed first on a cooler card would gain).
+    for (int i = 0; i < steps; ++i) {
+      for (size_t m = 0; m < modes.size(); ++m) {
+        Timed& tm = timed[m];
+        cudaDeviceSynchronize();
+        c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+        WanForwardStats st;
         cudaEvent_t a, b;
         cudaEventCreate(&a);
         cudaEventCreate(&b);
         cudaEventRecord(a);
         const auto host_start = std::chrono::steady_clock::now();
-        step(i, &st);
-        host_ms.push_back(std::chrono::duration<double, std::milli>(
-                              std::chrono::steady_clock::now() - host_start)
-                              .count());
+        step(modes[m], i, &st);
+        tm.host_ms.push_back(std::chrono::duration<double, std::milli>(
+                                 std::chrono::steady_clock::now() - host_start)
+                                 .count());
         cudaEventRecord(b);
         cudaEventSynchronize(b);
         float e = 0;
         cudaEventElapsedTime(&e, a, b);
-        ms.push_back(e);
+        tm.ms.push_back(e);
         if (st.sparse) {
-          realized += st.realized_sparsity;
-          ++sparse_steps;
+          tm.realized += st.realized_sparsity;
+          ++tm.sparse_steps;
         }
         cudaEventDestroy(a);
         cudaEventDestroy(b);
+        const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+        tm.peak_gb = std::max(tm.peak_gb,
+                              static_cast<double>(stats.allocated_bytes[0].peak) / (1 << 30));
       }
+    }
+    double sdpa_ms = 0;
+    for (size_t m = 0; m < modes.size(); ++m) {
+      const Mode& mode = modes[m];
+      const Timed& tm = timed[m];
       if (profile) {
         cudaDeviceSynchronize();
         cudaProfilerStart();
-        step(steps, nullptr);
+        step(mode, steps, nullptr);
         cudaDeviceSynchronize();
         cudaProfilerStop();
       }
-      const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
-      const double peak_gb = static_cast<double>(stats.allocated_bytes[0].peak) / (1 << 30);
       // A synchronised pass for the time split (slower, not the step time).
-      WanForwardOptions prof = o;
+      WanForwardOptions prof = options(mode);
       prof.synchronize = [] { cudaDeviceSynchronize(); };
       WanForwardStats ps;
       cudaDeviceSynchronize();
@@ -160,33 +183,41 @@ int main(int argc, char** argv) {
       cudaEventSynchronize(b);
       float prof_ms = 0;
       cudaEventElapsedTime(&prof_ms, a, b);
+      cudaEventDestroy(a);
+      cudaEventDestroy(b);
       const double median = mode.warmup_fraction > 0
-                                ? std::accumulate(ms.begin(), ms.end(), 0.0) / ms.size()
-                                : MedianMs(ms);
+                                ? std::accumulate(tm.ms.begin(), tm.ms.end(), 0.0) / tm.ms.size()
+                                : MedianMs(tm.ms);
       if (mode.impl == SelfAttentionImpl::kTorch && mode.elementwise == ElementwiseImpl::kFused) {
         sdpa_ms = median;
       }
+      const double realized = tm.sparse_steps ? tm.realized / tm.sparse_steps : 0.0;
       nlohmann::json r = {{"shape", shape},
                           {"impl", mode.name},
                           {"fused_elementwise", mode.elementwise == ElementwiseImpl::kFused},
                           {"sparsity", mode.sparsity},
                           {"dense_warmup_fraction", mode.warmup_fraction},
                           {"s_per_step", median / 1000},
+                          {"s_per_step_min", *std::min_element(tm.ms.begin(), tm.ms.end()) / 1000},
+                          {"s_per_step_max", *std::max_element(tm.ms.begin(), tm.ms.end()) / 1000},
                           // How long the host took to enqueue a step: near
                           // s_per_step means the GPU waited on the host.
-                          {"host_s_per_step", MedianMs(host_ms) / 1000},
+                          {"host_s_per_step", MedianMs(tm.host_ms) / 1000},
                           {"steps_timed", steps},
-                          {"realized_sparsity", sparse_steps ? realized / sparse_steps : 0.0},
+                          {"timing", "interleaved"},
+                          {"realized_sparsity", realized},
                           {"attention_share", ps.attention_seconds * 1000 / prof_ms},
                           {"mask_share", ps.mask_seconds * 1000 / prof_ms},
                           {"permute_share", ps.permute_seconds * 1000 / prof_ms},
-                          {"peak_gpu_gb", peak_gb},
+                          {"peak_gpu_gb", tm.peak_gb},
                           {"tokens", ps.tokens}};
       if (sdpa_ms > 0) r["speedup_vs_sdpa"] = sdpa_ms / median;
-      std::printf("  %-4s %-28s %.3f s/step (host %.3f)  x%.2f  attn %.0f%% mask %.2f%% perm %.2f%%  real %.3f  peak %.1f GB\n",
-                  shape, mode.name.c_str(), median / 1000, MedianMs(host_ms) / 1000, sdpa_ms > 0 ? sdpa_ms / median : 1.0,
-                  r["attention_share"].get<double>() * 100, r["mask_share"].get<double>() * 100,
-                  r["permute_share"].get<double>() * 100, r["realized_sparsity"].get<double>(), peak_gb);
+      std::printf("  %-4s %-36s %.3f s/step [%.3f, %.3f] (host %.3f)  x%.2f  attn %.0f%% mask %.2f%% perm %.2f%%  real %.3f  peak %.1f GB\n",
+                  shape, mode.name.c_str(), median / 1000, r["s_per_step_min"].get<double>(),
+                  r["s_per_step_max"].get<double>(), MedianMs(tm.host_ms) / 1000,
+                  sdpa_ms > 0 ? sdpa_ms / median : 1.0, r["attention_share"].get<double>() * 100,
+                  r["mask_share"].get<double>() * 100, r["permute_share"].get<double>() * 100,
+                  realized, tm.peak_gb);
       rows.push_back(r);
     }
   };

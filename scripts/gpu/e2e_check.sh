@@ -88,6 +88,8 @@ for mode in ("dense", "0.8", "0.9"):
         "sparsity": 0.0 if mode == "dense" else float(mode), "sink_frames": 0 if mode == "dense" else 1,
         "realized_sparsity": res.get("realized_sparsity", 0.0),
         "seconds_per_step_median": per_step[len(per_step) // 2] if per_step else None,
+        "seconds_per_step_min": per_step[0] if per_step else None,
+        "seconds_per_step_max": per_step[-1] if per_step else None,
         "seconds_text_encode": secs(t.get("text_encode")), "seconds_denoise": secs(t.get("denoise")),
         "seconds_decode": secs(t.get("decode")), "seconds_encode": secs(t.get("encode")),
         "seconds_server_total": secs(t.get("total")), "seconds_client": r["client_seconds"],
