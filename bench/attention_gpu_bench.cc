@@ -8,8 +8,9 @@
 // Per workload and input kind (random, structured), bf16, B = 1, one sink
 // frame for video (none for T = 1): torch_sdpa, rainserve_dense,
 // rainserve_sparse at 0.5/0.8/0.9, rainserve_mask, rainserve_permute; medians
-// of CUDA-event timings after warm-up, effective TFLOP/s, realized sparsity,
-// sparse-vs-dense accuracy. With --mask-dir, the 0.8 and 0.9 masks are
+// (and min, max) of CUDA-event timings after warm-up, all implementations
+// timed round-robin, one call each per round; effective TFLOP/s, realized
+// sparsity, sparse-vs-dense accuracy. With --mask-dir, the 0.8 and 0.9 masks are
 // written there for the FlexAttention comparison.
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
@@ -32,7 +33,7 @@
 namespace {
 
 using namespace rainserve::attention;
-using rainserve::bench::TimeCuda;
+using rainserve::bench::TimeCudaInterleaved;
 using rainserve::bench::Timing;
 
 struct Workload {
@@ -174,18 +175,47 @@ int main(int argc, char** argv) {
         r["ms_max"] = t.max_ms;
       };
 
-      at::Tensor q, k, v;
-      const Timing perm_t = TimeCuda(reps, [&] {
-        q = Must(PermuteTokens(engine, q0, plan));
-        k = Must(PermuteTokens(engine, k0, plan));
-        v = Must(PermuteTokens(engine, v0, plan));
-        (void)Must(UnpermuteTokens(engine, q, plan));
-      });
-
+      const at::Tensor q = Must(PermuteTokens(engine, q0, plan)),
+                       k = Must(PermuteTokens(engine, k0, plan)),
+                       v = Must(PermuteTokens(engine, v0, plan));
       const at::Tensor qt = q.transpose(1, 2).contiguous(), kt = k.transpose(1, 2).contiguous(),
                        vt = v.transpose(1, 2).contiguous();
+      const std::vector<double> sparsities = {0.5, 0.8, 0.9};
+      const TorchBlockMask dense_mask = Must(PredictBlockMask(engine, q, k, plan, AttentionConfig{}));
+      std::vector<AttentionConfig> cfgs;
+      std::vector<TorchBlockMask> sparse_masks;
+      for (double sparsity : sparsities) {
+        AttentionConfig cfg;
+        cfg.sparsity = sparsity;
+        cfgs.push_back(cfg);
+        sparse_masks.push_back(Must(PredictBlockMask(engine, q, k, plan, cfg)));
+      }
+
+      // Every implementation timed round-robin (TimeCudaInterleaved): the
+      // permutation of q, k, v in and the output out, SDPA, our dense, and
+      // per sparsity the mask prediction and the sparse kernel.
       at::Tensor sdpa_out;
-      const Timing sdpa_t = TimeCuda(reps, [&] { sdpa_out = Sdpa(qt, kt, vt); });
+      AttentionResult dense;
+      std::vector<AttentionResult> sparse(sparsities.size());
+      std::vector<std::function<void()>> fns = {
+          [&] {
+            (void)Must(PermuteTokens(engine, q0, plan));
+            (void)Must(PermuteTokens(engine, k0, plan));
+            (void)Must(PermuteTokens(engine, v0, plan));
+            (void)Must(UnpermuteTokens(engine, q, plan));
+          },
+          [&] { sdpa_out = Sdpa(qt, kt, vt); },
+          [&] { dense = Must(BlockSparseAttention(engine, q, k, v, plan, dense_mask, false)); },
+      };
+      for (size_t i = 0; i < sparsities.size(); ++i) {
+        fns.push_back([&, i] { (void)Must(PredictBlockMask(engine, q, k, plan, cfgs[i])); });
+        fns.push_back([&, i] {
+          sparse[i] = Must(BlockSparseAttention(engine, q, k, v, plan, sparse_masks[i], false));
+        });
+      }
+      const std::vector<Timing> times = TimeCudaInterleaved(reps, fns);
+      const Timing &perm_t = times[0], &sdpa_t = times[1], &dense_t = times[2];
+
       {
         auto r = base("torch_sdpa");
         r["sparsity"] = 0.0;
@@ -193,13 +223,6 @@ int main(int argc, char** argv) {
         r["tflops"] = dense_flops / sdpa_t.median_ms * 1e-9;
         rows.push_back(r);
       }
-
-      AttentionConfig dense_cfg;
-      const TorchBlockMask dense_mask = Must(PredictBlockMask(engine, q, k, plan, dense_cfg));
-      AttentionResult dense;
-      const Timing dense_t = TimeCuda(reps, [&] {
-        dense = Must(BlockSparseAttention(engine, q, k, v, plan, dense_mask, false));
-      });
       const at::Tensor dense_lse = Must(BlockSparseAttention(engine, q, k, v, plan, dense_mask, true)).lse;
       const at::Tensor dense_out = dense.out.to(at::kFloat);
       {
@@ -220,18 +243,13 @@ int main(int argc, char** argv) {
         rows.push_back(r);
       }
 
-      for (double sparsity : {0.5, 0.8, 0.9}) {
-        AttentionConfig cfg;
-        cfg.sparsity = sparsity;
-        TorchBlockMask mask;
-        const Timing mask_t = TimeCuda(reps, [&] { mask = Must(PredictBlockMask(engine, q, k, plan, cfg)); });
-        AttentionResult sparse;
-        const Timing sparse_t = TimeCuda(reps, [&] {
-          sparse = Must(BlockSparseAttention(engine, q, k, v, plan, mask, false));
-        });
+      for (size_t i = 0; i < sparsities.size(); ++i) {
+        const double sparsity = sparsities[i];
+        const TorchBlockMask& mask = sparse_masks[i];
+        const Timing &mask_t = times[3 + 2 * i], &sparse_t = times[4 + 2 * i];
         const at::Tensor sparse_lse = Must(BlockSparseAttention(engine, q, k, v, plan, mask, true)).lse;
         const double density = double(KeptBlocks(mask)) / double(nb * nb * H);
-        const at::Tensor so = sparse.out.to(at::kFloat);
+        const at::Tensor so = sparse[i].out.to(at::kFloat);
         auto r = base("rainserve_sparse");
         r["sparsity"] = sparsity;
         r["realized_sparsity"] = 1.0 - density;

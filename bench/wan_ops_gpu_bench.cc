@@ -7,11 +7,11 @@
 //   build-gpu/bench/wan_ops_gpu_bench [--reps 30] [--out bench/results/wan_ops_gpu.json]
 //
 // Per op: median microseconds per call with the fastest and slowest (CUDA
-// events, after 3 warm-ups), the bandwidth of the bytes the fused kernel has
-// to move (16-bit activations in and out: 4 bytes per element, 6 for the
-// residual, 8 for a residual fused with the norm after it), and the
-// per-block total with each op counted as often as a block calls it (the
-// ATen baseline runs the same ops unfused).
+// events, after 3 warm-ups; ATen and fused timed round-robin), the bandwidth
+// of the bytes the fused kernel has to move (16-bit activations in and out: 4
+// bytes per element, 6 for the residual, 8 for a residual fused with the norm
+// after it), and the per-block total with each op counted as often as a block
+// calls it (the ATen baseline runs the same ops unfused).
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
 
@@ -46,15 +46,20 @@ struct Op {
   std::function<StatusOr<at::Tensor>(ElementwiseImpl)> run;
 };
 
-// Median, fastest and slowest of `reps` calls, each timed with CUDA events.
-rainserve::bench::Timing TimeOp(const Op& op, ElementwiseImpl impl, int reps) {
-  return rainserve::bench::TimeCuda(reps, [&] {
-    auto r = op.run(impl);
-    if (!r.ok()) {
-      std::fprintf(stderr, "%s: %s\n", op.name, r.status().ToString().c_str());
-      std::exit(1);
-    }
-  });
+// The ATen and the fused version of an op, `reps` calls each timed with CUDA
+// events, round-robin: {ATen, fused}.
+std::vector<rainserve::bench::Timing> TimeOp(const Op& op, int reps) {
+  auto call = [&op](ElementwiseImpl impl) {
+    return [&op, impl] {
+      auto r = op.run(impl);
+      if (!r.ok()) {
+        std::fprintf(stderr, "%s: %s\n", op.name, r.status().ToString().c_str());
+        std::exit(1);
+      }
+    };
+  };
+  return rainserve::bench::TimeCudaInterleaved(
+      reps, {call(ElementwiseImpl::kAten), call(ElementwiseImpl::kFused)});
 }
 
 }  // namespace
@@ -127,8 +132,8 @@ int main(int argc, char** argv) {
     };
     double block_fused = 0, block_aten = 0;
     for (const Op& op : ops) {
-      const rainserve::bench::Timing aten_t = TimeOp(op, ElementwiseImpl::kAten, reps);
-      const rainserve::bench::Timing fused_t = TimeOp(op, ElementwiseImpl::kFused, reps);
+      const std::vector<rainserve::bench::Timing> t = TimeOp(op, reps);
+      const rainserve::bench::Timing &aten_t = t[0], &fused_t = t[1];
       const double aten = aten_t.median_ms * 1e3, fused = fused_t.median_ms * 1e3;
       const double gbps = op.bytes_per_elem * double(B * N * C) / (fused * 1e3);
       block_fused += op.per_block * fused;
