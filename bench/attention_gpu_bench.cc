@@ -10,8 +10,8 @@
 // rainserve_sparse at 0.5/0.8/0.9, rainserve_mask, rainserve_permute; medians
 // (and min, max) of CUDA-event timings after warm-up, all implementations
 // timed round-robin, one call each per round; effective TFLOP/s, realized
-// sparsity, sparse-vs-dense accuracy. With --mask-dir, the 0.8 and 0.9 masks are
-// written there for the FlexAttention comparison.
+// sparsity, sparse-vs-dense accuracy. With --mask-dir, the 0.8 and 0.9 masks
+// are written there for the FlexAttention comparison.
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
 #include <torch/version.h>
@@ -181,7 +181,8 @@ int main(int argc, char** argv) {
       const at::Tensor qt = q.transpose(1, 2).contiguous(), kt = k.transpose(1, 2).contiguous(),
                        vt = v.transpose(1, 2).contiguous();
       const std::vector<double> sparsities = {0.5, 0.8, 0.9};
-      const TorchBlockMask dense_mask = Must(PredictBlockMask(engine, q, k, plan, AttentionConfig{}));
+      const TorchBlockMask dense_mask =
+          Must(PredictBlockMask(engine, q, k, plan, AttentionConfig{}));
       std::vector<AttentionConfig> cfgs;
       std::vector<TorchBlockMask> sparse_masks;
       for (double sparsity : sparsities) {

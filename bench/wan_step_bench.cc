@@ -212,7 +212,8 @@ int main(int argc, char** argv) {
                           {"peak_gpu_gb", tm.peak_gb},
                           {"tokens", ps.tokens}};
       if (sdpa_ms > 0) r["speedup_vs_sdpa"] = sdpa_ms / median;
-      std::printf("  %-4s %-36s %.3f s/step [%.3f, %.3f] (host %.3f)  x%.2f  attn %.0f%% mask %.2f%% perm %.2f%%  real %.3f  peak %.1f GB\n",
+      std::printf("  %-4s %-36s %.3f s/step [%.3f, %.3f] (host %.3f)  x%.2f  attn %.0f%% "
+                  "mask %.2f%% perm %.2f%%  real %.3f  peak %.1f GB\n",
                   shape, mode.name.c_str(), median / 1000, r["s_per_step_min"].get<double>(),
                   r["s_per_step_max"].get<double>(), MedianMs(tm.host_ms) / 1000,
                   sdpa_ms > 0 ? sdpa_ms / median : 1.0, r["attention_share"].get<double>() * 100,
