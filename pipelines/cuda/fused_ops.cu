@@ -25,7 +25,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 namespace rainserve::pipelines::cuda {
@@ -348,25 +351,46 @@ Status Dispatch(DType dtype, Launch&& launch) {
   }
 }
 
-// One wave of CTAs of `threads` using `smem` bytes: the kernel's occupancy
-// times the SM count, split over the batch, at most `max_x` CTAs per batch
-// element.
+// How many CTAs of `kernel` with `threads` and `smem` bytes one wave holds on
+// the current device (occupancy x SMs). The launchers run several times in
+// every block of every forward, so the runtime is asked once per (kernel,
+// device, threads, smem) and the answer kept; the kernel's dynamic shared
+// memory limit is raised to kStageBytes (every launch's most) at that time.
 template <typename Params>
-Status LaunchWave(void (*kernel)(Params), const Params& p, int threads, size_t smem,
-                  int64_t batch, int64_t max_x, void* stream, const char* what) {
-  int device = 0, sms = 0, per_sm = 0;
+StatusOr<int64_t> WaveSize(void (*kernel)(Params), int threads, size_t smem, const char* what) {
+  int device = 0;
   RAINSERVE_RETURN_IF_ERROR(FromCuda(cudaGetDevice(&device), what));
+  using Key = std::tuple<uintptr_t, int, int, size_t>;
+  static std::mutex mutex;
+  static std::map<Key, int64_t> waves;
+  const Key key{reinterpret_cast<uintptr_t>(kernel), device, threads, smem};
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = waves.find(key);
+    if (it != waves.end()) return it->second;
+  }
+  int sms = 0, per_sm = 0;
   RAINSERVE_RETURN_IF_ERROR(
       FromCuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), what));
   if (smem > 48 * 1024) {
     RAINSERVE_RETURN_IF_ERROR(FromCuda(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem)),
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStageBytes),
         what));
   }
   RAINSERVE_RETURN_IF_ERROR(FromCuda(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem), what));
   const int64_t wave = int64_t{sms} * std::max(per_sm, 1);
+  const std::lock_guard<std::mutex> lock(mutex);
+  waves.emplace(key, wave);
+  return wave;
+}
+
+// One wave of CTAs of `threads` using `smem` bytes (at most kStageBytes),
+// split over the batch, at most `max_x` CTAs per batch element.
+template <typename Params>
+Status LaunchWave(void (*kernel)(Params), const Params& p, int threads, size_t smem,
+                  int64_t batch, int64_t max_x, void* stream, const char* what) {
+  RAINSERVE_ASSIGN_OR_RETURN(const int64_t wave, WaveSize(kernel, threads, smem, what));
   const int64_t per_batch = std::max<int64_t>(1, (wave + batch - 1) / batch);
   const dim3 grid(static_cast<unsigned>(std::max<int64_t>(1, std::min(per_batch, max_x))),
                   static_cast<unsigned>(batch));
