@@ -61,8 +61,8 @@ Status LaunchFlashForward(const FlashParams& p, void* stream);
 // capability 9.0) only.
 Status LaunchFlashForwardSm90(const FlashParams& p, void* stream);
 
-// Mask prediction (mask.cu): pooled means, then per-row scores, top-k and
-// forced blocks, writing the compact mask and the kept total.
+// Mask prediction (mask.cu): pooled means, then the pooled scores, then per
+// row the top-k and forced blocks, writing the compact mask and the kept total.
 struct MaskParams {
   TensorView q, k;                        // device, [B, N, H, D]
   int num_blocks = 0;
@@ -72,7 +72,7 @@ struct MaskParams {
   int top_k = 1;
   float* pooled = nullptr;                // device workspace [2, B, H, nb, D] fp32
   int32_t* counts = nullptr;              // device out [B, H, nb]
-  int32_t* indices = nullptr;             // device out [B, H, nb, nb]
+  int32_t* indices = nullptr;             // device out [B, H, nb, nb]; also the scores' scratch
   int64_t* kept = nullptr;                // device out, incremented (zero it first)
 };
 Status LaunchMaskPrediction(const MaskParams& p, void* stream);

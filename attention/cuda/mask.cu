@@ -1,13 +1,21 @@
 // Fused RainFusion2.0 mask prediction on the GPU, nothing of size N x N:
 //   1. PoolKernel: block means of q and k -> pooled [2, B, H, nb, D] fp32.
 //      One CTA per (block, q|k, head, batch element), 16-byte loads.
-//   2. SelectKernel: a warp per query block: scores against every key block
-//      (fp32 dot products of pooled means, key blocks staged in shared memory
-//      for the CTA's rows), the top_k by radix select on (score desc, index
-//      asc) plus every forced block, written ascending. (A warp bitonic sort
-//      of the whole row cost ~10x more at W2, 592 blocks: docs/attention.md.)
-//      Forced rows keep everything. The kept count is added to *kept.
-// The rule and tie-breaking are those of the CPU implementation (mask.h).
+//   2. ScoreKernel: the pooled scores qp . kp * scale of every (query block,
+//      key block) pair, a register-tiled fp32 product (64 x 64 pairs per CTA,
+//      4 x 4 per thread), written as order-preserving u32 keys into the
+//      indices output, which has exactly the [B, H, nb, nb] shape they need.
+//   3. SelectKernel: a warp per query block reads its row of keys, finds the
+//      top_k by radix select on (score desc, index asc), adds every forced
+//      block and overwrites the row with the kept indices, ascending. Forced
+//      rows keep everything. The kept count is added to *kept.
+//      (A warp bitonic sort of the whole row cost ~10x more at W2, 592
+//      blocks; scoring inside the selection kernel, each CTA staging every
+//      pooled key for its 8 rows, took twice as long as scoring and
+//      selection now take together: docs/attention.md.)
+// The rule and tie-breaking are those of the CPU implementation (mask.h);
+// each score is the same sequence of fp32 multiply-adds over d = 0..D-1 as
+// in the single-kernel version, so the masks did not change.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -82,8 +90,94 @@ __device__ __forceinline__ uint32_t OrderedBits(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-constexpr int kChunk = 64;       // key blocks staged in shared memory at a time
+constexpr int kScoreTile = 64;   // query blocks x key blocks per CTA
+constexpr int kScoreDepth = 32;  // dimensions staged per round
+constexpr int kScoreThreads = 256;
+constexpr int kStagedPerThread = kScoreTile * kScoreDepth / 4 / kScoreThreads;  // float4 each of q, k
 constexpr int kRadixBins = 256;  // 8-bit digits, four passes over 32-bit keys
+
+// One CTA per (64 x 64 tile of block pairs, head, batch element). Each round
+// stages 32 dimensions of the tile's 64 pooled query and 64 pooled key blocks
+// in shared memory, transposed ([d][block], padded by 4 floats: conflict-free
+// stores, 16-byte reads), while the next round's loads are in flight in
+// registers; thread (ty, tx) accumulates query blocks 4 ty..+3 x key blocks
+// 4 tx..+3, reading 8 floats per 16 multiply-adds, and skips the products
+// when all its query blocks or all its key blocks are past nb (edge tiles). (Scoring one key per lane
+// against a row held in shared memory read 8 floats per 4.)
+// keys: [B, H, nb, nb] u32, the indices output reused (SelectKernel reads
+// each row before it writes it).
+__global__ void __launch_bounds__(kScoreThreads) ScoreKernel(const MaskParams p, int col_tiles) {
+  __shared__ __align__(16) float qs[kScoreDepth][kScoreTile + 4];
+  __shared__ __align__(16) float ks[kScoreDepth][kScoreTile + 4];
+  const int nb = p.num_blocks, H = static_cast<int>(p.q.heads), D = static_cast<int>(p.q.head_dim);
+  const int row0 = blockIdx.x / col_tiles * kScoreTile, col0 = blockIdx.x % col_tiles * kScoreTile;
+  const int64_t bh = static_cast<int64_t>(blockIdx.z) * H + blockIdx.y;
+  const int64_t per = static_cast<int64_t>(p.q.batch) * H * nb * D;
+  const float* qp = p.pooled + bh * nb * D;
+  const float* kp = p.pooled + per + bh * nb * D;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const bool idle = row0 + 4 * ty >= nb || col0 + 4 * tx >= nb;
+  // Staged element u of this thread: float4 column group i / 64 of block
+  // i % 64, i = threadIdx.x + u * 256 (a warp covers 32 consecutive blocks).
+  float4 qa[kStagedPerThread], ka[kStagedPerThread];
+  auto fetch = [&](int d0) {
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int u = 0; u < kStagedPerThread; ++u) {
+      const int i = threadIdx.x + u * kScoreThreads, r = i % kScoreTile;
+      const int d = d0 + 4 * (i / kScoreTile);
+      qa[u] = row0 + r < nb && d < D
+                  ? *reinterpret_cast<const float4*>(qp + int64_t(row0 + r) * D + d)
+                  : zero;
+      ka[u] = col0 + r < nb && d < D
+                  ? *reinterpret_cast<const float4*>(kp + int64_t(col0 + r) * D + d)
+                  : zero;
+    }
+  };
+  auto stash = [&] {
+    for (int u = 0; u < kStagedPerThread; ++u) {
+      const int i = threadIdx.x + u * kScoreThreads, r = i % kScoreTile, d = 4 * (i / kScoreTile);
+      qs[d][r] = qa[u].x, qs[d + 1][r] = qa[u].y, qs[d + 2][r] = qa[u].z, qs[d + 3][r] = qa[u].w;
+      ks[d][r] = ka[u].x, ks[d + 1][r] = ka[u].y, ks[d + 2][r] = ka[u].z, ks[d + 3][r] = ka[u].w;
+    }
+  };
+  float acc[4][4] = {};
+  fetch(0);
+  stash();
+  __syncthreads();
+  for (int d0 = 0; d0 < D; d0 += kScoreDepth) {
+    const bool more = d0 + kScoreDepth < D;
+    if (more) fetch(d0 + kScoreDepth);
+    const int dn = min(kScoreDepth, D - d0);  // a multiple of 4 (D is)
+    if (!idle) {
+#pragma unroll 8
+      for (int d = 0; d < dn; ++d) {
+        const float4 a = *reinterpret_cast<const float4*>(&qs[d][4 * ty]);
+        const float4 c = *reinterpret_cast<const float4*>(&ks[d][4 * tx]);
+        const float av[4] = {a.x, a.y, a.z, a.w}, cv[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], cv[j], acc[i][j]);
+        }
+      }
+    }
+    __syncthreads();
+    if (more) {
+      stash();
+      __syncthreads();
+    }
+  }
+  if (idle) return;
+  uint32_t* keys = reinterpret_cast<uint32_t*>(p.indices) + bh * nb * nb;
+  for (int i = 0; i < 4; ++i) {
+    const int row = row0 + 4 * ty + i;
+    if (row >= nb) break;
+    for (int j = 0; j < 4; ++j) {
+      const int col = col0 + 4 * tx + j;
+      if (col < nb) keys[int64_t(row) * nb + col] = OrderedBits(acc[i][j] * p.scale);
+    }
+  }
+}
 
 // The top_k-th largest of a warp's nb keys by radix select (four 8-bit
 // passes, a shared histogram per pass). Returns the threshold key T; *above
@@ -139,72 +233,27 @@ __device__ uint32_t RadixSelect(const uint32_t* keys, int nb, int top_k, uint32_
   return prefix;
 }
 
-// One CTA per (group of `rows` query blocks, head, batch); warp w owns query
-// block blockIdx.x * rows + w. Pooled key blocks are staged in shared memory
-// (rows padded by four floats: 16-byte reads, conflict-free) and shared by
-// the CTA's rows. Each warp scores its row, finds the top_k threshold by
-// radix select, keeps every key above it and the lowest-indexed keys equal to
-// it (the CPU's order: score descending, then index ascending), and writes
-// the kept indices with a warp scan over a bitmask.
+// One CTA of 8 warps per (8 query blocks, head, batch); warp w owns query
+// block blockIdx.x * 8 + w. The warp copies its row of keys (ScoreKernel) to
+// shared memory, finds the top_k threshold by radix select, keeps every key
+// above it and the lowest-indexed keys equal to it (the CPU's order: score
+// descending, then index ascending), and overwrites the row with the kept
+// indices, written with a warp scan over a bitmask.
 //
-// Shared memory: keys [rows][nb32] u32 | kp [kChunk][D + 4] f32 |
-//                qp [rows][D] f32 | bits [rows][nb32 / 32] u32 | hist [rows][256] u32
-__global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams p, int rows) {
+// Shared memory per warp: keys [nb32] u32 | bits [nb32 / 32] u32 | hist [256] u32
+__global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const int nb = p.num_blocks, H = static_cast<int>(p.q.heads), D = static_cast<int>(p.q.head_dim);
-  const int nb32 = (nb + 31) / 32 * 32, words = nb32 / 32, kp_stride = D + 4;
-  uint32_t* keys_all = reinterpret_cast<uint32_t*>(smem_raw);
-  float* kp_s = reinterpret_cast<float*>(keys_all + rows * nb32);
-  float* qp_s = kp_s + kChunk * kp_stride;
-  uint32_t* bits_all = reinterpret_cast<uint32_t*>(qp_s + rows * D);
-  uint32_t* hist_all = bits_all + rows * words;
-
-  const int h = blockIdx.y, b = blockIdx.z;
+  const int nb = p.num_blocks, H = static_cast<int>(p.q.heads);
+  const int nb32 = (nb + 31) / 32 * 32, words = nb32 / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int qb = blockIdx.x * rows + warp;
-  const bool active = warp < rows && qb < nb;
-  const int64_t bh = static_cast<int64_t>(b) * H + h;
-  const int64_t per = static_cast<int64_t>(p.q.batch) * H * nb * D;
-  const float4* kp = reinterpret_cast<const float4*>(p.pooled + per + bh * nb * D);
-  uint32_t* keys = keys_all + warp * nb32;
-  uint32_t* bits = bits_all + warp * words;
-  const bool forced_row = active && p.block_forced[qb] != 0;
-  const int d4 = D / 4;
-
-  for (int i = threadIdx.x; i < rows * d4; i += kSelectThreads) {
-    const int r = i / d4, qrow = blockIdx.x * rows + r;
-    reinterpret_cast<float4*>(qp_s)[i] =
-        qrow < nb ? reinterpret_cast<const float4*>(p.pooled + (bh * nb + qrow) * D)[i % d4]
-                  : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-  // Scores, chunk by chunk of key blocks.
-  for (int c0 = 0; c0 < nb; c0 += kChunk) {
-    const int cn = min(kChunk, nb - c0);
-    __syncthreads();
-    for (int i = threadIdx.x; i < cn * d4; i += kSelectThreads) {
-      reinterpret_cast<float4*>(kp_s + (i / d4) * kp_stride)[i % d4] = kp[c0 * d4 + i];
-    }
-    __syncthreads();
-    if (active && !forced_row) {
-      const float4* q = reinterpret_cast<const float4*>(qp_s + warp * D);
-      for (int j = lane; j < cn; j += 32) {
-        const float4* kr = reinterpret_cast<const float4*>(kp_s + j * kp_stride);
-        float dot = 0.0f;
-        for (int d = 0; d < d4; ++d) {
-          const float4 a = q[d], c = kr[d];
-          dot = fmaf(a.x, c.x, dot);
-          dot = fmaf(a.y, c.y, dot);
-          dot = fmaf(a.z, c.z, dot);
-          dot = fmaf(a.w, c.w, dot);
-        }
-        keys[c0 + j] = OrderedBits(dot * p.scale);
-      }
-    }
-  }
-  if (!active) return;  // no block-wide barriers below
-  int32_t* out = p.indices + (bh * nb + qb) * nb;
-  const int64_t row = bh * nb + qb;
-  if (forced_row) {
+  const int qb = blockIdx.x * (kSelectThreads / 32) + warp;
+  if (qb >= nb) return;  // no block-wide barriers in this kernel
+  uint32_t* keys = reinterpret_cast<uint32_t*>(smem_raw) + warp * (nb32 + words + kRadixBins);
+  uint32_t* bits = keys + nb32;
+  uint32_t* hist = bits + words;
+  const int64_t row = (static_cast<int64_t>(blockIdx.z) * H + blockIdx.y) * nb + qb;
+  int32_t* out = p.indices + row * nb;
+  if (p.block_forced[qb] != 0) {
     for (int j = lane; j < nb; j += 32) out[j] = j;
     if (lane == 0) {
       p.counts[row] = nb;
@@ -212,18 +261,18 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams 
     }
     return;
   }
-  __syncwarp();
-
+  for (int j = lane; j < nb; j += 32) keys[j] = static_cast<uint32_t>(out[j]);
   // Kept set as a bitmask: forced blocks, then the top_k.
   for (int w = lane; w < words; w += 32) {
     uint32_t m = 0;
     for (int i = 0; i < 32 && w * 32 + i < nb; ++i) m |= (p.block_forced[w * 32 + i] ? 1u : 0u) << i;
     bits[w] = m;
   }
+  __syncwarp();
   const int top_k = min(p.top_k, nb);
   if (top_k > 0) {
     int above = 0;
-    const uint32_t threshold = RadixSelect(keys, nb, top_k, hist_all + warp * kRadixBins, lane, &above);
+    const uint32_t threshold = RadixSelect(keys, nb, top_k, hist, lane, &above);
     int ties_left = top_k - above;  // keys equal to the threshold still to keep, lowest index first
     for (int j0 = 0; j0 < nb; j0 += 32) {
       const int j = j0 + lane;
@@ -286,20 +335,23 @@ Status LaunchMaskPrediction(const MaskParams& p, void* stream) {
   }
   RAINSERVE_RETURN_IF_ERROR(Check(cudaGetLastError(), "mask pooling launch"));
 
-  // Rows per CTA: one per warp, as many as ~160 KiB of shared memory holds.
-  const int D = static_cast<int>(p.q.head_dim);
+  const int col_tiles = (p.num_blocks + kScoreTile - 1) / kScoreTile;
+  ScoreKernel<<<dim3(col_tiles * col_tiles, H, B), kScoreThreads, 0, s>>>(p, col_tiles);
+  RAINSERVE_RETURN_IF_ERROR(Check(cudaGetLastError(), "mask score launch"));
+
+  // One query block per warp; past 48 KiB (more than ~1,200 blocks) the
+  // kernel must be allowed more shared memory (at most 140 KiB: 4,096 blocks).
   const int nb32 = (p.num_blocks + 31) / 32 * 32;
-  const size_t fixed = kChunk * (D + 4) * sizeof(float);
-  const size_t per_row = (nb32 + D + nb32 / 32 + kRadixBins) * sizeof(uint32_t);
-  int rows = static_cast<int>(((160 << 10) - fixed) / per_row);
-  rows = rows < 1 ? 1 : (rows > kSelectThreads / 32 ? kSelectThreads / 32 : rows);
-  const size_t smem = fixed + rows * per_row;
-  RAINSERVE_RETURN_IF_ERROR(Check(
-      cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem)),
-      "mask select attribute"));
+  const int rows = kSelectThreads / 32;
+  const size_t smem = rows * (nb32 + nb32 / 32 + kRadixBins) * sizeof(uint32_t);
+  if (smem > (48 << 10)) {
+    RAINSERVE_RETURN_IF_ERROR(Check(
+        cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem)),
+        "mask select attribute"));
+  }
   const dim3 grid((p.num_blocks + rows - 1) / rows, H, B);
-  SelectKernel<<<grid, kSelectThreads, smem, s>>>(p, rows);
+  SelectKernel<<<grid, kSelectThreads, smem, s>>>(p);
   return Check(cudaGetLastError(), "mask select launch");
 }
 
