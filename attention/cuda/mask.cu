@@ -93,17 +93,16 @@ __device__ __forceinline__ uint32_t OrderedBits(float f) {
 constexpr int kScoreTile = 64;   // query blocks x key blocks per CTA
 constexpr int kScoreDepth = 32;  // dimensions staged per round
 constexpr int kScoreThreads = 256;
-constexpr int kStagedPerThread = kScoreTile * kScoreDepth / 4 / kScoreThreads;  // float4 each of q, k
 constexpr int kRadixBins = 256;  // 8-bit digits, four passes over 32-bit keys
 
 // One CTA per (64 x 64 tile of block pairs, head, batch element). Each round
 // stages 32 dimensions of the tile's 64 pooled query and 64 pooled key blocks
 // in shared memory, transposed ([d][block], padded by 4 floats: conflict-free
-// stores, 16-byte reads), while the next round's loads are in flight in
-// registers; thread (ty, tx) accumulates query blocks 4 ty..+3 x key blocks
-// 4 tx..+3, reading 8 floats per 16 multiply-adds, and skips the products
-// when all its query blocks or all its key blocks are past nb (edge tiles). (Scoring one key per lane
-// against a row held in shared memory read 8 floats per 4.)
+// stores, 16-byte reads); thread (ty, tx) accumulates query blocks 4 ty..+3 x
+// key blocks 4 tx..+3, reading 8 floats per 16 multiply-adds, and skips the
+// products when all its query blocks or all its key blocks are past nb (edge
+// tiles). (Scoring one key per lane against a row held in shared memory read
+// 8 floats per 4.)
 // keys: [B, H, nb, nb] u32, the indices output reused (SelectKernel reads
 // each row before it writes it).
 __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(const MaskParams p, int col_tiles) {
@@ -117,37 +116,24 @@ __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(const MaskParams p,
   const float* kp = p.pooled + per + bh * nb * D;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const bool idle = row0 + 4 * ty >= nb || col0 + 4 * tx >= nb;
-  // Staged element u of this thread: float4 column group i / 64 of block
-  // i % 64, i = threadIdx.x + u * 256 (a warp covers 32 consecutive blocks).
-  float4 qa[kStagedPerThread], ka[kStagedPerThread];
-  auto fetch = [&](int d0) {
-    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int u = 0; u < kStagedPerThread; ++u) {
-      const int i = threadIdx.x + u * kScoreThreads, r = i % kScoreTile;
-      const int d = d0 + 4 * (i / kScoreTile);
-      qa[u] = row0 + r < nb && d < D
-                  ? *reinterpret_cast<const float4*>(qp + int64_t(row0 + r) * D + d)
-                  : zero;
-      ka[u] = col0 + r < nb && d < D
-                  ? *reinterpret_cast<const float4*>(kp + int64_t(col0 + r) * D + d)
-                  : zero;
-    }
-  };
-  auto stash = [&] {
-    for (int u = 0; u < kStagedPerThread; ++u) {
-      const int i = threadIdx.x + u * kScoreThreads, r = i % kScoreTile, d = 4 * (i / kScoreTile);
-      qs[d][r] = qa[u].x, qs[d + 1][r] = qa[u].y, qs[d + 2][r] = qa[u].z, qs[d + 3][r] = qa[u].w;
-      ks[d][r] = ka[u].x, ks[d + 1][r] = ka[u].y, ks[d + 2][r] = ka[u].z, ks[d + 3][r] = ka[u].w;
-    }
-  };
   float acc[4][4] = {};
-  fetch(0);
-  stash();
-  __syncthreads();
   for (int d0 = 0; d0 < D; d0 += kScoreDepth) {
-    const bool more = d0 + kScoreDepth < D;
-    if (more) fetch(d0 + kScoreDepth);
     const int dn = min(kScoreDepth, D - d0);  // a multiple of 4 (D is)
+    // Thread i stages float4 column group i / 64 of block i % 64: a warp
+    // stores 32 consecutive blocks of one dimension.
+    for (int i = threadIdx.x; i < kScoreTile * kScoreDepth / 4; i += kScoreThreads) {
+      const int r = i % kScoreTile, d = 4 * (i / kScoreTile);
+      const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 a = row0 + r < nb && d < dn
+                           ? *reinterpret_cast<const float4*>(qp + int64_t(row0 + r) * D + d0 + d)
+                           : zero;
+      const float4 c = col0 + r < nb && d < dn
+                           ? *reinterpret_cast<const float4*>(kp + int64_t(col0 + r) * D + d0 + d)
+                           : zero;
+      qs[d][r] = a.x, qs[d + 1][r] = a.y, qs[d + 2][r] = a.z, qs[d + 3][r] = a.w;
+      ks[d][r] = c.x, ks[d + 1][r] = c.y, ks[d + 2][r] = c.z, ks[d + 3][r] = c.w;
+    }
+    __syncthreads();
     if (!idle) {
 #pragma unroll 8
       for (int d = 0; d < dn; ++d) {
@@ -162,10 +148,6 @@ __global__ void __launch_bounds__(kScoreThreads) ScoreKernel(const MaskParams p,
       }
     }
     __syncthreads();
-    if (more) {
-      stash();
-      __syncthreads();
-    }
   }
   if (idle) return;
   uint32_t* keys = reinterpret_cast<uint32_t*>(p.indices) + bh * nb * nb;

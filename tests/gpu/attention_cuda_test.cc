@@ -173,8 +173,8 @@ TEST_F(CudaAttentionTest, DenseMatchesScaledDotProductAttention) {
 }
 
 TEST_F(CudaAttentionTest, GpuMaskEqualsCpuMaskUpToTies) {
-  // 27 blocks (one CTA of rows per head), and W1's 257 (several key rounds
-  // per thread and CTA).
+  // 27 blocks (one score tile per head, partly past nb), and W1's 257 (5 x 5
+  // score tiles, the last row and column of them holding one block each).
   struct MaskCase {
     TokenLayout layout;
     int64_t batch, heads;
