@@ -13,11 +13,12 @@
 //
 // Per consumer warpgroup and kept key block i (FlashAttention-3's in-warpgroup
 // pipelining):
-//   issue S(i) = Q K(i)^T               wgmma m64n128k16, A = Q, B = K (smem)
+//   issue S(i) = Q K(i)^T               wgmma m64n128k16, A = Q (registers), B = K (smem)
 //   issue O += P(i-1) V(i-1)            wgmma m64n{D}k16, A = P (registers)
 //   wait S(i); online softmax of S(i) -> P(i) while P V still runs
-//   wait P V; release stage i-1; rescale O
-// Registers: S 64 + P 2 x 32 (packed) + O D/2 floats per thread.
+//   wait P V; release stage i-1; rescale O if a row's max moved (kMaxSlack)
+// Registers: S 64 + P 2 x 32 (packed) + Q D/4 (packed, loaded once with
+// ldmatrix) + O D/2 floats per thread.
 //
 // Shared memory, every tile stored as D/64 panels of [rows][64] elements with
 // the 128-byte swizzle that TMA writes and wgmma reads (16-byte chunk c of row
@@ -27,11 +28,12 @@
 // Rows past a block's end are loaded (TMA fills rows past N with zeros) and
 // masked: keys by -inf scores, query rows by not being stored.
 //
-// Measured on an H200 (bf16, D = 128, docs/attention.md): 606-620 TFLOP/s
-// dense at W1/W2, against 305-320 for the kernel before it (cp.async loads by
-// all threads, a block-wide barrier and both wgmma waits per key tile, no
-// overlap). Ordering the two consumer warpgroups' issues (ping-pong through
-// named barriers) measured within +-1% and was dropped.
+// Measured on an H200 (bf16, D = 128, docs/attention.md): 620-635 TFLOP/s
+// dense at W1/W2 (606-620 with Q read from shared memory by every S = Q K^T
+// and O rescaled at every tile; 305-320 for the kernel before this one:
+// cp.async loads by all threads, a block-wide barrier and both wgmma waits
+// per key tile, no overlap). Ordering the two consumer warpgroups' issues
+// (ping-pong through named barriers) measured within +-1% and was dropped.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -51,6 +53,11 @@ namespace {
 constexpr int kBlockM = 128;  // query rows per CTA
 constexpr int kBlockN = 128;  // keys per tile (one key block)
 constexpr int kStages = 3;    // (K, V) stages in the ring
+// A row's running max moves only when a key tile's max beats it by more than
+// this many exp2 units (FlashAttention-4's conditional rescaling): P stays
+// <= 2^8, the result is the same after normalisation, and O is rescaled only
+// on a move, in practice on the first tiles of a row.
+constexpr float kMaxSlack = 8.0f;
 constexpr int kConsumerThreads = 256;
 constexpr int kThreads = kConsumerThreads + 128;
 
@@ -150,8 +157,8 @@ template <typename T>
 struct Ops;
 template <>
 struct Ops<__nv_bfloat16> {
-  __device__ static void QK(float (&s)[64], uint64_t a, uint64_t b, int acc) {
-    sm90::WgmmaSS_N128_bf16(s, a, b, acc);
+  __device__ static void QK(float (&s)[64], const uint32_t (&a)[4], uint64_t b, int acc) {
+    sm90::WgmmaRS_N128_bf16<0>(s, a, b, acc);
   }
   __device__ static void PV(float (&o)[64], const uint32_t (&p)[4], uint64_t b) {
     sm90::WgmmaRS_N128_bf16<1>(o, p, b, 1);
@@ -162,8 +169,8 @@ struct Ops<__nv_bfloat16> {
 };
 template <>
 struct Ops<__half> {
-  __device__ static void QK(float (&s)[64], uint64_t a, uint64_t b, int acc) {
-    sm90::WgmmaSS_N128_f16(s, a, b, acc);
+  __device__ static void QK(float (&s)[64], const uint32_t (&a)[4], uint64_t b, int acc) {
+    sm90::WgmmaRS_N128_f16<0>(s, a, b, acc);
   }
   __device__ static void PV(float (&o)[64], const uint32_t (&p)[4], uint64_t b) {
     sm90::WgmmaRS_N128_f16<1>(o, p, b, 1);
@@ -175,16 +182,34 @@ struct Ops<__half> {
 
 // ---- consumer pieces --------------------------------------------------------
 
-// Issues S = Q K^T over D / 16 k-steps (not waited for). Within a 64-element
-// panel a k-step advances the start address by 32 bytes; panels are
-// rows * 128 bytes apart.
+// Issues S = Q K^T over D / 16 k-steps (not waited for), A = Q from this
+// thread's fragments, B = K from shared memory. Within a 64-element panel a
+// k-step advances K's start address by 32 bytes; panels are 128 rows * 128
+// bytes apart.
 template <int D, typename T>
-__device__ __forceinline__ void IssueQK(float (&s)[64], uint32_t q_base, uint32_t k_base) {
+__device__ __forceinline__ void IssueQK(float (&s)[64], const uint32_t (&qf)[D / 16][4],
+                                        uint32_t k_base) {
   for (int ks = 0; ks < D / 16; ++ks) {
     const uint32_t panel = ks / 4, within = (ks % 4) * 32;
-    const uint64_t da = Descriptor(q_base + panel * kBlockM * 128 + within, 16, 1024);
     const uint64_t db = Descriptor(k_base + panel * kBlockN * 128 + within, 16, 1024);
-    Ops<T>::QK(s, da, db, ks > 0);
+    Ops<T>::QK(s, qf[ks], db, ks > 0);
+  }
+}
+
+// This warp's 16 query rows of Q as wgmma A fragments for every k-step
+// (ldmatrix.x4 from the swizzled panels): lane L addresses row L % 8 of
+// 8 x 8 matrix L / 8 = (rows +8 if odd, dims +8 if >= 2), so register j
+// holds rows g / g + 8 and dims 2t / 8 + 2t as the A layout wants.
+template <int D>
+__device__ __forceinline__ void LoadQFragments(uint32_t (&qf)[D / 16][4], uint32_t q_tile,
+                                               int first_row, int lane) {
+  const int mi = lane / 8, row = first_row + (mi % 2) * 8 + lane % 8;
+  for (int ks = 0; ks < D / 16; ++ks) {
+    const int chunk = (ks % 4) * 2 + mi / 2;
+    const uint32_t addr = q_tile + (ks / 4) * kBlockM * 128 + row * 128 + ((chunk ^ (row % 8)) * 16);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(qf[ks][0]), "=r"(qf[ks][1]), "=r"(qf[ks][2]), "=r"(qf[ks][3])
+                 : "r"(addr));
   }
 }
 
@@ -201,8 +226,10 @@ __device__ __forceinline__ void IssuePV(float (&o)[D / 2], const uint32_t (&pf)[
 
 // Online softmax of one tile. s[4j + e] holds row g (e < 2) or g + 8 of this
 // warp, key 8j + 2t + (e & 1) of the tile; `valid` keys are real (the rest
-// are masked). m is the running row max of the raw scores, l this thread's
-// share of the running row sum; alpha the factor O must be rescaled by.
+// are masked). m is the max of the raw scores the exponents are taken
+// against (the running row max, moved lazily: kMaxSlack), l this thread's
+// share of the running row sum; alpha the factor O must be rescaled by (1
+// when m did not move).
 template <typename T>
 __device__ __forceinline__ void Softmax(float (&s)[64], int valid, int t, float scale_log2,
                                         float (&m)[2], float (&l)[2], float (&alpha)[2],
@@ -223,9 +250,10 @@ __device__ __forceinline__ void Softmax(float (&s)[64], int valid, int t, float 
   for (int r = 0; r < 2; ++r) {
     row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffff, row_max[r], 1));
     row_max[r] = fmaxf(row_max[r], __shfl_xor_sync(0xffffffff, row_max[r], 2));
-    alpha[r] = Exp2((m[r] - row_max[r]) * scale_log2);  // 0 on the first tile (m = -inf)
-    m[r] = row_max[r];
-    neg_max_scaled[r] = -row_max[r] * scale_log2;
+    const bool move = row_max[r] * scale_log2 > m[r] * scale_log2 + kMaxSlack;  // m = -inf: moves
+    alpha[r] = move ? Exp2((m[r] - row_max[r]) * scale_log2) : 1.0f;  // 0 on the first tile
+    if (move) m[r] = row_max[r];
+    neg_max_scaled[r] = -m[r] * scale_log2;
     l[r] *= alpha[r];
   }
   for (int j = 0; j < 16; ++j) {
@@ -313,13 +341,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   float o[kORegs];
   for (int i = 0; i < kORegs; ++i) o[i] = 0.0f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
-  const uint32_t q_base = SmemAddr(sQ) + wg * 64 * 128;
   auto valid_keys = [&](int i) {
     const int kb = kept[i];
     return p.block_starts[kb + 1] - p.block_starts[kb];
   };
 
   MbarWait(bar_q, 0);
+  uint32_t qf[D / 16][4];  // Q as A fragments, read by every S = Q K^T
+  LoadQFragments<D>(qf, SmemAddr(sQ), wg * 64 + ((threadIdx.x % 128) / 32) * 16, lane);
   if (count > 0) {
     float s[64];
     // P of the previous tile (read by the P V in flight) and of this one: two
@@ -328,7 +357,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint32_t pf_a[8][4], pf_b[8][4];
     MbarWait(bar_k(0), 0);
     WgmmaFence();
-    IssueQK<D, T>(s, q_base, SmemAddr(sK));
+    IssueQK<D, T>(s, qf, SmemAddr(sK));
     WgmmaCommit();
     WgmmaWait<0>();
     PinRegs(s);
@@ -343,7 +372,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       PinRegs(o);
       PinRegs(pf_prev);
       WgmmaFence();
-      IssueQK<D, T>(s, q_base, SmemAddr(sK + s_cur * kTileBytes));
+      IssueQK<D, T>(s, qf, SmemAddr(sK + s_cur * kTileBytes));
       WgmmaCommit();
       IssuePV<D, T>(o, pf_prev, SmemAddr(sV + s_prev * kTileBytes));
       WgmmaCommit();
@@ -354,11 +383,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       PinRegs(o);
       PinRegs(pf_prev);
       MbarArrive(bar_empty(s_prev));
-      for (int j = 0; j < kORegs / 4; ++j) {
-        o[4 * j] *= alpha[0];
-        o[4 * j + 1] *= alpha[0];
-        o[4 * j + 2] *= alpha[1];
-        o[4 * j + 3] *= alpha[1];
+      if (__any_sync(0xffffffff, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+        for (int j = 0; j < kORegs / 4; ++j) {
+          o[4 * j] *= alpha[0];
+          o[4 * j + 1] *= alpha[0];
+          o[4 * j + 2] *= alpha[1];
+          o[4 * j + 3] *= alpha[1];
+        }
       }
     };
     // The last tile's P V.

@@ -150,25 +150,60 @@ TEST_F(CudaAttentionTest, ParityRowsLargeWithText) {
   RunParity(engine_, {Layout(4, 32, 32, 1, 7), 2, 1, 128, at::kBFloat16, 0.0});
 }
 
+// Our dense attention (through the whole RainFusion call) against a float64
+// reference: at most twice LibTorch SDPA's error, plus 1e-3.
+void ExpectDenseMatchesSdpa(AttentionEngine& engine, const AttentionPlan& plan,
+                            const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  auto ours = RainFusionAttention(engine, q, k, v, plan, AttentionConfig{});
+  ASSERT_TRUE(ours.ok()) << ours.status().ToString();
+  const at::Tensor sdpa = Sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2);
+  const at::Tensor ref = Sdpa(q.transpose(1, 2).to(at::kDouble).cpu(),
+                              k.transpose(1, 2).to(at::kDouble).cpu(),
+                              v.transpose(1, 2).to(at::kDouble).cpu())
+                             .transpose(1, 2);
+  const double sdpa_err = (sdpa.cpu().to(at::kDouble) - ref).abs().max().item<double>();
+  const double our_err = (ours->out.cpu().to(at::kDouble) - ref).abs().max().item<double>();
+  EXPECT_LE(our_err, 2.0 * sdpa_err + 1e-3) << "SDPA error " << sdpa_err;
+}
+
 TEST_F(CudaAttentionTest, DenseMatchesScaledDotProductAttention) {
   auto plan = AttentionPlan::Build(Layout(5, 16, 24, 1), WindowShape{2, 8, 8});
   ASSERT_TRUE(plan.ok());
   const int64_t N = plan->tokens();
   for (int64_t d : {64, 128}) {
+    SCOPED_TRACE(d);
     at::manual_seed(d);
     const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
     const at::Tensor q = at::randn({2, N, 4, d}, opts), k = at::randn({2, N, 4, d}, opts),
                      v = at::randn({2, N, 4, d}, opts);
-    auto ours = RainFusionAttention(engine_, q, k, v, *plan, AttentionConfig{});
-    ASSERT_TRUE(ours.ok()) << ours.status().ToString();
-    const at::Tensor sdpa = Sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2);
-    const at::Tensor ref = Sdpa(q.transpose(1, 2).to(at::kDouble).cpu(),
-                                k.transpose(1, 2).to(at::kDouble).cpu(),
-                                v.transpose(1, 2).to(at::kDouble).cpu())
-                               .transpose(1, 2);
-    const double sdpa_err = (sdpa.cpu().to(at::kDouble) - ref).abs().max().item<double>();
-    const double our_err = (ours->out.cpu().to(at::kDouble) - ref).abs().max().item<double>();
-    EXPECT_LE(our_err, 2.0 * sdpa_err + 1e-3) << "SDPA error " << sdpa_err;
+    ExpectDenseMatchesSdpa(engine_, *plan, q, k, v);
+  }
+}
+
+// The kernel moves a row's running max only when a key tile beats it by
+// more than 2^8 (in exp2 units) and skips rescaling O otherwise. Here the
+// scores climb from key tile to key tile, by ~5 (moves every other tile) or
+// ~20 (every tile) exp2 units per tile depending on the head, and fall for
+// rows whose query points the other way (the first tile keeps the max).
+TEST_F(CudaAttentionTest, DenseFollowsARowMaxThatClimbsAcrossKeyTiles) {
+  auto plan = AttentionPlan::Build(Layout(5, 16, 24, 1), WindowShape{2, 8, 8});
+  ASSERT_TRUE(plan.ok());
+  const int64_t N = plan->tokens(), d = 128;
+  at::manual_seed(7);
+  at::Tensor q = at::randn({2, N, 2, d}) * 0.1, k = at::randn({2, N, 2, d}) * 0.1;
+  const at::Tensor v = at::randn({2, N, 2, d});
+  // Score of a query with q[..., 0] = +-1 against key n: +-(slope n) / sqrt(d).
+  const at::Tensor sign = (at::rand({2, N, 2}) < 0.5).to(at::kFloat) * 2 - 1;
+  q.select(3, 0).copy_(sign);
+  const double per_tile[2] = {5.0, 20.0};  // exp2 units gained per 128 keys
+  for (int h = 0; h < 2; ++h) {
+    const double slope = per_tile[h] / 128 / std::log2(std::exp(1.0)) * std::sqrt(double(d));
+    k.select(2, h).select(2, 0).copy_(at::arange(N).to(at::kFloat).mul(slope).expand({2, N}));
+  }
+  for (at::ScalarType dt : {at::kBFloat16, at::kHalf}) {
+    SCOPED_TRACE(dt);
+    const auto opts = at::TensorOptions().dtype(dt).device(at::kCUDA);
+    ExpectDenseMatchesSdpa(engine_, *plan, q.to(opts), k.to(opts), v.to(opts));
   }
 }
 
