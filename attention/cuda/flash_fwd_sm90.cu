@@ -29,11 +29,11 @@
 // masked: keys by -inf scores, query rows by not being stored.
 //
 // Measured on an H200 (bf16, D = 128, docs/attention.md): 620-635 TFLOP/s
-// dense at W1/W2 (606-620 with Q read from shared memory by every S = Q K^T
-// and O rescaled at every tile; 305-320 for the kernel before this one:
-// cp.async loads by all threads, a block-wide barrier and both wgmma waits
-// per key tile, no overlap). Ordering the two consumer warpgroups' issues
-// (ping-pong through named barriers) measured within +-1% and was dropped.
+// dense at W1/W2. Earlier versions: 606-620 with Q read from shared memory
+// and O rescaled at every tile; 305-320 with cp.async loads by all threads,
+// a block-wide barrier and both wgmma waits per key tile. Ordering the two
+// consumer warpgroups' issues (ping-pong through named barriers) measured
+// within +-1% and was dropped.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
