@@ -7,6 +7,8 @@
 #include <sstream>
 #include <tuple>
 
+#include <torch/version.h>
+
 #if RAINSERVE_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -266,6 +268,33 @@ StatusOr<AttentionResult> BlockSparseAttention(AttentionEngine& engine, const at
   st.mask_seconds = mask.mask_seconds;
   st.backend = backend->Name();
   return result;
+}
+
+Status SupportsBlockAttention(AttentionEngine& engine, const at::Tensor& q,
+                              const AttentionPlan& plan) {
+  RAINSERVE_RETURN_IF_ERROR(CheckTensor(q, "q", q, plan.tokens()));
+  RAINSERVE_ASSIGN_OR_RETURN(AttentionBackend * backend, BackendFor(engine, q));
+  const at::Tensor qc = DenseD(q);
+  RAINSERVE_ASSIGN_OR_RETURN(DType dtype, ToDType(qc, "q"));
+  ForwardArgs args;  // q's layout stands for k, v and out, which share it
+  args.q = args.k = args.v = args.out = ViewOf(qc, dtype);
+  const PlanTables tables = TablesFor(plan, q.device());
+  args.blocks = BlockView(tables);
+  return backend->Supports(args, plan.blocks.block_size);
+}
+
+at::Tensor DenseTorchAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  const at::Tensor qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);
+#if TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(qt, kt, vt).transpose(1, 2);
+#else
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  const at::Tensor scores =
+      at::matmul(qt.to(at::kFloat), kt.to(at::kFloat).transpose(-1, -2)) * scale;
+  return at::matmul(at::softmax(scores, -1), vt.to(at::kFloat))
+      .to(q.scalar_type())
+      .transpose(1, 2);
+#endif
 }
 
 int64_t KeptBlocks(const TorchBlockMask& mask) {

@@ -70,6 +70,16 @@ StatusOr<AttentionResult> BlockSparseAttention(AttentionEngine& engine, const at
                                                const AttentionPlan& plan,
                                                const TorchBlockMask& mask, bool return_lse);
 
+// OK when the backend of q's device runs block attention on q's dtype, head
+// dim and strides for this plan (AttentionBackend::Supports), else why not.
+Status SupportsBlockAttention(AttentionEngine& engine, const at::Tensor& q,
+                              const AttentionPlan& plan);
+
+// Dense attention with LibTorch (SDPA from PyTorch 2; matmul-softmax-matmul
+// in fp32 before), in whatever token order q, k, v share.
+// q: [B, Nq, H, D], k, v: [B, Nk, H, D] -> [B, Nq, H, D].
+at::Tensor DenseTorchAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
 // x: [B, N, ...] (token dim = 1) or a per-token table [N, ...] (token dim = 0).
 // Permute: original order -> plan order; Unpermute: back.
 StatusOr<at::Tensor> PermuteTokens(AttentionEngine& engine, const at::Tensor& x,

@@ -49,8 +49,8 @@ using namespace rainserve;
 
 struct Mode {
   std::string name;
-  SelfAttentionImpl impl;
-  double sparsity;
+  attention::DenseKernel dense;  // for dense steps
+  double sparsity;               // 0: every step dense
   double warmup_fraction;  // share of steps run dense
   // kAten: norms, modulation, RoPE and residuals as separate ATen ops (the
   // baseline of the fused kernels, pipelines/wan_ops.h).
@@ -99,16 +99,20 @@ int main(int argc, char** argv) {
     auto options = [&](const Mode& mode) {
       WanForwardOptions o;
       o.engine = &engine;
-      o.impl = mode.impl;
-      o.sparsity = mode.sparsity;
-      o.sink_frames = 1;
+      o.sparse.mode = mode.sparsity > 0 ? attention::AttentionMode::kRainFusion
+                                        : attention::AttentionMode::kDense;
+      o.sparse.sparsity = mode.sparsity;
+      o.sparse.sink_frames = 1;
+      o.sparse.dense_warmup_steps = static_cast<int64_t>(mode.warmup_fraction * steps + 0.5);
+      o.attention.dense_kernel = mode.dense;
       o.elementwise = mode.elementwise;
+      o.step = steps;  // past the warm-up
       return o;
     };
     // Step i of a mode (i >= steps: a warm-up or extra step, sparse unless dense).
     auto step = [&](const Mode& mode, int i, WanForwardStats* st) {
       WanForwardOptions o = options(mode);
-      if (i < static_cast<int>(mode.warmup_fraction * steps + 0.5)) o.sparsity = 0.0;
+      o.step = i;
       auto r = model.Forward(lat, t, text, o, st);
       if (!r.ok()) {
         std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
@@ -171,7 +175,7 @@ int main(int argc, char** argv) {
       }
       // A synchronised pass for the time split (slower, not the step time).
       WanForwardOptions prof = options(mode);
-      prof.synchronize = [] { cudaDeviceSynchronize(); };
+      prof.attention.synchronize = [] { cudaDeviceSynchronize(); };
       WanForwardStats ps;
       cudaDeviceSynchronize();
       cudaEvent_t a, b;
@@ -188,7 +192,8 @@ int main(int argc, char** argv) {
       const double median = mode.warmup_fraction > 0
                                 ? std::accumulate(tm.ms.begin(), tm.ms.end(), 0.0) / tm.ms.size()
                                 : MedianMs(tm.ms);
-      if (mode.impl == SelfAttentionImpl::kTorch && mode.elementwise == ElementwiseImpl::kFused) {
+      if (mode.dense == attention::DenseKernel::kTorch && mode.sparsity == 0 &&
+          mode.elementwise == ElementwiseImpl::kFused) {
         sdpa_ms = median;
       }
       const double realized = tm.sparse_steps ? tm.realized / tm.sparse_steps : 0.0;
@@ -224,13 +229,14 @@ int main(int argc, char** argv) {
   };
 
   const std::vector<Mode> modes = {
-      {"torch_sdpa_dense", SelfAttentionImpl::kTorch, 0.0, 0.0},
-      {"torch_sdpa_dense_aten_elementwise", SelfAttentionImpl::kTorch, 0.0, 0.0,
+      {"torch_sdpa_dense", attention::DenseKernel::kTorch, 0.0, 0.0},
+      {"torch_sdpa_dense_aten_elementwise", attention::DenseKernel::kTorch, 0.0, 0.0,
        ElementwiseImpl::kAten},
-      {"rainserve_dense", SelfAttentionImpl::kRainFusion, 0.0, 0.0},
-      {"rainserve_sparse_0.8_sink1", SelfAttentionImpl::kRainFusion, 0.8, 0.0},
-      {"rainserve_sparse_0.9_sink1", SelfAttentionImpl::kRainFusion, 0.9, 0.0},
-      {"rainserve_sparse_0.8_sink1_warmup20", SelfAttentionImpl::kRainFusion, 0.8, 0.2},
+      {"rainserve_dense", attention::DenseKernel::kOurs, 0.0, 0.0},
+      {"rainserve_sparse_0.8_sink1", attention::DenseKernel::kAuto, 0.8, 0.0},
+      {"rainserve_sparse_0.9_sink1", attention::DenseKernel::kAuto, 0.9, 0.0},
+      // Warm-up steps run dense with the kernel the service picks (kAuto).
+      {"rainserve_sparse_0.8_sink1_warmup20", attention::DenseKernel::kAuto, 0.8, 0.2},
   };
   {
     WanTransformerConfig c13;  // Wan2.1-T2V-1.3B

@@ -78,20 +78,9 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
     return InvalidArgumentError("scheduler must be unipc or euler (got \"" + request.scheduler +
                                 "\")");
   }
-  const SparseSettings& sparse = request.sparse;
-  if (!std::isfinite(sparse.sparsity) || sparse.sparsity < 0 || sparse.sparsity >= 1) {
-    return OutOfRange("sparse_attention.sparsity", "in [0, 1)", sparse.sparsity);
-  }
   const int64_t latent_frames = (request.num_frames - 1) / f + 1;
   RAINSERVE_RETURN_IF_ERROR(
-      CheckInt("sparse_attention.sink_frames", sparse.sink_frames, 0, latent_frames));
-  const char* window_fields[] = {"sparse_attention.window.t", "sparse_attention.window.h",
-                                 "sparse_attention.window.w"};
-  for (int i = 0; i < 3; ++i) {
-    RAINSERVE_RETURN_IF_ERROR(CheckInt(window_fields[i], sparse.window[i], 0, 64));
-  }
-  RAINSERVE_RETURN_IF_ERROR(CheckInt("sparse_attention.dense_warmup_steps",
-                                     sparse.dense_warmup_steps, 0, request.steps));
+      attention::ValidateSettings(request.sparse, {latent_frames, request.steps}));
   if (limits.max_memory_bytes > 0) {
     const uint64_t need = model.memory.Estimate(request.width, request.height, request.num_frames);
     if (need > limits.max_memory_bytes) {

@@ -14,30 +14,16 @@
 #include <string>
 #include <vector>
 
+#include "attention/settings.h"
 #include "common/config.h"
 #include "common/status.h"
 
 namespace rainserve {
 
-enum class AttentionMode {
-  kDense,       // every block pair computed
-  kRainFusion,  // RainFusion2.0 block-sparse attention
-};
-
-enum class MaskRefresh {
-  kEveryLayer,  // predict a mask in every self-attention layer
-  kPerStep,     // predict it in the first layer and share it for the forward
-};
-
-// Sparse-attention settings of one request (every field resolved).
-struct SparseSettings {
-  AttentionMode mode = AttentionMode::kRainFusion;
-  double sparsity = 0.8;      // fraction of key blocks skipped, [0, 1)
-  int64_t sink_frames = 1;    // leading latent frames attended densely
-  std::array<int64_t, 3> window = {0, 0, 0};  // latent (t, h, w); 0s = model default
-  int64_t dense_warmup_steps = 0;  // first steps run dense
-  MaskRefresh mask_refresh = MaskRefresh::kEveryLayer;
-};
+// The sparse-attention settings and their names live in attention/.
+using attention::AttentionMode;
+using attention::MaskRefresh;
+using attention::SparseSettings;
 
 // What a request may ask for (Models.Describe limits).
 struct PipelineLimits {

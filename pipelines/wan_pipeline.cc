@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -145,7 +146,7 @@ Status CheckModelIndex(const std::string& dir) {
   return OkStatus();
 }
 
-void ApplyOverrides(const ModelEntry& entry, PipelineDefaults* d, PipelineLimits* l) {
+Status ApplyOverrides(const ModelEntry& entry, PipelineDefaults* d, PipelineLimits* l) {
   const ModelDefaultsOverride& o = entry.defaults;
   if (o.width) d->width = *o.width;
   if (o.height) d->height = *o.height;
@@ -155,16 +156,17 @@ void ApplyOverrides(const ModelEntry& entry, PipelineDefaults* d, PipelineLimits
   if (o.guidance_scale) d->guidance_scale = *o.guidance_scale;
   if (o.flow_shift) d->flow_shift = *o.flow_shift;
   if (o.scheduler) d->scheduler = *o.scheduler;
+  const std::string sa = "models." + entry.name + ".defaults.sparse_attention.";
   if (o.attention_mode) {
-    d->sparse.mode = *o.attention_mode == "dense" ? AttentionMode::kDense : AttentionMode::kRainFusion;
+    RAINSERVE_ASSIGN_OR_RETURN(d->sparse.mode, attention::ParseMode(*o.attention_mode, sa + "mode"));
   }
   if (o.sparsity) d->sparse.sparsity = *o.sparsity;
   if (o.sink_frames) d->sparse.sink_frames = *o.sink_frames;
   if (o.dense_warmup_steps) d->sparse.dense_warmup_steps = *o.dense_warmup_steps;
   if (o.window) d->sparse.window = {(*o.window)[0], (*o.window)[1], (*o.window)[2]};
   if (o.mask_refresh) {
-    d->sparse.mask_refresh =
-        *o.mask_refresh == "per_step" ? MaskRefresh::kPerStep : MaskRefresh::kEveryLayer;
+    RAINSERVE_ASSIGN_OR_RETURN(d->sparse.mask_refresh,
+                               attention::ParseMaskRefresh(*o.mask_refresh, sa + "mask_refresh"));
   }
   const ModelLimitsOverride& m = entry.limits;
   if (m.max_width) l->max_width = *m.max_width;
@@ -174,6 +176,7 @@ void ApplyOverrides(const ModelEntry& entry, PipelineDefaults* d, PipelineLimits
   if (m.max_steps) l->max_steps = *m.max_steps;
   if (m.max_prompt_tokens) l->max_prompt_tokens = *m.max_prompt_tokens;
   if (m.max_memory_gb) l->max_memory_bytes = static_cast<uint64_t>(*m.max_memory_gb * 1e9);
+  return OkStatus();
 }
 
 uint64_t ParameterBytes(const std::vector<std::pair<std::string, at::Tensor>>& params) {
@@ -198,6 +201,14 @@ class WanPipeline final : public Pipeline {
   StatusOr<at::Tensor> EncodePrompts(const std::vector<std::string>& prompts) const;
   StatusOr<GenerationOutput> Run(const GenerationRequest& request, const ProgressCallback& progress,
                                  const CancelToken& cancel);
+  // Noise from the seed, then every denoising step; fills the step statistics
+  // and timings of *out. Returns the final latents [1, z, F, h, w] fp32.
+  StatusOr<at::Tensor> Denoise(const GenerationRequest& request, const at::Tensor& text,
+                               const std::function<void(int64_t)>& step_done,
+                               const CancelToken& cancel, GenerationOutput* out);
+  // The latents themselves, or the decoded frames, into *out.
+  Status Output(const GenerationRequest& request, const at::Tensor& latents,
+                GenerationOutput* out);
 
   PipelineDescription description_;
   at::Device device_{at::kCPU};
@@ -284,7 +295,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelEntry& entry
   }
   d.defaults.scheduler = scheduler_kind;
   d.defaults.flow_shift = p->scheduler_config_.flow_shift;
-  ApplyOverrides(entry, &d.defaults, &d.limits);
+  RAINSERVE_RETURN_IF_ERROR(ApplyOverrides(entry, &d.defaults, &d.limits));
   // The defaults must themselves be a valid request.
   GenerationRequest probe = DefaultRequest(d.defaults);
   probe.prompt = "defaults";
@@ -360,22 +371,35 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
   GenerationOutput out;
   out.width = request.width;
   out.height = request.height;
-  out.requested_sparsity =
-      request.sparse.mode == AttentionMode::kRainFusion ? request.sparse.sparsity : 0.0;
+  out.requested_sparsity = attention::RequestedSparsity(request.sparse);
 
   // 1. Prompts: [2, L, d] (cond, uncond) with guidance, else [1, L, d].
   report("text_encode", 0, request.steps);
-  const bool cfg = request.guidance_scale > 1.0;
   std::vector<std::string> prompts = {request.prompt};
-  if (cfg) prompts.push_back(request.negative_prompt);
-  auto stage_start = Clock::now();
+  if (request.guidance_scale > 1.0) prompts.push_back(request.negative_prompt);
+  const auto stage_start = Clock::now();
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor text, EncodePrompts(prompts));
   Synchronize(device_);
   out.text_encode_seconds = Since(stage_start);
   if (cancel.cancelled()) return CancelledError("cancelled before denoising");
 
-  // 2. Latents: [1, z, F, h, w] fp32, the noise drawn on the CPU so that a
-  //    seed means the same video on every device.
+  // 2-3. Noise, then the denoising loop.
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor latents,
+                             Denoise(request, text, [&](int64_t i) {
+                               report("denoise", i, request.steps);
+                             }, cancel, &out));
+  if (cancel.cancelled()) return CancelledError("cancelled before decoding");
+  if (request.decode_frames) report("decode", request.steps, request.steps);
+  RAINSERVE_RETURN_IF_ERROR(Output(request, latents, &out));
+  out.peak_memory_bytes = PeakMemory(device_);
+  return out;
+}
+
+StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, const at::Tensor& text,
+                                          const std::function<void(int64_t)>& step_done,
+                                          const CancelToken& cancel, GenerationOutput* out) {
+  // Latents: [1, z, F, h, w] fp32, the noise drawn on the CPU so that a seed
+  // means the same video on every device.
   const int64_t z = vae_->config().z_dim;
   const int64_t F = (request.num_frames - 1) / vae_->temporal_scale() + 1;
   const int64_t h = request.height / vae_->spatial_scale();
@@ -383,38 +407,24 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
   at::Generator gen = at::detail::createCPUGenerator(request.seed);
   at::Tensor latents = at::randn({1, z, F, h, w}, gen, at::TensorOptions().dtype(at::kFloat))
                            .to(device_);
-
   RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<FlowScheduler> scheduler,
                              MakeScheduler(request.scheduler, scheduler_config_));
   RAINSERVE_RETURN_IF_ERROR(scheduler->SetTimesteps(static_cast<int>(request.steps),
                                                     request.flow_shift));
-
   WanForwardOptions options;
   options.engine = engine_.get();
-  options.sink_frames = F == 1 ? 0 : request.sparse.sink_frames;
-  options.window = {request.sparse.window[0], request.sparse.window[1], request.sparse.window[2]};
-  options.mask_refresh = request.sparse.mask_refresh;
-
-  // 3. Denoise.
-  stage_start = Clock::now();
-  double sparse_sum = 0.0;
-  int64_t sparse_steps = 0;
+  options.sparse = request.sparse;
+  const bool cfg = request.guidance_scale > 1.0;
   const int64_t B = cfg ? 2 : 1;
+  attention::SparsityTally tally;
+  const auto start = Clock::now();
   for (int64_t i = 0; i < request.steps; ++i) {
     if (cancel.cancelled()) {
       return CancelledError("cancelled after " + std::to_string(i) + " of " +
                             std::to_string(request.steps) + " steps");
     }
     const auto step_start = Clock::now();
-    const bool sparse_step = request.sparse.mode == AttentionMode::kRainFusion &&
-                             i >= request.sparse.dense_warmup_steps && request.sparse.sparsity > 0;
-    options.sparsity = sparse_step ? request.sparse.sparsity : 0.0;
-    // Dense steps take the fastest dense attention of the device: LibTorch's
-    // SDPA (FlashAttention-class) on GPUs, where our dense kernel runs at
-    // 0.70x of it (docs/benchmarks.md); our kernel on the CPU, where it is
-    // 2.7-3.4x LibTorch's matmul-softmax-matmul.
-    options.impl = !sparse_step && device_.is_cuda() ? SelfAttentionImpl::kTorch
-                                                     : SelfAttentionImpl::kRainFusion;
+    options.step = i;
     const at::Tensor t = at::full({B}, scheduler->timesteps()[i],
                                   at::TensorOptions().dtype(at::kFloat).device(device_));
     const at::Tensor x = latents.to(dtype_).expand({B, -1, -1, -1, -1});
@@ -422,45 +432,35 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
     RAINSERVE_ASSIGN_OR_RETURN(at::Tensor v, transformer_->Forward(x, t, text, options, &stats));
     v = v.to(at::kFloat);
     if (cfg) v = v[1] + request.guidance_scale * (v[0] - v[1]);
-    v = v.view_as(latents);
-    latents = scheduler->Step(v, static_cast<int>(i), latents);
+    latents = scheduler->Step(v.view_as(latents), static_cast<int>(i), latents);
     if (!latents.defined()) return InternalError("scheduler step " + std::to_string(i) + " failed");
     Synchronize(device_);
-
-    StepStat s;
-    s.step = i + 1;
-    s.sparse = stats.sparse;
-    s.realized_sparsity = stats.realized_sparsity;
-    s.seconds = Since(step_start);
-    out.steps.push_back(s);
-    out.mask_seconds += stats.mask_seconds;
-    if (stats.sparse) {
-      sparse_sum += stats.realized_sparsity;
-      ++sparse_steps;
-    }
-    report("denoise", i + 1, request.steps);
+    out->steps.push_back({i + 1, stats.sparse, stats.realized_sparsity, Since(step_start)});
+    out->mask_seconds += stats.mask_seconds;
+    tally.Add(stats);
+    step_done(i + 1);
   }
-  out.denoise_seconds = Since(stage_start);
-  out.realized_sparsity = sparse_steps > 0 ? sparse_sum / static_cast<double>(sparse_steps) : 0.0;
-  if (cancel.cancelled()) return CancelledError("cancelled before decoding");
+  out->denoise_seconds = Since(start);
+  out->realized_sparsity = tally.Mean();
+  return latents;
+}
 
-  // 4a. Latents only: [C, F, H, W] fp32 on the CPU, no decode.
+Status WanPipeline::Output(const GenerationRequest& request, const at::Tensor& latents,
+                           GenerationOutput* out) {
+  // Latents only: [C, F, H, W] fp32 on the CPU, no decode.
   if (!request.decode_frames) {
     const at::Tensor l = latents.squeeze(0).to(at::kCPU, at::kFloat).contiguous();
-    out.latent_shape = l.sizes().vec();
-    out.latents.assign(l.data_ptr<float>(), l.data_ptr<float>() + l.numel());
-    out.num_frames = request.num_frames;
-    out.peak_memory_bytes = PeakMemory(device_);
-    return out;
+    out->latent_shape = l.sizes().vec();
+    out->latents.assign(l.data_ptr<float>(), l.data_ptr<float>() + l.numel());
+    out->num_frames = request.num_frames;
+    return OkStatus();
   }
-
-  // 4. Decode: [1, T, H, W, 3] uint8 on the CPU.
-  report("decode", request.steps, request.steps);
-  stage_start = Clock::now();
+  // Decode: [1, T, H, W, 3] uint8 on the CPU.
+  const auto start = Clock::now();
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor frames, vae_->DecodeToFrames(latents));
-  out.decode_seconds = Since(stage_start);
+  out->decode_seconds = Since(start);
   frames = frames.contiguous();
-  out.num_frames = frames.size(1);
+  out->num_frames = frames.size(1);
   if (frames.size(2) != request.height || frames.size(3) != request.width) {
     return InternalError("the VAE decoded " + std::to_string(frames.size(3)) + "x" +
                          std::to_string(frames.size(2)) + " frames for a " +
@@ -468,9 +468,8 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
                          " request");
   }
   const uint8_t* data = frames.data_ptr<uint8_t>();
-  out.rgb.assign(data, data + frames.numel());
-  out.peak_memory_bytes = PeakMemory(device_);
-  return out;
+  out->rgb.assign(data, data + frames.numel());
+  return OkStatus();
 }
 
 }  // namespace

@@ -1,14 +1,9 @@
 #include "pipelines/wan_transformer.h"
 
-#include <chrono>
 #include <cmath>
 #include <map>
-#include <set>
-#include <sstream>
 #include <utility>
 #include <vector>
-
-#include <torch/version.h>
 
 #include "attention/torch_adapter.h"
 #include "common/config.h"
@@ -18,23 +13,19 @@
 namespace rainserve {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// Dense attention with LibTorch. q: [B, Nq, H, D], k, v: [B, Nk, H, D].
-at::Tensor TorchAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  const at::Tensor qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);
-#if TORCH_VERSION_MAJOR >= 2
-  return at::scaled_dot_product_attention(qt, kt, vt).transpose(1, 2);
-#else
-  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  const at::Tensor scores = at::matmul(qt.to(at::kFloat), kt.to(at::kFloat).transpose(-1, -2)) * scale;
-  return at::matmul(at::softmax(scores, -1), vt.to(at::kFloat)).to(q.scalar_type()).transpose(1, 2);
-#endif
-}
-
 at::Tensor GeluTanh(const at::Tensor& x) { return at::gelu(x, "tanh"); }
+
+at::Tensor Linear(const at::Tensor& x, const WanLinear& l) { return at::linear(x, l.weight, l.bias); }
+
+// GELU(tanh)(x W^T + b). On CUDA one cuBLASLt GEMM with the bias and GELU in
+// its epilogue (no separate pass over the [B, N, ffn] activations); the CPU
+// keeps the two ops. x: [B, N, in] contiguous -> [B, N, out].
+at::Tensor LinearGeluTanh(const at::Tensor& x, const WanLinear& l) {
+  if (!x.is_cuda()) return GeluTanh(Linear(x, l));
+  const at::Tensor y = at::_addmm_activation(l.bias, x.reshape({-1, x.size(-1)}), l.weight.t(), 1,
+                                             1, /*use_gelu=*/true);
+  return y.view({x.size(0), x.size(1), l.weight.size(0)});
+}
 
 // Sinusoidal timestep embedding as diffusers' Timesteps(flip_sin_to_cos=True,
 // downscale_freq_shift=0): [cos(t w_i), sin(t w_i)], w_i = 10000^(-i/half).
@@ -70,56 +61,6 @@ std::pair<at::Tensor, at::Tensor> RopeTables(int64_t head_dim, int64_t f, int64_
 WanTransformer::WanTransformer(WanTransformerConfig config, at::ScalarType dtype, at::Device device)
     : config_(std::move(config)), dtype_(dtype), device_(device) {}
 
-bool WanTransformer::KeptInFp32(const std::string& name) {
-  return name.find("time_embedder") != std::string::npos ||
-         name.find("scale_shift_table") != std::string::npos ||
-         name.find(".norm1.") != std::string::npos || name.find(".norm2.") != std::string::npos ||
-         name.find(".norm3.") != std::string::npos;
-}
-
-std::vector<std::pair<std::string, std::vector<int64_t>>> WanTransformer::ExpectedParameters(
-    const WanTransformerConfig& c) {
-  const int64_t inner = c.inner_dim();
-  std::vector<std::pair<std::string, std::vector<int64_t>>> p;
-  auto linear = [&](const std::string& name, int64_t out, int64_t in) {
-    p.push_back({name + ".weight", {out, in}});
-    p.push_back({name + ".bias", {out}});
-  };
-  p.push_back({"patch_embedding.weight",
-               {inner, c.in_channels, c.patch_size[0], c.patch_size[1], c.patch_size[2]}});
-  p.push_back({"patch_embedding.bias", {inner}});
-  linear("condition_embedder.time_embedder.linear_1", inner, c.freq_dim);
-  linear("condition_embedder.time_embedder.linear_2", inner, inner);
-  linear("condition_embedder.time_proj", 6 * inner, inner);
-  linear("condition_embedder.text_embedder.linear_1", inner, c.text_dim);
-  linear("condition_embedder.text_embedder.linear_2", inner, inner);
-  for (int64_t i = 0; i < c.num_layers; ++i) {
-    const std::string b = "blocks." + std::to_string(i) + ".";
-    p.push_back({b + "scale_shift_table", {1, 6, inner}});
-    for (const char* attn : {"attn1", "attn2"}) {
-      for (const char* proj : {"to_q", "to_k", "to_v", "to_out.0"}) {
-        linear(b + attn + "." + proj, inner, inner);
-      }
-      p.push_back({b + attn + ".norm_q.weight", {inner}});
-      p.push_back({b + attn + ".norm_k.weight", {inner}});
-    }
-    if (c.cross_attn_norm) {
-      p.push_back({b + "norm2.weight", {inner}});
-      p.push_back({b + "norm2.bias", {inner}});
-    }
-    linear(b + "ffn.net.0.proj", c.ffn_dim, inner);
-    linear(b + "ffn.net.2", inner, c.ffn_dim);
-  }
-  p.push_back({"scale_shift_table", {1, 2, inner}});
-  const int64_t patch = c.patch_size[0] * c.patch_size[1] * c.patch_size[2];
-  linear("proj_out", c.out_channels * patch, inner);
-  return p;
-}
-
-std::vector<std::pair<std::string, at::Tensor>> WanTransformer::NamedParameters() const {
-  return params_;
-}
-
 std::unique_ptr<WanTransformer> WanTransformer::Random(const WanTransformerConfig& config,
                                                        at::ScalarType dtype, at::Device device,
                                                        uint64_t seed) {
@@ -151,8 +92,10 @@ std::unique_ptr<WanTransformer> WanTransformer::Random(const WanTransformerConfi
       const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in[layer]));
       t = at::rand(shape, opts) * (2 * bound) - bound;
     }
-    model->params_.push_back({name, t.to(KeptInFp32(name) ? at::kFloat : dtype)});
+    model->params_.push_back({name, t.to(WanKeptInFp32(name) ? at::kFloat : dtype)});
   }
+  // Every expected name was just created, so resolving cannot fail.
+  if (!model->Resolve().ok()) return nullptr;
   return model;
 }
 
@@ -174,21 +117,96 @@ StatusOr<std::unique_ptr<WanTransformer>> WanTransformer::Load(const std::string
   std::unique_ptr<WanTransformer> model(new WanTransformer(config, dtype, device));
   for (const auto& [name, shape] : expected) {
     RAINSERVE_ASSIGN_OR_RETURN(at::Tensor t,
-                               ckpt.Get(name, KeptInFp32(name) ? at::kFloat : dtype, device));
+                               ckpt.Get(name, WanKeptInFp32(name) ? at::kFloat : dtype, device));
     model->params_.push_back({name, t});
   }
+  RAINSERVE_RETURN_IF_ERROR(model->Resolve());
   return model;
 }
 
 Status WanTransformer::Save(const std::string& dir, int64_t max_shard_bytes) const {
-  return WriteModelFolder(dir, WanTransformerConfigJson(config_), "diffusion_pytorch_model", params_, max_shard_bytes);
+  return WriteModelFolder(dir, WanTransformerConfigJson(config_), "diffusion_pytorch_model",
+                          params_, max_shard_bytes);
 }
 
-StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at::Tensor& timestep,
-                                             const at::Tensor& text,
-                                             const WanForwardOptions& options,
-                                             WanForwardStats* stats) const {
+
+Status WanTransformer::Resolve() {
+  RAINSERVE_ASSIGN_OR_RETURN(weights_, ResolveWanWeights(config_, params_));
+  return OkStatus();
+}
+
+WanTransformer::Conditioning WanTransformer::Condition(const at::Tensor& timestep,
+                                                       const at::Tensor& text) const {
+  const WanWeights& w = weights_;
+  const int64_t B = timestep.size(0), inner = config_.inner_dim();
+  // t -> sinusoid -> fp32 MLP -> temb (rounded to the model dtype, as diffusers).
+  const at::Tensor ts = TimestepEmbedding(timestep.to(device_), config_.freq_dim);
+  const at::Tensor temb =
+      Linear(at::silu(Linear(ts, w.time_linear_1)), w.time_linear_2).to(dtype_);
+  const at::Tensor tproj = Linear(at::silu(temb), w.time_proj).view({B, 6, inner});
+  const at::Tensor context =
+      Linear(GeluTanh(Linear(text.to(device_, dtype_), w.text_linear_1)), w.text_linear_2);
+  return {temb.to(at::kFloat), tproj.to(at::kFloat), context};
+}
+
+// mod: this block's shift, scale, gate, c_shift, c_scale, c_gate, each
+// [B, 1, inner] fp32. Entry: s->h = norm1(x) * (1 + scale) + shift.
+Status WanTransformer::Block(const WanBlockWeights& w, const std::vector<at::Tensor>& mod,
+                             const std::vector<at::Tensor>& next_mod, const at::Tensor& context,
+                             const at::Tensor& rope_cos, const at::Tensor& rope_sin,
+                             attention::ForwardAttention& attn, ElementwiseImpl ew,
+                             Stream* s) const {
   const WanTransformerConfig& c = config_;
+  const int64_t B = s->x.size(0), N = s->x.size(1), L = context.size(1);
+  const int64_t heads = c.num_attention_heads, hd = c.attention_head_dim, inner = c.inner_dim();
+
+  // 1. Self-attention: q, k, v [B, N, heads, hd]; q and k RMS-normed with RoPE.
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor q, wan_ops::RmsNormRope(Linear(s->h, w.attn1.to_q),
+                                                                w.attn1.norm_q, c.eps, heads,
+                                                                rope_cos, rope_sin, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor k, wan_ops::RmsNormRope(Linear(s->h, w.attn1.to_k),
+                                                                w.attn1.norm_k, c.eps, heads,
+                                                                rope_cos, rope_sin, ew));
+  at::Tensor v = Linear(s->h, w.attn1.to_v).view({B, N, heads, hd});
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor o, attn.SelfAttention(q, k, v));
+  o = Linear(o.reshape({B, N, inner}), w.attn1.to_out);
+  // x += gate * o, fused with norm2 (affine LayerNorm, or none).
+  if (c.cross_attn_norm) {
+    RAINSERVE_ASSIGN_OR_RETURN(wan_ops::ResidualNorm r,
+                               wan_ops::GatedResidualAffineLayerNorm(
+                                   s->x, o, mod[2], w.norm2_weight, w.norm2_bias, c.eps, ew));
+    *s = {r.sum, r.norm};
+  } else {
+    RAINSERVE_ASSIGN_OR_RETURN(s->x, wan_ops::GatedResidual(s->x, o, mod[2], ew));
+    s->h = s->x;
+  }
+
+  // 2. Cross-attention to the text: dense, no RoPE.
+  RAINSERVE_ASSIGN_OR_RETURN(q, wan_ops::RmsNormRope(Linear(s->h, w.attn2.to_q), w.attn2.norm_q,
+                                                     c.eps, heads, {}, {}, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(k, wan_ops::RmsNormRope(Linear(context, w.attn2.to_k),
+                                                     w.attn2.norm_k, c.eps, heads, {}, {}, ew));
+  v = Linear(context, w.attn2.to_v).view({B, L, heads, hd});
+  o = Linear(attention::DenseTorchAttention(q, k, v).reshape({B, N, inner}), w.attn2.to_out);
+  // x += o (plain residual), fused with norm3 * (1 + c_scale) + c_shift.
+  RAINSERVE_ASSIGN_OR_RETURN(
+      wan_ops::ResidualNorm r3,
+      wan_ops::GatedResidualModulatedLayerNorm(s->x, o, {}, mod[4], mod[3], c.eps, ew));
+  *s = {r3.sum, r3.norm};
+
+  // 3. Feed-forward; x += c_gate * ffn, fused with the norm that reads x next.
+  const at::Tensor ff = Linear(LinearGeluTanh(s->h, w.ffn_in), w.ffn_out);
+  RAINSERVE_ASSIGN_OR_RETURN(wan_ops::ResidualNorm r,
+                             wan_ops::GatedResidualModulatedLayerNorm(
+                                 s->x, ff, mod[5], next_mod[1], next_mod[0], c.eps, ew));
+  *s = {r.sum, r.norm};
+  return OkStatus();
+}
+
+namespace {
+
+Status CheckInputs(const WanTransformerConfig& c, const at::Tensor& latents,
+                   const at::Tensor& timestep, const at::Tensor& text) {
   const auto& ps = c.patch_size;
   if (!latents.defined() || latents.dim() != 5 || latents.size(1) != c.in_channels) {
     return InvalidArgumentError("latents must be [B, " + std::to_string(c.in_channels) +
@@ -204,211 +222,66 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
   if (!text.defined() || text.dim() != 3 || text.size(0) != B || text.size(2) != c.text_dim) {
     return InvalidArgumentError("text must be [B, L, " + std::to_string(c.text_dim) + "]");
   }
+  for (int i = 0; i < 3; ++i) {
+    if (latents.size(2 + i) / ps[i] > c.rope_max_seq_len) {
+      return InvalidArgumentError("latent grid exceeds rope_max_seq_len " +
+                                  std::to_string(c.rope_max_seq_len));
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at::Tensor& timestep,
+                                             const at::Tensor& text,
+                                             const WanForwardOptions& options,
+                                             WanForwardStats* stats) const {
+  const WanTransformerConfig& c = config_;
+  RAINSERVE_RETURN_IF_ERROR(CheckInputs(c, latents, timestep, text));
+  if (options.engine == nullptr) return InvalidArgumentError("WanForwardOptions.engine is null");
+  const auto& ps = c.patch_size;
+  const int64_t B = latents.size(0);
   const int64_t F = latents.size(2) / ps[0], H = latents.size(3) / ps[1], W = latents.size(4) / ps[2];
-  if (F > c.rope_max_seq_len || H > c.rope_max_seq_len || W > c.rope_max_seq_len) {
-    return InvalidArgumentError("latent grid exceeds rope_max_seq_len " +
-                                std::to_string(c.rope_max_seq_len));
-  }
-  const bool rainfusion = options.impl == SelfAttentionImpl::kRainFusion;
-  if (rainfusion && options.engine == nullptr) {
-    return InvalidArgumentError("kRainFusion needs an attention engine");
-  }
-  const int64_t heads = c.num_attention_heads, hd = c.attention_head_dim, inner = c.inner_dim();
-  const int64_t N = F * H * W;
-  std::map<std::string, const at::Tensor*> p;
-  for (const auto& kv : params_) p[kv.first] = &kv.second;
-  auto P = [&](const std::string& name) -> const at::Tensor& { return *p.at(name); };
-  auto Linear = [&](const at::Tensor& x, const std::string& name) {
-    return at::linear(x, P(name + ".weight"), P(name + ".bias"));
-  };
-  // GELU(tanh)(x W^T + b). On CUDA one cuBLASLt GEMM with the bias and GELU
-  // in its epilogue (no separate pass over the [B, N, ffn] activations); the
-  // CPU keeps the two ops. x: [B, N, in] contiguous -> [B, N, out].
-  auto LinearGeluTanh = [&](const at::Tensor& x, const std::string& name) {
-    if (!x.is_cuda()) return GeluTanh(Linear(x, name));
-    const at::Tensor& w = P(name + ".weight");  // [out, in]
-    const at::Tensor y = at::_addmm_activation(P(name + ".bias"), x.reshape({-1, x.size(-1)}),
-                                               w.t(), 1, 1, /*use_gelu=*/true);
-    return y.view({x.size(0), x.size(1), w.size(0)});
-  };
-  // Norms, modulation, RoPE and gated residuals (pipelines/wan_ops.h).
   const ElementwiseImpl ew = options.elementwise;
-  WanForwardStats st;
-  st.tokens = N;
-  auto sync = [&] {
-    if (options.synchronize) options.synchronize();
+  RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<attention::ForwardAttention> attn,
+                             attention::ForwardAttention::Create(
+                                 *options.engine, options.sparse, {F, H, W}, options.step,
+                                 device_, options.attention));
+
+  // Patch embedding [B, C, F, H, W] -> [B, N, inner], then the forward's token
+  // order (the RoPE tables [N, hd/2] follow it).
+  at::Tensor x = at::conv3d(latents.to(dtype_), weights_.patch_embedding.weight,
+                            weights_.patch_embedding.bias, {ps[0], ps[1], ps[2]});
+  RAINSERVE_ASSIGN_OR_RETURN(x, attn->Permute(x.flatten(2).transpose(1, 2).contiguous()));
+  auto [cos_raster, sin_raster] = RopeTables(c.attention_head_dim, F, H, W, device_);
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor rope_cos, attn->Permute(cos_raster, 0));
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor rope_sin, attn->Permute(sin_raster, 0));
+
+  const Conditioning cond = Condition(timestep, text);
+  auto block_mod = [&](size_t i) {  // 6 x [B, 1, inner] fp32
+    return (weights_.blocks[i].scale_shift_table + cond.tproj).chunk(6, 1);
   };
-
-  // Patch embedding: [B, C, F, H, W] -> [B, N, inner] in raster order.
-  at::Tensor x = at::conv3d(latents.to(dtype_), P("patch_embedding.weight"),
-                            P("patch_embedding.bias"), {ps[0], ps[1], ps[2]});
-  x = x.flatten(2).transpose(1, 2).contiguous();
-  auto [rope_cos, rope_sin] = RopeTables(hd, F, H, W, device_);
-
-  // Conditioning: temb [B, inner] (fp32 MLP), modulation [B, 6, inner], text [B, L, inner].
-  const at::Tensor ts = TimestepEmbedding(timestep.to(device_), c.freq_dim);
-  at::Tensor temb = Linear(at::silu(Linear(ts, "condition_embedder.time_embedder.linear_1")),
-                           "condition_embedder.time_embedder.linear_2")
-                        .to(dtype_);
-  const at::Tensor tproj =
-      Linear(at::silu(temb), "condition_embedder.time_proj").view({B, 6, inner});
-  const at::Tensor ctx = Linear(GeluTanh(Linear(text.to(device_, dtype_),
-                                                "condition_embedder.text_embedder.linear_1")),
-                                "condition_embedder.text_embedder.linear_2");
-
-  // RainFusion: plan and permutation once for the whole forward.
-  attention::AttentionPlan plan;
-  attention::AttentionConfig attn_cfg;
-  if (rainfusion) {
-    attention::TokenLayout layout;
-    layout.frames = F;
-    layout.height = H;
-    layout.width = W;
-    layout.sink_frames = std::min<int64_t>(std::max<int64_t>(options.sink_frames, 0), F == 1 ? 0 : F);
-    attention::WindowShape window = options.window;
-    if (window.t <= 0 || window.h <= 0 || window.w <= 0) window = attention::DefaultWindow(layout);
-    RAINSERVE_ASSIGN_OR_RETURN(plan, attention::AttentionPlan::Build(layout, window));
-    attn_cfg.sparsity = options.sparsity;
-    attn_cfg.min_sparse_blocks = options.min_sparse_blocks;
-    RAINSERVE_RETURN_IF_ERROR(attention::ValidateConfig(attn_cfg));
-    sync();
-    const auto start = Clock::now();
-    RAINSERVE_ASSIGN_OR_RETURN(x, attention::PermuteTokens(*options.engine, x, plan, 1));
-    RAINSERVE_ASSIGN_OR_RETURN(rope_cos, attention::PermuteTokens(*options.engine, rope_cos, plan, 0));
-    RAINSERVE_ASSIGN_OR_RETURN(rope_sin, attention::PermuteTokens(*options.engine, rope_sin, plan, 0));
-    sync();
-    st.permute_seconds += Since(start);
-  }
-
-  attention::TorchBlockMask shared_mask;
-  bool have_shared_mask = false;
-  // Kept block pairs summed on the mask's device and read once at the end,
-  // so a GPU forward does not wait on the host in every layer.
-  at::Tensor kept_sum;
-  int64_t pairs_total = 0;
-  // Block i's modulation: shift, scale, gate, c_shift, c_scale, c_gate, each
-  // [B, 1, inner] fp32.
-  const at::Tensor tproj_f32 = tproj.to(at::kFloat);
-  auto block_mod = [&](int64_t i) {
-    return (P("blocks." + std::to_string(i) + ".scale_shift_table") + tproj_f32).chunk(6, 1);
-  };
+  // norm_out's shift, scale: [B, 1, inner] fp32.
+  const auto out_mod = (weights_.scale_shift_table + cond.temb.unsqueeze(1)).chunk(2, 1);
   std::vector<at::Tensor> mod = block_mod(0);
-  // Output modulation (norm_out): shift, scale from the table and temb; [B, 1, inner].
-  const auto out_mod = (P("scale_shift_table") + temb.to(at::kFloat).unsqueeze(1)).chunk(2, 1);
-  // h: the normed input of the next sublayer, [B, N, inner]. Each residual
-  // update is fused with the LayerNorm that follows it: across blocks, and
-  // the last block's with norm_out (token-wise, so before the unpermute).
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor h,
-                             wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], c.eps, ew));
-  for (int64_t i = 0; i < c.num_layers; ++i) {
-    const std::string b = "blocks." + std::to_string(i) + ".";
-
-    // 1. Self-attention on h = norm1(x); q, k, v: [B, N, heads, hd].
-    RAINSERVE_ASSIGN_OR_RETURN(
-        at::Tensor q, wan_ops::RmsNormRope(Linear(h, b + "attn1.to_q"), P(b + "attn1.norm_q.weight"),
-                                           c.eps, heads, rope_cos, rope_sin, ew));
-    RAINSERVE_ASSIGN_OR_RETURN(
-        at::Tensor k, wan_ops::RmsNormRope(Linear(h, b + "attn1.to_k"), P(b + "attn1.norm_k.weight"),
-                                           c.eps, heads, rope_cos, rope_sin, ew));
-    at::Tensor v = Linear(h, b + "attn1.to_v").view({B, N, heads, hd});
-    at::Tensor attn;
-    sync();
-    const auto attn_start = Clock::now();
-    double mask_seconds = 0;  // this layer's mask prediction (GPU time when synchronised)
-    // The block mask of this layer (or the step's shared one), timed apart.
-    auto predict = [&]() -> StatusOr<attention::TorchBlockMask> {
-      const auto start = Clock::now();
-      auto mask = attention::PredictBlockMask(*options.engine, q, k, plan, attn_cfg);
-      sync();
-      mask_seconds = Since(start);
-      return mask;
-    };
-    if (rainfusion) {
-      attention::AttentionResult r;
-      if (options.mask_refresh == MaskRefresh::kPerStep) {
-        if (!have_shared_mask) {
-          RAINSERVE_ASSIGN_OR_RETURN(shared_mask, predict());
-          have_shared_mask = true;
-        }
-        RAINSERVE_ASSIGN_OR_RETURN(
-            r, attention::BlockSparseAttention(*options.engine, q, k, v, plan, shared_mask, false));
-        kept_sum = kept_sum.defined() ? kept_sum + shared_mask.kept_tensor : shared_mask.kept_tensor;
-      } else {
-        RAINSERVE_ASSIGN_OR_RETURN(attention::TorchBlockMask mask, predict());
-        RAINSERVE_ASSIGN_OR_RETURN(
-            r, attention::BlockSparseAttention(*options.engine, q, k, v, plan, mask, false));
-        kept_sum = kept_sum.defined() ? kept_sum + mask.kept_tensor : mask.kept_tensor;
-      }
-      st.sparse = st.sparse || r.stats.sparse;
-      pairs_total += r.stats.total_blocks;
-      attn = r.out;
-    } else {
-      attn = TorchAttention(q, k, v);
-    }
-    sync();
-    // Attention time includes the mask prediction of this layer; keep them apart.
-    st.mask_seconds += mask_seconds;
-    st.attention_seconds += Since(attn_start) - mask_seconds;
-    attn = Linear(attn.reshape({B, N, inner}), b + "attn1.to_out.0");
-
-    // 2. Cross-attention to the text (always dense), no RoPE, on norm2(x).
-    if (c.cross_attn_norm) {
-      RAINSERVE_ASSIGN_OR_RETURN(
-          wan_ops::ResidualNorm r,
-          wan_ops::GatedResidualAffineLayerNorm(x, attn, mod[2], P(b + "norm2.weight"),
-                                                P(b + "norm2.bias"), c.eps, ew));
-      x = r.sum;
-      h = r.norm;
-    } else {
-      RAINSERVE_ASSIGN_OR_RETURN(x, wan_ops::GatedResidual(x, attn, mod[2], ew));
-      h = x;
-    }
-    const int64_t L = ctx.size(1);
-    RAINSERVE_ASSIGN_OR_RETURN(q, wan_ops::RmsNormRope(Linear(h, b + "attn2.to_q"),
-                                                       P(b + "attn2.norm_q.weight"), c.eps, heads,
-                                                       {}, {}, ew));
-    RAINSERVE_ASSIGN_OR_RETURN(k, wan_ops::RmsNormRope(Linear(ctx, b + "attn2.to_k"),
-                                                       P(b + "attn2.norm_k.weight"), c.eps, heads,
-                                                       {}, {}, ew));
-    v = Linear(ctx, b + "attn2.to_v").view({B, L, heads, hd});
-    attn = Linear(TorchAttention(q, k, v).reshape({B, N, inner}), b + "attn2.to_out.0");
-
-    // 3. Feed-forward on norm3(x + attn) (a plain residual).
-    {
-      RAINSERVE_ASSIGN_OR_RETURN(
-          wan_ops::ResidualNorm r,
-          wan_ops::GatedResidualModulatedLayerNorm(x, attn, {}, mod[4], mod[3], c.eps, ew));
-      x = r.sum;
-      h = r.norm;
-    }
-    const at::Tensor ff = Linear(LinearGeluTanh(h, b + "ffn.net.0.proj"), b + "ffn.net.2");
-    // The next block's norm1 reads this residual; after the last block, norm_out.
-    const bool last = i + 1 == c.num_layers;
-    std::vector<at::Tensor> next = last ? out_mod : block_mod(i + 1);
-    RAINSERVE_ASSIGN_OR_RETURN(
-        wan_ops::ResidualNorm r,
-        wan_ops::GatedResidualModulatedLayerNorm(x, ff, mod[5], next[1], next[0], c.eps, ew));
-    x = r.sum;
-    h = r.norm;
+  Stream s{x, {}};
+  RAINSERVE_ASSIGN_OR_RETURN(s.h, wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], c.eps, ew));
+  for (size_t i = 0; i < weights_.blocks.size(); ++i) {
+    std::vector<at::Tensor> next = i + 1 < weights_.blocks.size() ? block_mod(i + 1) : out_mod;
+    RAINSERVE_RETURN_IF_ERROR(Block(weights_.blocks[i], mod, next, cond.context, rope_cos,
+                                    rope_sin, *attn, ew, &s));
     mod = std::move(next);
   }
-  if (kept_sum.defined() && pairs_total > 0) {
-    st.realized_sparsity = 1.0 - double(kept_sum.item<int64_t>()) / double(pairs_total);
-  }
 
-  if (rainfusion) {
-    sync();
-    const auto start = Clock::now();
-    RAINSERVE_ASSIGN_OR_RETURN(h, attention::UnpermuteTokens(*options.engine, h, plan, 1));
-    sync();
-    st.permute_seconds += Since(start);
-  }
-  x = Linear(h, "proj_out");  // [B, N, out * pt * ph * pw]
+  // s.h = norm_out(x) (token-wise, so before the unpermute) -> proj_out.
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor h, attn->Unpermute(s.h));
+  x = Linear(h, weights_.proj_out);  // [B, N, out * pt * ph * pw]
   // Unpatchify: [B, F, H, W, pt, ph, pw, C] -> [B, C, F*pt, H*ph, W*pw].
   x = x.reshape({B, F, H, W, ps[0], ps[1], ps[2], c.out_channels})
           .permute({0, 7, 1, 4, 2, 5, 3, 6})
           .reshape({B, c.out_channels, F * ps[0], H * ps[1], W * ps[2]});
-  if (stats) *stats = st;
+  if (stats) *stats = attn->Stats();
   return x;
 }
 

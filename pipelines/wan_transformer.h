@@ -16,9 +16,11 @@
 // Norms, modulation, RoPE and gated residuals go through pipelines/wan_ops.h:
 // fused CUDA kernels for bf16/fp16 on the GPU, ATen fp32 ops otherwise.
 //
-// With SelfAttentionImpl::kRainFusion the token permutation is applied once
-// after the patch embedding (and to the RoPE tables) and undone once before
-// the output projection; every other op is token-wise, so this is exact.
+// Self-attention goes through one attention::ForwardAttention per forward
+// (attention/forward.h): it permutes the tokens once after the patch embedding
+// (and the RoPE tables), runs every self-attention layer dense or block-sparse
+// as the request's settings and step say, and undoes the permutation once
+// before the output projection; every other op is token-wise, so this is exact.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -29,44 +31,31 @@
 #include <utility>
 #include <vector>
 
-#include "attention/config.h"
 #include "attention/engine.h"
+#include "attention/forward.h"
+#include "attention/settings.h"
 #include "common/status.h"
 #include "pipelines/pipeline.h"
 #include "pipelines/wan_config.h"
 #include "pipelines/wan_ops.h"
+#include "pipelines/wan_weights.h"
 
 namespace rainserve {
 
-enum class SelfAttentionImpl {
-  kRainFusion,  // our kernels: block-sparse, or dense when sparsity is 0
-  kTorch,       // plain LibTorch attention in the original token order
-};
-
 struct WanForwardOptions {
-  attention::AttentionEngine* engine = nullptr;  // required for kRainFusion
-  SelfAttentionImpl impl = SelfAttentionImpl::kRainFusion;
-  double sparsity = 0.0;
-  int64_t sink_frames = 1;           // clamped to the latent frame count
-  attention::WindowShape window{0, 0, 0};  // 0s: the default for the layout
-  MaskRefresh mask_refresh = MaskRefresh::kEveryLayer;
-  int64_t min_sparse_blocks = 4;
+  attention::AttentionEngine* engine = nullptr;  // required
+  // The request's settings, validated; dense unless a caller says otherwise.
+  attention::SparseSettings sparse{attention::AttentionMode::kDense};
+  int64_t step = 0;                              // 0-based denoising step
+  // min_sparse_blocks, the dense kernel (kAuto: the device's fastest) and the
+  // benchmarks' device synchronisation.
+  attention::ForwardOptions attention;
   // kAten runs the norms, modulation, RoPE and gated residuals as separate
   // ATen ops on every device (the pre-fusion baseline for benchmarks/tests).
   ElementwiseImpl elementwise = ElementwiseImpl::kFused;
-  // Benchmarks set this to a device synchronisation so that the stats'
-  // attention/mask/permute times are device times (at some cost in speed).
-  std::function<void()> synchronize;
 };
 
-struct WanForwardStats {
-  bool sparse = false;             // some layer ran block-sparse
-  double realized_sparsity = 0.0;  // mean over self-attention layers
-  double mask_seconds = 0.0;
-  double attention_seconds = 0.0;
-  double permute_seconds = 0.0;
-  int64_t tokens = 0;
-};
+using WanForwardStats = attention::ForwardStats;
 
 class WanTransformer {
  public:
@@ -81,9 +70,10 @@ class WanTransformer {
                                                 uint64_t seed);
 
   // Every parameter with its diffusers name and shape, in a stable order.
-  static std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedParameters(
-      const WanTransformerConfig& config);
-  std::vector<std::pair<std::string, at::Tensor>> NamedParameters() const;
+  static ParameterShapes ExpectedParameters(const WanTransformerConfig& config) {
+    return WanExpectedParameters(config);
+  }
+  const NamedTensors& NamedParameters() const { return params_; }
 
   // latents: [B, in_channels, F, H, W] (dims divisible by the patch size)
   // timestep: [B] (0..1000 scale), text: [B, L, text_dim]
@@ -100,15 +90,33 @@ class WanTransformer {
   Status Save(const std::string& dir, int64_t max_shard_bytes) const;
 
  private:
-  struct Params;
+  // The conditioning of one forward (fp32 modulation inputs, text context).
+  struct Conditioning {
+    at::Tensor temb;      // [B, inner] fp32
+    at::Tensor tproj;     // [B, 6, inner] fp32
+    at::Tensor context;   // [B, L, inner] model dtype
+  };
+  // The residual stream between blocks: x, and h = the normed, modulated x
+  // that the next sublayer reads (residual + next norm are fused).
+  struct Stream {
+    at::Tensor x, h;  // [B, N, inner]
+  };
+
   WanTransformer(WanTransformerConfig config, at::ScalarType dtype, at::Device device);
-  // True for the parameters diffusers keeps in fp32.
-  static bool KeptInFp32(const std::string& name);
+  Status Resolve();  // weights_ from params_
+  Conditioning Condition(const at::Tensor& timestep, const at::Tensor& text) const;
+  // One WanTransformerBlock; `next_mod` is the modulation of the norm that
+  // reads its output (the next block's norm1, or norm_out after the last).
+  Status Block(const WanBlockWeights& w, const std::vector<at::Tensor>& mod,
+               const std::vector<at::Tensor>& next_mod, const at::Tensor& context,
+               const at::Tensor& rope_cos, const at::Tensor& rope_sin,
+               attention::ForwardAttention& attn, ElementwiseImpl ew, Stream* s) const;
 
   WanTransformerConfig config_;
   at::ScalarType dtype_;
   at::Device device_;
-  std::vector<std::pair<std::string, at::Tensor>> params_;  // ExpectedParameters order
+  NamedTensors params_;  // ExpectedParameters order (Save, NamedParameters)
+  WanWeights weights_;   // typed views of params_
 };
 
 }  // namespace rainserve

@@ -269,8 +269,7 @@ TEST_F(WanOpsCudaTest, TransformerForwardOnCudaMatchesCpu) {
   const at::Tensor t = at::tensor({900.0f, 250.0f});
   attention::AttentionEngine engine(2);
   WanForwardOptions options;
-  options.engine = &engine;
-  options.sparsity = 0.0;
+  options.engine = &engine;  // dense (the default)
   auto ref = (*cpu)->Forward(lat, t, text, options);
   ASSERT_TRUE(ref.ok()) << ref.status().ToString();
   const auto bf16_cuda = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);

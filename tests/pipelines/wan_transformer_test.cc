@@ -72,9 +72,9 @@ TEST_F(WanTransformerTest, PermutedDenseForwardEqualsUnpermutedPlainAttention) {
   const at::Tensor lat = SmoothLatents(2, 5, 16, 20, 2);  // 5 x 8 x 10 tokens: partial windows
   WanForwardOptions ours;
   ours.engine = &engine_;
-  ours.sparsity = 0.0;
-  WanForwardOptions plain;
-  plain.impl = SelfAttentionImpl::kTorch;
+  ours.attention.dense_kernel = attention::DenseKernel::kOurs;
+  WanForwardOptions plain = ours;
+  plain.attention.dense_kernel = attention::DenseKernel::kTorch;
   WanForwardStats st;
   auto a = model_->Forward(lat, t_, text_, ours, &st);
   auto b = model_->Forward(lat, t_, text_, plain);
@@ -88,7 +88,8 @@ TEST_F(WanTransformerTest, SparseAttentionChangesOutputsSlightlyAndReportsSparsi
   WanForwardOptions dense;
   dense.engine = &engine_;
   WanForwardOptions sparse = dense;
-  sparse.sparsity = 0.5;
+  sparse.sparse.mode = attention::AttentionMode::kRainFusion;
+  sparse.sparse.sparsity = 0.5;
   WanForwardStats ds, ss;
   auto a = model_->Forward(lat, t_, text_, dense, &ds);
   auto b = model_->Forward(lat, t_, text_, sparse, &ss);
@@ -103,7 +104,7 @@ TEST_F(WanTransformerTest, SparseAttentionChangesOutputsSlightlyAndReportsSparsi
   EXPECT_LT(rel, 0.1);   // but close to dense
   // Sharing the first layer's mask across layers gives the same sparsity class.
   WanForwardOptions shared = sparse;
-  shared.mask_refresh = MaskRefresh::kPerStep;
+  shared.sparse.mask_refresh = MaskRefresh::kPerStep;
   WanForwardStats sh;
   auto c = model_->Forward(lat, t_, text_, shared, &sh);
   ASSERT_TRUE(c.ok());
@@ -197,10 +198,10 @@ TEST_F(WanTransformerTest, BadInputsAreErrors) {
   EXPECT_FALSE(model_->Forward(at::randn({2, 4, 3, 7, 8}), t_, text_, o).ok());   // H odd
   EXPECT_FALSE(model_->Forward(at::randn({2, 4, 3, 8, 8}), at::ones({3}), text_, o).ok());
   EXPECT_FALSE(model_->Forward(at::randn({2, 4, 3, 8, 8}), t_, at::randn({2, 5, 9}), o).ok());
-  o.sparsity = 1.5;
+  o.engine = nullptr;
   auto r = model_->Forward(at::randn({2, 4, 3, 8, 8}), t_, text_, o);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("sparsity"), std::string::npos);
+  EXPECT_NE(r.status().message().find("engine"), std::string::npos);
 }
 
 }  // namespace

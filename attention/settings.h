@@ -1,0 +1,70 @@
+// The sparse-attention settings of one request, their names and their one
+// validator. Torch-free.
+//
+// Route of a setting: the server maps the proto's SparseAttention (or a model's
+// YAML defaults) onto SparseSettings, ValidateSettings checks it once at the
+// edge, and the per-forward ForwardAttention (attention/forward.h) turns it
+// into kernel parameters. Nothing downstream re-checks or clamps it.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "common/status.h"
+
+namespace rainserve::attention {
+
+enum class AttentionMode {
+  kDense,       // every block pair computed
+  kRainFusion,  // RainFusion2.0 block-sparse attention (top-k key blocks per row)
+};
+
+enum class MaskRefresh {
+  kEveryLayer,  // predict a mask in every self-attention layer
+  kPerStep,     // predict it in the first layer and share it for the forward
+};
+
+// Sparse-attention settings of one request (every field resolved).
+struct SparseSettings {
+  AttentionMode mode = AttentionMode::kRainFusion;
+  double sparsity = 0.8;      // fraction of key blocks each query row skips, [0, 1)
+  int64_t sink_frames = 1;    // leading latent frames attended densely
+  std::array<int64_t, 3> window = {0, 0, 0};  // latent (t, h, w); 0s = the layout's default
+  int64_t dense_warmup_steps = 0;             // first denoising steps run dense
+  MaskRefresh mask_refresh = MaskRefresh::kEveryLayer;
+};
+
+// Largest window side a request may ask for (latent tokens).
+inline constexpr int64_t kMaxWindowSide = 64;
+
+// What the settings are checked against: the request's latent frame count
+// (sink_frames <= it) and its step count (dense_warmup_steps <= it).
+struct SettingsBounds {
+  int64_t latent_frames = 0;
+  int64_t steps = 0;
+};
+
+// The one validator. INVALID_ARGUMENT naming the field (`prefix` + name, e.g.
+// "sparse_attention.sparsity") and its allowed range.
+Status ValidateSettings(const SparseSettings& settings, const SettingsBounds& bounds,
+                        const std::string& prefix = "sparse_attention.");
+
+// The names of the modes and refresh policies, shared by the YAML config, the
+// CLI and the docs: "dense" | "rainfusion", "every_layer" | "per_step".
+const char* ModeName(AttentionMode mode);
+const char* MaskRefreshName(MaskRefresh refresh);
+// INVALID_ARGUMENT naming `field` and the accepted names.
+StatusOr<AttentionMode> ParseMode(const std::string& name, const std::string& field);
+StatusOr<MaskRefresh> ParseMaskRefresh(const std::string& name, const std::string& field);
+// "dense|rainfusion" and "every_layer|per_step", for help texts.
+std::string ModeNames();
+std::string MaskRefreshNames();
+
+// The sparsity a request's attention runs at: its sparsity in rainfusion mode,
+// 0 in dense mode.
+inline double RequestedSparsity(const SparseSettings& settings) {
+  return settings.mode == AttentionMode::kRainFusion ? settings.sparsity : 0.0;
+}
+
+}  // namespace rainserve::attention

@@ -1,0 +1,72 @@
+// The sparse-attention settings' one validator and the one table of names.
+#include "attention/settings.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+namespace rainserve::attention {
+namespace {
+
+std::string ErrorOf(const SparseSettings& s, const SettingsBounds& b,
+                    const std::string& prefix = "sparse_attention.") {
+  const Status st = ValidateSettings(s, b, prefix);
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  return st.message();
+}
+
+TEST(SettingsTest, DefaultsAreValidAndEachBadFieldIsNamedWithItsRange) {
+  const SettingsBounds bounds{3, 10};
+  EXPECT_TRUE(ValidateSettings(SparseSettings{}, bounds).ok());
+
+  SparseSettings s;
+  s.sparsity = 1.0;
+  EXPECT_EQ(ErrorOf(s, bounds), "sparse_attention.sparsity must be in [0, 1) (got 1)");
+  s.sparsity = std::nan("");
+  EXPECT_NE(ErrorOf(s, bounds).find("sparse_attention.sparsity"), std::string::npos);
+  s = {};
+  s.sink_frames = 4;
+  EXPECT_EQ(ErrorOf(s, bounds), "sparse_attention.sink_frames must be in [0, 3] (got 4)");
+  s = {};
+  s.window = {2, 65, 8};
+  EXPECT_EQ(ErrorOf(s, bounds), "sparse_attention.window.h must be in [0, 64] (got 65)");
+  s = {};
+  s.dense_warmup_steps = 11;
+  EXPECT_EQ(ErrorOf(s, bounds), "sparse_attention.dense_warmup_steps must be in [0, 10] (got 11)");
+  // A YAML default names its own key path.
+  EXPECT_EQ(ErrorOf(s, bounds, "models.m.defaults.sparse_attention."),
+            "models.m.defaults.sparse_attention.dense_warmup_steps must be in [0, 10] (got 11)");
+}
+
+TEST(SettingsTest, ModeAndRefreshNamesRoundTripAndUnknownNamesAreErrors) {
+  for (AttentionMode m : {AttentionMode::kDense, AttentionMode::kRainFusion}) {
+    auto parsed = ParseMode(ModeName(m), "mode");
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(*parsed, m);
+  }
+  for (MaskRefresh r : {MaskRefresh::kEveryLayer, MaskRefresh::kPerStep}) {
+    auto parsed = ParseMaskRefresh(MaskRefreshName(r), "mask_refresh");
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(*parsed, r);
+  }
+  EXPECT_EQ(ModeNames(), "dense|rainfusion");
+  EXPECT_EQ(MaskRefreshNames(), "every_layer|per_step");
+  auto bad = ParseMode("sparse", "sparse_attention.mode");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message(),
+            "sparse_attention.mode must be one of dense|rainfusion (got \"sparse\")");
+  EXPECT_FALSE(ParseMaskRefresh("every_step", "mask_refresh").ok());
+}
+
+TEST(SettingsTest, RequestedSparsityIsZeroInDenseMode) {
+  SparseSettings s;
+  s.sparsity = 0.7;
+  EXPECT_EQ(RequestedSparsity(s), 0.7);
+  s.mode = AttentionMode::kDense;
+  EXPECT_EQ(RequestedSparsity(s), 0.0);
+}
+
+}  // namespace
+}  // namespace rainserve::attention
