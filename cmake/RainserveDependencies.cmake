@@ -21,6 +21,22 @@ pkg_check_modules(SentencePiece REQUIRED IMPORTED_TARGET sentencepiece)
 # Protobuf through FindProtobuf; link it through ${Protobuf_LIBRARIES}
 # (the imported target can pick a static archive in an unpacked prefix).
 find_package(Protobuf REQUIRED)
+# gRPC's package config looks for c-ares first as a CMake package, which
+# Debian's libc-ares-dev does not install, and prints "Could NOT find c-ares"
+# before its fallback finds the header and library. It skips that search when
+# c-ares_FOUND is set, so look here quietly, the same two ways.
+find_package(c-ares CONFIG QUIET)
+if(NOT c-ares_FOUND)
+  find_path(c-ares_INCLUDE_DIR NAMES ares.h)
+  find_library(c-ares_LIBRARY cares)
+  if(c-ares_INCLUDE_DIR AND c-ares_LIBRARY)
+    add_library(c-ares::cares UNKNOWN IMPORTED)
+    set_target_properties(c-ares::cares PROPERTIES
+      IMPORTED_LOCATION "${c-ares_LIBRARY}"
+      INTERFACE_INCLUDE_DIRECTORIES "${c-ares_INCLUDE_DIR}")
+    set(c-ares_FOUND TRUE)
+  endif()
+endif()
 find_package(gRPC CONFIG REQUIRED)
 find_program(RAINSERVE_GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
 

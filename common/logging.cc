@@ -38,7 +38,7 @@ StatusOr<LogLevel> ParseLogLevel(std::string_view name) {
 
 namespace internal {
 
-LogMessage::LogMessage(LogLevel level, const char* file, int line) : level_(level) {
+LogMessage::LogMessage(LogLevel level, const char* file, int line) {
   using Clock = std::chrono::system_clock;
   const auto now = Clock::now();
   const std::time_t secs = Clock::to_time_t(now);

@@ -29,8 +29,13 @@ class LogMessage {
   std::ostream& stream() { return stream_; }
 
  private:
-  LogLevel level_;
   std::ostringstream stream_;
+};
+
+// Makes the streamed message a void expression, for the ?: in RAINSERVE_LOG
+// (`&` binds more loosely than `<<`, so it applies to the whole message).
+struct LogVoidify {
+  void operator&(std::ostream&) {}
 };
 
 }  // namespace internal
@@ -41,9 +46,12 @@ class LogMessage {
 #define RAINSERVE_LOG_LEVEL_WARNING ::rainserve::LogLevel::kWarning
 #define RAINSERVE_LOG_LEVEL_ERROR ::rainserve::LogLevel::kError
 
-#define RAINSERVE_LOG(level)                                                 \
-  if (RAINSERVE_LOG_LEVEL_##level < ::rainserve::GetLogLevel()) {            \
-  } else                                                                     \
-    ::rainserve::internal::LogMessage(RAINSERVE_LOG_LEVEL_##level, __FILE__, \
-                                      __LINE__)                              \
-        .stream()
+// One expression (not an if statement), so that `if (x) RAINSERVE_LOG(...) << ...;`
+// has no dangling else.
+#define RAINSERVE_LOG(level)                                                       \
+  (RAINSERVE_LOG_LEVEL_##level < ::rainserve::GetLogLevel())                       \
+      ? (void)0                                                                    \
+      : ::rainserve::internal::LogVoidify() &                                      \
+            ::rainserve::internal::LogMessage(RAINSERVE_LOG_LEVEL_##level, __FILE__, \
+                                              __LINE__)                            \
+                .stream()

@@ -76,9 +76,9 @@ StatusOr<CodecContextPtr> OpenH264Encoder(int width, int height, int fps,
     // log=0: x264 logs errors only (not its per-video statistics).
     // mbtree=0: x264's macroblock-tree rate control (on in every preset but
     // ultrafast/superfast) reads heap memory that x264 never initialises when
-    // B-frames are used, so the B-frames' bits depended on what earlier
-    // allocations had left in freed memory: the same input encoded twice in
-    // one process gave different streams (checked with MALLOC_PERTURB_ and a
+    // B-frames are used, so the B-frames' bits depend on what earlier
+    // allocations left in freed memory: the same input encoded twice in one
+    // process gives different streams (checked with MALLOC_PERTURB_ and a
     // sweep of sizes, lengths and presets; libx264 0.164). No B-frames,
     // rc-lookahead 0 or constant QP also hid it in a small case, but turning
     // off mbtree changes the least: crf, the preset's B-frames, motion search

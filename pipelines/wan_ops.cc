@@ -265,7 +265,10 @@ at::Tensor AtenResidual(const at::Tensor& x, const at::Tensor& y, const at::Tens
   return (x.to(at::kFloat) + y.to(at::kFloat) * Broadcastable(gate)).to(x.scalar_type());
 }
 
+#if RAINSERVE_WITH_CUDA
+// The fused kernels scale the normalised row by (scale_offset + a).
 float ScaleOffset(NormKind kind) { return kind == NormKind::kModulated ? 1.0f : 0.0f; }
+#endif
 
 StatusOr<at::Tensor> PlainLayerNorm(const char* op, NormKind kind, const at::Tensor& x,
                                     const at::Tensor& a, const at::Tensor& b, double eps,

@@ -39,8 +39,8 @@ at::Tensor TimestepEmbedding(const at::Tensor& t, int64_t dim) {
 
 // Per-token rotary angle tables [N, D/2] (cos, sin) for a F x H x W grid, in
 // raster order: pairs [t | h | w] with t getting D/2 - 2 (D/6) pairs.
-// Computed in fp64 on the model's device: on the host they took the GPU's
-// place at the start of every forward (2 x 2M cos/sin at W1).
+// Computed in fp64 on the model's device: built on the host they would hold
+// the GPU up at the start of every forward (2 x 2M cos/sin at W1).
 std::pair<at::Tensor, at::Tensor> RopeTables(int64_t head_dim, int64_t f, int64_t h, int64_t w,
                                              const at::Device& device) {
   const int64_t dh = 2 * (head_dim / 6), dt = head_dim - 2 * dh;

@@ -565,10 +565,10 @@ void JobManager::RunJob(Worker* worker, const std::shared_ptr<Job>& job) {
   }
   // Hand the pages this job's tensors freed back to the OS. glibc keeps freed
   // memory in its per-thread arenas, and jobs of varying shapes fragment them:
-  // under the load test (bench/load) the idle RSS grew ~38% over 2000 requests
-  // without it, of which malloc_trim(0) returned ~95 MB. It runs on the
-  // worker thread after the job's final event is out; the load test measured
-  // no throughput cost (docs/benchmarks.md, "Load test").
+  // under the load test (bench/load) the idle RSS grows by about a third over
+  // 2000 requests without it, and malloc_trim(0) returns most of that. It runs
+  // on the worker thread after the job's final event is out, at no measurable
+  // throughput cost.
   malloc_trim(0);
 }
 

@@ -3,7 +3,7 @@
 // tile overlapping the matrix products of its neighbours.
 //
 // One CTA = one (query block of <= 128 rows, head, batch element), in the
-// order of TileOf (flash_launch.cuh): the rows that keep every key block
+// order of FlashTileOf (kernels.h): the rows that keep every key block
 // first, then head by head, so that a head's K/V stay in L2. 384 threads, three warpgroups:
 //   0, 1  consumers, 64 query rows each, 240 registers a thread (setmaxnreg)
 //   2     producer, 24 registers: one thread issues every TMA copy
@@ -28,12 +28,10 @@
 // Rows past a block's end are loaded (TMA fills rows past N with zeros) and
 // masked: keys by -inf scores, query rows by not being stored.
 //
-// Measured on an H200 (bf16, D = 128, docs/attention.md): 620-635 TFLOP/s
-// dense at W1/W2. Earlier versions: 606-620 with Q read from shared memory
-// and O rescaled at every tile; 305-320 with cp.async loads by all threads,
-// a block-wide barrier and both wgmma waits per key tile. Ordering the two
-// consumer warpgroups' issues (ping-pong through named barriers) measured
-// within +-1% and was dropped.
+// Measured on an H200 (bf16, D = 128, bench/results/attention_gpu.json):
+// 620-632 TFLOP/s dense at W1/W2, 1.11-1.13x LibTorch SDPA. Ordering the two
+// consumer warpgroups' issues (ping-pong through named barriers) gains
+// nothing (within +-1%, docs/benchmarks.md).
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

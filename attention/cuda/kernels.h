@@ -33,8 +33,7 @@ struct FlashParams {
 // rows (the last heavy_rows query blocks, which keep every key block) of every
 // head, then each head's other rows, head by head, last block first, so that
 // a head's K/V stay in L2 while its rows run. Heavy rows first only within
-// each head left the last head's heavy rows running alone at the end: the
-// change took W1 0.8 (12 heads) from 578 to 620-658 TFLOP/s on an H200.
+// each head would leave the last head's heavy rows running alone at the end.
 // Every order gives the same result; this is a bijection of
 // [0, num_blocks * heads * batch).
 struct FlashTile {

@@ -9,13 +9,11 @@
 //      top_k by radix select on (score desc, index asc), adds every forced
 //      block and overwrites the row with the kept indices, ascending. Forced
 //      rows keep everything. The kept count is added to *kept.
-//      (A warp bitonic sort of the whole row cost ~10x more at W2, 592
+//      (A warp bitonic sort of the whole row costs ~10x more at W2, 592
 //      blocks; scoring inside the selection kernel, each CTA staging every
-//      pooled key for its 8 rows, took twice as long as scoring and
-//      selection now take together: docs/attention.md.)
+//      pooled key for its rows, takes twice as long as the two kernels.)
 // The rule and tie-breaking are those of the CPU implementation (mask.h);
-// each score is the same sequence of fp32 multiply-adds over d = 0..D-1 as
-// in the single-kernel version, so the masks did not change.
+// each score is one sequence of fp32 multiply-adds over d = 0..D-1.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -36,7 +34,7 @@ constexpr int kSelectThreads = 256;
 // aligned) of rows t / groups, t / groups + phases, ...: a warp reads whole
 // rows, every thread keeps several loads in flight, and the phases' partial
 // sums meet in shared memory. (One CTA per (block, q|k) over all heads, each
-// thread summing its columns over every row, ran at 1.9 TB/s.)
+// thread summing its columns over every row, reaches only half the bandwidth.)
 template <typename T>
 __global__ void __launch_bounds__(kPoolThreads) PoolKernel(const MaskParams p) {
   constexpr int kVec = 16 / sizeof(T);

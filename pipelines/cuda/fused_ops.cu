@@ -9,10 +9,10 @@
 // shared memory with cp.async (all of a row's loads in flight at once, no
 // registers held), then makes its passes (sum, variance, output) over its own
 // vectors there, so every reduction is a warp shuffle and nothing needs a
-// CTA barrier. (The first version gave a CTA one or two rows with block
-// reductions: two barriers per LayerNorm row kept it at 2.2 TB/s on an H200,
-// about half of what a copy reaches; keeping a row in registers instead made
-// ptxas hoist every load of wide rows and spill.) The fp32 per-channel
+// CTA barrier. (Block reductions over a CTA's one or two rows need two
+// barriers per LayerNorm row, which hold them to about half of what a copy
+// reaches; a row kept in registers makes ptxas hoist every load of a wide row
+// and spill.) The fp32 per-channel
 // vectors (modulation, weights, gate) are re-read per row with 16-byte loads
 // that hit L1. The gated residual has no reduction: a flat loop over the
 // vectors of a batch element. Grids are one wave (occupancy x SMs), split
