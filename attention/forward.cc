@@ -36,8 +36,8 @@ StatusOr<AttentionPlan> PlanFor(const SparseSettings& settings, const LatentGrid
 }  // namespace
 
 // Dense self-attention, measured (B = 1, random inputs, same run):
-// - CPU: our kernel 2.5x LibTorch's matmul-softmax-matmul at C1, 2,304
-//   tokens (bench/results/attention_cpu.json).
+// - CPU: our kernel 2.5-3.4x LibTorch's matmul-softmax-matmul at C1 / C2
+//   (2,304 / 12,480 tokens; bench/results/attention_cpu.json).
 // - Hopper: our kernel 1.13x / 1.11x LibTorch SDPA at W1 / W2 (257 / 592
 //   blocks) but 0.93x at W3 (32 blocks) on an H200
 //   (bench/results/attention_gpu.json; H100: attention_gpu_h100.json).
