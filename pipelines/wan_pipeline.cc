@@ -219,6 +219,9 @@ class WanPipeline final : public Pipeline {
   std::unique_ptr<WanTransformer> transformer_;
   std::unique_ptr<WanVAE> vae_;
   SchedulerConfig scheduler_config_;
+  // LibTorch intra-op threads of this model, set on the thread that runs
+  // each request (OpenMP keeps the setting per thread), never process-wide.
+  int threads_ = 1;
 };
 
 StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelEntry& entry) {
@@ -230,7 +233,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelEntry& entry
 
   const int threads = entry.threads > 0 ? static_cast<int>(entry.threads)
                                         : static_cast<int>(std::thread::hardware_concurrency());
-  at::set_num_threads(std::max(threads, 1));
+  p->threads_ = std::max(threads, 1);
   p->engine_ = std::make_unique<attention::AttentionEngine>(threads);
 
   std::string text;
@@ -352,6 +355,7 @@ StatusOr<GenerationOutput> WanPipeline::Generate(const GenerationRequest& reques
                                                  const ProgressCallback& progress,
                                                  const CancelToken& cancel) {
   RAINSERVE_RETURN_IF_ERROR(ValidateGenerationRequest(description_, request));
+  at::set_num_threads(threads_);
   try {
     return Run(request, progress, cancel);
   } catch (const std::exception& e) {

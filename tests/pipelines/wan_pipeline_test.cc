@@ -7,6 +7,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <thread>
+
+#include <ATen/Parallel.h>
 
 #include "pipelines/registry.h"
 #include "tests/test_files.h"
@@ -262,6 +265,43 @@ TEST(WanPipelineMemoryTest, RequestsOverTheMemoryBudgetAreRefusedWithTheEstimate
   small.width = small.height = 64;
   small.num_frames = 5;
   EXPECT_TRUE(ValidateGenerationRequest(wide, small).ok());
+}
+
+
+// Each model's `threads` applies on the thread that runs its requests: two
+// models with different counts, run on one thread in turn, each see their own,
+// and loading a model leaves the loading thread's setting alone.
+TEST(WanPipelineThreadsTest, EachModelRunsWithItsOwnIntraOpThreadCount) {
+  const int before = at::get_num_threads();
+  ModelEntry one = TinyEntry(), two = TinyEntry();
+  one.threads = 1;
+  two.name = "wan-tiny-2";
+  two.threads = 2;
+  auto b = LoadWanPipeline(two);
+  auto a = LoadWanPipeline(one);  // loaded last: a process-wide setting would stick at 1
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(at::get_num_threads(), before);
+
+  GenerationRequest r;
+  r.prompt = "threads";
+  r.steps = 1;
+  r.guidance_scale = 1.0;
+  r.width = r.height = 32;
+  r.num_frames = 1;
+  r.decode_frames = false;
+  auto seen_by = [&](Pipeline& p) {
+    int seen = -1;
+    CancelToken cancel;
+    auto out = p.Generate(r, [&](const ProgressUpdate&) { seen = at::get_num_threads(); }, cancel);
+    EXPECT_TRUE(out.ok()) << out.status().ToString();
+    return seen;
+  };
+  std::thread worker([&] {
+    EXPECT_EQ(seen_by(**a), 1);
+    EXPECT_EQ(seen_by(**b), 2);
+    EXPECT_EQ(seen_by(**a), 1);
+  });
+  worker.join();
 }
 
 }  // namespace
