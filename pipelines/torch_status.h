@@ -1,7 +1,10 @@
-// A LibTorch exception as a Status (internal to pipelines/), so every stage
-// of every model reports failures the same way (docs/errors.md): out of
-// memory is RESOURCE_EXHAUSTED, anything else INTERNAL, with the first line
-// of LibTorch's message (no C++ backtrace).
+// A LibTorch exception as a Status (internal to pipelines/). The one rule:
+// components (encoders, transformers, VAEs) let LibTorch exceptions
+// propagate; a model's boundary -- Pipeline::Generate and its loader -- catches
+// them once and returns TorchExceptionStatus, so every stage of every model
+// reports failures the same way (docs/errors.md): out of memory is
+// RESOURCE_EXHAUSTED, anything else INTERNAL, with the first line of
+// LibTorch's message (no C++ backtrace).
 #pragma once
 
 #include <c10/util/Exception.h>

@@ -12,7 +12,6 @@
 #include "pipelines/json_config.h"
 #include "pipelines/safetensors.h"
 #include "pipelines/tokenizer.h"
-#include "pipelines/torch_status.h"
 
 namespace rainserve {
 namespace {
@@ -239,15 +238,11 @@ StatusOr<std::unique_ptr<UMT5Encoder>> UMT5Encoder::Load(const std::string& dir,
       const std::vector<std::string> source_names,
       MatchCheckpoint(ckpt, dir, expected, {{kEmbedding, kEmbeddingAlias}}));
   std::unique_ptr<UMT5Encoder> model(new UMT5Encoder(config, dtype, device));
-  try {
-    for (size_t i = 0; i < expected.size(); ++i) {
-      const std::string& name = expected[i].first;
-      RAINSERVE_ASSIGN_OR_RETURN(at::Tensor t,
-                                 ckpt.Get(source_names[i], ParamDType(name, dtype), device));
-      model->params_.push_back({name, t});
-    }
-  } catch (const c10::Error& e) {
-    return TorchExceptionStatus(dir + ": loading the text encoder", e);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const std::string& name = expected[i].first;
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor t,
+                               ckpt.Get(source_names[i], ParamDType(name, dtype), device));
+    model->params_.push_back({name, t});
   }
   return model;
 }
@@ -264,17 +259,13 @@ StatusOr<at::Tensor> UMT5Encoder::Forward(const at::Tensor& ids, const at::Tenso
   if (!mask.defined() || mask.sizes() != ids.sizes()) {
     return InvalidArgumentError("mask must be [B, L] like ids " + ShapeText(ids.sizes().vec()));
   }
-  try {
-    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
-    if (lo < 0 || hi >= config_.vocab_size) {
-      return InvalidArgumentError("ids must be in [0, " + std::to_string(config_.vocab_size) +
-                                  "), got values in [" + std::to_string(lo) + ", " +
-                                  std::to_string(hi) + "]");
-    }
-    return ForwardImpl(ids, mask);
-  } catch (const c10::Error& e) {
-    return TorchExceptionStatus("text encoder forward", e);
+  const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+  if (lo < 0 || hi >= config_.vocab_size) {
+    return InvalidArgumentError("ids must be in [0, " + std::to_string(config_.vocab_size) +
+                                "), got values in [" + std::to_string(lo) + ", " +
+                                std::to_string(hi) + "]");
   }
+  return ForwardImpl(ids, mask);
 }
 
 at::Tensor UMT5Encoder::ForwardImpl(const at::Tensor& ids_in, const at::Tensor& mask_in) const {
@@ -333,17 +324,13 @@ StatusOr<at::Tensor> EncodePrompts(const UMT5Tokenizer& tokenizer, const UMT5Enc
   if (max_length < 1) return InvalidArgumentError("max_length must be at least 1");
   const TokenizedBatch batch = tokenizer.EncodeBatch(prompts, max_length);
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor hidden, encoder.Forward(batch.ids, batch.mask));
-  try {
-    // Positions past each prompt's length become exact zeros. hidden: [B, L, D].
-    const at::Tensor lengths =
-        at::tensor(batch.lengths, at::TensorOptions().dtype(at::kLong)).to(encoder.device());
-    const at::Tensor positions =
-        at::arange(max_length, at::TensorOptions().dtype(at::kLong).device(encoder.device()));
-    const at::Tensor padded = (positions.unsqueeze(0) >= lengths.unsqueeze(1)).unsqueeze(-1);
-    return hidden.masked_fill(padded, 0);
-  } catch (const c10::Error& e) {
-    return TorchExceptionStatus("zeroing the prompt padding", e);
-  }
+  // Positions past each prompt's length become exact zeros. hidden: [B, L, D].
+  const at::Tensor lengths =
+      at::tensor(batch.lengths, at::TensorOptions().dtype(at::kLong)).to(encoder.device());
+  const at::Tensor positions =
+      at::arange(max_length, at::TensorOptions().dtype(at::kLong).device(encoder.device()));
+  const at::Tensor padded = (positions.unsqueeze(0) >= lengths.unsqueeze(1)).unsqueeze(-1);
+  return hidden.masked_fill(padded, 0);
 }
 
 }  // namespace rainserve

@@ -199,8 +199,9 @@ class WanPipeline final : public Pipeline {
   WanPipeline() = default;
   // prompts -> [B, max_prompt_tokens, d_model], zero past each prompt's length.
   StatusOr<at::Tensor> EncodePrompts(const std::vector<std::string>& prompts) const;
+  // Generate's work; *stage names the stage running (for error messages).
   StatusOr<GenerationOutput> Run(const GenerationRequest& request, const ProgressCallback& progress,
-                                 const CancelToken& cancel);
+                                 const CancelToken& cancel, const char** stage);
   // Noise from the seed, then every denoising step; fills the step statistics
   // and timings of *out. Returns the final latents [1, z, F, h, w] fp32.
   StatusOr<at::Tensor> Denoise(const GenerationRequest& request, const at::Tensor& text,
@@ -356,16 +357,19 @@ StatusOr<GenerationOutput> WanPipeline::Generate(const GenerationRequest& reques
                                                  const CancelToken& cancel) {
   RAINSERVE_RETURN_IF_ERROR(ValidateGenerationRequest(description_, request));
   at::set_num_threads(threads_);
+  // The model boundary: the one place where a LibTorch exception from any
+  // stage becomes a Status (pipelines/torch_status.h).
+  const char* stage = "text encode";
   try {
-    return Run(request, progress, cancel);
+    return Run(request, progress, cancel, &stage);
   } catch (const std::exception& e) {
-    return TorchExceptionStatus("model '" + description_.name + "'", e);
+    return TorchExceptionStatus("model '" + description_.name + "' (" + stage + ")", e);
   }
 }
 
 StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
                                             const ProgressCallback& progress,
-                                            const CancelToken& cancel) {
+                                            const CancelToken& cancel, const char** stage) {
   c10::InferenceMode inference;
   const auto start = Clock::now();
   auto report = [&](const char* stage, int64_t step, int64_t total) {
@@ -388,11 +392,13 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
   if (cancel.cancelled()) return CancelledError("cancelled before denoising");
 
   // 2-3. Noise, then the denoising loop.
+  *stage = "denoise";
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor latents,
                              Denoise(request, text, [&](int64_t i) {
                                report("denoise", i, request.steps);
                              }, cancel, &out));
   if (cancel.cancelled()) return CancelledError("cancelled before decoding");
+  *stage = "decode";
   if (request.decode_frames) report("decode", request.steps, request.steps);
   RAINSERVE_RETURN_IF_ERROR(Output(request, latents, &out));
   out.peak_memory_bytes = PeakMemory(device_);
@@ -483,9 +489,7 @@ StatusOr<std::unique_ptr<Pipeline>> LoadWanPipeline(const ModelEntry& entry) {
     RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<WanPipeline> p, WanPipeline::Load(entry));
     return std::unique_ptr<Pipeline>(std::move(p));
   } catch (const std::exception& e) {
-    const std::string what = e.what();
-    return InternalError("model '" + entry.name + "': loading failed: " +
-                         what.substr(0, what.find('\n')));
+    return TorchExceptionStatus("model '" + entry.name + "': loading", e);
   }
 }
 

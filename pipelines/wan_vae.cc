@@ -15,7 +15,6 @@
 #include "common/config.h"
 #include "pipelines/json_config.h"
 #include "pipelines/safetensors.h"
-#include "pipelines/torch_status.h"
 #include "pipelines/wan_vae_layers.h"
 
 namespace rainserve {
@@ -555,15 +554,11 @@ StatusOr<std::unique_ptr<WanVAE>> WanVAE::Load(const std::string& dir, at::Scala
 
   RAINSERVE_RETURN_IF_ERROR(MatchCheckpoint(ckpt, dir, expected).status());
   std::unique_ptr<WanVAE> model(new WanVAE(config, dtype, device));
-  try {
-    for (const auto& [name, shape] : expected) {
-      RAINSERVE_ASSIGN_OR_RETURN(at::Tensor t, ckpt.Get(name, dtype, device));
-      model->params_.push_back({name, t});
-    }
-    model->Bind();
-  } catch (const c10::Error& e) {
-    return TorchExceptionStatus(dir + ": loading the VAE", e);
+  for (const auto& [name, shape] : expected) {
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor t, ckpt.Get(name, dtype, device));
+    model->params_.push_back({name, t});
   }
+  model->Bind();
   return model;
 }
 
@@ -585,11 +580,7 @@ StatusOr<at::Tensor> WanVAE::Decode(const at::Tensor& latents, const Progress& p
   if (!at::isFloatingType(latents.scalar_type())) {
     return InvalidArgumentError("latents must be a floating-point tensor");
   }
-  try {
-    return DecodeImpl(latents, progress);
-  } catch (const c10::Error& e) {
-    return TorchExceptionStatus("VAE decode", e);
-  }
+  return DecodeImpl(latents, progress);
 }
 
 at::Tensor WanVAE::DecodeImpl(const at::Tensor& latents, const Progress& progress) const {
@@ -623,13 +614,9 @@ at::Tensor WanVAE::DecodeImpl(const at::Tensor& latents, const Progress& progres
 
 StatusOr<at::Tensor> WanVAE::DecodeToFrames(const at::Tensor& latents, const Progress& progress) const {
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor video, Decode(latents, progress));
-  try {
-    // [B, 3, T, H, W] in [-1, 1] -> [B, T, H, W, 3] uint8
-    at::Tensor pixels = video.add_(1.0).mul_(127.5).round_().clamp_(0.0, 255.0).to(at::kByte);
-    return pixels.permute({0, 2, 3, 4, 1}).to(at::kCPU).contiguous();
-  } catch (const c10::Error& e) {
-    return TorchExceptionStatus("VAE decode", e);
-  }
+  // [B, 3, T, H, W] in [-1, 1] -> [B, T, H, W, 3] uint8
+  at::Tensor pixels = video.add_(1.0).mul_(127.5).round_().clamp_(0.0, 255.0).to(at::kByte);
+  return pixels.permute({0, 2, 3, 4, 1}).to(at::kCPU).contiguous();
 }
 
 StatusOr<at::Tensor> WanVAE::Encode(const at::Tensor& video, const Progress& progress) const {
@@ -643,11 +630,7 @@ StatusOr<at::Tensor> WanVAE::Encode(const at::Tensor& video, const Progress& pro
   if (!at::isFloatingType(video.scalar_type())) {
     return InvalidArgumentError("video must be a floating-point tensor");
   }
-  try {
-    return EncodeImpl(video, progress);
-  } catch (const c10::Error& e) {
-    return TorchExceptionStatus("VAE encode", e);
-  }
+  return EncodeImpl(video, progress);
 }
 
 at::Tensor WanVAE::EncodeImpl(const at::Tensor& video, const Progress& progress) const {

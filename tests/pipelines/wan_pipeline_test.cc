@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 
 #include "pipelines/registry.h"
+#include "pipelines/torch_status.h"
 #include "tests/test_files.h"
 
 namespace rainserve {
@@ -267,6 +268,26 @@ TEST(WanPipelineMemoryTest, RequestsOverTheMemoryBudgetAreRefusedWithTheEstimate
   EXPECT_TRUE(ValidateGenerationRequest(wide, small).ok());
 }
 
+
+// The model boundary's one rule: out of memory is RESOURCE_EXHAUSTED, any
+// other LibTorch error INTERNAL, each with the first line of the message only.
+TEST(TorchStatusTest, LibTorchErrorsBecomeStatusesWithTheirFirstLine) {
+  auto status_of = [](const std::string& text) {
+    try {
+      TORCH_CHECK(false, text);
+    } catch (const c10::Error& e) {
+      return TorchExceptionStatus("model 'm' (decode)", e);
+    }
+    return OkStatus();
+  };
+  const Status oom = status_of("CUDA out of memory. Tried to allocate 2 GiB\nmore detail");
+  EXPECT_EQ(oom.code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(oom.message(),
+            "model 'm' (decode) ran out of memory: CUDA out of memory. Tried to allocate 2 GiB");
+  const Status other = status_of("shape mismatch");
+  EXPECT_EQ(other.code(), StatusCode::kInternal);
+  EXPECT_EQ(other.message(), "model 'm' (decode) failed: shape mismatch");
+}
 
 // Each model's `threads` applies on the thread that runs its requests: two
 // models with different counts, run on one thread in turn, each see their own,
