@@ -26,7 +26,9 @@ class FinishedStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> 
 
 // Streams one job's events with seq > from_seq, following the log until the
 // terminal event, then finishes with the job's status. Lives from the
-// handler that creates it until OnDone, which deletes it.
+// handler that creates it until OnDone, which deletes it. Only the stream of
+// the call that owns the job (created it, not detached) abandons the job
+// when its client goes away.
 class EventStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
  public:
   EventStream(JobManager* jobs, grpc::CallbackServerContext* ctx, std::string job_id,
@@ -39,7 +41,7 @@ class EventStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
     auto sub = jobs_->Subscribe(job_id_, [this] { Pump(); });
     if (!sub.ok()) {
       // The job expired between its lookup and now.
-      if (cancel_job_on_disconnect_) jobs_->Cancel(job_id_).status().IgnoreError();
+      if (cancel_job_on_disconnect_) jobs_->Abandon(job_id_, CancelledError("the call ended"));
       finished_ = true;
       Finish(ToGrpcStatus(sub.status()));
       return;
@@ -72,7 +74,7 @@ class EventStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
       const Status reason = deadline_passed
                                 ? DeadlineExceededError("the call's deadline passed")
                                 : CancelledError("the client cancelled the call");
-      jobs_->Cancel(job_id_, reason).status().IgnoreError();
+      jobs_->Abandon(job_id_, reason);
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -173,11 +175,13 @@ grpc::Status ToGrpcStatus(const Status& status) {
 }
 
 GenerationService::GenerationService(ModelLookup lookup, JobManager* jobs,
-                                     const Authenticator* auth, JobObserver* observer)
+                                     const Authenticator* auth, JobObserver* observer,
+                                     int64_t max_message_bytes)
     : lookup_(std::move(lookup)),
       jobs_(jobs),
       auth_(auth),
       observer_(observer),
+      max_message_bytes_(max_message_bytes),
       rng_(std::random_device{}()) {}
 
 uint64_t GenerationService::RandomSeed() {
@@ -187,8 +191,8 @@ uint64_t GenerationService::RandomSeed() {
 }
 
 StatusOr<v1::Job> GenerationService::SubmitJob(const v1::GenerateRequest& request,
-                                               const SubmitOptions& base) {
-  StatusOr<v1::Job> job = QueueJob(request, base);
+                                               const SubmitOptions& base, bool* created) {
+  StatusOr<v1::Job> job = QueueJob(request, base, created);
   if (!job.ok() && observer_ != nullptr) {
     // Only configured model names become labels; anything else is "unknown".
     StatusOr<PipelineDescription> lookup = lookup_(request.model());
@@ -199,17 +203,20 @@ StatusOr<v1::Job> GenerationService::SubmitJob(const v1::GenerateRequest& reques
 }
 
 StatusOr<v1::Job> GenerationService::QueueJob(const v1::GenerateRequest& request,
-                                              const SubmitOptions& base) {
+                                              const SubmitOptions& base, bool* created) {
+  RAINSERVE_RETURN_IF_ERROR(CheckRequestStrings(request));
   RAINSERVE_ASSIGN_OR_RETURN(PipelineDescription model, lookup_(request.model()));
   RAINSERVE_ASSIGN_OR_RETURN(ResolvedRequest r, ResolveRequest(request, model, RandomSeed()));
   SubmitOptions options = base;
   options.client_request_id = request.client_request_id();
   options.priority = request.priority();
   options.fingerprint = Fingerprint(request);
-  RAINSERVE_ASSIGN_OR_RETURN(v1::Job job, jobs_->Submit(r.resolved, r.generation, options));
+  RAINSERVE_ASSIGN_OR_RETURN(v1::Job job,
+                             jobs_->Submit(r.resolved, r.generation, options, created));
   RAINSERVE_LOG(DEBUG) << "job " << job.job_id() << " for model '" << r.resolved.model() << "': "
                        << r.generation.width << "x" << r.generation.height << "x"
-                       << r.generation.num_frames << ", " << r.generation.steps << " steps";
+                       << r.generation.num_frames << ", " << r.generation.steps << " steps"
+                       << (*created ? "" : " (existing job for its client_request_id)");
   return job;
 }
 
@@ -218,16 +225,20 @@ grpc::ServerWriteReactor<v1::GenerateEvent>* GenerationService::Generate(
   if (grpc::Status denied = Authorize(ctx); !denied.ok()) return new FinishedStream(denied);
   SubmitOptions options;
   if (!request->detached()) options.deadline = SteadyDeadline(*ctx);
-  StatusOr<v1::Job> job = SubmitJob(*request, options);
+  bool created = false;
+  StatusOr<v1::Job> job = SubmitJob(*request, options, &created);
   if (!job.ok()) return new FinishedStream(ToGrpcStatus(job.status()));
-  return new EventStream(jobs_, ctx, job->job_id(), 0, !request->detached());
+  // Only the call that created the job owns it; one that found it by its
+  // client_request_id just watches.
+  return new EventStream(jobs_, ctx, job->job_id(), 0, created && !request->detached());
 }
 
 grpc::ServerUnaryReactor* GenerationService::Submit(grpc::CallbackServerContext* ctx,
                                                     const v1::GenerateRequest* request,
                                                     v1::SubmitResponse* response) {
   if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
-  StatusOr<v1::Job> job = SubmitJob(*request, SubmitOptions());
+  bool created = false;
+  StatusOr<v1::Job> job = SubmitJob(*request, SubmitOptions(), &created);
   if (!job.ok()) return FinishUnary(ctx, ToGrpcStatus(job.status()));
   *response->mutable_job() = std::move(job).value();
   return FinishUnary(ctx, grpc::Status::OK);
@@ -236,8 +247,8 @@ grpc::ServerUnaryReactor* GenerationService::Submit(grpc::CallbackServerContext*
 grpc::ServerWriteReactor<v1::GenerateEvent>* GenerationService::Watch(
     grpc::CallbackServerContext* ctx, const v1::WatchRequest* request) {
   if (grpc::Status denied = Authorize(ctx); !denied.ok()) return new FinishedStream(denied);
-  if (request->job_id().empty()) {
-    return new FinishedStream({grpc::StatusCode::INVALID_ARGUMENT, "job_id: required"});
+  if (Status bad = CheckJobId(request->job_id()); !bad.ok()) {
+    return new FinishedStream(ToGrpcStatus(bad));
   }
   StatusOr<v1::Job> job = jobs_->Get(request->job_id());
   if (!job.ok()) return new FinishedStream(ToGrpcStatus(job.status()));
@@ -248,6 +259,9 @@ grpc::ServerUnaryReactor* GenerationService::Cancel(grpc::CallbackServerContext*
                                                     const v1::CancelRequest* request,
                                                     v1::CancelResponse* response) {
   if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
+  if (Status bad = CheckJobId(request->job_id()); !bad.ok()) {
+    return FinishUnary(ctx, ToGrpcStatus(bad));
+  }
   StatusOr<v1::Job> job =
       jobs_->Cancel(request->job_id(), CancelledError("cancelled by a Cancel request"));
   if (!job.ok()) return FinishUnary(ctx, ToGrpcStatus(job.status()));
@@ -259,6 +273,9 @@ grpc::ServerUnaryReactor* GenerationService::GetJob(grpc::CallbackServerContext*
                                                     const v1::GetJobRequest* request,
                                                     v1::Job* response) {
   if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
+  if (Status bad = CheckJobId(request->job_id()); !bad.ok()) {
+    return FinishUnary(ctx, ToGrpcStatus(bad));
+  }
   StatusOr<v1::Job> job = jobs_->Get(request->job_id());
   if (!job.ok()) return FinishUnary(ctx, ToGrpcStatus(job.status()));
   *response = std::move(job).value();
@@ -269,9 +286,15 @@ grpc::ServerUnaryReactor* GenerationService::ListJobs(grpc::CallbackServerContex
                                                       const v1::ListJobsRequest* request,
                                                       v1::ListJobsResponse* response) {
   if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
-  for (v1::Job& job : jobs_->List(request->include_finished())) {
-    *response->add_jobs() = std::move(job);
-  }
+  ListQuery query;
+  query.include_finished = request->include_finished();
+  query.page_size = request->page_size();
+  query.page_token = request->page_token();
+  query.max_bytes = max_message_bytes_;
+  StatusOr<JobPage> page = jobs_->ListPage(query);
+  if (!page.ok()) return FinishUnary(ctx, ToGrpcStatus(page.status()));
+  for (v1::Job& job : page->jobs) *response->add_jobs() = std::move(job);
+  response->set_next_page_token(std::move(page->next_page_token));
   return FinishUnary(ctx, grpc::Status::OK);
 }
 

@@ -178,7 +178,7 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
   st->models_service = std::make_unique<ModelsService>(st->models.get(), st->auth.get());
   st->generation_service = std::make_unique<GenerationService>(
       [raw](const std::string& model) { return raw->models->Ready(model); }, st->jobs.get(),
-      st->auth.get(), st->metrics.get());
+      st->auth.get(), st->metrics.get(), sc.max_message_bytes);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -24,6 +24,12 @@ v1::ModelState ToProto(ModelState state) {
 
 grpc::Status RequireName(const std::string& name) {
   if (name.empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "name: required"};
+  if (name.size() > kMaxModelNameBytes) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, "name must be at most " +
+                                                    std::to_string(kMaxModelNameBytes) +
+                                                    " bytes (got " +
+                                                    std::to_string(name.size()) + ")"};
+  }
   return grpc::Status::OK;
 }
 
