@@ -10,8 +10,11 @@
 // events from any seq (replay, then follow) and never cancels the job; it
 // ends like Generate, or with OK when from_seq is already past the job's
 // terminal event. ListJobs returns pages of job summaries, each response at
-// most the configured max message size. Client-supplied ids and names are
-// length-checked before anything is looked up.
+// most the configured max message size.
+//
+// The methods are served raw (server/raw_calls.h): each call is
+// authenticated, then its request parsed (INVALID_ARGUMENT for bytes that are
+// not a valid message), then its strings' lengths checked.
 //
 // Threads: gRPC calls every method on its own threads. Each streaming call
 // gets one reactor that owns its state; the JobManager wakes it through a
@@ -41,7 +44,13 @@ using ModelLookup = std::function<StatusOr<PipelineDescription>(const std::strin
 
 grpc::Status ToGrpcStatus(const Status& status);
 
-class GenerationService final : public v1::Generation::CallbackService {
+// Every rainserve.v1.Generation method as a raw callback method.
+using RawGenerationService = v1::Generation::WithRawCallbackMethod_Generate<
+    v1::Generation::WithRawCallbackMethod_Submit<v1::Generation::WithRawCallbackMethod_Watch<
+        v1::Generation::WithRawCallbackMethod_Cancel<v1::Generation::WithRawCallbackMethod_GetJob<
+            v1::Generation::WithRawCallbackMethod_ListJobs<v1::Generation::Service>>>>>>;
+
+class GenerationService final : public RawGenerationService {
  public:
   // `jobs` (and `auth`, when given) must outlive the service and every call
   // it served (stop the gRPC server first). Without `auth` every call is allowed.
@@ -51,21 +60,22 @@ class GenerationService final : public v1::Generation::CallbackService {
   GenerationService(ModelLookup lookup, JobManager* jobs, const Authenticator* auth = nullptr,
                     JobObserver* observer = nullptr, int64_t max_message_bytes = 4 << 20);
 
-  grpc::ServerWriteReactor<v1::GenerateEvent>* Generate(
-      grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Generate(grpc::CallbackServerContext* ctx,
+                                                       const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Submit(grpc::CallbackServerContext* ctx,
-                                   const v1::GenerateRequest* request,
-                                   v1::SubmitResponse* response) override;
-  grpc::ServerWriteReactor<v1::GenerateEvent>* Watch(grpc::CallbackServerContext* ctx,
-                                                     const v1::WatchRequest* request) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Watch(grpc::CallbackServerContext* ctx,
+                                                    const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Cancel(grpc::CallbackServerContext* ctx,
-                                   const v1::CancelRequest* request,
-                                   v1::CancelResponse* response) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* ctx,
-                                   const v1::GetJobRequest* request, v1::Job* response) override;
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* ctx,
-                                     const v1::ListJobsRequest* request,
-                                     v1::ListJobsResponse* response) override;
+                                     const grpc::ByteBuffer* request,
+                                     grpc::ByteBuffer* response) override;
 
  private:
   // Looks the model up, resolves and validates, and queues the job; reports

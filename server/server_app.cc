@@ -14,6 +14,7 @@
 #include "server/metrics.h"
 #include "server/metrics_http.h"
 #include "server/model_manager.h"
+#include "server/raw_calls.h"
 #include "server/services.h"
 #include "media/artifacts.h"
 #include "media/ffmpeg_log.h"
@@ -136,6 +137,7 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
   st->config = config;
   const ServerSection& sc = config.server;
   media::ForwardFfmpegLogs();
+  RouteProtobufLogs();
 
   RAINSERVE_ASSIGN_OR_RETURN(Authenticator auth, Authenticator::FromConfig(config.security));
   st->auth = std::make_unique<Authenticator>(std::move(auth));

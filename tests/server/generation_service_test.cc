@@ -4,17 +4,22 @@
 //   ctest --test-dir build -R generation_service_test
 #include "server/generation_service.h"
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <functional>
+#include <future>
 #include <memory>
 #include <set>
 #include <thread>
 
+#include "server/auth.h"
 #include "server/job_manager.h"
+#include "server/raw_calls.h"
 #include "server/request_mapping.h"
 #include "tests/server/fake_pipeline.h"
 
@@ -174,6 +179,22 @@ class GenerationServiceTest : public ::testing::Test {
     channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
                                    grpc::InsecureChannelCredentials());
     stub_ = v1::Generation::NewStub(channel_);
+  }
+
+  // Sends `bytes` as the request of `method` ("/rainserve.v1.Generation/Submit")
+  // the way any client could, without the generated stub.
+  grpc::Status RawCall(const std::string& method, const std::string& bytes,
+                       const std::string& token = "") {
+    grpc::GenericStub stub(channel_);
+    grpc::ClientContext ctx;
+    if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status s) { done.set_value(std::move(s)); });
+    return done.get_future().get();
   }
 
   void Stop() {
@@ -726,6 +747,71 @@ TEST_F(GenerationServiceTest, ListJobsResponsesStayWithinTheMaxMessageSize) {
   } while (!list.page_token().empty() && pages < 50);
   EXPECT_EQ(listed.size(), 20u);
   EXPECT_GT(pages, 1) << "the default page size would hold all 20: the byte limit must cut it";
+}
+
+// ---------------------------------------------------------------- malformed bytes
+
+// GenerateRequest with field 2 (prompt) holding bytes that are not UTF-8.
+std::string InvalidUtf8Prompt() {
+  v1::GenerateRequest req;
+  req.set_model("fake");
+  std::string bytes = req.SerializeAsString();
+  bytes += std::string("\x12\x03\xff\xfe\x80", 5);
+  return bytes;
+}
+
+TEST_F(GenerationServiceTest, MalformedBytesAreInvalidArgumentAndTheirLogLinesRateLimited) {
+  RouteProtobufLogs();
+  const std::string garbage("\xff\xff\xff\xff\x0f\x01\x02", 7);
+  ::testing::internal::CaptureStderr();
+  const auto start = std::chrono::steady_clock::now();
+  constexpr int kCalls = 40;
+  for (int i = 0; i < kCalls; ++i) {
+    for (const char* method : {"Generate", "Submit"}) {
+      const grpc::Status s =
+          RawCall(std::string("/rainserve.v1.Generation/") + method, InvalidUtf8Prompt());
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+      EXPECT_EQ(s.error_message(),
+                "request: not a valid rainserve.v1.GenerateRequest (malformed protobuf bytes, or "
+                "invalid UTF-8 in a string field)");
+    }
+  }
+  for (const char* method : {"Watch", "Cancel", "GetJob", "ListJobs", "Submit", "Generate"}) {
+    const grpc::Status s = RawCall(std::string("/rainserve.v1.Generation/") + method, garbage);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_EQ(s.error_message().rfind("request: not a valid rainserve.v1.", 0), 0u)
+        << method << ": " << s.error_message();
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  int lines = 0;
+  for (char c : log) lines += c == '\n';
+  // Two limiters (protobuf's lines and the refusals), 5 lines a second each.
+  const int allowed = 2 * 5 * (static_cast<int>(seconds) + 2);
+  EXPECT_GT(lines, 0);
+  EXPECT_LE(lines, allowed) << log;
+  EXPECT_LT(lines, 2 * kCalls) << "one line per call is what the limiter prevents";
+  EXPECT_EQ(pipeline_->calls(), 0);
+}
+
+TEST_F(GenerationServiceTest, MalformedBytesFromAnUnauthenticatedCallerAreUnauthenticated) {
+  const std::string tokens = ::testing::TempDir() + "/generation_service_test_tokens";
+  std::ofstream(tokens) << "secret-token\n";
+  SecurityConfig security;
+  security.tokens_file = tokens;
+  StatusOr<Authenticator> auth = Authenticator::FromConfig(security);
+  ASSERT_TRUE(auth.ok()) << auth.status().ToString();
+  Start(JobManagerOptions(), 0, &*auth);
+  const std::string garbage("\xff\xff\xff\xff\x0f", 5);
+  for (const char* method : {"Generate", "Submit", "Watch", "Cancel", "GetJob", "ListJobs"}) {
+    const std::string path = std::string("/rainserve.v1.Generation/") + method;
+    EXPECT_EQ(RawCall(path, garbage).error_code(), grpc::StatusCode::UNAUTHENTICATED) << method;
+    EXPECT_EQ(RawCall(path, garbage, "secret-token").error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT)
+        << method;
+  }
+  Stop();  // before `auth` goes
 }
 
 }  // namespace
