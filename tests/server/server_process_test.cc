@@ -352,6 +352,35 @@ TEST_F(WanTinyProcessTest, SigtermLetsTheRunningJobFinishFailsQueuedOnesAndExits
   EXPECT_EQ(WEXITSTATUS(exit_status), 0) << server_->Stderr();
 }
 
+// A second signal while the drain waits for a running job: the process stops
+// at once with 128 + that signal's number, without waiting for the job.
+TEST_F(WanTinyProcessTest, SecondSignalDuringTheDrainStopsAtOnceWith128PlusTheSignal) {
+  Call running;
+  running.Start(generation_.get(), Request("long", 512, 512, 33, 50));
+  ASSERT_TRUE(ReadUntil(running.reader.get(), &running.events, IsDenoiseProgress));
+  ASSERT_EQ(kill(server_->pid(), SIGTERM), 0);
+  const auto drain_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (server_->Stderr().find("draining") == std::string::npos &&
+         std::chrono::steady_clock::now() < drain_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_NE(server_->Stderr().find("draining"), std::string::npos) << server_->Stderr();
+
+  const auto second = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(server_->pid(), SIGINT), 0);
+  const int status = server_->Wait(10);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - second).count();
+  ASSERT_NE(status, -1) << "still draining 10 s after the second signal";
+  ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGINT);
+  EXPECT_LT(seconds, 5);
+  EXPECT_NE(server_->Stderr().find("during the drain, stopping now"), std::string::npos)
+      << server_->Stderr();
+  running.ReadToEnd();
+  EXPECT_FALSE(running.status.ok()) << "the job cannot have finished: the process is gone";
+}
+
 // A client that stops reading in the middle of an artifact, then reads one
 // message at a time with pauses: the worker runs the next job meanwhile (on
 // the same connection), and the server holds no more than the artifact.
