@@ -41,10 +41,13 @@ Status ReadServerSection(YamlMap& m, ServerSection* s) {
     RAINSERVE_RETURN_IF_ERROR(q.Int("max_pending", 1, kIntMax, &s->queue.max_pending));
     return q.Double("timeout_seconds", 0.001, kDoubleMax, &s->queue.timeout_seconds);
   }));
-  return m.Map("jobs", [&](YamlMap& j) {
+  RAINSERVE_RETURN_IF_ERROR(m.Map("jobs", [&](YamlMap& j) {
     RAINSERVE_RETURN_IF_ERROR(
         j.Double("retention_seconds", 0, 7 * 86400, &s->jobs.retention_seconds));
     return j.Int("max_retained", 1, 1000000, &s->jobs.max_retained);
+  }));
+  return m.Map("retention", [&](YamlMap& r) {
+    return r.Int("max_bytes", 0, int64_t{1} << 50, &s->retention.max_bytes);
   });
 }
 
@@ -134,6 +137,11 @@ Status ReadSecurity(YamlMap& m, const std::string& base_dir, SecurityConfig* s) 
 Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
   if (!m.Has("name")) return InvalidArgumentError(m.KeyPath("name") + ": required");
   RAINSERVE_RETURN_IF_ERROR(m.String("name", &e->name));
+  if (e->name.empty() || e->name.size() > kMaxModelNameBytes) {
+    return InvalidArgumentError(m.KeyPath("name") + ": expected 1 to " +
+                                std::to_string(kMaxModelNameBytes) + " bytes, got " +
+                                std::to_string(e->name.size()));
+  }
   for (char c : e->name) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                     c == '-' || c == '_' || c == '.';

@@ -23,6 +23,15 @@ struct JobsConfig {
   int64_t max_retained = 1000;     // and at most this many finished jobs are kept
 };
 
+struct RetentionConfig {
+  // Finished jobs (their events and artifacts) kept in memory for GetJob and
+  // Watch, in bytes; past it the oldest finished jobs are evicted first.
+  int64_t max_bytes = int64_t{1} << 30;
+};
+
+// Longest model name (configuration and requests).
+constexpr size_t kMaxModelNameBytes = 128;
+
 struct ServerSection {
   std::string listen_address = "127.0.0.1:50051";   // gRPC, "host:port" (port 0 = any free)
   std::string metrics_address = "127.0.0.1:9464";   // Prometheus exposer, "host:port"
@@ -32,6 +41,7 @@ struct ServerSection {
   int64_t max_concurrent_streams = 100;             // open calls per client connection
   QueueConfig queue;
   JobsConfig jobs;
+  RetentionConfig retention;
 };
 
 // Per-model overrides of the request defaults the checkpoint implies

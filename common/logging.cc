@@ -36,6 +36,28 @@ StatusOr<LogLevel> ParseLogLevel(std::string_view name) {
                               "' (expected debug, info, warning or error)");
 }
 
+bool LogRateLimiter::AllowAt(std::chrono::steady_clock::time_point now, uint64_t* suppressed) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (now - window_start_ >= std::chrono::seconds(1)) {
+    window_start_ = now;
+    passed_ = 0;
+  }
+  if (passed_ >= per_second_) {
+    ++suppressed_;
+    *suppressed = 0;
+    return false;
+  }
+  ++passed_;
+  *suppressed = suppressed_;
+  suppressed_ = 0;
+  return true;
+}
+
+std::string SuppressedNote(uint64_t suppressed) {
+  if (suppressed == 0) return "";
+  return " (" + std::to_string(suppressed) + " similar lines suppressed)";
+}
+
 namespace internal {
 
 LogMessage::LogMessage(LogLevel level, const char* file, int line) {

@@ -5,20 +5,15 @@
 #include <optional>
 
 #include "common/logging.h"
+#include "server/raw_calls.h"
 
 namespace rainserve {
 namespace {
 
 constexpr std::chrono::milliseconds kDeadlineSlack(250);
 
-grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* ctx, const grpc::Status& s) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(s);
-  return reactor;
-}
-
 // A server stream that ends at once with a status.
-class FinishedStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
+class FinishedStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   explicit FinishedStream(const grpc::Status& s) { Finish(s); }
   void OnDone() override { delete this; }
@@ -26,8 +21,10 @@ class FinishedStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> 
 
 // Streams one job's events with seq > from_seq, following the log until the
 // terminal event, then finishes with the job's status. Lives from the
-// handler that creates it until OnDone, which deletes it.
-class EventStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
+// handler that creates it until OnDone, which deletes it. Only the stream of
+// the call that owns the job (created it, not detached) abandons the job
+// when its client goes away.
+class EventStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   EventStream(JobManager* jobs, grpc::CallbackServerContext* ctx, std::string job_id,
               uint64_t from_seq, bool cancel_job_on_disconnect)
@@ -39,7 +36,7 @@ class EventStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
     auto sub = jobs_->Subscribe(job_id_, [this] { Pump(); });
     if (!sub.ok()) {
       // The job expired between its lookup and now.
-      if (cancel_job_on_disconnect_) jobs_->Cancel(job_id_).status().IgnoreError();
+      if (cancel_job_on_disconnect_) jobs_->Abandon(job_id_, CancelledError("the call ended"));
       finished_ = true;
       Finish(ToGrpcStatus(sub.status()));
       return;
@@ -56,7 +53,7 @@ class EventStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
     {
       std::lock_guard<std::mutex> lock(mu_);
       writing_ = false;
-      current_.reset();
+      buffer_.Clear();
       if (!ok) disconnected_ = true;
     }
     Pump();
@@ -72,7 +69,7 @@ class EventStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
       const Status reason = deadline_passed
                                 ? DeadlineExceededError("the call's deadline passed")
                                 : CancelledError("the client cancelled the call");
-      jobs_->Cancel(job_id_, reason).status().IgnoreError();
+      jobs_->Abandon(job_id_, reason);
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -109,7 +106,6 @@ class EventStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
         JobManager::NextEvent n = jobs_->Next(*subscription_, last_seq_);
         if (n.event) {
           next = n.event;
-          current_ = next;
           writing_ = true;
           last_seq_ = next->seq();
           if (next->has_failed()) {
@@ -124,11 +120,21 @@ class EventStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
         }
       }
     }
-    if (next) {
-      StartWrite(next.get());
-    } else {
+    if (!next) {
       Finish(final_status);
+      return;
     }
+    // buffer_ is this thread's until OnWriteDone (writing_ is set).
+    const grpc::Status serialized = SerializeMessage(*next, &buffer_);
+    if (!serialized.ok()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        finished_ = true;
+      }
+      Finish(serialized);
+      return;
+    }
+    StartWrite(&buffer_);
   }
 
   JobManager* const jobs_;
@@ -142,7 +148,7 @@ class EventStream final : public grpc::ServerWriteReactor<v1::GenerateEvent> {
   bool writing_ = false;       // a StartWrite has no OnWriteDone yet
   bool finished_ = false;      // Finish was called
   bool disconnected_ = false;  // cancelled, or a write failed
-  std::shared_ptr<const v1::GenerateEvent> current_;  // the message being written
+  grpc::ByteBuffer buffer_;    // the event being written
   grpc::Status job_status_;    // from the job's Failed event, if any
 };
 
@@ -173,11 +179,13 @@ grpc::Status ToGrpcStatus(const Status& status) {
 }
 
 GenerationService::GenerationService(ModelLookup lookup, JobManager* jobs,
-                                     const Authenticator* auth, JobObserver* observer)
+                                     const Authenticator* auth, JobObserver* observer,
+                                     int64_t max_message_bytes)
     : lookup_(std::move(lookup)),
       jobs_(jobs),
       auth_(auth),
       observer_(observer),
+      max_message_bytes_(max_message_bytes),
       rng_(std::random_device{}()) {}
 
 uint64_t GenerationService::RandomSeed() {
@@ -187,8 +195,8 @@ uint64_t GenerationService::RandomSeed() {
 }
 
 StatusOr<v1::Job> GenerationService::SubmitJob(const v1::GenerateRequest& request,
-                                               const SubmitOptions& base) {
-  StatusOr<v1::Job> job = QueueJob(request, base);
+                                               const SubmitOptions& base, bool* created) {
+  StatusOr<v1::Job> job = QueueJob(request, base, created);
   if (!job.ok() && observer_ != nullptr) {
     // Only configured model names become labels; anything else is "unknown".
     StatusOr<PipelineDescription> lookup = lookup_(request.model());
@@ -199,80 +207,115 @@ StatusOr<v1::Job> GenerationService::SubmitJob(const v1::GenerateRequest& reques
 }
 
 StatusOr<v1::Job> GenerationService::QueueJob(const v1::GenerateRequest& request,
-                                              const SubmitOptions& base) {
+                                              const SubmitOptions& base, bool* created) {
+  RAINSERVE_RETURN_IF_ERROR(CheckRequestStrings(request));
   RAINSERVE_ASSIGN_OR_RETURN(PipelineDescription model, lookup_(request.model()));
   RAINSERVE_ASSIGN_OR_RETURN(ResolvedRequest r, ResolveRequest(request, model, RandomSeed()));
   SubmitOptions options = base;
   options.client_request_id = request.client_request_id();
   options.priority = request.priority();
   options.fingerprint = Fingerprint(request);
-  RAINSERVE_ASSIGN_OR_RETURN(v1::Job job, jobs_->Submit(r.resolved, r.generation, options));
+  RAINSERVE_ASSIGN_OR_RETURN(v1::Job job,
+                             jobs_->Submit(r.resolved, r.generation, options, created));
   RAINSERVE_LOG(DEBUG) << "job " << job.job_id() << " for model '" << r.resolved.model() << "': "
                        << r.generation.width << "x" << r.generation.height << "x"
-                       << r.generation.num_frames << ", " << r.generation.steps << " steps";
+                       << r.generation.num_frames << ", " << r.generation.steps << " steps"
+                       << (*created ? "" : " (existing job for its client_request_id)");
   return job;
 }
 
-grpc::ServerWriteReactor<v1::GenerateEvent>* GenerationService::Generate(
-    grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Generate(
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* bytes) {
   if (grpc::Status denied = Authorize(ctx); !denied.ok()) return new FinishedStream(denied);
+  v1::GenerateRequest request;
+  if (grpc::Status bad = ParseRequest(*ctx, *bytes, &request); !bad.ok()) {
+    return new FinishedStream(bad);
+  }
   SubmitOptions options;
-  if (!request->detached()) options.deadline = SteadyDeadline(*ctx);
-  StatusOr<v1::Job> job = SubmitJob(*request, options);
+  if (!request.detached()) options.deadline = SteadyDeadline(*ctx);
+  bool created = false;
+  StatusOr<v1::Job> job = SubmitJob(request, options, &created);
   if (!job.ok()) return new FinishedStream(ToGrpcStatus(job.status()));
-  return new EventStream(jobs_, ctx, job->job_id(), 0, !request->detached());
+  // Only the call that created the job owns it; one that found it by its
+  // client_request_id just watches.
+  return new EventStream(jobs_, ctx, job->job_id(), 0, created && !request.detached());
 }
 
 grpc::ServerUnaryReactor* GenerationService::Submit(grpc::CallbackServerContext* ctx,
-                                                    const v1::GenerateRequest* request,
-                                                    v1::SubmitResponse* response) {
-  if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
-  StatusOr<v1::Job> job = SubmitJob(*request, SubmitOptions());
-  if (!job.ok()) return FinishUnary(ctx, ToGrpcStatus(job.status()));
-  *response->mutable_job() = std::move(job).value();
-  return FinishUnary(ctx, grpc::Status::OK);
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  return ServeUnary<v1::GenerateRequest, v1::SubmitResponse>(
+      ctx, Authorize(ctx), request, response,
+      [&](const v1::GenerateRequest& req, v1::SubmitResponse* resp) {
+        bool created = false;
+        StatusOr<v1::Job> job = SubmitJob(req, SubmitOptions(), &created);
+        if (!job.ok()) return ToGrpcStatus(job.status());
+        *resp->mutable_job() = std::move(job).value();
+        return grpc::Status::OK;
+      });
 }
 
-grpc::ServerWriteReactor<v1::GenerateEvent>* GenerationService::Watch(
-    grpc::CallbackServerContext* ctx, const v1::WatchRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* GenerationService::Watch(
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* bytes) {
   if (grpc::Status denied = Authorize(ctx); !denied.ok()) return new FinishedStream(denied);
-  if (request->job_id().empty()) {
-    return new FinishedStream({grpc::StatusCode::INVALID_ARGUMENT, "job_id: required"});
+  v1::WatchRequest request;
+  if (grpc::Status bad = ParseRequest(*ctx, *bytes, &request); !bad.ok()) {
+    return new FinishedStream(bad);
   }
-  StatusOr<v1::Job> job = jobs_->Get(request->job_id());
+  if (Status bad = CheckJobId(request.job_id()); !bad.ok()) {
+    return new FinishedStream(ToGrpcStatus(bad));
+  }
+  StatusOr<v1::Job> job = jobs_->Get(request.job_id());
   if (!job.ok()) return new FinishedStream(ToGrpcStatus(job.status()));
-  return new EventStream(jobs_, ctx, request->job_id(), request->from_seq(), false);
+  return new EventStream(jobs_, ctx, request.job_id(), request.from_seq(), false);
 }
 
 grpc::ServerUnaryReactor* GenerationService::Cancel(grpc::CallbackServerContext* ctx,
-                                                    const v1::CancelRequest* request,
-                                                    v1::CancelResponse* response) {
-  if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
-  StatusOr<v1::Job> job =
-      jobs_->Cancel(request->job_id(), CancelledError("cancelled by a Cancel request"));
-  if (!job.ok()) return FinishUnary(ctx, ToGrpcStatus(job.status()));
-  *response->mutable_job() = std::move(job).value();
-  return FinishUnary(ctx, grpc::Status::OK);
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  return ServeUnary<v1::CancelRequest, v1::CancelResponse>(
+      ctx, Authorize(ctx), request, response,
+      [&](const v1::CancelRequest& req, v1::CancelResponse* resp) {
+        if (Status bad = CheckJobId(req.job_id()); !bad.ok()) return ToGrpcStatus(bad);
+        StatusOr<v1::Job> job =
+            jobs_->Cancel(req.job_id(), CancelledError("cancelled by a Cancel request"));
+        if (!job.ok()) return ToGrpcStatus(job.status());
+        *resp->mutable_job() = std::move(job).value();
+        return grpc::Status::OK;
+      });
 }
 
 grpc::ServerUnaryReactor* GenerationService::GetJob(grpc::CallbackServerContext* ctx,
-                                                    const v1::GetJobRequest* request,
-                                                    v1::Job* response) {
-  if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
-  StatusOr<v1::Job> job = jobs_->Get(request->job_id());
-  if (!job.ok()) return FinishUnary(ctx, ToGrpcStatus(job.status()));
-  *response = std::move(job).value();
-  return FinishUnary(ctx, grpc::Status::OK);
+                                                    const grpc::ByteBuffer* request,
+                                                    grpc::ByteBuffer* response) {
+  return ServeUnary<v1::GetJobRequest, v1::Job>(
+      ctx, Authorize(ctx), request, response,
+      [&](const v1::GetJobRequest& req, v1::Job* resp) {
+        if (Status bad = CheckJobId(req.job_id()); !bad.ok()) return ToGrpcStatus(bad);
+        StatusOr<v1::Job> job = jobs_->Get(req.job_id());
+        if (!job.ok()) return ToGrpcStatus(job.status());
+        *resp = std::move(job).value();
+        return grpc::Status::OK;
+      });
 }
 
 grpc::ServerUnaryReactor* GenerationService::ListJobs(grpc::CallbackServerContext* ctx,
-                                                      const v1::ListJobsRequest* request,
-                                                      v1::ListJobsResponse* response) {
-  if (grpc::Status denied = Authorize(ctx); !denied.ok()) return FinishUnary(ctx, denied);
-  for (v1::Job& job : jobs_->List(request->include_finished())) {
-    *response->add_jobs() = std::move(job);
-  }
-  return FinishUnary(ctx, grpc::Status::OK);
+                                                      const grpc::ByteBuffer* request,
+                                                      grpc::ByteBuffer* response) {
+  return ServeUnary<v1::ListJobsRequest, v1::ListJobsResponse>(
+      ctx, Authorize(ctx), request, response,
+      [&](const v1::ListJobsRequest& req, v1::ListJobsResponse* resp) {
+        ListQuery query;
+        query.include_finished = req.include_finished();
+        query.page_size = req.page_size();
+        query.page_token = req.page_token();
+        query.max_bytes = max_message_bytes_;
+        StatusOr<JobPage> page = jobs_->ListPage(query);
+        if (!page.ok()) return ToGrpcStatus(page.status());
+        for (v1::Job& job : page->jobs) *resp->add_jobs() = std::move(job);
+        resp->set_next_page_token(std::move(page->next_page_token));
+        return grpc::Status::OK;
+      });
 }
 
 }  // namespace rainserve

@@ -63,6 +63,80 @@ StatusOr<T> Guarded(const char* what, Fn&& fn) {
   }
 }
 
+// The longest prefix of UTF-8 `s` of at most `max_bytes` that ends on a
+// character boundary.
+std::string Utf8Prefix(const std::string& s, size_t max_bytes) {
+  if (s.size() <= max_bytes) return s;
+  size_t n = max_bytes;
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return s.substr(0, n);
+}
+
+// Where a ListJobs page resumes. Tokens are the hex of
+// "<include_finished 0|1>:<section>:<n>": section 'a' (running and queued
+// jobs; n = how many of them earlier pages listed) or 'f' (finished jobs;
+// n = finish_seq of the last one listed).
+struct PageCursor {
+  bool include_finished = false;
+  char section = 'a';
+  uint64_t n = 0;
+};
+
+constexpr size_t kMaxPageTokenBytes = 64;
+constexpr int64_t kPageTokenReserveBytes = 2 + kMaxPageTokenBytes;  // next_page_token field
+
+std::string EncodeCursor(const PageCursor& c) {
+  const std::string plain = std::string(c.include_finished ? "1" : "0") + ":" + c.section + ":" +
+                            std::to_string(c.n);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string token;
+  for (unsigned char ch : plain) {
+    token += kHex[ch >> 4];
+    token += kHex[ch & 15];
+  }
+  return token;
+}
+
+StatusOr<PageCursor> DecodeCursor(const std::string& token) {
+  const Status malformed = InvalidArgumentError(
+      "page_token: not a token this server issued (pass next_page_token back unchanged)");
+  if (token.size() > kMaxPageTokenBytes || token.size() % 2 != 0) return malformed;
+  std::string plain;
+  for (size_t i = 0; i < token.size(); i += 2) {
+    int byte = 0;
+    for (size_t k = i; k < i + 2; ++k) {
+      const char h = token[k];
+      const int v = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : -1;
+      if (v < 0) return malformed;
+      byte = byte * 16 + v;
+    }
+    plain += static_cast<char>(byte);
+  }
+  // "F:S:N" with N 1..20 decimal digits.
+  if (plain.size() < 5 || plain.size() > 24 || (plain[0] != '0' && plain[0] != '1') ||
+      plain[1] != ':' || (plain[2] != 'a' && plain[2] != 'f') || plain[3] != ':') {
+    return malformed;
+  }
+  PageCursor c;
+  c.include_finished = plain[0] == '1';
+  c.section = plain[2];
+  for (size_t i = 4; i < plain.size(); ++i) {
+    if (plain[i] < '0' || plain[i] > '9') return malformed;
+    const uint64_t digit = static_cast<uint64_t>(plain[i] - '0');
+    if (c.n > (UINT64_MAX - digit) / 10) return malformed;
+    c.n = c.n * 10 + digit;
+  }
+  if (c.section == 'f' && !c.include_finished) return malformed;
+  return c;
+}
+
+// Bytes a field of `size` bytes takes in its enclosing message (tag + length).
+size_t FieldBytes(size_t size) {
+  size_t varint = 1;
+  for (size_t v = size; v >= 0x80; v >>= 7) ++varint;
+  return 1 + varint + size;
+}
+
 }  // namespace
 
 struct JobManager::Job {
@@ -92,12 +166,31 @@ struct JobManager::Job {
   CancelToken cancel;
   bool cancel_requested = false;
   Status cancel_reason;
+  // Stopped by the call that created it (gone, or its deadline passed): the
+  // client_request_id no longer leads here.
+  bool abandoned = false;
+
+  int64_t bytes = 0;        // JobBytes, once finished
+  uint64_t finish_seq = 0;  // order in finished_, once finished
 
   v1::GenerateResult result;  // when succeeded
   v1::Failed failure;         // when failed or cancelled
 
   std::vector<std::shared_ptr<const v1::GenerateEvent>> events;  // events[i].seq == i + 1
   std::vector<std::shared_ptr<Subscriber>> subscribers;
+
+  // What retaining the job costs: its event log (artifact chunks dominate),
+  // the requests and keys it holds, and allowances for the allocations
+  // around them (per job, per event).
+  int64_t MemoryBytes() const {
+    constexpr size_t kJobBytes = 2048;
+    constexpr size_t kEventBytes = 256;
+    size_t total = kJobBytes + resolved.ByteSizeLong() + request.prompt.size() +
+                   request.negative_prompt.size() + fingerprint.size() +
+                   client_request_id.size() + result.ByteSizeLong() + failure.ByteSizeLong();
+    for (const auto& event : events) total += kEventBytes + event->ByteSizeLong();
+    return static_cast<int64_t>(total);
+  }
 };
 
 struct JobManager::Worker {
@@ -129,6 +222,7 @@ JobManagerOptions JobManagerOptions::FromConfig(const ServerSection& server) {
   o.queue_timeout_seconds = server.queue.timeout_seconds;
   o.retention_seconds = server.jobs.retention_seconds;
   o.max_retained_jobs = server.jobs.max_retained;
+  o.max_retained_bytes = server.retention.max_bytes;
   return o;
 }
 
@@ -200,7 +294,8 @@ Status JobManager::RemoveModel(const std::string& name) {
 
 StatusOr<v1::Job> JobManager::Submit(const v1::GenerateRequest& resolved,
                                      const GenerationRequest& request,
-                                     const SubmitOptions& options) {
+                                     const SubmitOptions& options, bool* created) {
+  if (created != nullptr) *created = false;
   Outbox out;
   v1::Job snapshot;
   {
@@ -212,7 +307,8 @@ StatusOr<v1::Job> JobManager::Submit(const v1::GenerateRequest& resolved,
         options.fingerprint.empty() ? resolved.SerializeAsString() : options.fingerprint;
     if (!options.client_request_id.empty()) {
       auto it = job_by_client_id_.find(options.client_request_id);
-      if (it != job_by_client_id_.end()) {
+      // An abandoned job's id starts a fresh attempt (the old job keeps its own id).
+      if (it != job_by_client_id_.end() && !jobs_.at(it->second)->abandoned) {
         const Job& existing = *jobs_.at(it->second);
         if (existing.fingerprint != fingerprint) {
           return AlreadyExistsError("client_request_id '" + options.client_request_id +
@@ -266,6 +362,7 @@ StatusOr<v1::Job> JobManager::Submit(const v1::GenerateRequest& resolved,
     snapshot = SnapshotLocked(*job);
     worker->cv.notify_one();
   }
+  if (created != nullptr) *created = true;
   timer_cv_.notify_all();
   Flush(&out);
   return snapshot;
@@ -276,9 +373,7 @@ StatusOr<v1::Job> JobManager::Cancel(const std::string& job_id, const Status& re
   v1::Job snapshot;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = jobs_.find(job_id);
-    if (it == jobs_.end()) return NotFoundError("job '" + job_id + "' not found");
-    const std::shared_ptr<Job>& job = it->second;
+    RAINSERVE_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindLocked(job_id));
     const Status why = reason.ok() ? CancelledError("cancelled") : reason;
     if (job->state == v1::JOB_STATE_QUEUED) FailQueuedLocked(job, why, &out);
     if (job->state == v1::JOB_STATE_RUNNING) RequestCancelLocked(job, why);
@@ -288,26 +383,95 @@ StatusOr<v1::Job> JobManager::Cancel(const std::string& job_id, const Status& re
   return snapshot;
 }
 
-StatusOr<v1::Job> JobManager::Get(const std::string& job_id) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) return NotFoundError("job '" + job_id + "' not found");
-  return SnapshotLocked(*it->second);
+void JobManager::Abandon(const std::string& job_id, const Status& reason) {
+  Outbox out;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) return;
+    const std::shared_ptr<Job> job = it->second;
+    if (job->finished_wall) return;  // it ended on its own; its id keeps leading to it
+    job->abandoned = true;
+    if (job->state == v1::JOB_STATE_QUEUED) FailQueuedLocked(job, reason, &out);
+    if (job->state == v1::JOB_STATE_RUNNING) RequestCancelLocked(job, reason);
+  }
+  Flush(&out);
 }
 
-std::vector<v1::Job> JobManager::List(bool include_finished) const {
+StatusOr<v1::Job> JobManager::Get(const std::string& job_id) const {
   std::lock_guard<std::mutex> lock(mu_);
-  std::vector<v1::Job> jobs;
-  for (const auto& [name, worker] : workers_) {
-    if (worker->running) jobs.push_back(SnapshotLocked(*worker->running));
+  RAINSERVE_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindLocked(job_id));
+  return SnapshotLocked(*job);
+}
+
+StatusOr<JobPage> JobManager::ListPage(const ListQuery& query) const {
+  PageCursor cursor;
+  cursor.include_finished = query.include_finished;
+  if (!query.page_token.empty()) {
+    RAINSERVE_ASSIGN_OR_RETURN(cursor, DecodeCursor(query.page_token));
+    if (cursor.include_finished != query.include_finished) {
+      return InvalidArgumentError(
+          "page_token: it continues a listing with include_finished=" +
+          std::string(cursor.include_finished ? "true" : "false") + "; ask with the same value");
+    }
   }
-  for (const auto& [name, worker] : workers_) {
-    for (const auto& [key, job] : worker->queue) jobs.push_back(SnapshotLocked(*job));
+  const uint32_t page_size =
+      query.page_size == 0 ? kDefaultPageSize : std::min(query.page_size, kMaxPageSize);
+  const int64_t budget = query.max_bytes - kPageTokenReserveBytes;
+
+  std::lock_guard<std::mutex> lock(mu_);
+  // Up to page_size + 1 candidates (one more says whether a next page
+  // exists), each with the cursor that resumes after it.
+  std::vector<std::pair<const Job*, PageCursor>> candidates;
+  if (cursor.section == 'a') {
+    std::vector<const Job*> active;
+    for (const auto& [name, worker] : workers_) {
+      if (worker->running) active.push_back(worker->running.get());
+    }
+    for (const auto& [name, worker] : workers_) {
+      for (const auto& [key, job] : worker->queue) active.push_back(job.get());
+    }
+    for (uint64_t i = cursor.n; i < active.size() && candidates.size() <= page_size; ++i) {
+      candidates.push_back({active[i], {query.include_finished, 'a', i + 1}});
+    }
   }
-  if (include_finished) {
-    for (const auto& job : finished_) jobs.push_back(SnapshotLocked(*job));
+  if (query.include_finished) {
+    const uint64_t after = cursor.section == 'f' ? cursor.n : 0;
+    auto it = std::upper_bound(
+        finished_.begin(), finished_.end(), after,
+        [](uint64_t seq, const std::shared_ptr<Job>& job) { return seq < job->finish_seq; });
+    for (; it != finished_.end() && candidates.size() <= page_size; ++it) {
+      candidates.push_back({it->get(), {true, 'f', (*it)->finish_seq}});
+    }
   }
-  return jobs;
+
+  JobPage page;
+  PageCursor next = cursor;
+  int64_t used = 0;
+  for (const auto& [job, after] : candidates) {
+    if (page.jobs.size() == page_size) break;
+    v1::Job summary = SummaryLocked(*job);
+    const auto bytes = static_cast<int64_t>(FieldBytes(summary.ByteSizeLong()));
+    if (used + bytes > budget) {
+      if (page.jobs.empty()) {
+        return ResourceExhaustedError("the summary of job '" + job->id + "' (" +
+                                      std::to_string(bytes) +
+                                      " bytes) does not fit in a response of at most " +
+                                      std::to_string(query.max_bytes) + " bytes");
+      }
+      break;
+    }
+    used += bytes;
+    page.jobs.push_back(std::move(summary));
+    next = after;
+  }
+  if (page.jobs.size() < candidates.size()) page.next_page_token = EncodeCursor(next);
+  return page;
+}
+
+int64_t JobManager::RetainedBytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return retained_bytes_;
 }
 
 // ---------------------------------------------------------------- events
@@ -315,10 +479,9 @@ std::vector<v1::Job> JobManager::List(bool include_finished) const {
 StatusOr<JobManager::SubscriptionId> JobManager::Subscribe(const std::string& job_id,
                                                            std::function<void()> notify) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) return NotFoundError("job '" + job_id + "' not found");
+  RAINSERVE_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindLocked(job_id));
   auto sub = std::make_shared<Subscriber>();
-  sub->job = it->second;
+  sub->job = std::move(job);
   sub->notify = std::move(notify);
   sub->job->subscribers.push_back(sub);
   const SubscriptionId id = next_subscription_++;
@@ -367,9 +530,8 @@ JobManager::NextEvent JobManager::Next(SubscriptionId id, uint64_t after_seq) co
 StatusOr<std::vector<std::shared_ptr<const v1::GenerateEvent>>> JobManager::Events(
     const std::string& job_id, uint64_t after_seq) const {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = jobs_.find(job_id);
-  if (it == jobs_.end()) return NotFoundError("job '" + job_id + "' not found");
-  const auto& events = it->second->events;
+  RAINSERVE_ASSIGN_OR_RETURN(std::shared_ptr<Job> job, FindLocked(job_id));
+  const auto& events = job->events;
   if (after_seq >= events.size()) return std::vector<std::shared_ptr<const v1::GenerateEvent>>();
   return std::vector<std::shared_ptr<const v1::GenerateEvent>>(events.begin() + after_seq,
                                                                events.end());
@@ -432,11 +594,37 @@ void JobManager::WorkerLoop(Worker* worker) {
   }
 }
 
+struct JobManager::RunOutcome {
+  JobReport report;
+  Status status;
+  std::optional<GenerationOutput> output;  // when the pipeline succeeded
+  std::vector<v1::GenerateEvent> artifact_events;
+  v1::GenerateResult result;
+};
+
 void JobManager::RunJob(Worker* worker, const std::shared_ptr<Job>& job) {
+  RunOutcome run;
+  run.report.model = job->model;
+  run.report.ran = true;
+  run.report.device = worker->device;
+  RunPipeline(worker, job, &run);
+  if (run.status.ok()) EncodeArtifacts(worker, job, &run);
+  run.output.reset();
+  FinishRun(worker, job, &run);
+  // Hand the pages this job's tensors freed back to the OS. glibc keeps freed
+  // memory in its per-thread arenas, and jobs of varying shapes fragment them:
+  // under the load test (bench/load) the idle RSS grows by about a third over
+  // 2000 requests without it, and malloc_trim(0) returns most of that. It runs
+  // on the worker thread after the job's final event is out, at no measurable
+  // throughput cost.
+  malloc_trim(0);
+}
+
+void JobManager::RunPipeline(Worker* worker, const std::shared_ptr<Job>& job, RunOutcome* run) {
   // ETA from the denoising steps seen so far: the first step also carries
   // the text encoding, so later estimates use steps 2.. only.
   double first_step_elapsed = 0;
-  double first_progress_seconds = -1;
+  JobReport& report = run->report;
   ProgressCallback progress = [&](const ProgressUpdate& u) {
     v1::GenerateEvent event;
     v1::Progress* p = event.mutable_progress();
@@ -445,8 +633,8 @@ void JobManager::RunJob(Worker* worker, const std::shared_ptr<Job>& job) {
     p->set_total_steps(static_cast<uint32_t>(u.total_steps));
     *p->mutable_elapsed() = SecondsToDuration(u.elapsed_seconds);
     const bool denoise = u.stage == "denoise" && u.step > 0;
-    if (first_progress_seconds < 0) {
-      first_progress_seconds = SecondsBetween(job->created, SteadyClock::now());
+    if (report.first_progress_seconds < 0) {
+      report.first_progress_seconds = SecondsBetween(job->created, SteadyClock::now());
     }
     if (denoise) {
       if (u.step == 1) first_step_elapsed = u.elapsed_seconds;
@@ -468,91 +656,93 @@ void JobManager::RunJob(Worker* worker, const std::shared_ptr<Job>& job) {
     Flush(&out);
   };
 
-  JobReport report;
-  report.model = job->model;
-  report.ran = true;
-  report.device = worker->device;
   report.requested_sparsity =
       job->request.sparse.mode == AttentionMode::kRainFusion ? job->request.sparse.sparsity : 0.0;
   report.sink_frames = job->request.sparse.sink_frames;
   StatusOr<GenerationOutput> output = Guarded<GenerationOutput>("pipeline", [&] {
     return worker->pipeline->Generate(job->request, progress, job->cancel);
   });
-  Status status = output.status();
-  if (!status.ok() && status.code() != StatusCode::kCancelled && options_.on_device_fault) {
-    const Status device = worker->pipeline->DeviceStatus();
-    if (!device.ok()) {
-      RAINSERVE_LOG(ERROR) << "model '" << job->model << "': " << device.ToString();
-      options_.on_device_fault(job->model, device);
-    }
-  }
-  std::vector<v1::GenerateEvent> artifact_events;
-  v1::GenerateResult result;
-  if (output.ok()) {
-    report.text_encode_seconds = output->text_encode_seconds;
-    report.denoise_seconds = output->denoise_seconds;
-    report.decode_seconds = output->decode_seconds;
-    report.realized_sparsity = output->realized_sparsity;
-    report.steps = output->steps;
-    report.mask_seconds = output->mask_seconds;
-    report.frames = output->num_frames;
-    report.peak_memory_bytes = output->peak_memory_bytes;
-    // Encoding is a step boundary too: a job cancelled by now is not encoded.
-    if (job->cancel.cancelled()) status = CancelledError("cancelled");
-  }
-  if (status.ok()) {
-    const auto encode_start = SteadyClock::now();
-    StatusOr<std::vector<EncodedArtifact>> artifacts =
-        Guarded<std::vector<EncodedArtifact>>("artifact encoding", [&] {
-          return encoder_ ? encoder_(*output, job->resolved)
-                          : StatusOr<std::vector<EncodedArtifact>>(
-                                UnimplementedError("no artifact encoder configured"));
-        });
-    report.encode_seconds = SecondsBetween(encode_start, SteadyClock::now());
-    status = artifacts.status();
-    if (artifacts.ok()) {
-      FillResultFromOutput(*output, job->resolved, &result);
-      result.set_device(worker->device);
-      const uint64_t chunk = static_cast<uint64_t>(std::max<int64_t>(1, options_.chunk_bytes));
-      for (size_t index = 0; index < artifacts->size(); ++index) {
-        const EncodedArtifact& a = (*artifacts)[index];
-        v1::ArtifactInfo* info = result.add_artifacts();
-        info->set_index(static_cast<uint32_t>(index));
-        info->set_mime_type(a.mime_type);
-        info->set_size_bytes(a.data.size());
-        info->set_sha256(a.sha256);
-        info->set_width(static_cast<uint32_t>(a.width));
-        info->set_height(static_cast<uint32_t>(a.height));
-        info->set_frames(static_cast<uint32_t>(a.frames));
-        info->set_fps(static_cast<uint32_t>(a.fps));
-        for (int64_t d : a.shape) info->add_shape(static_cast<uint32_t>(d));
-        info->set_dtype(a.dtype);
-        report.outputs.emplace_back(a.mime_type, a.data.size());
-        artifact_events.emplace_back();
-        *artifact_events.back().mutable_artifact_header()->mutable_info() = *info;
-        for (uint64_t offset = 0; offset < a.data.size(); offset += chunk) {
-          artifact_events.emplace_back();
-          v1::ArtifactChunk* c = artifact_events.back().mutable_artifact_chunk();
-          c->set_index(static_cast<uint32_t>(index));
-          c->set_offset(offset);
-          c->set_data(a.data.substr(offset, chunk));
-        }
+  run->status = output.status();
+  if (!output.ok()) {
+    if (run->status.code() != StatusCode::kCancelled && options_.on_device_fault) {
+      const Status device = worker->pipeline->DeviceStatus();
+      if (!device.ok()) {
+        RAINSERVE_LOG(ERROR) << "model '" << job->model << "': " << device.ToString();
+        options_.on_device_fault(job->model, device);
       }
     }
+    return;
   }
+  report.text_encode_seconds = output->text_encode_seconds;
+  report.denoise_seconds = output->denoise_seconds;
+  report.decode_seconds = output->decode_seconds;
+  report.realized_sparsity = output->realized_sparsity;
+  report.steps = output->steps;
+  report.mask_seconds = output->mask_seconds;
+  report.frames = output->num_frames;
+  report.peak_memory_bytes = output->peak_memory_bytes;
+  // Encoding is a step boundary too: a job cancelled by now is not encoded.
+  if (job->cancel.cancelled()) run->status = CancelledError("cancelled");
+  run->output = std::move(output).value();
+}
 
+void JobManager::EncodeArtifacts(Worker* worker, const std::shared_ptr<Job>& job,
+                                 RunOutcome* run) {
+  const auto encode_start = SteadyClock::now();
+  StatusOr<std::vector<EncodedArtifact>> artifacts =
+      Guarded<std::vector<EncodedArtifact>>("artifact encoding", [&] {
+        return encoder_ ? encoder_(*run->output, job->resolved)
+                        : StatusOr<std::vector<EncodedArtifact>>(
+                              UnimplementedError("no artifact encoder configured"));
+      });
+  run->report.encode_seconds = SecondsBetween(encode_start, SteadyClock::now());
+  run->status = artifacts.status();
+  if (!artifacts.ok()) return;
+  v1::GenerateResult& result = run->result;
+  FillResultFromOutput(*run->output, job->resolved, &result);
+  result.set_device(worker->device);
+  const uint64_t chunk = static_cast<uint64_t>(std::max<int64_t>(1, options_.chunk_bytes));
+  for (size_t index = 0; index < artifacts->size(); ++index) {
+    EncodedArtifact& a = (*artifacts)[index];
+    v1::ArtifactInfo* info = result.add_artifacts();
+    info->set_index(static_cast<uint32_t>(index));
+    info->set_mime_type(a.mime_type);
+    info->set_size_bytes(a.data.size());
+    info->set_sha256(a.sha256);
+    info->set_width(static_cast<uint32_t>(a.width));
+    info->set_height(static_cast<uint32_t>(a.height));
+    info->set_frames(static_cast<uint32_t>(a.frames));
+    info->set_fps(static_cast<uint32_t>(a.fps));
+    for (int64_t d : a.shape) info->add_shape(static_cast<uint32_t>(d));
+    info->set_dtype(a.dtype);
+    run->report.outputs.emplace_back(a.mime_type, a.data.size());
+    run->artifact_events.emplace_back();
+    *run->artifact_events.back().mutable_artifact_header()->mutable_info() = *info;
+    for (uint64_t offset = 0; offset < a.data.size(); offset += chunk) {
+      run->artifact_events.emplace_back();
+      v1::ArtifactChunk* c = run->artifact_events.back().mutable_artifact_chunk();
+      c->set_index(static_cast<uint32_t>(index));
+      c->set_offset(offset);
+      c->set_data(a.data.substr(offset, chunk));
+    }
+    std::string().swap(a.data);  // the chunks hold the bytes now
+  }
+}
+
+void JobManager::FinishRun(Worker* worker, const std::shared_ptr<Job>& job, RunOutcome* run) {
+  Status& status = run->status;
   Outbox out;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!status.ok() && job->cancel_requested) status = job->cancel_reason;
     if (status.ok()) {
-      for (auto& event : artifact_events) AppendLocked(job, std::move(event), &out);
+      for (auto& event : run->artifact_events) AppendLocked(job, std::move(event), &out);
     }
+    run->artifact_events.clear();
     const double run_seconds = SecondsBetween(job->started, SteadyClock::now());
     mean_run_seconds_ =
         mean_run_seconds_ == 0 ? run_seconds : 0.8 * mean_run_seconds_ + 0.2 * run_seconds;
-    report.first_progress_seconds = first_progress_seconds;
-    FinishLocked(job, status, status.ok() ? &result : nullptr, std::move(report), &out);
+    FinishLocked(job, status, status.ok() ? &run->result : nullptr, std::move(run->report), &out);
     worker->running = nullptr;
     --running_;
     ReportQueueLocked(worker);
@@ -563,13 +753,6 @@ void JobManager::RunJob(Worker* worker, const std::shared_ptr<Job>& job) {
     RAINSERVE_LOG(WARNING) << "job " << job->id << " on model '" << job->model
                            << "' failed: " << status.ToString();
   }
-  // Hand the pages this job's tensors freed back to the OS. glibc keeps freed
-  // memory in its per-thread arenas, and jobs of varying shapes fragment them:
-  // under the load test (bench/load) the idle RSS grows by about a third over
-  // 2000 requests without it, and malloc_trim(0) returns most of that. It runs
-  // on the worker thread after the job's final event is out, at no measurable
-  // throughput cost.
-  malloc_trim(0);
 }
 
 void JobManager::TimerLoop() {
@@ -587,6 +770,7 @@ void JobManager::TimerLoop() {
                                         "the job waited longer than the queue timeout (" +
                                         seconds + " s); the server is overloaded"));
         } else if (job->deadline && now >= *job->deadline) {
+          job->abandoned = true;  // the creating call's deadline
           expired.emplace_back(job, DeadlineExceededError("deadline exceeded while queued"));
         } else {
           wake = std::min(wake, job->queue_expiry);
@@ -596,6 +780,7 @@ void JobManager::TimerLoop() {
       const std::shared_ptr<Job>& running = worker->running;
       if (running && running->deadline && !running->cancel_requested) {
         if (now >= *running->deadline) {
+          running->abandoned = true;
           RequestCancelLocked(running, DeadlineExceededError("deadline exceeded"));
         } else {
           wake = std::min(wake, *running->deadline);
@@ -675,6 +860,9 @@ void JobManager::FinishLocked(const std::shared_ptr<Job>& job, const Status& sta
   report.total_seconds = SecondsBetween(job->created, job->finished);
   out->reports.push_back(std::move(report));
 
+  job->bytes = job->MemoryBytes();
+  job->finish_seq = next_finish_seq_++;
+  retained_bytes_ += job->bytes;
   finished_.push_back(job);
   EvictLocked(job->finished);
   timer_cv_.notify_all();  // its retention may end before the timer's next wake-up
@@ -705,15 +893,42 @@ void JobManager::RequestCancelLocked(const std::shared_ptr<Job>& job, const Stat
 
 void JobManager::EvictLocked(SteadyClock::time_point now) {
   const auto retention = ToSteadyDuration(options_.retention_seconds);
-  while (!finished_.empty() &&
-         (static_cast<int64_t>(finished_.size()) > options_.max_retained_jobs ||
-          finished_.front()->finished + retention <= now)) {
+  while (!finished_.empty()) {
+    const char* why = nullptr;
+    if (finished_.front()->finished + retention <= now) {
+      why = "its retention time passed (server.jobs.retention_seconds)";
+    } else if (static_cast<int64_t>(finished_.size()) > options_.max_retained_jobs) {
+      why = "newer jobs took its place (server.jobs.max_retained)";
+    } else if (retained_bytes_ > options_.max_retained_bytes) {
+      why = "newer results took its memory (server.retention.max_bytes)";
+    } else {
+      break;
+    }
     const std::shared_ptr<Job> job = finished_.front();
     finished_.pop_front();
+    retained_bytes_ -= job->bytes;
     jobs_.erase(job->id);
     auto it = job_by_client_id_.find(job->client_request_id);
     if (it != job_by_client_id_.end() && it->second == job->id) job_by_client_id_.erase(it);
+    evicted_order_.push_back(job->id);
+    evicted_[job->id] = why;
+    if (evicted_order_.size() > kRememberedEvictions) {
+      evicted_.erase(evicted_order_.front());
+      evicted_order_.pop_front();
+    }
   }
+}
+
+StatusOr<std::shared_ptr<JobManager::Job>> JobManager::FindLocked(
+    const std::string& job_id) const {
+  auto it = jobs_.find(job_id);
+  if (it != jobs_.end()) return it->second;
+  auto evicted = evicted_.find(job_id);
+  if (evicted != evicted_.end()) {
+    return NotFoundError("job '" + job_id + "' was evicted from retention: " +
+                         evicted->second + "; its events and artifacts are gone");
+  }
+  return NotFoundError("job '" + job_id + "' not found");
 }
 
 v1::Job JobManager::SnapshotLocked(const Job& job) const {
@@ -736,9 +951,47 @@ v1::Job JobManager::SnapshotLocked(const Job& job) const {
   return j;
 }
 
+v1::Job JobManager::SummaryLocked(const Job& job) const {
+  v1::Job j;
+  j.set_job_id(job.id);
+  j.set_state(job.state);
+  v1::GenerateRequest* r = j.mutable_request();
+  *r = job.resolved;
+  const std::string prompt = Utf8Prefix(r->prompt(), kSummaryPromptBytes);
+  const std::string negative = Utf8Prefix(r->negative_prompt(), kSummaryPromptBytes);
+  j.set_prompt_truncated(prompt.size() < r->prompt().size() ||
+                         negative.size() < r->negative_prompt().size());
+  r->set_prompt(prompt);
+  r->set_negative_prompt(negative);
+  if (job.state == v1::JOB_STATE_QUEUED) {
+    j.set_queue_position(static_cast<uint32_t>(std::max<int64_t>(0, job.position)));
+  }
+  j.set_step(static_cast<uint32_t>(job.step));
+  j.set_total_steps(static_cast<uint32_t>(job.total_steps));
+  *j.mutable_created() = ToTimestamp(job.created_wall);
+  if (job.started_wall) *j.mutable_started() = ToTimestamp(*job.started_wall);
+  if (job.finished_wall) *j.mutable_finished() = ToTimestamp(*job.finished_wall);
+  if (job.state == v1::JOB_STATE_FAILED || job.state == v1::JOB_STATE_CANCELLED) {
+    *j.mutable_failure() = job.failure;
+    j.mutable_failure()->set_message(Utf8Prefix(job.failure.message(), kSummaryMessageBytes));
+  }
+  return j;
+}
+
 std::string JobManager::RetryHintLocked() const {
-  // One slot frees when a running job finishes; before any has, guess 5 s.
-  const double seconds = mean_run_seconds_ > 0 ? mean_run_seconds_ : 5.0;
+  // The waiting jobs run in about pending x (mean job run time) / workers.
+  // Before any job has finished, the running jobs' time so far stands in
+  // for the mean (a lower bound).
+  double per_job = mean_run_seconds_;
+  if (per_job <= 0) {
+    const auto now = SteadyClock::now();
+    for (const auto& [name, worker] : workers_) {
+      if (!worker->running) continue;
+      per_job = std::max(per_job, SecondsBetween(worker->running->started, now));
+    }
+  }
+  const double workers = static_cast<double>(std::max<size_t>(1, workers_.size()));
+  const double seconds = std::max(1.0, per_job * static_cast<double>(pending_) / workers);
   return "retry in about " + std::to_string(static_cast<int64_t>(std::ceil(seconds))) + " s";
 }
 

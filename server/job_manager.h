@@ -18,7 +18,16 @@
 // Progress/Queued events but never headers, chunks or the terminal event.
 //
 // Finished jobs are kept for JobManagerOptions::retention_seconds (at most
-// max_retained_jobs of them) so that clients can Watch or GetJob them.
+// max_retained_jobs of them, holding at most max_retained_bytes of events and
+// artifacts; the oldest go first) so that clients can Watch or GetJob them.
+// An evicted job's id is remembered for a while so that lookups can say it
+// was evicted rather than never known.
+//
+// Client request ids: the call that created a job for a client_request_id
+// owns it; a repeated Submit with the same id returns the job without owning
+// it. When the owner abandons its job (Abandon: its call went away or its
+// deadline passed), the id is released and the next Submit with it creates a
+// fresh job.
 //
 // Threads: every public method may be called from any thread. Internally one
 // mutex guards all jobs; it is never held while a pipeline, the encoder, a
@@ -120,6 +129,7 @@ struct JobManagerOptions {
   double queue_timeout_seconds = 600;  // longer in the queue -> DEADLINE_EXCEEDED
   double retention_seconds = 600;      // finished jobs stay visible this long
   int64_t max_retained_jobs = 1000;    // and at most this many (oldest go first)
+  int64_t max_retained_bytes = int64_t{1} << 30;  // and at most this many bytes (JobBytes)
   int64_t chunk_bytes = 1 << 20;       // ArtifactChunk payload size
   // Called on the model's worker thread when, after a failed job, the
   // pipeline reports a device fault (Pipeline::DeviceStatus). Must not call
@@ -144,9 +154,31 @@ struct SubmitOptions {
   std::optional<std::chrono::steady_clock::time_point> deadline;
 };
 
+// One page of ListPage. Jobs are summaries: prompts cut to
+// kSummaryPromptBytes (prompt_truncated set), failure messages to
+// kSummaryMessageBytes, no result attached.
+struct JobPage {
+  std::vector<v1::Job> jobs;
+  std::string next_page_token;  // empty on the last page
+};
+
+struct ListQuery {
+  bool include_finished = false;
+  uint32_t page_size = 0;   // 0: kDefaultPageSize; capped at kMaxPageSize
+  std::string page_token;   // from the previous page; empty for the first
+  int64_t max_bytes = 4 << 20;  // the serialized ListJobsResponse stays within this
+};
+
 class JobManager {
  public:
   using SubscriptionId = uint64_t;
+
+  static constexpr uint32_t kDefaultPageSize = 100;
+  static constexpr uint32_t kMaxPageSize = 1000;
+  static constexpr size_t kSummaryPromptBytes = 256;
+  static constexpr size_t kSummaryMessageBytes = 512;
+  // Evicted job ids remembered for the "was evicted" answer.
+  static constexpr size_t kRememberedEvictions = 10000;
 
   // `encoder` runs on worker threads; `observer` (optional) must outlive
   // the manager.
@@ -165,12 +197,13 @@ class JobManager {
   Status RemoveModel(const std::string& name);
 
   // Queues a job for `resolved.model()` and returns its snapshot (or the
-  // existing job for a repeated client_request_id). Errors: UNAVAILABLE
-  // (draining, or no worker for the model), RESOURCE_EXHAUSTED (queue full;
-  // the message says when to retry), ALREADY_EXISTS (key reused for another
-  // request). `request` must already be valid for the model.
+  // existing job for a repeated client_request_id; `*created`, when given,
+  // says which). Errors: UNAVAILABLE (draining, or no worker for the model),
+  // RESOURCE_EXHAUSTED (queue full; the message says when to retry, from the
+  // measured job durations), ALREADY_EXISTS (key reused for another request).
+  // `request` must already be valid for the model.
   StatusOr<v1::Job> Submit(const v1::GenerateRequest& resolved, const GenerationRequest& request,
-                           const SubmitOptions& options);
+                           const SubmitOptions& options, bool* created = nullptr);
 
   // A queued job ends at once; a running one stops at its next step. `reason`
   // (non-OK) becomes its failure: CANCELLED -> state cancelled, anything else
@@ -178,10 +211,21 @@ class JobManager {
   StatusOr<v1::Job> Cancel(const std::string& job_id,
                            const Status& reason = CancelledError("cancelled by the client"));
 
-  StatusOr<v1::Job> Get(const std::string& job_id) const;  // NOT_FOUND if unknown or expired
-  // Running jobs, then queued ones in queue order (with positions), then,
-  // when asked, finished ones oldest first.
-  std::vector<v1::Job> List(bool include_finished) const;
+  // Cancel by the call that created the job, because that call went away
+  // (`reason`: CANCELLED or DEADLINE_EXCEEDED). A job this stops releases its
+  // client_request_id: a later Submit with the id starts a fresh job.
+  void Abandon(const std::string& job_id, const Status& reason);
+
+  // NOT_FOUND if unknown, or evicted (the message says so and why).
+  StatusOr<v1::Job> Get(const std::string& job_id) const;
+  // Job summaries, one page: running jobs, then queued ones in queue order
+  // (with positions), then, when asked, finished ones oldest first. Errors:
+  // INVALID_ARGUMENT for a page_token this listing did not issue,
+  // RESOURCE_EXHAUSTED when one summary alone exceeds max_bytes.
+  StatusOr<JobPage> ListPage(const ListQuery& query) const;
+
+  // Bytes held by finished jobs (JobBytes summed); for metrics and tests.
+  int64_t RetainedBytes() const;
 
   // Registers `notify`, called (on any thread, without locks held) after the
   // job's log grows. It must not block nor call Unsubscribe. The subscription
@@ -218,6 +262,12 @@ class JobManager {
 
   void WorkerLoop(Worker* worker);
   void RunJob(Worker* worker, const std::shared_ptr<Job>& job);
+  // RunJob's parts: the pipeline call (with progress events), the artifact
+  // encoding into header and chunk events, and the bookkeeping at the end.
+  struct RunOutcome;
+  void RunPipeline(Worker* worker, const std::shared_ptr<Job>& job, RunOutcome* run);
+  void EncodeArtifacts(Worker* worker, const std::shared_ptr<Job>& job, RunOutcome* run);
+  void FinishRun(Worker* worker, const std::shared_ptr<Job>& job, RunOutcome* run);
   void TimerLoop();
 
   // The *Locked helpers need mu_ held; they queue notifications in `out`.
@@ -229,7 +279,10 @@ class JobManager {
   void ReportQueueLocked(const Worker* worker);
   void RequestCancelLocked(const std::shared_ptr<Job>& job, const Status& reason);
   void EvictLocked(std::chrono::steady_clock::time_point now);
+  // The job by id, or NOT_FOUND saying whether it was evicted.
+  StatusOr<std::shared_ptr<Job>> FindLocked(const std::string& job_id) const;
   v1::Job SnapshotLocked(const Job& job) const;
+  v1::Job SummaryLocked(const Job& job) const;
   std::string RetryHintLocked() const;
   // Runs subscribers' notify callbacks and the observer; mu_ must not be held.
   void Flush(Outbox* out);
@@ -244,13 +297,18 @@ class JobManager {
   std::map<std::string, std::unique_ptr<Worker>> workers_;
   std::unordered_map<std::string, std::shared_ptr<Job>> jobs_;
   std::unordered_map<std::string, std::string> job_by_client_id_;
-  std::deque<std::shared_ptr<Job>> finished_;  // in finishing order
+  std::deque<std::shared_ptr<Job>> finished_;  // in finishing order (finish_seq ascending)
+  int64_t retained_bytes_ = 0;                 // JobBytes of finished_
+  uint64_t next_finish_seq_ = 1;
+  // Recently evicted job ids and why, oldest first (kRememberedEvictions).
+  std::deque<std::string> evicted_order_;
+  std::unordered_map<std::string, std::string> evicted_;
   std::map<SubscriptionId, std::shared_ptr<Subscriber>> subscribers_;
   SubscriptionId next_subscription_ = 1;
   uint64_t next_arrival_ = 0;
   int64_t pending_ = 0;
   int64_t running_ = 0;
-  double mean_run_seconds_ = 0;  // moving average, for the retry hint
+  double mean_run_seconds_ = 0;  // moving average of job run times, for the retry hint
   bool accepting_ = true;
   bool stopping_ = false;
   std::mt19937_64 rng_;

@@ -4,8 +4,14 @@
 //                    [--metrics-listen HOST:PORT] [--port-file PATH]
 //
 // Exits 0 after a graceful shutdown on SIGTERM/SIGINT; non-zero with a message
-// on stderr when the configuration is invalid or a port cannot be bound.
+// on stderr when the configuration is invalid or a port cannot be bound. A
+// second SIGTERM/SIGINT during the drain stops the process at once with exit
+// code 128 + that signal's number (143 for SIGTERM, 130 for SIGINT).
 #include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
 
 #include <cstdio>
 #include <cstring>
@@ -109,6 +115,21 @@ int main(int argc, char** argv) {
   int received = 0;
   sigwait(&signals, &received);
   RAINSERVE_LOG(INFO) << "received " << strsignal(received) << ", shutting down";
-  (*app)->Shutdown();
+  // The drain runs on its own thread so that this one can take a second signal.
+  std::atomic<bool> stopped{false};
+  std::thread drain([&] {
+    (*app)->Shutdown();
+    stopped = true;
+  });
+  const timespec poll = {0, 50 * 1000 * 1000};
+  while (!stopped) {
+    const int again = sigtimedwait(&signals, nullptr, &poll);
+    if (again > 0) {
+      RAINSERVE_LOG(WARNING) << "received " << strsignal(again)
+                             << " during the drain, stopping now without waiting for jobs";
+      _exit(128 + again);
+    }
+  }
+  drain.join();
   return 0;
 }

@@ -77,7 +77,23 @@ StatusOr<SparseSettings> ResolveSparse(const v1::SparseAttention& in, const Spar
   return s;
 }
 
+Status CheckLength(const std::string& field, const std::string& value, size_t max_bytes) {
+  if (value.size() <= max_bytes) return OkStatus();
+  return InvalidArgumentError(field + " must be at most " + std::to_string(max_bytes) +
+                              " bytes (got " + std::to_string(value.size()) + ")");
+}
+
 }  // namespace
+
+Status CheckRequestStrings(const v1::GenerateRequest& request) {
+  RAINSERVE_RETURN_IF_ERROR(CheckLength("model", request.model(), kMaxModelNameBytes));
+  return CheckLength("client_request_id", request.client_request_id(), kMaxClientRequestIdBytes);
+}
+
+Status CheckJobId(const std::string& job_id) {
+  if (job_id.empty()) return InvalidArgumentError("job_id: required");
+  return CheckLength("job_id", job_id, kMaxJobIdBytes);
+}
 
 google::protobuf::Duration SecondsToDuration(double seconds) {
   google::protobuf::Duration d;

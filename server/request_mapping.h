@@ -11,14 +11,32 @@
 
 #include <google/protobuf/duration.pb.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <string>
 
+#include "common/config.h"
 #include "common/status.h"
 #include "pipelines/pipeline.h"
 #include "rainserve/v1/generation.pb.h"
 #include "rainserve/v1/models.pb.h"
 
 namespace rainserve {
+
+// Bounds of client-supplied strings the service keeps or echoes (the prompt
+// bounds are per model: PipelineLimits::max_prompt_bytes).
+constexpr size_t kMaxClientRequestIdBytes = 128;
+constexpr size_t kMaxJobIdBytes = 64;
+
+// The lengths of `request`'s identifying strings: model (kMaxModelNameBytes)
+// and client_request_id (kMaxClientRequestIdBytes). Checked before the model
+// lookup, so that no oversized string is echoed or kept. INVALID_ARGUMENT
+// naming the field.
+Status CheckRequestStrings(const v1::GenerateRequest& request);
+
+// A job id given by a client (Watch, Cancel, GetJob): required and at most
+// kMaxJobIdBytes. INVALID_ARGUMENT naming `job_id`.
+Status CheckJobId(const std::string& job_id);
 
 struct ResolvedRequest {
   v1::GenerateRequest resolved;  // every optional field set, enums specified

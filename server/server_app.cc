@@ -14,6 +14,7 @@
 #include "server/metrics.h"
 #include "server/metrics_http.h"
 #include "server/model_manager.h"
+#include "server/raw_calls.h"
 #include "server/services.h"
 #include "media/artifacts.h"
 #include "media/ffmpeg_log.h"
@@ -136,6 +137,7 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
   st->config = config;
   const ServerSection& sc = config.server;
   media::ForwardFfmpegLogs();
+  RouteProtobufLogs();
 
   RAINSERVE_ASSIGN_OR_RETURN(Authenticator auth, Authenticator::FromConfig(config.security));
   st->auth = std::make_unique<Authenticator>(std::move(auth));
@@ -178,7 +180,7 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
   st->models_service = std::make_unique<ModelsService>(st->models.get(), st->auth.get());
   st->generation_service = std::make_unique<GenerationService>(
       [raw](const std::string& model) { return raw->models->Ready(model); }, st->jobs.get(),
-      st->auth.get(), st->metrics.get());
+      st->auth.get(), st->metrics.get(), sc.max_message_bytes);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -1,16 +1,13 @@
 #include "server/services.h"
 
+#include <memory>
+
 #include "server/generation_service.h"
+#include "server/raw_calls.h"
 #include "server/request_mapping.h"
 
 namespace rainserve {
 namespace {
-
-grpc::ServerUnaryReactor* FinishUnary(grpc::CallbackServerContext* ctx, const grpc::Status& s) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(s);
-  return reactor;
-}
 
 v1::ModelState ToProto(ModelState state) {
   switch (state) {
@@ -24,6 +21,12 @@ v1::ModelState ToProto(ModelState state) {
 
 grpc::Status RequireName(const std::string& name) {
   if (name.empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "name: required"};
+  if (name.size() > kMaxModelNameBytes) {
+    return {grpc::StatusCode::INVALID_ARGUMENT, "name must be at most " +
+                                                    std::to_string(kMaxModelNameBytes) +
+                                                    " bytes (got " +
+                                                    std::to_string(name.size()) + ")"};
+  }
   return grpc::Status::OK;
 }
 
@@ -41,37 +44,48 @@ void FillModelView(const ModelView& view, v1::ModelInfo* info) {
 }
 
 grpc::ServerUnaryReactor* ModelsService::List(grpc::CallbackServerContext* ctx,
-                                              const v1::ListModelsRequest*,
-                                              v1::ListModelsResponse* response) {
-  if (grpc::Status denied = auth_->Check(ctx); !denied.ok()) return FinishUnary(ctx, denied);
-  for (const ModelView& view : models_->List()) FillModelView(view, response->add_models());
-  return FinishUnary(ctx, grpc::Status::OK);
+                                              const grpc::ByteBuffer* request,
+                                              grpc::ByteBuffer* response) {
+  return ServeUnary<v1::ListModelsRequest, v1::ListModelsResponse>(
+      ctx, auth_->Check(ctx), request, response,
+      [&](const v1::ListModelsRequest&, v1::ListModelsResponse* resp) {
+        for (const ModelView& view : models_->List()) FillModelView(view, resp->add_models());
+        return grpc::Status::OK;
+      });
 }
 
 grpc::ServerUnaryReactor* ModelsService::Describe(grpc::CallbackServerContext* ctx,
-                                                  const v1::DescribeModelRequest* request,
-                                                  v1::ModelInfo* response) {
-  if (grpc::Status denied = auth_->Check(ctx); !denied.ok()) return FinishUnary(ctx, denied);
-  if (grpc::Status bad = RequireName(request->name()); !bad.ok()) return FinishUnary(ctx, bad);
-  StatusOr<ModelView> view = models_->Get(request->name());
-  if (!view.ok()) return FinishUnary(ctx, ToGrpcStatus(view.status()));
-  FillModelView(*view, response);
-  return FinishUnary(ctx, grpc::Status::OK);
+                                                  const grpc::ByteBuffer* request,
+                                                  grpc::ByteBuffer* response) {
+  return ServeUnary<v1::DescribeModelRequest, v1::ModelInfo>(
+      ctx, auth_->Check(ctx), request, response,
+      [&](const v1::DescribeModelRequest& req, v1::ModelInfo* info) {
+        if (grpc::Status bad = RequireName(req.name()); !bad.ok()) return bad;
+        StatusOr<ModelView> view = models_->Get(req.name());
+        if (!view.ok()) return ToGrpcStatus(view.status());
+        FillModelView(*view, info);
+        return grpc::Status::OK;
+      });
 }
 
 grpc::ServerUnaryReactor* ModelsService::Load(grpc::CallbackServerContext* ctx,
-                                              const v1::LoadModelRequest* request,
-                                              v1::ModelInfo* response) {
-  if (grpc::Status denied = auth_->CheckAdmin(ctx); !denied.ok()) return FinishUnary(ctx, denied);
-  if (grpc::Status bad = RequireName(request->name()); !bad.ok()) return FinishUnary(ctx, bad);
+                                              const grpc::ByteBuffer* request,
+                                              grpc::ByteBuffer* response) {
+  v1::LoadModelRequest req;
+  grpc::Status s = auth_->CheckAdmin(ctx);
+  if (s.ok()) s = ParseRequest(*ctx, *request, &req);
+  if (s.ok()) s = RequireName(req.name());
+  if (!s.ok()) return FinishUnary(ctx, s);
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  const Status started = models_->Load(request->name(), [reactor, response](const ModelView& v) {
-    FillModelView(v, response);
+  // Finishes on the loader thread once the model is READY or FAILED.
+  const Status started = models_->Load(req.name(), [reactor, response](const ModelView& v) {
+    v1::ModelInfo info;
+    FillModelView(v, &info);
     if (v.state == ModelState::kFailed) {
       reactor->Finish({grpc::StatusCode::FAILED_PRECONDITION,
                        "model '" + v.entry.name + "' failed to load: " + v.reason});
     } else {
-      reactor->Finish(grpc::Status::OK);
+      reactor->Finish(SerializeMessage(info, response));
     }
   });
   if (!started.ok()) reactor->Finish(ToGrpcStatus(started));
@@ -79,14 +93,17 @@ grpc::ServerUnaryReactor* ModelsService::Load(grpc::CallbackServerContext* ctx,
 }
 
 grpc::ServerUnaryReactor* ModelsService::Unload(grpc::CallbackServerContext* ctx,
-                                                const v1::UnloadModelRequest* request,
-                                                v1::ModelInfo* response) {
-  if (grpc::Status denied = auth_->CheckAdmin(ctx); !denied.ok()) return FinishUnary(ctx, denied);
-  if (grpc::Status bad = RequireName(request->name()); !bad.ok()) return FinishUnary(ctx, bad);
-  StatusOr<ModelView> view = models_->Unload(request->name());
-  if (!view.ok()) return FinishUnary(ctx, ToGrpcStatus(view.status()));
-  FillModelView(*view, response);
-  return FinishUnary(ctx, grpc::Status::OK);
+                                                const grpc::ByteBuffer* request,
+                                                grpc::ByteBuffer* response) {
+  return ServeUnary<v1::UnloadModelRequest, v1::ModelInfo>(
+      ctx, auth_->CheckAdmin(ctx), request, response,
+      [&](const v1::UnloadModelRequest& req, v1::ModelInfo* info) {
+        if (grpc::Status bad = RequireName(req.name()); !bad.ok()) return bad;
+        StatusOr<ModelView> view = models_->Unload(req.name());
+        if (!view.ok()) return ToGrpcStatus(view.status());
+        FillModelView(*view, info);
+        return grpc::Status::OK;
+      });
 }
 
 }  // namespace rainserve

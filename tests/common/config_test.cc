@@ -117,6 +117,27 @@ TEST(ConfigTest, ModelEntriesAreValidated) {
                  "models[1].name: duplicate model name 'a'");
 }
 
+TEST(ConfigTest, RetentionMaxBytesHasADefaultIsReadAndIsValidated) {
+  auto defaults = ParseServerConfig("", "empty.yaml", "");
+  ASSERT_TRUE(defaults.ok()) << defaults.status().ToString();
+  EXPECT_EQ(defaults->server.retention.max_bytes, int64_t{1} << 30);
+  auto cfg = ParseServerConfig("server: {retention: {max_bytes: 5000000}}\n", "t.yaml", "");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_EQ(cfg->server.retention.max_bytes, 5000000);
+  ExpectRejected("server: {retention: {max_bytes: -1}}\n", "server.retention.max_bytes: expected");
+  ExpectRejected("server: {retention: {max_bytes: lots}}\n",
+                 "server.retention.max_bytes: expected");
+  ExpectRejected("server: {retention: {max_jobs: 1}}\n",
+                 "server.retention.max_jobs: unknown key");
+}
+
+TEST(ConfigTest, ModelNamesAreAtMost128Bytes) {
+  const std::string ok = "models: [{name: " + std::string(128, 'a') + ", path: p}]\n";
+  EXPECT_TRUE(ParseServerConfig(ok, "t.yaml", "").ok());
+  ExpectRejected("models: [{name: " + std::string(129, 'a') + ", path: p}]\n",
+                 "models[0].name: expected 1 to 128 bytes, got 129");
+}
+
 TEST(ConfigTest, SyntaxErrorsNameFileAndLine) {
   ExpectRejected("server:\n  queue: {max_pending: 1\n", "test.yaml:");
   ExpectRejected("- just\n- a list\n", "(top level): expected a mapping");

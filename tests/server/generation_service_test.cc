@@ -4,16 +4,22 @@
 //   ctest --test-dir build -R generation_service_test
 #include "server/generation_service.h"
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cmath>
+#include <fstream>
 #include <functional>
+#include <future>
 #include <memory>
+#include <set>
 #include <thread>
 
+#include "server/auth.h"
 #include "server/job_manager.h"
+#include "server/raw_calls.h"
 #include "server/request_mapping.h"
 #include "tests/server/fake_pipeline.h"
 
@@ -149,7 +155,8 @@ class GenerationServiceTest : public ::testing::Test {
  protected:
   void SetUp() override { Start(JobManagerOptions(), 0); }
 
-  void Start(JobManagerOptions options, double step_seconds) {
+  void Start(JobManagerOptions options, double step_seconds,
+             const Authenticator* auth = nullptr, int64_t max_message_bytes = 4 << 20) {
     Stop();
     options.chunk_bytes = 1000;
     jobs_ = std::make_unique<JobManager>(options, testing::RawEncoder());
@@ -161,7 +168,7 @@ class GenerationServiceTest : public ::testing::Test {
           if (model == "loading") return UnavailableError("model 'loading' is not ready");
           return NotFoundError("model '" + model + "' is not configured");
         },
-        jobs_.get());
+        jobs_.get(), auth, nullptr, max_message_bytes);
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -169,8 +176,25 @@ class GenerationServiceTest : public ::testing::Test {
     server_ = builder.BuildAndStart();
     ASSERT_TRUE(server_ != nullptr);
     ASSERT_NE(port, 0);
-    stub_ = v1::Generation::NewStub(
-        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+    channel_ = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::Generation::NewStub(channel_);
+  }
+
+  // Sends `bytes` as the request of `method` ("/rainserve.v1.Generation/Submit")
+  // the way any client could, without the generated stub.
+  grpc::Status RawCall(const std::string& method, const std::string& bytes,
+                       const std::string& token = "") {
+    grpc::GenericStub stub(channel_);
+    grpc::ClientContext ctx;
+    if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
+    grpc::Slice slice(bytes);
+    grpc::ByteBuffer request(&slice, 1);
+    grpc::ByteBuffer response;
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status s) { done.set_value(std::move(s)); });
+    return done.get_future().get();
   }
 
   void Stop() {
@@ -257,6 +281,7 @@ class GenerationServiceTest : public ::testing::Test {
   std::shared_ptr<FakePipeline> pipeline_;
   std::unique_ptr<GenerationService> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Generation::Stub> stub_;
 };
 
@@ -538,6 +563,255 @@ TEST_F(GenerationServiceTest, EveryInvalidFieldIsInvalidArgumentNamingIt) {
   v1::ListJobsResponse list;
   ASSERT_TRUE(stub_->ListJobs(&ctx, all, &list).ok());
   EXPECT_EQ(list.jobs_size(), 0);
+}
+
+// ---------------------------------------------------------------- shared client_request_id
+
+TEST_F(GenerationServiceTest, SecondCallWithTheSameIdWatchesADetachedJobAndLeavesItRunning) {
+  Start(JobManagerOptions(), /*step_seconds=*/0.01);
+  v1::GenerateRequest req = Request("shared");
+  req.set_steps(30);
+  req.set_client_request_id("shared-id");
+  req.set_detached(true);
+  grpc::ClientContext submit_ctx;
+  v1::SubmitResponse submitted;
+  ASSERT_TRUE(stub_->Submit(&submit_ctx, req, &submitted).ok());
+  const std::string id = submitted.job().job_id();
+
+  // A second client sends the same request without `detached`, then leaves.
+  req.set_detached(false);
+  grpc::ClientContext ctx;
+  auto reader = stub_->Generate(&ctx, req);
+  const Stream s = ReadAll(reader.get(), [&](const v1::GenerateEvent& e) {
+    EXPECT_EQ(e.job_id(), id);
+    if (e.has_progress() && e.progress().step() >= 2) ctx.TryCancel();
+  });
+  EXPECT_EQ(s.status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_EQ(WaitForState(id, v1::JOB_STATE_SUCCEEDED).state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(GenerationServiceTest, SecondCallWithTheSameIdWatchesAStreamingCreatorsJobWithoutOwningIt) {
+  Start(JobManagerOptions(), /*step_seconds=*/0.01);
+  v1::GenerateRequest req = Request("streamed");
+  req.set_steps(30);
+  req.set_client_request_id("streamed-id");
+  grpc::ClientContext creator_ctx;
+  auto creator = stub_->Generate(&creator_ctx, req);
+  v1::GenerateEvent first;
+  ASSERT_TRUE(creator->Read(&first));
+  ASSERT_TRUE(first.has_accepted());
+
+  grpc::ClientContext observer_ctx;
+  auto observer = stub_->Generate(&observer_ctx, req);
+  const Stream watched = ReadAll(observer.get(), [&](const v1::GenerateEvent& e) {
+    EXPECT_EQ(e.job_id(), first.job_id());
+    if (e.has_progress() && e.progress().step() >= 2) observer_ctx.TryCancel();
+  });
+  EXPECT_EQ(watched.status.error_code(), grpc::StatusCode::CANCELLED);
+
+  const Stream created = ReadAll(creator.get());
+  EXPECT_TRUE(created.status.ok()) << created.status.error_message();
+  ASSERT_FALSE(created.events.empty());
+  EXPECT_TRUE(created.events.back().has_completed());
+}
+
+TEST_F(GenerationServiceTest, RetryAfterTheCreatorLeftStartsAFreshJobInsteadOfReplayingTheCancel) {
+  Start(JobManagerOptions(), /*step_seconds=*/0.01);
+  v1::GenerateRequest req = Request("retried");
+  req.set_steps(30);
+  req.set_client_request_id("retry-id");
+  grpc::ClientContext ctx;
+  auto reader = stub_->Generate(&ctx, req);
+  std::string first_id;
+  const Stream dropped = ReadAll(reader.get(), [&](const v1::GenerateEvent& e) {
+    first_id = e.job_id();
+    if (e.has_progress() && e.progress().step() >= 2) ctx.TryCancel();
+  });
+  EXPECT_EQ(dropped.status.error_code(), grpc::StatusCode::CANCELLED);
+  WaitForState(first_id, v1::JOB_STATE_CANCELLED);
+
+  req.set_steps(30);
+  const Stream retry = Generate(req);
+  EXPECT_TRUE(retry.status.ok()) << retry.status.error_message();
+  ASSERT_FALSE(retry.events.empty());
+  EXPECT_NE(retry.events.front().job_id(), first_id);
+  EXPECT_TRUE(retry.events.back().has_completed());
+  // The abandoned job keeps its own id and state.
+  EXPECT_EQ(jobs_->Get(first_id)->state(), v1::JOB_STATE_CANCELLED);
+}
+
+// ---------------------------------------------------------------- string bounds
+
+TEST_F(GenerationServiceTest, OversizedIdsAndNamesAreInvalidArgumentNamingTheField) {
+  v1::GenerateRequest req = Request("bounded");
+  req.set_client_request_id(std::string(128, 'k'));
+  grpc::ClientContext ok_ctx;
+  v1::SubmitResponse r;
+  EXPECT_TRUE(stub_->Submit(&ok_ctx, req, &r).ok());
+
+  req.set_client_request_id(std::string(1 << 20, 'k'));
+  grpc::ClientContext id_ctx;
+  const grpc::Status id = stub_->Submit(&id_ctx, req, &r);
+  EXPECT_EQ(id.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(id.error_message(), "client_request_id must be at most 128 bytes (got 1048576)");
+  EXPECT_EQ(Generate(req).status.error_message(), id.error_message());
+
+  req.set_client_request_id("");
+  req.set_model(std::string(129, 'm'));
+  grpc::ClientContext model_ctx;
+  const grpc::Status model = stub_->Submit(&model_ctx, req, &r);
+  EXPECT_EQ(model.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(model.error_message(), "model must be at most 128 bytes (got 129)");
+
+  const std::string long_id(65, 'j');
+  v1::GetJobRequest get;
+  get.set_job_id(long_id);
+  v1::Job job;
+  grpc::ClientContext get_ctx;
+  const grpc::Status got = stub_->GetJob(&get_ctx, get, &job);
+  EXPECT_EQ(got.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(got.error_message(), "job_id must be at most 64 bytes (got 65)");
+  v1::CancelRequest cancel;
+  cancel.set_job_id(long_id);
+  v1::CancelResponse cancelled;
+  grpc::ClientContext cancel_ctx;
+  EXPECT_EQ(stub_->Cancel(&cancel_ctx, cancel, &cancelled).error_message(), got.error_message());
+  v1::WatchRequest watch;
+  watch.set_job_id(long_id);
+  grpc::ClientContext watch_ctx;
+  auto reader = stub_->Watch(&watch_ctx, watch);
+  EXPECT_EQ(ReadAll(reader.get()).status.error_message(), got.error_message());
+}
+
+// ---------------------------------------------------------------- ListJobs pages
+
+TEST_F(GenerationServiceTest, ListJobsPagesThroughEveryJobOnceAndRejectsForeignTokens) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 7; ++i) {
+    const Stream s = Generate(Request("job " + std::to_string(i)));
+    ASSERT_TRUE(s.status.ok());
+    ids.push_back(s.events.front().job_id());
+  }
+  std::vector<std::string> listed;
+  v1::ListJobsRequest list;
+  list.set_include_finished(true);
+  list.set_page_size(3);
+  int pages = 0;
+  do {
+    grpc::ClientContext ctx;
+    v1::ListJobsResponse page;
+    ASSERT_TRUE(stub_->ListJobs(&ctx, list, &page).ok());
+    EXPECT_LE(page.jobs_size(), 3);
+    for (const v1::Job& job : page.jobs()) {
+      listed.push_back(job.job_id());
+      EXPECT_FALSE(job.has_result()) << "summaries carry no result";
+    }
+    list.set_page_token(page.next_page_token());
+    ++pages;
+  } while (!list.page_token().empty() && pages < 10);
+  EXPECT_EQ(pages, 3);
+  EXPECT_EQ(listed, ids);
+
+  for (const std::string& token : {std::string("garbage"), std::string("3a663a31"),
+                                   std::string(4096, 'a')}) {
+    list.set_page_token(token);
+    grpc::ClientContext ctx;
+    v1::ListJobsResponse page;
+    const grpc::Status bad = stub_->ListJobs(&ctx, list, &page);
+    EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << token;
+    EXPECT_EQ(bad.error_message().rfind("page_token: ", 0), 0u) << bad.error_message();
+  }
+}
+
+TEST_F(GenerationServiceTest, ListJobsResponsesStayWithinTheMaxMessageSize) {
+  constexpr int64_t kMaxMessage = 2048;
+  Start(JobManagerOptions(), 0, nullptr, kMaxMessage);
+  for (int i = 0; i < 20; ++i) {
+    v1::GenerateRequest req = Request(std::string(60, 'p'));
+    req.set_client_request_id(std::string(100, 'a' + i));
+    ASSERT_TRUE(Generate(req).status.ok());
+  }
+  v1::ListJobsRequest list;
+  list.set_include_finished(true);
+  std::set<std::string> listed;
+  int pages = 0;
+  do {
+    grpc::ClientContext ctx;
+    v1::ListJobsResponse page;
+    ASSERT_TRUE(stub_->ListJobs(&ctx, list, &page).ok());
+    EXPECT_LE(static_cast<int64_t>(page.ByteSizeLong()), kMaxMessage);
+    EXPECT_GT(page.jobs_size(), 0);
+    for (const v1::Job& job : page.jobs()) listed.insert(job.job_id());
+    list.set_page_token(page.next_page_token());
+    ++pages;
+  } while (!list.page_token().empty() && pages < 50);
+  EXPECT_EQ(listed.size(), 20u);
+  EXPECT_GT(pages, 1) << "the default page size would hold all 20: the byte limit must cut it";
+}
+
+// ---------------------------------------------------------------- malformed bytes
+
+// GenerateRequest with field 2 (prompt) holding bytes that are not UTF-8.
+std::string InvalidUtf8Prompt() {
+  v1::GenerateRequest req;
+  req.set_model("fake");
+  std::string bytes = req.SerializeAsString();
+  bytes += std::string("\x12\x03\xff\xfe\x80", 5);
+  return bytes;
+}
+
+TEST_F(GenerationServiceTest, MalformedBytesAreInvalidArgumentAndTheirLogLinesRateLimited) {
+  RouteProtobufLogs();
+  const std::string garbage("\xff\xff\xff\xff\x0f\x01\x02", 7);
+  ::testing::internal::CaptureStderr();
+  const auto start = std::chrono::steady_clock::now();
+  constexpr int kCalls = 40;
+  for (int i = 0; i < kCalls; ++i) {
+    for (const char* method : {"Generate", "Submit"}) {
+      const grpc::Status s =
+          RawCall(std::string("/rainserve.v1.Generation/") + method, InvalidUtf8Prompt());
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+      EXPECT_EQ(s.error_message(),
+                "request: not a valid rainserve.v1.GenerateRequest (malformed protobuf bytes, or "
+                "invalid UTF-8 in a string field)");
+    }
+  }
+  for (const char* method : {"Watch", "Cancel", "GetJob", "ListJobs", "Submit", "Generate"}) {
+    const grpc::Status s = RawCall(std::string("/rainserve.v1.Generation/") + method, garbage);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_EQ(s.error_message().rfind("request: not a valid rainserve.v1.", 0), 0u)
+        << method << ": " << s.error_message();
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  int lines = 0;
+  for (char c : log) lines += c == '\n';
+  // Two limiters (protobuf's lines and the refusals), 5 lines a second each.
+  const int allowed = 2 * 5 * (static_cast<int>(seconds) + 2);
+  EXPECT_GT(lines, 0);
+  EXPECT_LE(lines, allowed) << log;
+  EXPECT_LT(lines, 2 * kCalls) << "one line per call is what the limiter prevents";
+  EXPECT_EQ(pipeline_->calls(), 0);
+}
+
+TEST_F(GenerationServiceTest, MalformedBytesFromAnUnauthenticatedCallerAreUnauthenticated) {
+  const std::string tokens = ::testing::TempDir() + "/generation_service_test_tokens";
+  std::ofstream(tokens) << "secret-token\n";
+  SecurityConfig security;
+  security.tokens_file = tokens;
+  StatusOr<Authenticator> auth = Authenticator::FromConfig(security);
+  ASSERT_TRUE(auth.ok()) << auth.status().ToString();
+  Start(JobManagerOptions(), 0, &*auth);
+  const std::string garbage("\xff\xff\xff\xff\x0f", 5);
+  for (const char* method : {"Generate", "Submit", "Watch", "Cancel", "GetJob", "ListJobs"}) {
+    const std::string path = std::string("/rainserve.v1.Generation/") + method;
+    EXPECT_EQ(RawCall(path, garbage).error_code(), grpc::StatusCode::UNAUTHENTICATED) << method;
+    EXPECT_EQ(RawCall(path, garbage, "secret-token").error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT)
+        << method;
+  }
+  Stop();  // before `auth` goes
 }
 
 }  // namespace

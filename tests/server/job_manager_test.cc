@@ -5,8 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 #include <memory>
 #include <thread>
 
@@ -52,6 +56,42 @@ class JobManagerTest : public ::testing::Test {
     SubmitOptions options;
     options.client_request_id = client_request_id;
     options.priority = priority;
+    return jobs_->Submit(r->resolved, r->generation, options);
+  }
+
+  // Every job of a listing, one default page (fails the test if there are more).
+  std::vector<v1::Job> List(bool include_finished) {
+    ListQuery query;
+    query.include_finished = include_finished;
+    auto page = jobs_->ListPage(query);
+    EXPECT_TRUE(page.ok()) << page.status().ToString();
+    if (!page.ok()) return {};
+    EXPECT_EQ(page->next_page_token, "");
+    return page->jobs;
+  }
+
+  // A job with `prompt` (up to 16 KB) and `width` x `height` x `frames`
+  // raw frames; larger than FakeDescription allows, which Submit does not re-check.
+  StatusOr<v1::Job> SubmitLarge(const std::string& prompt, uint32_t width, uint32_t height,
+                                uint32_t frames, const std::string& client_request_id = "") {
+    PipelineDescription large = FakeDescription();
+    large.limits.max_width = large.limits.max_height = 1024;
+    large.limits.max_pixels = 1024 * 1024;
+    large.limits.max_frames = 33;
+    large.limits.max_prompt_bytes = 16384;
+    v1::GenerateRequest req;
+    req.set_model("fake");
+    req.set_prompt(prompt);
+    req.set_seed(7);
+    req.set_steps(1);
+    req.set_width(width);
+    req.set_height(height);
+    req.set_num_frames(frames);
+    auto r = ResolveRequest(req, large, 0);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    if (!r.ok()) return r.status();
+    SubmitOptions options;
+    options.client_request_id = client_request_id;
     return jobs_->Submit(r->resolved, r->generation, options);
   }
 
@@ -155,7 +195,7 @@ TEST_F(JobManagerTest, HigherPriorityRunsFirstAndEqualPrioritiesKeepArrivalOrder
   const std::string c = MustSubmit("c", 0);
   const std::string d = MustSubmit("d", 5);
 
-  const std::vector<v1::Job> listed = jobs_->List(false);
+  const std::vector<v1::Job> listed = List(false);
   ASSERT_EQ(listed.size(), 5u);
   EXPECT_EQ(listed[0].job_id(), blocker);
   EXPECT_EQ(listed[0].state(), v1::JOB_STATE_RUNNING);
@@ -342,7 +382,7 @@ TEST_F(JobManagerTest, OnlyTheNewestMaxRetainedFinishedJobsAreKept) {
   EXPECT_EQ(jobs_->Get(ids[0]).status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(jobs_->Get(ids[1]).ok());
   EXPECT_TRUE(jobs_->Get(ids[2]).ok());
-  EXPECT_EQ(jobs_->List(true).size(), 2u);
+  EXPECT_EQ(List(true).size(), 2u);
 }
 
 TEST_F(JobManagerTest, PipelineErrorOrExceptionFailsOnlyThatJob) {
@@ -499,6 +539,309 @@ TEST_F(JobManagerTest, ObserverSeesQueueChangesAndFinishedJobsWithStepStats) {
   EXPECT_TRUE(r.ran);
   EXPECT_EQ(r.steps.size(), 5u);
   EXPECT_GT(r.queue_seconds, 0);
+}
+
+// ---------------------------------------------------------------- client request ids
+
+TEST_F(JobManagerTest, RepeatedClientRequestIdReportsTheJobAsNotCreated) {
+  Start();
+  StartBlocker();
+  v1::GenerateRequest req;
+  req.set_model("fake");
+  req.set_prompt("owned");
+  auto r = ResolveRequest(req, FakeDescription(), 1);
+  ASSERT_TRUE(r.ok());
+  SubmitOptions options;
+  options.client_request_id = "owner-key";
+  bool created = false;
+  auto first = jobs_->Submit(r->resolved, r->generation, options, &created);
+  ASSERT_TRUE(first.ok());
+  EXPECT_TRUE(created);
+  auto second = jobs_->Submit(r->resolved, r->generation, options, &created);
+  ASSERT_TRUE(second.ok());
+  EXPECT_FALSE(created);
+  EXPECT_EQ(second->job_id(), first->job_id());
+}
+
+TEST_F(JobManagerTest, AbandonedJobReleasesItsClientRequestIdForAFreshAttempt) {
+  Start();
+  StartBlocker();
+  auto first = Submit("retry me", 0, "retry-key");
+  ASSERT_TRUE(first.ok());
+  jobs_->Abandon(first->job_id(), CancelledError("the client cancelled the call"));
+  EXPECT_EQ(jobs_->Get(first->job_id())->state(), v1::JOB_STATE_CANCELLED);
+
+  auto retry = Submit("retry me", 0, "retry-key");
+  ASSERT_TRUE(retry.ok());
+  EXPECT_NE(retry->job_id(), first->job_id());
+  EXPECT_EQ(retry->state(), v1::JOB_STATE_QUEUED);
+  // The id now leads to the fresh attempt; the old job keeps its own id.
+  EXPECT_EQ(Submit("retry me", 0, "retry-key")->job_id(), retry->job_id());
+  EXPECT_EQ(jobs_->Get(first->job_id())->state(), v1::JOB_STATE_CANCELLED);
+  // A Cancel by job id is not an abandonment: the id keeps replaying it.
+  ASSERT_TRUE(jobs_->Cancel(retry->job_id()).ok());
+  EXPECT_EQ(Submit("retry me", 0, "retry-key")->job_id(), retry->job_id());
+}
+
+TEST_F(JobManagerTest, AbandonAfterTheJobFinishedLeavesTheIdLeadingToIt) {
+  Start();
+  auto first = Submit("done already", 0, "done-key");
+  ASSERT_TRUE(first.ok());
+  WaitDone(first->job_id());
+  jobs_->Abandon(first->job_id(), CancelledError("the client cancelled the call"));
+  EXPECT_EQ(jobs_->Get(first->job_id())->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(Submit("done already", 0, "done-key")->job_id(), first->job_id());
+  EXPECT_EQ(pipeline_->calls(), 1);
+}
+
+// ---------------------------------------------------------------- retention by bytes
+
+int64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * sysconf(_SC_PAGESIZE);
+}
+
+TEST_F(JobManagerTest, RetainedResultsStayWithinMaxRetainedBytesAndSoDoesRss) {
+  constexpr int64_t kBudget = 8 << 20;
+  JobManagerOptions options;
+  options.max_retained_bytes = kBudget;
+  Start(options);
+  // 256 x 256 x 9 raw RGB: 1.7 MB per job, 70 MB for all 40 without the budget.
+  for (int i = 0; i < 2; ++i) WaitDone(SubmitLarge("warm-up", 256, 256, 9)->job_id());
+  const int64_t rss_before = ResidentBytes();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 40; ++i) {
+    auto job = SubmitLarge("large " + std::to_string(i), 256, 256, 9);
+    ASSERT_TRUE(job.ok()) << job.status().ToString();
+    ids.push_back(job->job_id());
+    WaitDone(ids.back());
+    EXPECT_LE(jobs_->RetainedBytes(), kBudget);
+  }
+  const int64_t rss_after = ResidentBytes();
+  EXPECT_LT(rss_after - rss_before, kBudget + (int64_t{24} << 20))
+      << "RSS " << (rss_before >> 20) << " MiB -> " << (rss_after >> 20) << " MiB";
+  // The newest stay readable, with their artifacts.
+  EXPECT_TRUE(jobs_->Get(ids.back()).ok());
+  EXPECT_TRUE(AllEvents(ids.back()).back()->has_completed());
+  const Status evicted = jobs_->Get(ids.front()).status();
+  EXPECT_EQ(evicted.code(), StatusCode::kNotFound);
+  EXPECT_EQ(evicted.message(), "job '" + ids.front() +
+                                   "' was evicted from retention: newer results took its memory "
+                                   "(server.retention.max_bytes); its events and artifacts are "
+                                   "gone");
+  EXPECT_EQ(jobs_->Events(ids.front(), 0).status().message(), evicted.message());
+  EXPECT_EQ(jobs_->Subscribe(ids.front(), [] {}).status().message(), evicted.message());
+  EXPECT_EQ(jobs_->Cancel(ids.front()).status().message(), evicted.message());
+}
+
+TEST_F(JobManagerTest, JobsEvictedByCountOrTimeSaySoAndUnknownIdsDoNot) {
+  JobManagerOptions options;
+  options.max_retained_jobs = 1;
+  Start(options);
+  const std::string first = MustSubmit("first");
+  WaitDone(first);
+  WaitDone(MustSubmit("second"));
+  EXPECT_NE(jobs_->Get(first).status().message().find(
+                "evicted from retention: newer jobs took its place (server.jobs.max_retained)"),
+            std::string::npos)
+      << jobs_->Get(first).status().message();
+  EXPECT_EQ(jobs_->Get("job-unknown").status().message(), "job 'job-unknown' not found");
+}
+
+// ---------------------------------------------------------------- ListPage
+
+TEST_F(JobManagerTest, ListPagesVisitEveryJobOnceInOrderRunningQueuedThenFinished) {
+  Start();
+  std::vector<std::string> finished;
+  for (int i = 0; i < 5; ++i) {
+    finished.push_back(MustSubmit("done " + std::to_string(i)));
+    WaitDone(finished.back());
+  }
+  const std::string running = StartBlocker();
+  std::vector<std::string> queued;
+  for (int i = 0; i < 4; ++i) queued.push_back(MustSubmit("queued " + std::to_string(i)));
+  std::vector<std::string> expected = {running};
+  expected.insert(expected.end(), queued.begin(), queued.end());
+  expected.insert(expected.end(), finished.begin(), finished.end());
+
+  for (uint32_t page_size : {1u, 2u, 3u, 5u, 10u}) {
+    ListQuery query;
+    query.include_finished = true;
+    query.page_size = page_size;
+    std::vector<std::string> listed;
+    for (int pages = 0; pages < 20; ++pages) {
+      auto page = jobs_->ListPage(query);
+      ASSERT_TRUE(page.ok()) << page.status().ToString();
+      EXPECT_LE(page->jobs.size(), page_size);
+      for (const v1::Job& job : page->jobs) listed.push_back(job.job_id());
+      if (page->next_page_token.empty()) break;
+      query.page_token = page->next_page_token;
+    }
+    EXPECT_EQ(listed, expected) << "page_size " << page_size;
+  }
+  ListQuery active;
+  active.page_size = 2;
+  auto first = jobs_->ListPage(active);
+  ASSERT_TRUE(first.ok());
+  active.page_token = first->next_page_token;
+  auto second = jobs_->ListPage(active);
+  ASSERT_TRUE(second.ok());
+  auto third = jobs_->ListPage({false, 2, second->next_page_token, 4 << 20});
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(third->jobs.size(), 1u);
+  EXPECT_EQ(third->next_page_token, "") << "finished jobs are not listed without include_finished";
+}
+
+TEST_F(JobManagerTest, PageSizeDefaultsTo100AndIsCappedAt1000) {
+  JobManagerOptions options;
+  options.max_pending = 2000;
+  Start(options);
+  StartBlocker();
+  for (int i = 0; i < 1001; ++i) MustSubmit("q");
+  ListQuery query;
+  auto page = jobs_->ListPage(query);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->jobs.size(), JobManager::kDefaultPageSize);
+  EXPECT_NE(page->next_page_token, "");
+  query.page_size = 5000;
+  page = jobs_->ListPage(query);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->jobs.size(), JobManager::kMaxPageSize);
+  EXPECT_NE(page->next_page_token, "");
+}
+
+TEST_F(JobManagerTest, SummariesCutPromptsAtAUtf8BoundaryAndCarryNoResult) {
+  Start();
+  std::string prompt = "a";
+  for (int i = 0; i < 150; ++i) prompt += "\xc3\xa9";  // 301 bytes of "aéé..."
+  auto job = SubmitLarge(prompt, 32, 16, 1);
+  ASSERT_TRUE(job.ok());
+  WaitDone(job->job_id());
+  const std::string short_id = MustSubmit("short");
+  WaitDone(short_id);
+
+  auto page = jobs_->ListPage({true, 0, "", 4 << 20});
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->jobs.size(), 2u);
+  const v1::Job& cut = page->jobs[0];
+  EXPECT_TRUE(cut.prompt_truncated());
+  // Byte 256 is inside a two-byte character: the prefix stops before it.
+  EXPECT_EQ(cut.request().prompt(), prompt.substr(0, 255));
+  EXPECT_FALSE(cut.has_result());
+  EXPECT_EQ(cut.state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_FALSE(page->jobs[1].prompt_truncated());
+  EXPECT_EQ(page->jobs[1].request().prompt(), "short");
+  // GetJob has it all.
+  auto whole = jobs_->Get(job->job_id());
+  EXPECT_EQ(whole->request().prompt(), prompt);
+  EXPECT_TRUE(whole->has_result());
+  EXPECT_FALSE(whole->prompt_truncated());
+}
+
+TEST_F(JobManagerTest, PagesStopEarlyToStayWithinMaxBytes) {
+  Start();
+  std::vector<std::string> ids;
+  for (int i = 0; i < 30; ++i) {
+    auto job = SubmitLarge(std::string(1000, 'a' + i % 26), 32, 16, 1, std::string(128, 'k') +
+                                                                            std::to_string(i));
+    ASSERT_TRUE(job.ok());
+    ids.push_back(job->job_id());
+    WaitDone(ids.back());
+  }
+  constexpr int64_t kMaxBytes = 4096;
+  ListQuery query{true, 1000, "", kMaxBytes};
+  std::vector<std::string> listed;
+  int pages = 0;
+  for (; pages < 30; ++pages) {
+    auto page = jobs_->ListPage(query);
+    ASSERT_TRUE(page.ok()) << page.status().ToString();
+    v1::ListJobsResponse response;
+    for (const v1::Job& job : page->jobs) {
+      *response.add_jobs() = job;
+      listed.push_back(job.job_id());
+    }
+    response.set_next_page_token(page->next_page_token);
+    EXPECT_LE(static_cast<int64_t>(response.ByteSizeLong()), kMaxBytes);
+    EXPECT_FALSE(page->jobs.empty());
+    if (page->next_page_token.empty()) break;
+    query.page_token = page->next_page_token;
+  }
+  EXPECT_EQ(listed, ids);
+  EXPECT_GE(pages + 1, 3) << "about 300-byte summaries: a 4 KiB page holds at most 13";
+  // A budget smaller than one summary cannot be met.
+  EXPECT_EQ(jobs_->ListPage({true, 0, "", 200}).status().code(), StatusCode::kResourceExhausted);
+}
+
+TEST_F(JobManagerTest, MalformedOrForeignPageTokensAreInvalidArgument) {
+  Start();
+  for (int i = 0; i < 3; ++i) WaitDone(MustSubmit("j"));
+  auto hex = [](const std::string& plain) {
+    std::string out;
+    char byte[3];
+    for (unsigned char c : plain) {
+      std::snprintf(byte, sizeof(byte), "%02x", c);
+      out += byte;
+    }
+    return out;
+  };
+  const std::vector<std::string> malformed = {
+      "zz", "abc", hex("1:x:1"), hex("0:f:1"), hex("1:a:"), hex("1:a:1x"),
+      hex("1:a:99999999999999999999"), std::string(66, '0'), hex("1:f:-1")};
+  for (const std::string& token : malformed) {
+    auto page = jobs_->ListPage({true, 1, token, 4 << 20});
+    ASSERT_FALSE(page.ok()) << token;
+    EXPECT_EQ(page.status().code(), StatusCode::kInvalidArgument) << token;
+    EXPECT_EQ(page.status().message().rfind("page_token: not a token this server issued", 0), 0u)
+        << page.status().message();
+  }
+  auto first = jobs_->ListPage({true, 1, "", 4 << 20});
+  ASSERT_TRUE(first.ok());
+  auto other = jobs_->ListPage({false, 1, first->next_page_token, 4 << 20});
+  EXPECT_EQ(other.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(other.status().message(),
+            "page_token: it continues a listing with include_finished=true; ask with the same "
+            "value");
+}
+
+// ---------------------------------------------------------------- retry hint
+
+int64_t RetryHintSeconds(const Status& status) {
+  const std::string& m = status.message();
+  const auto at = m.find("retry in about ");
+  if (at == std::string::npos) return -1;
+  return std::stoll(m.substr(at + 15));
+}
+
+TEST_F(JobManagerTest, RetryHintIsTheMeasuredJobTimeTimesTheWaitingJobsPerWorker) {
+  JobManagerOptions options;
+  options.max_pending = 3;
+  Start(options, /*step_seconds=*/0.2);
+  WaitDone(MustSubmit("measured"));  // 4 steps: about 0.8 s
+  StartBlocker();
+  for (int i = 0; i < 3; ++i) MustSubmit("waiting");
+  auto rejected = Submit("rejected");
+  ASSERT_EQ(rejected.status().code(), StatusCode::kResourceExhausted);
+  // 3 waiting x ~0.8 s / 1 worker.
+  const int64_t hint = RetryHintSeconds(rejected.status());
+  EXPECT_GE(hint, 2) << rejected.status().message();
+  EXPECT_LE(hint, 4) << rejected.status().message();
+}
+
+TEST_F(JobManagerTest, RetryHintBeforeAnyJobFinishedUsesTheRunningJobsTimeSoFar) {
+  JobManagerOptions options;
+  options.max_pending = 2;
+  Start(options);
+  StartBlocker();
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  for (int i = 0; i < 2; ++i) MustSubmit("waiting");
+  auto rejected = Submit("rejected");
+  ASSERT_EQ(rejected.status().code(), StatusCode::kResourceExhausted);
+  // 2 waiting x at least 1.5 s so far.
+  const int64_t hint = RetryHintSeconds(rejected.status());
+  EXPECT_GE(hint, 3) << rejected.status().message();
+  EXPECT_LE(hint, 4) << rejected.status().message();
 }
 
 }  // namespace

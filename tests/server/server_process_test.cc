@@ -3,6 +3,7 @@
 // the metrics endpoint, and signals; with the embedded wan-tiny model, a
 // SIGTERM while jobs run and wait, and a reader too slow for its stream
 // (the server's memory read from /proc).
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <future>
 #include <set>
 #include <string>
 #include <thread>
@@ -138,6 +140,51 @@ TEST_F(ServerProcessTest, GenerationWithoutAReadyModelFailsAndServerKeepsServing
   grpc::Status status;
   EXPECT_EQ(Health("", &status), HealthCheckResponse::SERVING);
   EXPECT_EQ(Health("rainserve.v1.Generation", &status), HealthCheckResponse::NOT_SERVING);
+}
+
+// Sends `bytes` as the request of `method` without the generated stubs.
+grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                     const std::string& bytes) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  std::promise<grpc::Status> done;
+  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) { done.set_value(std::move(s)); });
+  return done.get_future().get();
+}
+
+TEST_F(ServerProcessTest, MalformedRequestBytesAreInvalidArgumentWithRateLimitedLogLines) {
+  v1::GenerateRequest valid;
+  valid.set_model("broken");
+  const std::string bad_utf8 = valid.SerializeAsString() + std::string("\x12\x02\xc3\x28", 4);
+  const std::string garbage("\xff\xff\xff\xff\x0f\x00", 6);
+  const auto start = std::chrono::steady_clock::now();
+  constexpr int kCalls = 60;
+  for (int i = 0; i < kCalls; ++i) {
+    const grpc::Status s = RawCall(channel_, "/rainserve.v1.Generation/Generate", bad_utf8);
+    ASSERT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_NE(s.error_message().find("not a valid rainserve.v1.GenerateRequest"),
+              std::string::npos);
+  }
+  for (const char* method : {"/rainserve.v1.Generation/ListJobs", "/rainserve.v1.Models/List",
+                             "/rainserve.v1.Models/Describe", "/rainserve.v1.Models/Load"}) {
+    const grpc::Status s = RawCall(channel_, method, garbage);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << method;
+    EXPECT_EQ(s.error_message().rfind("request: not a valid rainserve.v1.", 0), 0u)
+        << method << ": " << s.error_message();
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string log = server_->Stderr();
+  int lines = 0;
+  for (size_t at = 0; (at = log.find("\nW ", at)) != std::string::npos; ++at) ++lines;
+  EXPECT_GT(lines, 0) << log;
+  // Two kinds of line (the refusal, protobuf's UTF-8 complaint), 5 a second each.
+  EXPECT_LE(lines, 2 * 5 * (static_cast<int>(seconds) + 2)) << log;
+  EXPECT_LT(lines, kCalls) << log;
 }
 
 TEST_F(ServerProcessTest, SigtermTurnsHealthNotServingThenExitsZero) {
@@ -303,6 +350,35 @@ TEST_F(WanTinyProcessTest, SigtermLetsTheRunningJobFinishFailsQueuedOnesAndExits
   EXPECT_TRUE(running.events.back().has_completed()) << running.events.back().DebugString();
   EXPECT_TRUE(WIFEXITED(exit_status)) << "status " << exit_status;
   EXPECT_EQ(WEXITSTATUS(exit_status), 0) << server_->Stderr();
+}
+
+// A second signal while the drain waits for a running job: the process stops
+// at once with 128 + that signal's number, without waiting for the job.
+TEST_F(WanTinyProcessTest, SecondSignalDuringTheDrainStopsAtOnceWith128PlusTheSignal) {
+  Call running;
+  running.Start(generation_.get(), Request("long", 512, 512, 33, 50));
+  ASSERT_TRUE(ReadUntil(running.reader.get(), &running.events, IsDenoiseProgress));
+  ASSERT_EQ(kill(server_->pid(), SIGTERM), 0);
+  const auto drain_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (server_->Stderr().find("draining") == std::string::npos &&
+         std::chrono::steady_clock::now() < drain_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_NE(server_->Stderr().find("draining"), std::string::npos) << server_->Stderr();
+
+  const auto second = std::chrono::steady_clock::now();
+  ASSERT_EQ(kill(server_->pid(), SIGINT), 0);
+  const int status = server_->Wait(10);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - second).count();
+  ASSERT_NE(status, -1) << "still draining 10 s after the second signal";
+  ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGINT);
+  EXPECT_LT(seconds, 5);
+  EXPECT_NE(server_->Stderr().find("during the drain, stopping now"), std::string::npos)
+      << server_->Stderr();
+  running.ReadToEnd();
+  EXPECT_FALSE(running.status.ok()) << "the job cannot have finished: the process is gone";
 }
 
 // A client that stops reading in the middle of an artifact, then reads one
