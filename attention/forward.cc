@@ -1,17 +1,14 @@
 #include "attention/forward.h"
 
 #include <algorithm>
-#include <chrono>
 #include <utility>
+
+#include "common/clock.h"
 
 namespace rainserve::attention {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+using Clock = SteadyClock;
 
 std::string BackendName(AttentionEngine& engine, const at::Device& device) {
   if (device.is_cpu()) return engine.cpu().Name();

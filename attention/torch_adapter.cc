@@ -1,6 +1,5 @@
 #include "attention/torch_adapter.h"
 
-#include <chrono>
 #include <cmath>
 #include <list>
 #include <mutex>
@@ -13,14 +12,12 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
+#include "common/clock.h"
+
 namespace rainserve::attention {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+using Clock = SteadyClock;
 
 StatusOr<DType> ToDType(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {

@@ -37,6 +37,7 @@
 #include "pipelines/schedulers.h"
 #include "pipelines/tokenizer.h"
 #include "pipelines/torch_status.h"
+#include "common/clock.h"
 #include "pipelines/umt5.h"
 #include "pipelines/wan_transformer.h"
 #include "pipelines/wan_vae.h"
@@ -44,12 +45,8 @@
 namespace rainserve {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using nlohmann::json;
-
-double Since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+using Clock = SteadyClock;
 
 StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
   if (name == "fp32") return at::kFloat;
@@ -373,7 +370,7 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
   c10::InferenceMode inference;
   const auto start = Clock::now();
   auto report = [&](const char* stage, int64_t step, int64_t total) {
-    if (progress) progress({stage, step, total, Since(start)});
+    if (progress) progress({stage, step, total, SecondsSince(start)});
   };
   ResetPeakMemory(device_);
   GenerationOutput out;
@@ -388,7 +385,7 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
   const auto stage_start = Clock::now();
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor text, EncodePrompts(prompts));
   Synchronize(device_);
-  out.text_encode_seconds = Since(stage_start);
+  out.text_encode_seconds = SecondsSince(stage_start);
   if (cancel.cancelled()) return CancelledError("cancelled before denoising");
 
   // 2-3. Noise, then the denoising loop.
@@ -445,12 +442,12 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
     latents = scheduler->Step(v.view_as(latents), static_cast<int>(i), latents);
     if (!latents.defined()) return InternalError("scheduler step " + std::to_string(i) + " failed");
     Synchronize(device_);
-    out->steps.push_back({i + 1, stats.sparse, stats.realized_sparsity, Since(step_start)});
+    out->steps.push_back({i + 1, stats.sparse, stats.realized_sparsity, SecondsSince(step_start)});
     out->mask_seconds += stats.mask_seconds;
     tally.Add(stats);
     step_done(i + 1);
   }
-  out->denoise_seconds = Since(start);
+  out->denoise_seconds = SecondsSince(start);
   out->realized_sparsity = tally.Mean();
   return latents;
 }
@@ -468,7 +465,7 @@ Status WanPipeline::Output(const GenerationRequest& request, const at::Tensor& l
   // Decode: [1, T, H, W, 3] uint8 on the CPU.
   const auto start = Clock::now();
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor frames, vae_->DecodeToFrames(latents));
-  out->decode_seconds = Since(start);
+  out->decode_seconds = SecondsSince(start);
   frames = frames.contiguous();
   out->num_frames = frames.size(1);
   if (frames.size(2) != request.height || frames.size(3) != request.width) {
