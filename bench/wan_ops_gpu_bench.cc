@@ -1,4 +1,4 @@
-// wan_ops_gpu_bench: the element-wise ops of a Wan block (pipelines/wan_ops.h)
+// wan_ops_gpu_bench: the element-wise ops of a Wan block (pipelines/wan/wan_ops.h)
 // as fused CUDA kernels and as the separate ATen ops they replace, bf16 on the
 // GPU, classifier-free guidance batch 2, at the W1 shape of Wan2.1-1.3B
 // (32,760 tokens, 12 heads x 128) and the W2 shape of Wan2.1-14B (75,600
@@ -26,7 +26,7 @@
 
 #include "bench/bench_util.h"
 #include "bench/cuda_timing.h"
-#include "pipelines/wan_ops.h"
+#include "pipelines/wan/wan_ops.h"
 
 namespace {
 

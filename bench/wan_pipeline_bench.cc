@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "bench/bench_util.h"
-#include "pipelines/wan_pipeline.h"
+#include "pipelines/wan/wan_pipeline.h"
 
 namespace {
 
@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  rainserve::ModelEntry entry;
+  rainserve::ModelOptions entry;
   entry.name = "bench";
   entry.path = model;
   entry.device = device;

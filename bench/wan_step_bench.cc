@@ -41,7 +41,7 @@
 #include <vector>
 
 #include "bench/bench_util.h"
-#include "pipelines/wan_transformer.h"
+#include "pipelines/wan/wan_transformer.h"
 
 namespace {
 
@@ -53,7 +53,7 @@ struct Mode {
   double sparsity;               // 0: every step dense
   double warmup_fraction;  // share of steps run dense
   // kAten: norms, modulation, RoPE and residuals as separate ATen ops (the
-  // baseline of the fused kernels, pipelines/wan_ops.h).
+  // baseline of the fused kernels, pipelines/wan/wan_ops.h).
   ElementwiseImpl elementwise = ElementwiseImpl::kFused;
 };
 

@@ -2,6 +2,8 @@
 
 #include <sstream>
 
+#include "common/files.h"
+
 namespace rainserve {
 namespace {
 

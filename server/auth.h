@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "common/config.h"
+#include "server/config.h"
 #include "common/status.h"
 
 namespace rainserve {

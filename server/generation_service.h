@@ -29,7 +29,7 @@
 #include <string>
 
 #include "common/status.h"
-#include "pipelines/pipeline.h"
+#include "pipelines/core/pipeline.h"
 #include "rainserve/v1/generation.grpc.pb.h"
 #include "server/auth.h"
 #include "server/job_manager.h"

@@ -49,9 +49,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "common/config.h"
+#include "server/config.h"
 #include "common/status.h"
-#include "pipelines/pipeline.h"
+#include "pipelines/core/pipeline.h"
 #include "rainserve/v1/generation.pb.h"
 
 namespace rainserve {

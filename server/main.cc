@@ -18,7 +18,7 @@
 #include <fstream>
 #include <string>
 
-#include "common/config.h"
+#include "server/config.h"
 #include "common/logging.h"
 #include "server/server_app.h"
 

@@ -1,6 +1,6 @@
 #include "server/metrics.h"
 
-#include "pipelines/pipeline.h"
+#include "pipelines/core/pipeline.h"
 
 namespace rainserve {
 namespace {

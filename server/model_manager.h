@@ -16,9 +16,9 @@
 #include <thread>
 #include <vector>
 
-#include "common/config.h"
+#include "server/config.h"
 #include "common/status.h"
-#include "pipelines/pipeline.h"
+#include "pipelines/core/pipeline.h"
 
 namespace rainserve {
 

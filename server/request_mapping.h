@@ -15,9 +15,9 @@
 #include <cstdint>
 #include <string>
 
-#include "common/config.h"
+#include "server/config.h"
 #include "common/status.h"
-#include "pipelines/pipeline.h"
+#include "pipelines/core/pipeline.h"
 #include "rainserve/v1/generation.pb.h"
 #include "rainserve/v1/models.pb.h"
 

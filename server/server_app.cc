@@ -7,8 +7,9 @@
 #include <chrono>
 #include <mutex>
 
+#include "common/files.h"
 #include "common/logging.h"
-#include "pipelines/registry.h"
+#include "pipelines/core/registry.h"
 #include "server/build_info.h"
 #include "server/generation_service.h"
 #include "server/metrics.h"
@@ -175,7 +176,7 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
     UpdateHealth(nullptr, raw);
   };
   st->models = std::make_unique<ModelManager>(
-      config.models, [registry](const ModelEntry& e) { return registry->Create(e); },
+      config.models, [registry](const ModelOptions& e) { return registry->Create(e); },
       std::move(hooks));
   st->models_service = std::make_unique<ModelsService>(st->models.get(), st->auth.get());
   st->generation_service = std::make_unique<GenerationService>(

@@ -7,7 +7,7 @@
 
 #include <memory>
 
-#include "common/config.h"
+#include "server/config.h"
 #include "common/status.h"
 
 namespace rainserve {

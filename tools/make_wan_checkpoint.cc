@@ -27,10 +27,10 @@
 #include <string>
 
 #include "common/status.h"
-#include "pipelines/sentencepiece_library.h"
-#include "pipelines/umt5.h"
-#include "pipelines/wan_transformer.h"
-#include "pipelines/wan_vae.h"
+#include "pipelines/text/sentencepiece_library.h"
+#include "pipelines/text/umt5.h"
+#include "pipelines/wan/wan_transformer.h"
+#include "pipelines/wan/wan_vae.h"
 
 namespace rainserve {
 namespace {

@@ -20,8 +20,8 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
-#include "pipelines/safetensors.h"
-#include "pipelines/umt5.h"
+#include "pipelines/core/safetensors.h"
+#include "pipelines/text/umt5.h"
 
 namespace {
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine: build, then the fused element-wise kernels of the Wan
-# block (pipelines/cuda/fused_ops.cu): their parity tests and the CUDA forward
+# block (pipelines/wan/cuda/fused_ops.cu): their parity tests and the CUDA forward
 # test (wan_ops_cuda_test, with compute-sanitizer memcheck on the kernel
 # rows), the CPU Wan suites, and the benchmarks: per op against the ATen ops
 # (wan_ops_gpu_bench) and whole denoising steps, fused and not (wan_step_bench).

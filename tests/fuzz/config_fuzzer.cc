@@ -7,7 +7,7 @@
 #include <set>
 #include <string>
 
-#include "common/config.h"
+#include "server/config.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -1,5 +1,5 @@
 // Fuzzes the safetensors reader with whole files: 8-byte header length, JSON
-// header, data (pipelines/safetensors.h). Whatever the bytes, Open() returns
+// header, data (pipelines/core/safetensors.h). Whatever the bytes, Open() returns
 // a Status; every tensor it accepts reads back exactly its bytes through
 // SafetensorsFile::Get and converts through SafetensorsCheckpoint::Get.
 //
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "pipelines/safetensors.h"
+#include "pipelines/core/safetensors.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace rainserve {

@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "pipelines/safetensors.h"
+#include "pipelines/core/safetensors.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace rainserve {

@@ -1,5 +1,5 @@
-// Fuzzes the UMT5 tokenizer (pipelines/tokenizer.h) and the SentencePiece
-// model reader under it (pipelines/sentencepiece.h), with the embedded
+// Fuzzes the UMT5 tokenizer (pipelines/text/tokenizer.h) and the SentencePiece
+// model reader under it (pipelines/text/sentencepiece.h), with the embedded
 // wan-tiny model's spiece.model. The first byte picks the mode:
 //   < 0xC0  prompt: the rest is the prompt (valid and invalid UTF-8, HTML
 //           entities, Unicode spaces), max_length = 1 + first % 64. Checks
@@ -17,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "common/config.h"
-#include "pipelines/sentencepiece.h"
-#include "pipelines/tokenizer.h"
+#include "common/files.h"
+#include "pipelines/text/sentencepiece.h"
+#include "pipelines/text/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace rainserve {

@@ -1,5 +1,5 @@
-// Parity rows of the fused element-wise kernels (pipelines/cuda/fused_ops.cu,
-// reached through pipelines/wan_ops.h as WanTransformer does): LayerNorm +
+// Parity rows of the fused element-wise kernels (pipelines/wan/cuda/fused_ops.cu,
+// reached through pipelines/wan/wan_ops.h as WanTransformer does): LayerNorm +
 // modulation, affine LayerNorm, RMSNorm with and without RoPE, gated
 // residual, in bf16 and fp16, against a float64 ATen reference on the same
 // 16-bit inputs. Tolerance: twice the error of rounding the float64 result to
@@ -20,8 +20,8 @@
 #include <string>
 
 #include "attention/engine.h"
-#include "pipelines/wan_ops.h"
-#include "pipelines/wan_transformer.h"
+#include "pipelines/wan/wan_ops.h"
+#include "pipelines/wan/wan_transformer.h"
 #include "tests/gpu/cuda_device.h"
 
 namespace rainserve {

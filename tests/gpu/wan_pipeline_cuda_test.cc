@@ -8,14 +8,14 @@
 #include <cstdlib>
 #include <string>
 
-#include "pipelines/wan_pipeline.h"
+#include "pipelines/wan/wan_pipeline.h"
 #include "tests/test_files.h"
 
 namespace rainserve {
 namespace {
 
-ModelEntry Entry(const std::string& device, const std::string& dtype) {
-  ModelEntry e;
+ModelOptions Entry(const std::string& device, const std::string& dtype) {
+  ModelOptions e;
   e.name = "wan-tiny";
   e.path = testing::SourceDir() + "/models/wan-tiny";
   e.device = device;

@@ -1,6 +1,6 @@
 // safetensors reading and writing: round trips, shards, dtype conversion, and
 // every kind of broken file giving its own error that names file and tensor.
-#include "pipelines/safetensors.h"
+#include "pipelines/core/safetensors.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>

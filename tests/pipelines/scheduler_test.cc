@@ -1,4 +1,4 @@
-// Tests for pipelines/schedulers.h: the flow-matching UniPC and Euler
+// Tests for pipelines/core/schedulers.h: the flow-matching UniPC and Euler
 // schedulers against values derived by hand from diffusers' formulas, exact
 // integration of a constant velocity, convergence order, config parsing and
 // argument checks. Run: build/tests/pipelines/scheduler_test
@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-#include "pipelines/schedulers.h"
+#include "pipelines/core/schedulers.h"
 
 namespace rainserve {
 namespace {

@@ -1,5 +1,5 @@
-// SentencePieceModel (pipelines/sentencepiece.h) against libsentencepiece
-// (pipelines/sentencepiece_library.h): the same ids for the same text, on the
+// SentencePieceModel (pipelines/text/sentencepiece.h) against libsentencepiece
+// (pipelines/text/sentencepiece_library.h): the same ids for the same text, on the
 // embedded wan-tiny model, on models trained here with other settings (byte
 // fallback, user-defined and control symbols, case folding, NFKC, identity
 // normalization, whitespace options, renamed special pieces) and on variants
@@ -10,7 +10,7 @@
 // malformed model files: INVALID_ARGUMENT naming the file, never a crash.
 //
 //   ctest --test-dir build -R sentencepiece_test --output-on-failure
-#include "pipelines/sentencepiece.h"
+#include "pipelines/text/sentencepiece.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "pipelines/sentencepiece_library.h"
+#include "pipelines/text/sentencepiece_library.h"
 #include "tests/test_files.h"
 
 namespace rainserve {

@@ -1,10 +1,10 @@
 // UMT5Tokenizer: T5 conventions (EOS, padding, truncation, mask) over a
 // SentencePiece model trained here from tools/data/tiny_corpus.txt (by
-// libsentencepiece, pipelines/sentencepiece_library.h). Expected ids come
+// libsentencepiece, pipelines/text/sentencepiece_library.h). Expected ids come
 // from the trainer's .vocab file (one piece a line, id = line): the pieces
 // of a text must spell the text back, word starts marked "\u2581". The
 // encoder's id-for-id parity with libsentencepiece is sentencepiece_test's.
-#include "pipelines/tokenizer.h"
+#include "pipelines/text/tokenizer.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "pipelines/sentencepiece_library.h"
+#include "pipelines/text/sentencepiece_library.h"
 #include "tests/test_files.h"
 
 namespace rainserve {

@@ -1,7 +1,7 @@
 // UMT5 text encoder: config parsing, published parameter names, checkpoint
 // round trips, relative-position buckets, a float64 loop reference of one
 // block, masking, and the Wan prompt-embedding helper.
-#include "pipelines/umt5.h"
+#include "pipelines/text/umt5.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "pipelines/safetensors.h"
-#include "pipelines/tokenizer.h"
+#include "pipelines/core/safetensors.h"
+#include "pipelines/text/tokenizer.h"
 #include "tests/test_files.h"
 
 namespace rainserve {

@@ -1,8 +1,8 @@
-// The ATen (CPU) path of the Wan block's element-wise ops (pipelines/wan_ops.h):
+// The ATen (CPU) path of the Wan block's element-wise ops (pipelines/wan/wan_ops.h):
 // accuracy against float64 in fp32 and bf16, the accepted shapes of the
 // per-batch vectors, and input errors that name the tensor at fault. The
 // CUDA kernels' rows are in tests/gpu/wan_ops_cuda_test.cc.
-#include "pipelines/wan_ops.h"
+#include "pipelines/wan/wan_ops.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // The Wan pipeline end to end on the embedded wan-tiny checkpoint (CPU):
 // determinism, progress, cancellation, validation, sparse steps, images.
-#include "pipelines/wan_pipeline.h"
+#include "pipelines/wan/wan_pipeline.h"
 
 #include <gtest/gtest.h>
 
@@ -11,15 +11,15 @@
 
 #include <ATen/Parallel.h>
 
-#include "pipelines/registry.h"
-#include "pipelines/torch_status.h"
+#include "pipelines/core/registry.h"
+#include "pipelines/core/torch_status.h"
 #include "tests/test_files.h"
 
 namespace rainserve {
 namespace {
 
-ModelEntry TinyEntry() {
-  ModelEntry e;
+ModelOptions TinyEntry() {
+  ModelOptions e;
   e.name = "wan-tiny";
   e.path = testing::SourceDir() + "/models/wan-tiny";
   e.device = "cpu";
@@ -220,7 +220,7 @@ TEST_F(WanPipelineTest, InvalidRequestsNameTheField) {
 }
 
 TEST(WanPipelineLoadTest, MissingFolderIsNotFoundAndUnknownDeviceIsRejected) {
-  ModelEntry e = TinyEntry();
+  ModelOptions e = TinyEntry();
   e.path = testing::SourceDir() + "/models/no-such-model";
   auto missing = LoadWanPipeline(e);
   ASSERT_FALSE(missing.ok());
@@ -233,7 +233,7 @@ TEST(WanPipelineLoadTest, MissingFolderIsNotFoundAndUnknownDeviceIsRejected) {
 }
 
 TEST(WanPipelineMemoryTest, RequestsOverTheMemoryBudgetAreRefusedWithTheEstimate) {
-  ModelEntry e = TinyEntry();
+  ModelOptions e = TinyEntry();
   e.limits.max_memory_gb = 0.05;  // 50 MB: the 64x64 defaults fit, 512x512x33 does not
   e.defaults.width = 64;
   e.defaults.height = 64;
@@ -294,7 +294,7 @@ TEST(TorchStatusTest, LibTorchErrorsBecomeStatusesWithTheirFirstLine) {
 // and loading a model leaves the loading thread's setting alone.
 TEST(WanPipelineThreadsTest, EachModelRunsWithItsOwnIntraOpThreadCount) {
   const int before = at::get_num_threads();
-  ModelEntry one = TinyEntry(), two = TinyEntry();
+  ModelOptions one = TinyEntry(), two = TinyEntry();
   one.threads = 1;
   two.name = "wan-tiny-2";
   two.threads = 2;

@@ -1,7 +1,7 @@
 // WanTransformer3DModel in LibTorch with RainFusion2.0 inside: shapes,
 // determinism, the permute-once contract, sparse behaviour, parameter names
 // and checkpoint loading.
-#include "pipelines/wan_transformer.h"
+#include "pipelines/wan/wan_transformer.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -12,7 +12,7 @@
 #include <set>
 #include <sstream>
 
-#include "pipelines/safetensors.h"
+#include "pipelines/core/safetensors.h"
 
 namespace rainserve {
 namespace {

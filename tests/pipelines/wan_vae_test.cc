@@ -4,7 +4,7 @@
 //
 // The timing of the shipped tiny VAE is a disabled test:
 //   wan_vae_test --gtest_also_run_disabled_tests --gtest_filter='*Timing*'
-#include "pipelines/wan_vae.h"
+#include "pipelines/wan/wan_vae.h"
 
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
@@ -18,8 +18,8 @@
 #include <map>
 #include <set>
 
-#include "pipelines/safetensors.h"
-#include "pipelines/wan_vae_layers.h"
+#include "pipelines/core/safetensors.h"
+#include "pipelines/wan/wan_vae_layers.h"
 
 namespace rainserve {
 namespace {

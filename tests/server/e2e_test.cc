@@ -27,7 +27,8 @@
 #include <thread>
 #include <vector>
 
-#include "common/config.h"
+#include "common/files.h"
+#include "server/config.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "rainserve/v1/generation.grpc.pb.h"
 #include "rainserve/v1/models.grpc.pb.h"
@@ -101,11 +102,11 @@ ModelEntry WanTiny(bool load_at_startup = true) {
   e.defaults.fps = 8;
   e.defaults.steps = 2;
   e.defaults.guidance_scale = 5.0;
-  e.defaults.attention_mode = "rainfusion";
+  e.defaults.attention_mode = attention::AttentionMode::kRainFusion;
   e.defaults.sparsity = 0.5;
   e.defaults.sink_frames = 1;
   e.defaults.dense_warmup_steps = 1;
-  e.defaults.mask_refresh = "every_layer";
+  e.defaults.mask_refresh = attention::MaskRefresh::kEveryLayer;
   e.limits.max_width = 512;
   e.limits.max_height = 512;
   e.limits.max_pixels = 262144;

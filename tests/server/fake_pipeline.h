@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "pipelines/pipeline.h"
+#include "pipelines/core/pipeline.h"
 #include "server/job_manager.h"
 
 namespace rainserve::testing {

@@ -26,7 +26,7 @@ TEST(ModelManagerTest, DeviceFaultTakesTheModelOutOfServiceUntilUnloadedAndLoade
   hooks.on_change = [&] { ++changes; };
   ModelManager models(
       {Entry("fake")},
-      [](const ModelEntry&) -> StatusOr<std::unique_ptr<Pipeline>> {
+      [](const ModelOptions&) -> StatusOr<std::unique_ptr<Pipeline>> {
         return std::unique_ptr<Pipeline>(new testing::FakePipeline());
       },
       hooks);

@@ -1,0 +1,47 @@
+// What a pipeline is loaded with: the model's identity, device and dtype,
+// and overrides of the request defaults and limits its checkpoint implies.
+// Torch-free; the server maps a YAML model entry (server/config.h) onto it.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "attention/settings.h"
+
+namespace rainserve {
+
+// Per-model overrides of the request defaults the checkpoint implies
+// (models[].defaults). Unset fields keep the pipeline's own default.
+struct ModelDefaultsOverride {
+  std::optional<int64_t> width, height, num_frames, fps, steps;
+  std::optional<double> guidance_scale, flow_shift;
+  std::optional<std::string> scheduler;  // "unipc" | "euler"
+  // sparse_attention:
+  std::optional<attention::AttentionMode> attention_mode;
+  std::optional<double> sparsity;
+  std::optional<int64_t> sink_frames, dense_warmup_steps;
+  std::optional<std::vector<int64_t>> window;  // [t, h, w] latent tokens
+  std::optional<attention::MaskRefresh> mask_refresh;
+};
+
+// Per-model request limits (models[].limits); unset keeps the pipeline's.
+struct ModelLimitsOverride {
+  std::optional<int64_t> max_width, max_height, max_pixels, max_frames, max_steps,
+      max_prompt_tokens;
+  std::optional<double> max_memory_gb;  // per-request peak-memory budget on the device
+};
+
+struct ModelOptions {
+  std::string name;            // what clients put in GenerateRequest.model
+  std::string pipeline = "wan";
+  std::string path;            // checkpoint folder (diffusers layout)
+  std::string device = "cpu";  // "cpu" or "cuda:N"
+  std::string dtype = "fp32";  // "fp32" | "bf16" | "fp16"
+  int64_t threads = 0;         // CPU threads for this model's worker; 0 = all cores
+  ModelDefaultsOverride defaults;
+  ModelLimitsOverride limits;
+};
+
+}  // namespace rainserve

@@ -1,0 +1,190 @@
+// Request validation shared by the server's edge checks and the pipelines.
+#include "pipelines/core/pipeline.h"
+
+#if RAINSERVE_WITH_CUDA
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+#endif
+
+#include <cmath>
+#include <sstream>
+#include <tuple>
+
+namespace rainserve {
+namespace {
+
+Status OutOfRange(const std::string& field, const std::string& allowed, double got) {
+  std::ostringstream msg;
+  msg << field << " must be " << allowed << " (got " << got << ")";
+  return InvalidArgumentError(msg.str());
+}
+
+Status CheckInt(const std::string& field, int64_t value, int64_t lo, int64_t hi) {
+  if (value >= lo && value <= hi) return OkStatus();
+  return OutOfRange(field, "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]",
+                    static_cast<double>(value));
+}
+
+}  // namespace
+
+Status ValidateGenerationRequest(const PipelineDescription& model,
+                                 const GenerationRequest& request) {
+  const PipelineLimits& limits = model.limits;
+  if (request.prompt.empty()) return InvalidArgumentError("prompt must not be empty");
+  if (static_cast<int64_t>(request.prompt.size()) > limits.max_prompt_bytes) {
+    return OutOfRange("prompt", "at most " + std::to_string(limits.max_prompt_bytes) + " bytes",
+                      static_cast<double>(request.prompt.size()));
+  }
+  if (static_cast<int64_t>(request.negative_prompt.size()) > limits.max_prompt_bytes) {
+    return OutOfRange("negative_prompt",
+                      "at most " + std::to_string(limits.max_prompt_bytes) + " bytes",
+                      static_cast<double>(request.negative_prompt.size()));
+  }
+  const int64_t m = limits.size_multiple;
+  for (auto [field, value, max] : {std::make_tuple("width", request.width, limits.max_width),
+                                   std::make_tuple("height", request.height, limits.max_height)}) {
+    if (value < m || value > max || value % m != 0) {
+      return OutOfRange(field,
+                        "a multiple of " + std::to_string(m) + " in [" + std::to_string(m) +
+                            ", " + std::to_string(max) + "]",
+                        static_cast<double>(value));
+    }
+  }
+  if (request.width * request.height > limits.max_pixels) {
+    return OutOfRange("width", "such that width * height <= " + std::to_string(limits.max_pixels),
+                      static_cast<double>(request.width * request.height));
+  }
+  const int64_t f = limits.frame_multiple;
+  if (request.num_frames < 1 || request.num_frames > limits.max_frames ||
+      (request.num_frames - 1) % f != 0) {
+    return OutOfRange("num_frames",
+                      std::to_string(f) + "k+1 in [1, " + std::to_string(limits.max_frames) + "]",
+                      static_cast<double>(request.num_frames));
+  }
+  RAINSERVE_RETURN_IF_ERROR(CheckInt("steps", request.steps, 1, limits.max_steps));
+  if (!std::isfinite(request.guidance_scale) || request.guidance_scale < 0 ||
+      request.guidance_scale > limits.max_guidance_scale) {
+    return OutOfRange("guidance_scale",
+                      "finite in [0, " + std::to_string(limits.max_guidance_scale) + "]",
+                      request.guidance_scale);
+  }
+  if (!std::isfinite(request.flow_shift) || request.flow_shift <= 0 ||
+      request.flow_shift > limits.max_flow_shift) {
+    return OutOfRange("flow_shift",
+                      "finite in (0, " + std::to_string(limits.max_flow_shift) + "]",
+                      request.flow_shift);
+  }
+  if (request.scheduler != "unipc" && request.scheduler != "euler") {
+    return InvalidArgumentError("scheduler must be unipc or euler (got \"" + request.scheduler +
+                                "\")");
+  }
+  const int64_t latent_frames = (request.num_frames - 1) / f + 1;
+  RAINSERVE_RETURN_IF_ERROR(
+      attention::ValidateSettings(request.sparse, {latent_frames, request.steps}));
+  if (limits.max_memory_bytes > 0) {
+    const uint64_t need = model.memory.Estimate(request.width, request.height, request.num_frames);
+    if (need > limits.max_memory_bytes) {
+      std::ostringstream msg;
+      msg.precision(3);
+      msg << "this request needs about " << need / 1e9 << " GB on " << model.device
+          << ", over the model's budget of " << limits.max_memory_bytes / 1e9
+          << " GB (limits.max_memory_gb): ask for fewer pixels or frames";
+      return ResourceExhaustedError(msg.str());
+    }
+  }
+  return OkStatus();
+}
+
+GenerationRequest DefaultRequest(const PipelineDefaults& d) {
+  GenerationRequest r;
+  r.steps = d.steps;
+  r.guidance_scale = d.guidance_scale;
+  r.flow_shift = d.flow_shift;
+  r.scheduler = d.scheduler;
+  r.width = d.width;
+  r.height = d.height;
+  r.num_frames = d.num_frames;
+  r.sparse = d.sparse;
+  if (r.num_frames == 1) r.sparse.sink_frames = 0;
+  return r;
+}
+
+uint64_t MemoryModel::Estimate(int64_t width, int64_t height, int64_t frames) const {
+  const double pixels = static_cast<double>(width) * static_cast<double>(height);
+  const double latent_frames = static_cast<double>((frames - 1) / latent_frame_stride + 1);
+  const double tokens = latent_frames * pixels / static_cast<double>(latent_token_pixels);
+  const double bytes = static_cast<double>(fixed_bytes) + bytes_per_latent_token * tokens +
+                       bytes_per_output_pixel * pixels +
+                       bytes_per_output_value * static_cast<double>(frames) * pixels * 3.0;
+  return static_cast<uint64_t>(bytes);
+}
+
+namespace {
+
+#if RAINSERVE_WITH_CUDA
+// NVML through dlopen (the driver's libnvidia-ml.so.1 is present wherever a
+// GPU is, but not at build time): device utilisation only.
+struct Nvml {
+  struct Rates {  // nvmlUtilization_t
+    unsigned int gpu, memory;
+  };
+  using Init = int (*)();
+  using ByIndex = int (*)(unsigned int, void**);
+  using GetRates = int (*)(void*, Rates*);
+  ByIndex by_index = nullptr;
+  GetRates rates = nullptr;
+
+  static const Nvml& Get() {
+    static const Nvml nvml = [] {
+      Nvml n;
+      void* lib = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+      if (lib == nullptr) return n;
+      auto init = reinterpret_cast<Init>(dlsym(lib, "nvmlInit_v2"));
+      n.by_index = reinterpret_cast<ByIndex>(dlsym(lib, "nvmlDeviceGetHandleByIndex_v2"));
+      n.rates = reinterpret_cast<GetRates>(dlsym(lib, "nvmlDeviceGetUtilizationRates"));
+      if (init == nullptr || init() != 0) n.by_index = nullptr;
+      return n;
+    }();
+    return nvml;
+  }
+
+  // NVML indexes devices in PCI order, as CUDA does by default.
+  double Utilization(int device) const {
+    void* handle = nullptr;
+    Rates u{};
+    if (by_index == nullptr || rates == nullptr || by_index(device, &handle) != 0 ||
+        rates(handle, &u) != 0) {
+      return -1;
+    }
+    return u.gpu / 100.0;
+  }
+};
+#endif
+
+}  // namespace
+
+std::vector<DeviceMemoryInfo> QueryDeviceMemory() {
+  std::vector<DeviceMemoryInfo> out;
+#if RAINSERVE_WITH_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // not sticky: clear it
+    return out;
+  }
+  int current = 0;
+  cudaGetDevice(&current);
+  for (int d = 0; d < count; ++d) {
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaSetDevice(d) != cudaSuccess || cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+      cudaGetLastError();
+      continue;
+    }
+    out.push_back({"cuda:" + std::to_string(d), total_bytes - free_bytes, total_bytes,
+                   Nvml::Get().Utilization(d)});
+  }
+  cudaSetDevice(current);
+#endif
+  return out;
+}
+
+}  // namespace rainserve

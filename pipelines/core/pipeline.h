@@ -1,0 +1,205 @@
+// The Pipeline interface: one loaded generation model (text encoder,
+// transformer, VAE, scheduler) behind Describe() and Generate().
+//
+// pipelines/ never sees protobuf types; the server maps its requests onto the
+// plain structs here. Pipelines are created by name through the registry
+// (pipelines/core/registry.h) from a model entry of the server configuration.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attention/settings.h"
+#include "pipelines/core/model_options.h"
+#include "common/status.h"
+
+namespace rainserve {
+
+// The sparse-attention settings and their names live in attention/.
+using attention::AttentionMode;
+using attention::MaskRefresh;
+using attention::SparseSettings;
+
+// What a request may ask for (Models.Describe limits).
+struct PipelineLimits {
+  int64_t size_multiple = 16;  // width and height
+  int64_t max_width = 1280;
+  int64_t max_height = 1280;
+  int64_t max_pixels = 1280 * 720;
+  int64_t frame_multiple = 4;  // num_frames = frame_multiple * k + 1
+  int64_t max_frames = 81;
+  int64_t max_steps = 200;
+  int64_t max_prompt_tokens = 512;  // longer prompts are truncated to this
+  int64_t max_prompt_bytes = 16384;  // longer prompts are rejected
+  double max_guidance_scale = 50.0;
+  double max_flow_shift = 100.0;
+  // Peak-memory budget of one request on the model's device (0 = none):
+  // requests whose MemoryModel estimate exceeds it are refused up front with
+  // RESOURCE_EXHAUSTED instead of failing mid-run.
+  uint64_t max_memory_bytes = 0;
+};
+
+// A request's peak memory on the model's device, approximately:
+//   fixed_bytes (weights, resident)
+//   + bytes_per_latent_token * latent tokens (transformer activations, CFG batch included)
+//   + bytes_per_output_pixel * width * height (VAE decode working set of one chunk)
+//   + bytes_per_output_value * frames * width * height * 3 (decoded video and frames)
+// The pipeline derives the coefficients from its model at load time
+// (pipelines/wan/wan_pipeline.cc says how); docs/service.md documents the rule.
+struct MemoryModel {
+  uint64_t fixed_bytes = 0;
+  double bytes_per_latent_token = 0;
+  double bytes_per_output_pixel = 0;
+  double bytes_per_output_value = 0;
+  int64_t latent_frame_stride = 4;   // video frames per latent frame (after the first)
+  int64_t latent_token_pixels = 256; // output pixels per latent token in one frame (16 x 16)
+
+  uint64_t Estimate(int64_t width, int64_t height, int64_t frames) const;
+};
+
+// What an unset request field becomes (Models.Describe defaults).
+struct PipelineDefaults {
+  int64_t width = 832;
+  int64_t height = 480;
+  int64_t num_frames = 81;
+  int64_t fps = 16;
+  int64_t steps = 50;
+  double guidance_scale = 5.0;
+  double flow_shift = 3.0;
+  std::string scheduler = "unipc";  // "unipc" | "euler"
+  SparseSettings sparse;
+};
+
+// What a model accepts and what it does by default (Models.Describe).
+struct PipelineDescription {
+  std::string name;
+  std::string pipeline;  // "wan"
+  std::string task;      // "text-to-video"
+  std::string device;
+  std::string dtype;
+  std::vector<std::string> attention_backends;
+  PipelineLimits limits;
+  PipelineDefaults defaults;
+  MemoryModel memory;
+};
+
+// One generation, every field resolved (the server fills defaults).
+struct GenerationRequest {
+  std::string prompt;
+  std::string negative_prompt;
+  uint64_t seed = 0;
+  int64_t steps = 50;
+  double guidance_scale = 5.0;
+  double flow_shift = 3.0;
+  std::string scheduler = "unipc";
+  int64_t width = 832;
+  int64_t height = 480;
+  int64_t num_frames = 81;
+  SparseSettings sparse;
+  // false: stop after denoising and return the latents (no VAE decode).
+  bool decode_frames = true;
+};
+
+// The request every unset field gives: the model's defaults, no prompt,
+// seed 0, and the sink off for one frame (text-to-image has nothing to sink).
+GenerationRequest DefaultRequest(const PipelineDefaults& defaults);
+
+// Reported after every denoising step (stage "denoise") and at the start of
+// the other stages ("text_encode", "decode").
+struct ProgressUpdate {
+  std::string stage;
+  int64_t step = 0;  // steps done (denoise), 0 otherwise
+  int64_t total_steps = 0;
+  double elapsed_seconds = 0.0;  // since Generate() started
+};
+using ProgressCallback = std::function<void(const ProgressUpdate&)>;
+
+struct StepStat {
+  int64_t step = 0;  // 1-based
+  bool sparse = false;
+  double realized_sparsity = 0.0;
+  double seconds = 0.0;
+};
+
+struct GenerationOutput {
+  int64_t width = 0;
+  int64_t height = 0;
+  int64_t num_frames = 0;
+  std::vector<uint8_t> rgb;  // [num_frames, height, width, 3]; empty without decode_frames
+  // Without decode_frames: the denoised latents, float32 [C, F, H, W] of
+  // latent_shape (the VAE's input, before its de-normalisation).
+  std::vector<float> latents;
+  std::vector<int64_t> latent_shape;
+  std::vector<StepStat> steps;
+  double requested_sparsity = 0.0;
+  double realized_sparsity = 0.0;  // mean over sparse steps (0 when none)
+  double text_encode_seconds = 0.0;
+  double denoise_seconds = 0.0;
+  double decode_seconds = 0.0;
+  // Mask prediction, summed over steps and layers (host clock: on a GPU this
+  // is the launch time unless the pipeline synchronises).
+  double mask_seconds = 0.0;
+  uint64_t peak_memory_bytes = 0;  // device memory (CUDA) or process RSS peak (CPU)
+};
+
+// Set by the server (client cancel, deadline, drain); polled by the pipeline
+// between denoising steps.
+class CancelToken {
+ public:
+  void Cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+// Memory of one CUDA device, as the CUDA runtime reports it.
+struct DeviceMemoryInfo {
+  std::string device;  // "cuda:0"
+  uint64_t used_bytes = 0;
+  uint64_t total_bytes = 0;
+  // GPU busy fraction over NVML's last sample period, in [0, 1]; -1 when
+  // NVML (libnvidia-ml, loaded at run time) is not available.
+  double utilization = -1;
+};
+// Every CUDA device this process can see; empty in CPU-only builds or
+// without a device. Cheap (one runtime call per device); any thread.
+std::vector<DeviceMemoryInfo> QueryDeviceMemory();
+
+// Checks a resolved request against a model's limits. INVALID_ARGUMENT naming
+// the field (request field names: "width", "sparse_attention.sparsity", ...)
+// and the allowed range. The server calls it at the edge; pipelines call it
+// again so that nothing invalid reaches a model.
+Status ValidateGenerationRequest(const PipelineDescription& model, const GenerationRequest& request);
+
+class Pipeline {
+ public:
+  virtual ~Pipeline() = default;
+  // Called by the server on any thread; cheap and const.
+  virtual PipelineDescription Describe() const = 0;
+  // Called by the model's worker thread, one request at a time. Returns
+  // INVALID_ARGUMENT for a request outside the limits, CANCELLED when `cancel`
+  // fired (checked between steps), INTERNAL/RESOURCE_EXHAUSTED for failures of
+  // the model itself; the pipeline stays usable after any of them. `progress`
+  // runs on the worker thread and must not block.
+  virtual StatusOr<GenerationOutput> Generate(const GenerationRequest& request,
+                                              const ProgressCallback& progress,
+                                              const CancelToken& cancel) = 0;
+  // Called by the model's worker after a job failed: OK while the device is
+  // usable, UNAVAILABLE after a sticky device fault (a CUDA context that
+  // every later call would fail on). The server then takes the model out of
+  // service (FAILED, health NOT_SERVING) instead of failing job after job.
+  virtual Status DeviceStatus() const { return OkStatus(); }
+};
+
+// Creates a pipeline for a configured model entry. Called by the server's
+// model manager on a loading thread; a failure leaves the model not ready
+// with the returned reason and the server keeps serving other models.
+using PipelineFactory = std::function<StatusOr<std::unique_ptr<Pipeline>>(const ModelOptions&)>;
+
+}  // namespace rainserve

@@ -1,0 +1,487 @@
+// WanPipeline: prompt -> UMT5 -> flow-matching denoising with CFG -> VAE -> frames.
+//
+// Generate() follows diffusers' WanPipeline.__call__:
+//   embeds = UMT5(tokenize(prompt, max_len)) with positions past the prompt
+//            zeroed (and the same for the negative prompt when guidance > 1)
+//   latents ~ N(0, 1) [1, z, (frames-1)/4+1, H/8, W/8], fp32, seeded on the CPU
+//   for each scheduler step t:
+//     v = transformer([latents, latents], t, [embeds, negative])  (one batch of 2)
+//     v = v_uncond + guidance * (v_cond - v_uncond)
+//     latents = scheduler.step(v, t, latents)
+//   frames = VAE.decode(latents)   (de-normalised with the VAE's mean/std)
+// The sparse-attention settings of the request pick the attention per step
+// (dense warm-up steps, then RainFusion2.0 at the requested sparsity).
+#include "pipelines/wan/wan_pipeline.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#if RAINSERVE_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <cuda_runtime.h>
+#endif
+
+#include "attention/engine.h"
+#include "common/logging.h"
+#include "pipelines/core/schedulers.h"
+#include "pipelines/text/tokenizer.h"
+#include "pipelines/core/torch_status.h"
+#include "common/clock.h"
+#include "common/files.h"
+#include "pipelines/text/umt5.h"
+#include "pipelines/wan/wan_transformer.h"
+#include "pipelines/wan/wan_vae.h"
+
+namespace rainserve {
+namespace {
+
+using nlohmann::json;
+using Clock = SteadyClock;
+
+StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
+  if (name == "fp32") return at::kFloat;
+  if (name == "bf16") return at::kBFloat16;
+  if (name == "fp16") return at::kHalf;
+  return InvalidArgumentError("unknown dtype '" + name + "' (fp32, bf16, fp16)");
+}
+
+StatusOr<at::Device> ParseDevice(const std::string& name) {
+  try {
+    const at::Device device(name);
+    if (device.is_cuda() && !at::hasCUDA()) {
+      return FailedPreconditionError("device '" + name +
+                                     "': this build or machine has no CUDA device");
+    }
+    if (!device.is_cpu() && !device.is_cuda()) {
+      return InvalidArgumentError("device '" + name + "': expected cpu or cuda:N");
+    }
+    return device;
+  } catch (const std::exception&) {
+    return InvalidArgumentError("device '" + name + "': expected cpu or cuda:N");
+  }
+}
+
+// Peak memory since the last ResetPeakMemory on `device`: the CUDA caching
+// allocator's peak for GPUs, the process's peak resident set on the CPU.
+void ResetPeakMemory(const at::Device& device) {
+#if RAINSERVE_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
+#else
+  (void)device;
+#endif
+}
+
+uint64_t PeakMemory(const at::Device& device) {
+#if RAINSERVE_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    return static_cast<uint64_t>(stats.allocated_bytes[0].peak);
+  }
+#endif
+  (void)device;
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<uint64_t>(usage.ru_maxrss) * 1024;
+}
+
+// Makes stage and step times device times.
+void Synchronize(const at::Device& device) {
+#if RAINSERVE_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::device_synchronize();
+#else
+  (void)device;
+#endif
+}
+
+// The scheduler kind a diffusers scheduler_config.json names.
+StatusOr<std::string> SchedulerKind(const std::string& json_text, const std::string& source) {
+  try {
+    const json j = json::parse(json_text);
+    const std::string cls = j.value("_class_name", "UniPCMultistepScheduler");
+    if (cls == "UniPCMultistepScheduler") return std::string("unipc");
+    if (cls == "FlowMatchEulerDiscreteScheduler") return std::string("euler");
+    return UnimplementedError(source + ": scheduler class '" + cls +
+                              "' is not supported (UniPCMultistepScheduler, "
+                              "FlowMatchEulerDiscreteScheduler)");
+  } catch (const json::exception& e) {
+    return InvalidArgumentError(source + ": " + e.what());
+  }
+}
+
+// model_index.json is optional; when present it must describe a single-expert
+// Wan text-to-video pipeline.
+Status CheckModelIndex(const std::string& dir) {
+  const std::string path = dir + "/model_index.json";
+  std::string text;
+  if (!ReadFile(path, &text).ok()) return OkStatus();
+  try {
+    const json j = json::parse(text);
+    const std::string cls = j.value("_class_name", "WanPipeline");
+    if (cls != "WanPipeline") {
+      return UnimplementedError(path + ": pipeline class '" + cls +
+                                "' is not supported (WanPipeline text-to-video)");
+    }
+    if (j.contains("transformer_2") && j["transformer_2"].is_array() &&
+        !j["transformer_2"].empty() && !j["transformer_2"][0].is_null()) {
+      return UnimplementedError(path +
+                                ": two-expert checkpoints (transformer_2, Wan2.2 A14B) are not "
+                                "supported yet");
+    }
+  } catch (const json::exception& e) {
+    return InvalidArgumentError(path + ": " + e.what());
+  }
+  return OkStatus();
+}
+
+void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimits* l) {
+  const ModelDefaultsOverride& o = entry.defaults;
+  if (o.width) d->width = *o.width;
+  if (o.height) d->height = *o.height;
+  if (o.num_frames) d->num_frames = *o.num_frames;
+  if (o.fps) d->fps = *o.fps;
+  if (o.steps) d->steps = *o.steps;
+  if (o.guidance_scale) d->guidance_scale = *o.guidance_scale;
+  if (o.flow_shift) d->flow_shift = *o.flow_shift;
+  if (o.scheduler) d->scheduler = *o.scheduler;
+  if (o.attention_mode) d->sparse.mode = *o.attention_mode;
+  if (o.sparsity) d->sparse.sparsity = *o.sparsity;
+  if (o.sink_frames) d->sparse.sink_frames = *o.sink_frames;
+  if (o.dense_warmup_steps) d->sparse.dense_warmup_steps = *o.dense_warmup_steps;
+  if (o.window) d->sparse.window = {(*o.window)[0], (*o.window)[1], (*o.window)[2]};
+  if (o.mask_refresh) d->sparse.mask_refresh = *o.mask_refresh;
+  const ModelLimitsOverride& m = entry.limits;
+  if (m.max_width) l->max_width = *m.max_width;
+  if (m.max_height) l->max_height = *m.max_height;
+  if (m.max_pixels) l->max_pixels = *m.max_pixels;
+  if (m.max_frames) l->max_frames = *m.max_frames;
+  if (m.max_steps) l->max_steps = *m.max_steps;
+  if (m.max_prompt_tokens) l->max_prompt_tokens = *m.max_prompt_tokens;
+  if (m.max_memory_gb) l->max_memory_bytes = static_cast<uint64_t>(*m.max_memory_gb * 1e9);
+}
+
+uint64_t ParameterBytes(const std::vector<std::pair<std::string, at::Tensor>>& params) {
+  uint64_t bytes = 0;
+  for (const auto& p : params) bytes += p.second.numel() * p.second.element_size();
+  return bytes;
+}
+
+class WanPipeline final : public Pipeline {
+ public:
+  static StatusOr<std::unique_ptr<WanPipeline>> Load(const ModelOptions& entry);
+
+  PipelineDescription Describe() const override { return description_; }
+  Status DeviceStatus() const override;
+  StatusOr<GenerationOutput> Generate(const GenerationRequest& request,
+                                      const ProgressCallback& progress,
+                                      const CancelToken& cancel) override;
+
+ private:
+  WanPipeline() = default;
+  // prompts -> [B, max_prompt_tokens, d_model], zero past each prompt's length.
+  StatusOr<at::Tensor> EncodePrompts(const std::vector<std::string>& prompts) const;
+  // Generate's work; *stage names the stage running (for error messages).
+  StatusOr<GenerationOutput> Run(const GenerationRequest& request, const ProgressCallback& progress,
+                                 const CancelToken& cancel, const char** stage);
+  // Noise from the seed, then every denoising step; fills the step statistics
+  // and timings of *out. Returns the final latents [1, z, F, h, w] fp32.
+  StatusOr<at::Tensor> Denoise(const GenerationRequest& request, const at::Tensor& text,
+                               const std::function<void(int64_t)>& step_done,
+                               const CancelToken& cancel, GenerationOutput* out);
+  // The latents themselves, or the decoded frames, into *out.
+  Status Output(const GenerationRequest& request, const at::Tensor& latents,
+                GenerationOutput* out);
+
+  PipelineDescription description_;
+  at::Device device_{at::kCPU};
+  at::ScalarType dtype_ = at::kFloat;
+  std::unique_ptr<attention::AttentionEngine> engine_;
+  std::unique_ptr<UMT5Tokenizer> tokenizer_;
+  std::unique_ptr<UMT5Encoder> text_encoder_;
+  std::unique_ptr<WanTransformer> transformer_;
+  std::unique_ptr<WanVAE> vae_;
+  SchedulerConfig scheduler_config_;
+  // LibTorch intra-op threads of this model, set on the thread that runs
+  // each request (OpenMP keeps the setting per thread), never process-wide.
+  int threads_ = 1;
+};
+
+StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& entry) {
+  const std::string& dir = entry.path;
+  std::unique_ptr<WanPipeline> p(new WanPipeline());
+  RAINSERVE_ASSIGN_OR_RETURN(p->device_, ParseDevice(entry.device));
+  RAINSERVE_ASSIGN_OR_RETURN(p->dtype_, ParseDtype(entry.dtype));
+  RAINSERVE_RETURN_IF_ERROR(CheckModelIndex(dir));
+
+  const int threads = entry.threads > 0 ? static_cast<int>(entry.threads)
+                                        : static_cast<int>(std::thread::hardware_concurrency());
+  p->threads_ = std::max(threads, 1);
+  p->engine_ = std::make_unique<attention::AttentionEngine>(threads);
+
+  std::string text;
+  const std::string scheduler_path = dir + "/scheduler/scheduler_config.json";
+  RAINSERVE_RETURN_IF_ERROR(ReadFile(scheduler_path, &text));
+  RAINSERVE_ASSIGN_OR_RETURN(p->scheduler_config_, ParseSchedulerConfig(text, scheduler_path));
+  RAINSERVE_ASSIGN_OR_RETURN(const std::string scheduler_kind, SchedulerKind(text, scheduler_path));
+
+  RAINSERVE_ASSIGN_OR_RETURN(p->tokenizer_, UMT5Tokenizer::Load(dir + "/tokenizer"));
+  RAINSERVE_ASSIGN_OR_RETURN(p->text_encoder_,
+                             UMT5Encoder::Load(dir + "/text_encoder", p->dtype_, p->device_));
+  RAINSERVE_ASSIGN_OR_RETURN(p->transformer_,
+                             WanTransformer::Load(dir + "/transformer", p->dtype_, p->device_));
+  RAINSERVE_ASSIGN_OR_RETURN(p->vae_, WanVAE::Load(dir + "/vae", at::kFloat, p->device_));
+
+  const WanTransformerConfig& tc = p->transformer_->config();
+  if (p->text_encoder_->config().d_model != tc.text_dim) {
+    return InvalidArgumentError(dir + ": text_encoder d_model " +
+                                std::to_string(p->text_encoder_->config().d_model) +
+                                " != transformer text_dim " + std::to_string(tc.text_dim));
+  }
+  if (p->vae_->config().z_dim != tc.in_channels || p->vae_->config().z_dim != tc.out_channels) {
+    return InvalidArgumentError(dir + ": vae z_dim " + std::to_string(p->vae_->config().z_dim) +
+                                " does not match the transformer's in/out channels");
+  }
+
+  PipelineDescription& d = p->description_;
+  d.name = entry.name;
+  d.pipeline = "wan";
+  d.task = "text-to-video";
+  d.device = entry.device;
+  d.dtype = entry.dtype;
+  d.attention_backends = {p->device_.is_cuda() ? "cuda" : "cpu"};
+  d.limits.size_multiple = p->vae_->spatial_scale() * tc.patch_size[1];
+  d.limits.frame_multiple = p->vae_->temporal_scale();
+  // Memory model (MemoryModel in pipeline.h), sized from this checkpoint:
+  //  - weights: every parameter as loaded;
+  //  - per latent token, for the CFG batch of 2: the fp32 residual stream,
+  //    norm and modulation outputs (3 x 4 bytes x inner), q, k, v, the
+  //    attention output and their permuted copies (7 x inner in the model
+  //    dtype), the FFN intermediate and its GELU (2 x ffn), plus 25% for the
+  //    allocator;
+  //  - VAE: one decoded chunk (4 frames) at full resolution with the
+  //    decoder's widest full-resolution channel count, ~6 live fp32 copies
+  //    (input, output, cache, norm, activation, temporary);
+  //  - the decoded video (fp32 and its copy) and the uint8 frames: ~10 bytes
+  //    per output value.
+  {
+    const double s = static_cast<double>(c10::elementSize(p->dtype_));
+    const double inner = static_cast<double>(tc.inner_dim());
+    const double ffn = static_cast<double>(tc.ffn_dim);
+    MemoryModel& mm = d.memory;
+    mm.fixed_bytes = ParameterBytes(p->transformer_->NamedParameters()) +
+                     ParameterBytes(p->text_encoder_->NamedParameters()) +
+                     ParameterBytes(p->vae_->NamedParameters());
+    mm.bytes_per_latent_token = 1.25 * 2.0 * (12.0 * inner + 7.0 * inner * s + 2.0 * ffn * s);
+    mm.bytes_per_output_pixel =
+        static_cast<double>(p->vae_->config().decoder_dim()) * 4.0 /*frames*/ * 4.0 * 6.0;
+    mm.bytes_per_output_value = 10.0;
+    mm.latent_frame_stride = p->vae_->temporal_scale();
+    mm.latent_token_pixels = d.limits.size_multiple * d.limits.size_multiple;
+  }
+  d.defaults.scheduler = scheduler_kind;
+  d.defaults.flow_shift = p->scheduler_config_.flow_shift;
+  ApplyOverrides(entry, &d.defaults, &d.limits);
+  // The defaults must themselves be a valid request.
+  GenerationRequest probe = DefaultRequest(d.defaults);
+  probe.prompt = "defaults";
+  const Status ok = ValidateGenerationRequest(d, probe);
+  if (!ok.ok()) {
+    return InvalidArgumentError("model '" + entry.name + "': its defaults are invalid: " +
+                                ok.message());
+  }
+  return p;
+}
+
+StatusOr<at::Tensor> WanPipeline::EncodePrompts(const std::vector<std::string>& prompts) const {
+  const int64_t L = description_.limits.max_prompt_tokens;
+  const int64_t B = static_cast<int64_t>(prompts.size());
+  at::Tensor ids = at::zeros({B, L}, at::kLong);
+  at::Tensor mask = at::zeros({B, L}, at::kLong);
+  std::vector<int64_t> lengths;
+  for (int64_t b = 0; b < B; ++b) {
+    const TokenizedText t = tokenizer_->Encode(prompts[b], L);
+    std::memcpy(ids[b].data_ptr<int64_t>(), t.ids.data(), L * sizeof(int64_t));
+    std::memcpy(mask[b].data_ptr<int64_t>(), t.mask.data(), L * sizeof(int64_t));
+    lengths.push_back(t.length);
+  }
+  // embeds: [B, L, d_model]
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor embeds,
+                             text_encoder_->Forward(ids.to(device_), mask.to(device_)));
+  for (int64_t b = 0; b < B; ++b) {
+    if (lengths[b] < L) embeds[b].narrow(0, lengths[b], L - lengths[b]).zero_();
+  }
+  return embeds;
+}
+
+Status WanPipeline::DeviceStatus() const {
+#if RAINSERVE_WITH_CUDA
+  if (device_.is_cuda()) {
+    // A sticky error (illegal address, launch failure, ECC, ...) is returned
+    // by every synchronisation, even after cudaGetLastError() cleared the
+    // last one; a transient one (e.g. a failed allocation) is not.
+    cudaSetDevice(device_.index());
+    if (cudaDeviceSynchronize() != cudaSuccess) {
+      cudaGetLastError();
+      const cudaError_t again = cudaDeviceSynchronize();
+      if (again != cudaSuccess) {
+        return UnavailableError("device " + description_.device +
+                                " has a sticky CUDA error: " + cudaGetErrorString(again));
+      }
+    }
+  }
+#endif
+  return OkStatus();
+}
+
+StatusOr<GenerationOutput> WanPipeline::Generate(const GenerationRequest& request,
+                                                 const ProgressCallback& progress,
+                                                 const CancelToken& cancel) {
+  RAINSERVE_RETURN_IF_ERROR(ValidateGenerationRequest(description_, request));
+  at::set_num_threads(threads_);
+  // The model boundary: the one place where a LibTorch exception from any
+  // stage becomes a Status (pipelines/core/torch_status.h).
+  const char* stage = "text encode";
+  try {
+    return Run(request, progress, cancel, &stage);
+  } catch (const std::exception& e) {
+    return TorchExceptionStatus("model '" + description_.name + "' (" + stage + ")", e);
+  }
+}
+
+StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
+                                            const ProgressCallback& progress,
+                                            const CancelToken& cancel, const char** stage) {
+  c10::InferenceMode inference;
+  const auto start = Clock::now();
+  auto report = [&](const char* stage, int64_t step, int64_t total) {
+    if (progress) progress({stage, step, total, SecondsSince(start)});
+  };
+  ResetPeakMemory(device_);
+  GenerationOutput out;
+  out.width = request.width;
+  out.height = request.height;
+  out.requested_sparsity = attention::RequestedSparsity(request.sparse);
+
+  // 1. Prompts: [2, L, d] (cond, uncond) with guidance, else [1, L, d].
+  report("text_encode", 0, request.steps);
+  std::vector<std::string> prompts = {request.prompt};
+  if (request.guidance_scale > 1.0) prompts.push_back(request.negative_prompt);
+  const auto stage_start = Clock::now();
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor text, EncodePrompts(prompts));
+  Synchronize(device_);
+  out.text_encode_seconds = SecondsSince(stage_start);
+  if (cancel.cancelled()) return CancelledError("cancelled before denoising");
+
+  // 2-3. Noise, then the denoising loop.
+  *stage = "denoise";
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor latents,
+                             Denoise(request, text, [&](int64_t i) {
+                               report("denoise", i, request.steps);
+                             }, cancel, &out));
+  if (cancel.cancelled()) return CancelledError("cancelled before decoding");
+  *stage = "decode";
+  if (request.decode_frames) report("decode", request.steps, request.steps);
+  RAINSERVE_RETURN_IF_ERROR(Output(request, latents, &out));
+  out.peak_memory_bytes = PeakMemory(device_);
+  return out;
+}
+
+StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, const at::Tensor& text,
+                                          const std::function<void(int64_t)>& step_done,
+                                          const CancelToken& cancel, GenerationOutput* out) {
+  // Latents: [1, z, F, h, w] fp32, the noise drawn on the CPU so that a seed
+  // means the same video on every device.
+  const int64_t z = vae_->config().z_dim;
+  const int64_t F = (request.num_frames - 1) / vae_->temporal_scale() + 1;
+  const int64_t h = request.height / vae_->spatial_scale();
+  const int64_t w = request.width / vae_->spatial_scale();
+  at::Generator gen = at::detail::createCPUGenerator(request.seed);
+  at::Tensor latents = at::randn({1, z, F, h, w}, gen, at::TensorOptions().dtype(at::kFloat))
+                           .to(device_);
+  RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<FlowScheduler> scheduler,
+                             MakeScheduler(request.scheduler, scheduler_config_));
+  RAINSERVE_RETURN_IF_ERROR(scheduler->SetTimesteps(static_cast<int>(request.steps),
+                                                    request.flow_shift));
+  WanForwardOptions options;
+  options.engine = engine_.get();
+  options.sparse = request.sparse;
+  const bool cfg = request.guidance_scale > 1.0;
+  const int64_t B = cfg ? 2 : 1;
+  attention::SparsityTally tally;
+  const auto start = Clock::now();
+  for (int64_t i = 0; i < request.steps; ++i) {
+    if (cancel.cancelled()) {
+      return CancelledError("cancelled after " + std::to_string(i) + " of " +
+                            std::to_string(request.steps) + " steps");
+    }
+    const auto step_start = Clock::now();
+    options.step = i;
+    const at::Tensor t = at::full({B}, scheduler->timesteps()[i],
+                                  at::TensorOptions().dtype(at::kFloat).device(device_));
+    const at::Tensor x = latents.to(dtype_).expand({B, -1, -1, -1, -1});
+    WanForwardStats stats;
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor v, transformer_->Forward(x, t, text, options, &stats));
+    v = v.to(at::kFloat);
+    if (cfg) v = v[1] + request.guidance_scale * (v[0] - v[1]);
+    latents = scheduler->Step(v.view_as(latents), static_cast<int>(i), latents);
+    if (!latents.defined()) return InternalError("scheduler step " + std::to_string(i) + " failed");
+    Synchronize(device_);
+    out->steps.push_back({i + 1, stats.sparse, stats.realized_sparsity, SecondsSince(step_start)});
+    out->mask_seconds += stats.mask_seconds;
+    tally.Add(stats);
+    step_done(i + 1);
+  }
+  out->denoise_seconds = SecondsSince(start);
+  out->realized_sparsity = tally.Mean();
+  return latents;
+}
+
+Status WanPipeline::Output(const GenerationRequest& request, const at::Tensor& latents,
+                           GenerationOutput* out) {
+  // Latents only: [C, F, H, W] fp32 on the CPU, no decode.
+  if (!request.decode_frames) {
+    const at::Tensor l = latents.squeeze(0).to(at::kCPU, at::kFloat).contiguous();
+    out->latent_shape = l.sizes().vec();
+    out->latents.assign(l.data_ptr<float>(), l.data_ptr<float>() + l.numel());
+    out->num_frames = request.num_frames;
+    return OkStatus();
+  }
+  // Decode: [1, T, H, W, 3] uint8 on the CPU.
+  const auto start = Clock::now();
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor frames, vae_->DecodeToFrames(latents));
+  out->decode_seconds = SecondsSince(start);
+  frames = frames.contiguous();
+  out->num_frames = frames.size(1);
+  if (frames.size(2) != request.height || frames.size(3) != request.width) {
+    return InternalError("the VAE decoded " + std::to_string(frames.size(3)) + "x" +
+                         std::to_string(frames.size(2)) + " frames for a " +
+                         std::to_string(request.width) + "x" + std::to_string(request.height) +
+                         " request");
+  }
+  const uint8_t* data = frames.data_ptr<uint8_t>();
+  out->rgb.assign(data, data + frames.numel());
+  return OkStatus();
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Pipeline>> LoadWanPipeline(const ModelOptions& entry) {
+  try {
+    RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<WanPipeline> p, WanPipeline::Load(entry));
+    return std::unique_ptr<Pipeline>(std::move(p));
+  } catch (const std::exception& e) {
+    return TorchExceptionStatus("model '" + entry.name + "': loading", e);
+  }
+}
+
+}  // namespace rainserve

@@ -1,0 +1,31 @@
+// The Wan text-to-video / text-to-image pipeline (Wan2.1-style diffusers
+// checkpoint folders): UMT5 prompt encoding, flow-matching denoising of the
+// WanTransformer3DModel with classifier-free guidance and RainFusion2.0
+// sparse self-attention, Wan VAE decoding to RGB frames.
+//
+// Checkpoint folder (as published, e.g. Wan2.1-T2V-1.3B-Diffusers):
+//   model_index.json            optional; Wan2.2 two-expert folders are refused
+//   tokenizer/spiece.model      SentencePiece (UMT5)
+//   text_encoder/               config.json + model*.safetensors
+//   transformer/                config.json + diffusion_pytorch_model*.safetensors
+//   vae/                        config.json + diffusion_pytorch_model*.safetensors
+//   scheduler/scheduler_config.json
+//
+// Torch-free header: the server creates pipelines through the registry.
+#pragma once
+
+#include <memory>
+
+#include "pipelines/core/model_options.h"
+#include "common/status.h"
+#include "pipelines/core/pipeline.h"
+
+namespace rainserve {
+
+// Loads every component of `entry.path` onto `entry.device` in `entry.dtype`
+// (the VAE stays fp32). Called by the server's model loader thread.
+// NOT_FOUND / INVALID_ARGUMENT / UNIMPLEMENTED name the file at fault;
+// FAILED_PRECONDITION when the device is not available in this build.
+StatusOr<std::unique_ptr<Pipeline>> LoadWanPipeline(const ModelOptions& entry);
+
+}  // namespace rainserve

@@ -1,0 +1,288 @@
+#include "pipelines/wan/wan_transformer.h"
+
+#include <cmath>
+#include <map>
+#include <utility>
+#include <vector>
+
+#include "attention/torch_adapter.h"
+#include "common/files.h"
+#include "pipelines/core/safetensors.h"
+#include "pipelines/wan/wan_ops.h"
+
+namespace rainserve {
+namespace {
+
+at::Tensor GeluTanh(const at::Tensor& x) { return at::gelu(x, "tanh"); }
+
+at::Tensor Linear(const at::Tensor& x, const WanLinear& l) { return at::linear(x, l.weight, l.bias); }
+
+// GELU(tanh)(x W^T + b). On CUDA one cuBLASLt GEMM with the bias and GELU in
+// its epilogue (no separate pass over the [B, N, ffn] activations); the CPU
+// keeps the two ops. x: [B, N, in] contiguous -> [B, N, out].
+at::Tensor LinearGeluTanh(const at::Tensor& x, const WanLinear& l) {
+  if (!x.is_cuda()) return GeluTanh(Linear(x, l));
+  const at::Tensor y = at::_addmm_activation(l.bias, x.reshape({-1, x.size(-1)}), l.weight.t(), 1,
+                                             1, /*use_gelu=*/true);
+  return y.view({x.size(0), x.size(1), l.weight.size(0)});
+}
+
+// Sinusoidal timestep embedding as diffusers' Timesteps(flip_sin_to_cos=True,
+// downscale_freq_shift=0): [cos(t w_i), sin(t w_i)], w_i = 10000^(-i/half).
+at::Tensor TimestepEmbedding(const at::Tensor& t, int64_t dim) {
+  const int64_t half = dim / 2;
+  const auto opts = at::TensorOptions().dtype(at::kFloat).device(t.device());
+  const at::Tensor exponent = at::arange(half, opts) * (-std::log(10000.0) / static_cast<double>(half));
+  const at::Tensor args = t.to(at::kFloat).unsqueeze(1) * at::exp(exponent).unsqueeze(0);
+  return at::cat({at::cos(args), at::sin(args)}, 1);
+}
+
+// Per-token rotary angle tables [N, D/2] (cos, sin) for a F x H x W grid, in
+// raster order: pairs [t | h | w] with t getting D/2 - 2 (D/6) pairs.
+// Computed in fp64 on the model's device: built on the host they would hold
+// the GPU up at the start of every forward (2 x 2M cos/sin at W1).
+std::pair<at::Tensor, at::Tensor> RopeTables(int64_t head_dim, int64_t f, int64_t h, int64_t w,
+                                             const at::Device& device) {
+  const int64_t dh = 2 * (head_dim / 6), dt = head_dim - 2 * dh;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble).device(device);
+  auto axis = [&](int64_t dim, int64_t len) {
+    const at::Tensor inv = 1.0 / at::pow(10000.0, at::arange(0, dim, 2, f64) / static_cast<double>(dim));
+    return at::outer(at::arange(len, f64), inv);  // [len, dim/2]
+  };
+  const at::Tensor at_ = axis(dt, f).view({f, 1, 1, -1}).expand({f, h, w, dt / 2});
+  const at::Tensor ah = axis(dh, h).view({1, h, 1, -1}).expand({f, h, w, dh / 2});
+  const at::Tensor aw = axis(dh, w).view({1, 1, w, -1}).expand({f, h, w, dh / 2});
+  const at::Tensor angles = at::cat({at_, ah, aw}, -1).reshape({f * h * w, head_dim / 2});
+  return {at::cos(angles).to(at::kFloat), at::sin(angles).to(at::kFloat)};
+}
+
+}  // namespace
+
+WanTransformer::WanTransformer(WanTransformerConfig config, at::ScalarType dtype, at::Device device)
+    : config_(std::move(config)), dtype_(dtype), device_(device) {}
+
+std::unique_ptr<WanTransformer> WanTransformer::Random(const WanTransformerConfig& config,
+                                                       at::ScalarType dtype, at::Device device,
+                                                       uint64_t seed) {
+  std::unique_ptr<WanTransformer> model(new WanTransformer(config, dtype, device));
+  at::manual_seed(seed);
+  const int64_t inner = config.inner_dim();
+  const auto expected = ExpectedParameters(config);
+  std::map<std::string, int64_t> fan_in;  // of each layer, from its weight
+  for (const auto& [name, shape] : expected) {
+    if (shape.size() >= 2 && name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0) {
+      int64_t fan = 1;
+      for (size_t i = 1; i < shape.size(); ++i) fan *= shape[i];
+      fan_in[name.substr(0, name.size() - 7)] = fan;
+    }
+  }
+  for (const auto& [name, shape] : expected) {
+    at::Tensor t;
+    const std::string layer = name.substr(0, name.rfind('.'));
+    const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
+    if (name.find("scale_shift_table") != std::string::npos) {
+      t = at::randn(shape, opts) / std::sqrt(static_cast<double>(inner));
+    } else if (name.find("norm_q") != std::string::npos || name.find("norm_k") != std::string::npos ||
+               name.find("norm2.weight") != std::string::npos) {
+      t = at::ones(shape, opts);
+    } else if (name.find("norm2.bias") != std::string::npos) {
+      t = at::zeros(shape, opts);
+    } else {
+      // nn.Linear / nn.Conv3d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+      const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in[layer]));
+      t = at::rand(shape, opts) * (2 * bound) - bound;
+    }
+    model->params_.push_back({name, t.to(WanKeptInFp32(name) ? at::kFloat : dtype)});
+  }
+  // Every expected name was just created, so resolving cannot fail.
+  if (!model->Resolve().ok()) return nullptr;
+  return model;
+}
+
+StatusOr<std::unique_ptr<WanTransformer>> WanTransformer::Load(const std::string& dir,
+                                                               at::ScalarType dtype,
+                                                               at::Device device) {
+  std::string text;
+  RAINSERVE_RETURN_IF_ERROR(ReadFile(dir + "/config.json", &text));
+  RAINSERVE_ASSIGN_OR_RETURN(WanTransformerConfig config,
+                             ParseWanTransformerConfig(text, dir + "/config.json"));
+  RAINSERVE_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(dir));
+  const auto expected = ExpectedParameters(config);
+
+  // diffusers drops the norm_added_q key of some exports on load too.
+  RAINSERVE_RETURN_IF_ERROR(
+      MatchCheckpoint(ckpt, dir, expected, {}, [](const std::string& name) {
+        return name.find("norm_added_q") != std::string::npos;
+      }).status());
+  std::unique_ptr<WanTransformer> model(new WanTransformer(config, dtype, device));
+  for (const auto& [name, shape] : expected) {
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor t,
+                               ckpt.Get(name, WanKeptInFp32(name) ? at::kFloat : dtype, device));
+    model->params_.push_back({name, t});
+  }
+  RAINSERVE_RETURN_IF_ERROR(model->Resolve());
+  return model;
+}
+
+Status WanTransformer::Save(const std::string& dir, int64_t max_shard_bytes) const {
+  return WriteModelFolder(dir, WanTransformerConfigJson(config_), "diffusion_pytorch_model",
+                          params_, max_shard_bytes);
+}
+
+
+Status WanTransformer::Resolve() {
+  RAINSERVE_ASSIGN_OR_RETURN(weights_, ResolveWanWeights(config_, params_));
+  return OkStatus();
+}
+
+WanTransformer::Conditioning WanTransformer::Condition(const at::Tensor& timestep,
+                                                       const at::Tensor& text) const {
+  const WanWeights& w = weights_;
+  const int64_t B = timestep.size(0), inner = config_.inner_dim();
+  // t -> sinusoid -> fp32 MLP -> temb (rounded to the model dtype, as diffusers).
+  const at::Tensor ts = TimestepEmbedding(timestep.to(device_), config_.freq_dim);
+  const at::Tensor temb =
+      Linear(at::silu(Linear(ts, w.time_linear_1)), w.time_linear_2).to(dtype_);
+  const at::Tensor tproj = Linear(at::silu(temb), w.time_proj).view({B, 6, inner});
+  const at::Tensor context =
+      Linear(GeluTanh(Linear(text.to(device_, dtype_), w.text_linear_1)), w.text_linear_2);
+  return {temb.to(at::kFloat), tproj.to(at::kFloat), context};
+}
+
+// mod: this block's shift, scale, gate, c_shift, c_scale, c_gate, each
+// [B, 1, inner] fp32. Entry: s->h = norm1(x) * (1 + scale) + shift.
+Status WanTransformer::Block(const WanBlockWeights& w, const std::vector<at::Tensor>& mod,
+                             const std::vector<at::Tensor>& next_mod, const at::Tensor& context,
+                             const at::Tensor& rope_cos, const at::Tensor& rope_sin,
+                             attention::ForwardAttention& attn, ElementwiseImpl ew,
+                             Stream* s) const {
+  const WanTransformerConfig& c = config_;
+  const int64_t B = s->x.size(0), N = s->x.size(1), L = context.size(1);
+  const int64_t heads = c.num_attention_heads, hd = c.attention_head_dim, inner = c.inner_dim();
+
+  // 1. Self-attention: q, k, v [B, N, heads, hd]; q and k RMS-normed with RoPE.
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor q, wan_ops::RmsNormRope(Linear(s->h, w.attn1.to_q),
+                                                                w.attn1.norm_q, c.eps, heads,
+                                                                rope_cos, rope_sin, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor k, wan_ops::RmsNormRope(Linear(s->h, w.attn1.to_k),
+                                                                w.attn1.norm_k, c.eps, heads,
+                                                                rope_cos, rope_sin, ew));
+  at::Tensor v = Linear(s->h, w.attn1.to_v).view({B, N, heads, hd});
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor o, attn.SelfAttention(q, k, v));
+  o = Linear(o.reshape({B, N, inner}), w.attn1.to_out);
+  // x += gate * o, fused with norm2 (affine LayerNorm, or none).
+  if (c.cross_attn_norm) {
+    RAINSERVE_ASSIGN_OR_RETURN(wan_ops::ResidualNorm r,
+                               wan_ops::GatedResidualAffineLayerNorm(
+                                   s->x, o, mod[2], w.norm2_weight, w.norm2_bias, c.eps, ew));
+    *s = {r.sum, r.norm};
+  } else {
+    RAINSERVE_ASSIGN_OR_RETURN(s->x, wan_ops::GatedResidual(s->x, o, mod[2], ew));
+    s->h = s->x;
+  }
+
+  // 2. Cross-attention to the text: dense, no RoPE.
+  RAINSERVE_ASSIGN_OR_RETURN(q, wan_ops::RmsNormRope(Linear(s->h, w.attn2.to_q), w.attn2.norm_q,
+                                                     c.eps, heads, {}, {}, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(k, wan_ops::RmsNormRope(Linear(context, w.attn2.to_k),
+                                                     w.attn2.norm_k, c.eps, heads, {}, {}, ew));
+  v = Linear(context, w.attn2.to_v).view({B, L, heads, hd});
+  o = Linear(attention::DenseTorchAttention(q, k, v).reshape({B, N, inner}), w.attn2.to_out);
+  // x += o (plain residual), fused with norm3 * (1 + c_scale) + c_shift.
+  RAINSERVE_ASSIGN_OR_RETURN(
+      wan_ops::ResidualNorm r3,
+      wan_ops::GatedResidualModulatedLayerNorm(s->x, o, {}, mod[4], mod[3], c.eps, ew));
+  *s = {r3.sum, r3.norm};
+
+  // 3. Feed-forward; x += c_gate * ffn, fused with the norm that reads x next.
+  const at::Tensor ff = Linear(LinearGeluTanh(s->h, w.ffn_in), w.ffn_out);
+  RAINSERVE_ASSIGN_OR_RETURN(wan_ops::ResidualNorm r,
+                             wan_ops::GatedResidualModulatedLayerNorm(
+                                 s->x, ff, mod[5], next_mod[1], next_mod[0], c.eps, ew));
+  *s = {r.sum, r.norm};
+  return OkStatus();
+}
+
+namespace {
+
+Status CheckInputs(const WanTransformerConfig& c, const at::Tensor& latents,
+                   const at::Tensor& timestep, const at::Tensor& text) {
+  const auto& ps = c.patch_size;
+  if (!latents.defined() || latents.dim() != 5 || latents.size(1) != c.in_channels) {
+    return InvalidArgumentError("latents must be [B, " + std::to_string(c.in_channels) +
+                                ", F, H, W]");
+  }
+  const int64_t B = latents.size(0);
+  if (latents.size(2) % ps[0] || latents.size(3) % ps[1] || latents.size(4) % ps[2]) {
+    return InvalidArgumentError("latent F, H, W must be multiples of the patch size");
+  }
+  if (!timestep.defined() || timestep.dim() != 1 || timestep.size(0) != B) {
+    return InvalidArgumentError("timestep must be [B]");
+  }
+  if (!text.defined() || text.dim() != 3 || text.size(0) != B || text.size(2) != c.text_dim) {
+    return InvalidArgumentError("text must be [B, L, " + std::to_string(c.text_dim) + "]");
+  }
+  for (int i = 0; i < 3; ++i) {
+    if (latents.size(2 + i) / ps[i] > c.rope_max_seq_len) {
+      return InvalidArgumentError("latent grid exceeds rope_max_seq_len " +
+                                  std::to_string(c.rope_max_seq_len));
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at::Tensor& timestep,
+                                             const at::Tensor& text,
+                                             const WanForwardOptions& options,
+                                             WanForwardStats* stats) const {
+  const WanTransformerConfig& c = config_;
+  RAINSERVE_RETURN_IF_ERROR(CheckInputs(c, latents, timestep, text));
+  if (options.engine == nullptr) return InvalidArgumentError("WanForwardOptions.engine is null");
+  const auto& ps = c.patch_size;
+  const int64_t B = latents.size(0);
+  const int64_t F = latents.size(2) / ps[0], H = latents.size(3) / ps[1], W = latents.size(4) / ps[2];
+  const ElementwiseImpl ew = options.elementwise;
+  RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<attention::ForwardAttention> attn,
+                             attention::ForwardAttention::Create(
+                                 *options.engine, options.sparse, {F, H, W}, options.step,
+                                 device_, options.attention));
+
+  // Patch embedding [B, C, F, H, W] -> [B, N, inner], then the forward's token
+  // order (the RoPE tables [N, hd/2] follow it).
+  at::Tensor x = at::conv3d(latents.to(dtype_), weights_.patch_embedding.weight,
+                            weights_.patch_embedding.bias, {ps[0], ps[1], ps[2]});
+  RAINSERVE_ASSIGN_OR_RETURN(x, attn->Permute(x.flatten(2).transpose(1, 2).contiguous()));
+  auto [cos_raster, sin_raster] = RopeTables(c.attention_head_dim, F, H, W, device_);
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor rope_cos, attn->Permute(cos_raster, 0));
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor rope_sin, attn->Permute(sin_raster, 0));
+
+  const Conditioning cond = Condition(timestep, text);
+  auto block_mod = [&](size_t i) {  // 6 x [B, 1, inner] fp32
+    return (weights_.blocks[i].scale_shift_table + cond.tproj).chunk(6, 1);
+  };
+  // norm_out's shift, scale: [B, 1, inner] fp32.
+  const auto out_mod = (weights_.scale_shift_table + cond.temb.unsqueeze(1)).chunk(2, 1);
+  std::vector<at::Tensor> mod = block_mod(0);
+  Stream s{x, {}};
+  RAINSERVE_ASSIGN_OR_RETURN(s.h, wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], c.eps, ew));
+  for (size_t i = 0; i < weights_.blocks.size(); ++i) {
+    std::vector<at::Tensor> next = i + 1 < weights_.blocks.size() ? block_mod(i + 1) : out_mod;
+    RAINSERVE_RETURN_IF_ERROR(Block(weights_.blocks[i], mod, next, cond.context, rope_cos,
+                                    rope_sin, *attn, ew, &s));
+    mod = std::move(next);
+  }
+
+  // s.h = norm_out(x) (token-wise, so before the unpermute) -> proj_out.
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor h, attn->Unpermute(s.h));
+  x = Linear(h, weights_.proj_out);  // [B, N, out * pt * ph * pw]
+  // Unpatchify: [B, F, H, W, pt, ph, pw, C] -> [B, C, F*pt, H*ph, W*pw].
+  x = x.reshape({B, F, H, W, ps[0], ps[1], ps[2], c.out_channels})
+          .permute({0, 7, 1, 4, 2, 5, 3, 6})
+          .reshape({B, c.out_channels, F * ps[0], H * ps[1], W * ps[2]});
+  if (stats) *stats = attn->Stats();
+  return x;
+}
+
+}  // namespace rainserve

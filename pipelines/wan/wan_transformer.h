@@ -1,0 +1,122 @@
+// WanTransformer3DModel (Wan2.1 / Wan2.2 text-to-video DiT) in LibTorch, with
+// the published diffusers parameter names, and RainFusion2.0 sparse
+// self-attention inside.
+//
+// Forward (shapes for batch B, latent [C, F, H, W], patch (pt, ph, pw),
+// N = F/pt * H/ph * W/pw tokens, inner = heads * head_dim):
+//   x = Conv3d patch embedding                         [B, N, inner]
+//   t -> sinusoid(freq_dim) -> MLP -> temb [B, inner] -> 6 modulations per block
+//   text [B, L, text_dim] -> Linear, tanh-GELU, Linear  [B, L, inner]
+//   per block: LN(x)*(1+scale)+shift -> self-attn (RMSNorm q, k across heads,
+//              3D RoPE) -> x += gate * out;  LN(x) -> cross-attn to text -> x +=;
+//              LN(x)*(1+c_scale)+c_shift -> FFN(tanh-GELU) -> x += c_gate * out
+//   LN(x)*(1+scale)+shift with the output table -> Linear -> unpatchify
+// Norms and modulation run in fp32, as in diffusers; the time embedder, the
+// modulation tables and the block norms are kept in fp32 whatever the dtype.
+// Norms, modulation, RoPE and gated residuals go through pipelines/wan/wan_ops.h:
+// fused CUDA kernels for bf16/fp16 on the GPU, ATen fp32 ops otherwise.
+//
+// Self-attention goes through one attention::ForwardAttention per forward
+// (attention/forward.h): it permutes the tokens once after the patch embedding
+// (and the RoPE tables), runs every self-attention layer dense or block-sparse
+// as the request's settings and step say, and undoes the permutation once
+// before the output projection; every other op is token-wise, so this is exact.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "attention/engine.h"
+#include "attention/forward.h"
+#include "attention/settings.h"
+#include "common/status.h"
+#include "pipelines/core/pipeline.h"
+#include "pipelines/wan/wan_config.h"
+#include "pipelines/wan/wan_ops.h"
+#include "pipelines/wan/wan_weights.h"
+
+namespace rainserve {
+
+struct WanForwardOptions {
+  attention::AttentionEngine* engine = nullptr;  // required
+  // The request's settings, validated; dense unless a caller says otherwise.
+  attention::SparseSettings sparse{attention::AttentionMode::kDense};
+  int64_t step = 0;                              // 0-based denoising step
+  // min_sparse_blocks, the dense kernel (kAuto: the device's fastest) and the
+  // benchmarks' device synchronisation.
+  attention::ForwardOptions attention;
+  // kAten runs the norms, modulation, RoPE and gated residuals as separate
+  // ATen ops on every device (the pre-fusion baseline for benchmarks/tests).
+  ElementwiseImpl elementwise = ElementwiseImpl::kFused;
+};
+
+using WanForwardStats = attention::ForwardStats;
+
+class WanTransformer {
+ public:
+  // Reads <dir>/config.json and the safetensors weights (sharded or not).
+  // Missing, unexpected and mis-shaped parameters are INVALID_ARGUMENT listing
+  // them; file problems are the loader's errors, naming file and tensor.
+  static StatusOr<std::unique_ptr<WanTransformer>> Load(const std::string& dir,
+                                                        at::ScalarType dtype, at::Device device);
+  // Random weights initialised as diffusers does (for tests and benchmarks).
+  static std::unique_ptr<WanTransformer> Random(const WanTransformerConfig& config,
+                                                at::ScalarType dtype, at::Device device,
+                                                uint64_t seed);
+
+  // Every parameter with its diffusers name and shape, in a stable order.
+  static ParameterShapes ExpectedParameters(const WanTransformerConfig& config) {
+    return WanExpectedParameters(config);
+  }
+  const NamedTensors& NamedParameters() const { return params_; }
+
+  // latents: [B, in_channels, F, H, W] (dims divisible by the patch size)
+  // timestep: [B] (0..1000 scale), text: [B, L, text_dim]
+  // returns the flow prediction [B, out_channels, F, H, W] in the model dtype.
+  StatusOr<at::Tensor> Forward(const at::Tensor& latents, const at::Tensor& timestep,
+                               const at::Tensor& text, const WanForwardOptions& options,
+                               WanForwardStats* stats = nullptr) const;
+
+  const WanTransformerConfig& config() const { return config_; }
+  at::ScalarType dtype() const { return dtype_; }
+  at::Device device() const { return device_; }
+
+  // Writes config.json + safetensors (sharded above max_shard_bytes) to `dir`.
+  Status Save(const std::string& dir, int64_t max_shard_bytes) const;
+
+ private:
+  // The conditioning of one forward (fp32 modulation inputs, text context).
+  struct Conditioning {
+    at::Tensor temb;      // [B, inner] fp32
+    at::Tensor tproj;     // [B, 6, inner] fp32
+    at::Tensor context;   // [B, L, inner] model dtype
+  };
+  // The residual stream between blocks: x, and h = the normed, modulated x
+  // that the next sublayer reads (residual + next norm are fused).
+  struct Stream {
+    at::Tensor x, h;  // [B, N, inner]
+  };
+
+  WanTransformer(WanTransformerConfig config, at::ScalarType dtype, at::Device device);
+  Status Resolve();  // weights_ from params_
+  Conditioning Condition(const at::Tensor& timestep, const at::Tensor& text) const;
+  // One WanTransformerBlock; `next_mod` is the modulation of the norm that
+  // reads its output (the next block's norm1, or norm_out after the last).
+  Status Block(const WanBlockWeights& w, const std::vector<at::Tensor>& mod,
+               const std::vector<at::Tensor>& next_mod, const at::Tensor& context,
+               const at::Tensor& rope_cos, const at::Tensor& rope_sin,
+               attention::ForwardAttention& attn, ElementwiseImpl ew, Stream* s) const;
+
+  WanTransformerConfig config_;
+  at::ScalarType dtype_;
+  at::Device device_;
+  NamedTensors params_;  // ExpectedParameters order (Save, NamedParameters)
+  WanWeights weights_;   // typed views of params_
+};
+
+}  // namespace rainserve

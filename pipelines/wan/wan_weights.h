@@ -1,0 +1,58 @@
+// Typed weights of WanTransformer3DModel, resolved once at load from the
+// published diffusers parameter names (one struct per block, no name lookups
+// during a forward).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+#include "pipelines/wan/wan_config.h"
+
+namespace rainserve {
+
+struct WanLinear {
+  at::Tensor weight;  // [out, in] (Conv3d: [out, in, kt, kh, kw])
+  at::Tensor bias;    // [out]
+};
+
+// attn1 (self-attention) or attn2 (cross-attention to the text).
+struct WanAttentionWeights {
+  WanLinear to_q, to_k, to_v, to_out;
+  at::Tensor norm_q, norm_k;  // RMSNorm across all heads: [inner]
+};
+
+struct WanBlockWeights {
+  at::Tensor scale_shift_table;  // [1, 6, inner] fp32: shift, scale, gate, c_shift, c_scale, c_gate
+  WanAttentionWeights attn1, attn2;
+  at::Tensor norm2_weight, norm2_bias;  // [inner] fp32; undefined without cross_attn_norm
+  WanLinear ffn_in, ffn_out;            // ffn.net.0.proj (tanh-GELU), ffn.net.2
+};
+
+struct WanWeights {
+  WanLinear patch_embedding;
+  WanLinear time_linear_1, time_linear_2, time_proj;  // fp32 time embedder, then time_proj
+  WanLinear text_linear_1, text_linear_2;
+  std::vector<WanBlockWeights> blocks;
+  at::Tensor scale_shift_table;  // [1, 2, inner] fp32: norm_out's shift, scale
+  WanLinear proj_out;
+};
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+using ParameterShapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
+
+// Every parameter with its diffusers name and shape, in a stable order.
+ParameterShapes WanExpectedParameters(const WanTransformerConfig& config);
+
+// True for the parameters diffusers keeps in fp32 whatever the model dtype.
+bool WanKeptInFp32(const std::string& name);
+
+// Typed views of `params` (named as WanExpectedParameters). INTERNAL naming
+// the parameter when one is missing.
+StatusOr<WanWeights> ResolveWanWeights(const WanTransformerConfig& config,
+                                       const NamedTensors& params);
+
+}  // namespace rainserve
