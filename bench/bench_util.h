@@ -1,13 +1,37 @@
-// Small helpers shared by the benchmark programs: date, CPU name, flag lists.
+// Small helpers shared by the benchmark programs: date, CPU name, flag lists,
+// timings in result rows.
 #pragma once
 
+#include <cstddef>
 #include <ctime>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
 
 namespace rainserve::bench {
+
+// The median, fastest and slowest of repeated timings.
+struct Timing {
+  double median_ms = 0, min_ms = 0, max_ms = 0;
+};
+
+// A result row's ms (the median), ms_min and ms_max.
+inline void SetTimes(const Timing& t, nlohmann::json* row) {
+  (*row)["ms"] = t.median_ms;
+  (*row)["ms_min"] = t.min_ms;
+  (*row)["ms_max"] = t.max_ms;
+}
+
+// The entry of `table` whose `id` is `id`, or nullptr.
+template <typename Entry, size_t N>
+const Entry* FindById(const Entry (&table)[N], const std::string& id) {
+  for (const Entry& e : table) {
+    if (id == e.id) return &e;
+  }
+  return nullptr;
+}
 
 inline std::vector<std::string> Split(const std::string& s) {
   std::vector<std::string> out;

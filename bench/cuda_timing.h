@@ -8,11 +8,9 @@
 #include <functional>
 #include <vector>
 
-namespace rainserve::bench {
+#include "bench/bench_util.h"
 
-struct Timing {
-  double median_ms = 0, min_ms = 0, max_ms = 0;
-};
+namespace rainserve::bench {
 
 // Times several functions round-robin: each is warmed up 3 times, then each
 // of `reps` rounds calls every one in turn, between two CUDA events on the

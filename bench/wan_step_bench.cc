@@ -14,9 +14,9 @@
 // --only runs the named modes (comma-separated, e.g.
 // torch_sdpa_dense,rainserve_sparse_0.8_sink1); --profile 1
 // wraps one extra forward per mode in cudaProfilerStart/Stop, for a kernel-
-// by-kernel time list:
-//   ncu --profile-from-start off --clock-control none \
-//       --metrics gpu__time_duration.sum --csv build-gpu/bench/wan_step_bench \
+// by-kernel time list (one command line):
+//   ncu --profile-from-start off --clock-control none
+//       --metrics gpu__time_duration.sum --csv build-gpu/bench/wan_step_bench
 //       --steps 1 --only rainserve_sparse_0.8_sink1 --profile 1
 //
 // Reports seconds per step (median of timed steps after 2 warm-ups, CUDA
@@ -62,171 +62,225 @@ double MedianMs(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+struct Flags {
   int steps = 5;
   std::string out_path, only;
   bool profile = false;
+};
+
+Flags ParseFlags(int argc, char** argv) {
+  Flags f;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--steps") steps = std::stoi(value);
-    else if (flag == "--out") out_path = value;
-    else if (flag == "--only") only = value;
-    else if (flag == "--profile") profile = value == "1";
+    if (flag == "--steps") f.steps = std::stoi(value);
+    else if (flag == "--out") f.out_path = value;
+    else if (flag == "--only") f.only = value;
+    else if (flag == "--profile") f.profile = value == "1";
   }
+  return f;
+}
+
+// What every shape shares.
+struct Bench {
+  const Flags& flags;
+  attention::AttentionEngine& engine;
+  const at::Device device;
+  nlohmann::json rows = nlohmann::json::array();  // the result file's rows
+};
+
+// One shape: its model and inputs, the classifier-free guidance batch of 2.
+struct ShapeInputs {
+  const char* name;
+  const WanTransformer& model;
+  at::Tensor lat, text, t;
+};
+
+// The options of a mode's steps, set past the warm-up.
+WanForwardOptions OptionsFor(Bench& bench, const Mode& mode) {
+  const int steps = bench.flags.steps;
+  WanForwardOptions o;
+  o.engine = &bench.engine;
+  o.sparse.mode = mode.sparsity > 0 ? attention::AttentionMode::kRainFusion
+                                    : attention::AttentionMode::kDense;
+  o.sparse.sparsity = mode.sparsity;
+  o.sparse.sink_frames = 1;
+  o.sparse.dense_warmup_steps = static_cast<int64_t>(mode.warmup_fraction * steps + 0.5);
+  o.attention.dense_kernel = mode.dense;
+  o.elementwise = mode.elementwise;
+  o.step = steps;  // past the warm-up
+  return o;
+}
+
+// Step i of a mode (i >= steps: a warm-up or extra step, sparse unless dense).
+void Step(Bench& bench, const ShapeInputs& in, const Mode& mode, int i, WanForwardStats* st) {
+  WanForwardOptions o = OptionsFor(bench, mode);
+  o.step = i;
+  auto r = in.model.Forward(in.lat, in.t, in.text, o, st);
+  if (!r.ok()) {
+    std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+    std::exit(1);
+  }
+}
+
+// Runs fn between two CUDA events on the default stream; their distance in ms.
+float CudaEventMs(const std::function<void()>& fn) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  cudaEventRecord(a);
+  fn();
+  cudaEventRecord(b);
+  cudaEventSynchronize(b);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms;
+}
+
+// The timed steps of one mode.
+struct Timed {
+  std::vector<double> ms, host_ms;
+  double realized = 0, peak_gb = 0;
+  int sparse_steps = 0;
+};
+
+// Two warm-up steps per mode, then the timed steps interleaved: round i runs
+// step i of every mode in turn, so that every mode meets the same clocks and
+// temperatures (the card is power-limited, and a mode timed first on a
+// cooler card would gain).
+std::vector<Timed> TimeSteps(Bench& bench, const ShapeInputs& in, const std::vector<Mode>& modes) {
+  const int steps = bench.flags.steps;
+  std::vector<Timed> timed(modes.size());
+  for (const Mode& mode : modes) {
+    for (int i = 0; i < 2; ++i) Step(bench, in, mode, steps, nullptr);
+  }
+  for (int i = 0; i < steps; ++i) {
+    for (size_t m = 0; m < modes.size(); ++m) {
+      Timed& tm = timed[m];
+      cudaDeviceSynchronize();
+      c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+      WanForwardStats st;
+      tm.ms.push_back(CudaEventMs([&] {
+        const auto host_start = std::chrono::steady_clock::now();
+        Step(bench, in, modes[m], i, &st);
+        tm.host_ms.push_back(std::chrono::duration<double, std::milli>(
+                                 std::chrono::steady_clock::now() - host_start)
+                                 .count());
+      }));
+      if (st.sparse) {
+        tm.realized += st.realized_sparsity;
+        ++tm.sparse_steps;
+      }
+      const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+      tm.peak_gb = std::max(tm.peak_gb,
+                            static_cast<double>(stats.allocated_bytes[0].peak) / (1 << 30));
+    }
+  }
+  return timed;
+}
+
+// A synchronised pass for the time split (slower, not the step time): its
+// statistics into *ps, its time into *prof_ms; false if the forward fails.
+bool TimeSplitPass(Bench& bench, const ShapeInputs& in, const Mode& mode, WanForwardStats* ps,
+                   float* prof_ms) {
+  WanForwardOptions prof = OptionsFor(bench, mode);
+  prof.attention.synchronize = [] { cudaDeviceSynchronize(); };
+  cudaDeviceSynchronize();
+  bool ok = false;
+  *prof_ms = CudaEventMs([&] { ok = in.model.Forward(in.lat, in.t, in.text, prof, ps).ok(); });
+  return ok;
+}
+
+// The row of one mode, printed and added. *sdpa_ms: the step time of the
+// fused SDPA dense mode, set by its row, compared with by the rows after it.
+// False if the synchronised pass fails.
+bool ReportMode(Bench& bench, const ShapeInputs& in, const Mode& mode, const Timed& tm,
+                double* sdpa_ms) {
+  if (bench.flags.profile) {
+    cudaDeviceSynchronize();
+    cudaProfilerStart();
+    Step(bench, in, mode, bench.flags.steps, nullptr);
+    cudaDeviceSynchronize();
+    cudaProfilerStop();
+  }
+  WanForwardStats ps;
+  float prof_ms = 0;
+  if (!TimeSplitPass(bench, in, mode, &ps, &prof_ms)) return false;
+  const double median = mode.warmup_fraction > 0
+                            ? std::accumulate(tm.ms.begin(), tm.ms.end(), 0.0) / tm.ms.size()
+                            : MedianMs(tm.ms);
+  if (mode.dense == attention::DenseKernel::kTorch && mode.sparsity == 0 &&
+      mode.elementwise == ElementwiseImpl::kFused) {
+    *sdpa_ms = median;
+  }
+  const double realized = tm.sparse_steps ? tm.realized / tm.sparse_steps : 0.0;
+  nlohmann::json r = {{"shape", in.name},
+                      {"impl", mode.name},
+                      {"fused_elementwise", mode.elementwise == ElementwiseImpl::kFused},
+                      {"sparsity", mode.sparsity},
+                      {"dense_warmup_fraction", mode.warmup_fraction},
+                      {"s_per_step", median / 1000},
+                      {"s_per_step_min", *std::min_element(tm.ms.begin(), tm.ms.end()) / 1000},
+                      {"s_per_step_max", *std::max_element(tm.ms.begin(), tm.ms.end()) / 1000},
+                      // How long the host took to enqueue a step: near
+                      // s_per_step means the GPU waited on the host.
+                      {"host_s_per_step", MedianMs(tm.host_ms) / 1000},
+                      {"steps_timed", bench.flags.steps},
+                      {"timing", "interleaved"},
+                      {"realized_sparsity", realized},
+                      {"attention_share", ps.attention_seconds * 1000 / prof_ms},
+                      {"mask_share", ps.mask_seconds * 1000 / prof_ms},
+                      {"permute_share", ps.permute_seconds * 1000 / prof_ms},
+                      {"peak_gpu_gb", tm.peak_gb},
+                      {"tokens", ps.tokens}};
+  if (*sdpa_ms > 0) r["speedup_vs_sdpa"] = *sdpa_ms / median;
+  std::printf("  %-4s %-36s %.3f s/step [%.3f, %.3f] (host %.3f)  x%.2f  attn %.0f%% "
+              "mask %.2f%% perm %.2f%%  real %.3f  peak %.1f GB\n",
+              in.name, mode.name.c_str(), median / 1000, r["s_per_step_min"].get<double>(),
+              r["s_per_step_max"].get<double>(), MedianMs(tm.host_ms) / 1000,
+              *sdpa_ms > 0 ? *sdpa_ms / median : 1.0, r["attention_share"].get<double>() * 100,
+              r["mask_share"].get<double>() * 100, r["permute_share"].get<double>() * 100,
+              realized, tm.peak_gb);
+  bench.rows.push_back(r);
+  return true;
+}
+
+// The modes of `all_modes` that --only names (all without --only) on one
+// latent shape F x H x W of `model`: warm-up, timed steps, a row per mode.
+void RunShape(Bench& bench, const char* shape, const WanTransformer& model, int64_t F, int64_t H,
+              int64_t W, const std::vector<Mode>& all_modes) {
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(bench.device);
+  const WanTransformerConfig& c = model.config();
+  const at::Tensor lat = at::randn({2, c.in_channels, F, H, W}, bf16);
+  const at::Tensor text = at::randn({2, 512, c.text_dim}, bf16);
+  const at::Tensor t = at::full({2}, 900.0, at::TensorOptions().device(bench.device));
+  const ShapeInputs in{shape, model, lat, text, t};
+  const std::string& only = bench.flags.only;
+  std::vector<Mode> modes;
+  for (const Mode& mode : all_modes) {
+    if (only.empty() || ("," + only + ",").find("," + mode.name + ",") != std::string::npos) {
+      modes.push_back(mode);
+    }
+  }
+  const std::vector<Timed> timed = TimeSteps(bench, in, modes);
+  double sdpa_ms = 0;
+  for (size_t m = 0; m < modes.size(); ++m) {
+    if (!ReportMode(bench, in, modes[m], timed[m], &sdpa_ms)) return;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Flags flags = ParseFlags(argc, argv);
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   std::printf("%s\n", prop.name);
   attention::AttentionEngine engine(8);
   const at::Device cuda(at::kCUDA, 0);
-  nlohmann::json rows = nlohmann::json::array();
-
-  auto run = [&](const char* shape, const WanTransformer& model, int64_t F, int64_t H, int64_t W,
-                 const std::vector<Mode>& all_modes) {
-    const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(cuda);
-    const WanTransformerConfig& c = model.config();
-    const at::Tensor lat = at::randn({2, c.in_channels, F, H, W}, bf16);
-    const at::Tensor text = at::randn({2, 512, c.text_dim}, bf16);
-    const at::Tensor t = at::full({2}, 900.0, at::TensorOptions().device(cuda));
-    std::vector<Mode> modes;
-    for (const Mode& mode : all_modes) {
-      if (only.empty() || ("," + only + ",").find("," + mode.name + ",") != std::string::npos) {
-        modes.push_back(mode);
-      }
-    }
-    auto options = [&](const Mode& mode) {
-      WanForwardOptions o;
-      o.engine = &engine;
-      o.sparse.mode = mode.sparsity > 0 ? attention::AttentionMode::kRainFusion
-                                        : attention::AttentionMode::kDense;
-      o.sparse.sparsity = mode.sparsity;
-      o.sparse.sink_frames = 1;
-      o.sparse.dense_warmup_steps = static_cast<int64_t>(mode.warmup_fraction * steps + 0.5);
-      o.attention.dense_kernel = mode.dense;
-      o.elementwise = mode.elementwise;
-      o.step = steps;  // past the warm-up
-      return o;
-    };
-    // Step i of a mode (i >= steps: a warm-up or extra step, sparse unless dense).
-    auto step = [&](const Mode& mode, int i, WanForwardStats* st) {
-      WanForwardOptions o = options(mode);
-      o.step = i;
-      auto r = model.Forward(lat, t, text, o, st);
-      if (!r.ok()) {
-        std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
-        std::exit(1);
-      }
-    };
-    struct Timed {
-      std::vector<double> ms, host_ms;
-      double realized = 0, peak_gb = 0;
-      int sparse_steps = 0;
-    };
-    std::vector<Timed> timed(modes.size());
-    for (const Mode& mode : modes) {
-      for (int i = 0; i < 2; ++i) step(mode, steps, nullptr);
-    }
-    // Timed steps interleaved: round i runs step i of every mode in turn, so
-    // that every mode meets the same clocks and temperatures (the card is
-    // power-limited, and a mode timed first on a cooler card would gain).
-    for (int i = 0; i < steps; ++i) {
-      for (size_t m = 0; m < modes.size(); ++m) {
-        Timed& tm = timed[m];
-        cudaDeviceSynchronize();
-        c10::cuda::CUDACachingAllocator::resetPeakStats(0);
-        WanForwardStats st;
-        cudaEvent_t a, b;
-        cudaEventCreate(&a);
-        cudaEventCreate(&b);
-        cudaEventRecord(a);
-        const auto host_start = std::chrono::steady_clock::now();
-        step(modes[m], i, &st);
-        tm.host_ms.push_back(std::chrono::duration<double, std::milli>(
-                                 std::chrono::steady_clock::now() - host_start)
-                                 .count());
-        cudaEventRecord(b);
-        cudaEventSynchronize(b);
-        float e = 0;
-        cudaEventElapsedTime(&e, a, b);
-        tm.ms.push_back(e);
-        if (st.sparse) {
-          tm.realized += st.realized_sparsity;
-          ++tm.sparse_steps;
-        }
-        cudaEventDestroy(a);
-        cudaEventDestroy(b);
-        const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
-        tm.peak_gb = std::max(tm.peak_gb,
-                              static_cast<double>(stats.allocated_bytes[0].peak) / (1 << 30));
-      }
-    }
-    double sdpa_ms = 0;
-    for (size_t m = 0; m < modes.size(); ++m) {
-      const Mode& mode = modes[m];
-      const Timed& tm = timed[m];
-      if (profile) {
-        cudaDeviceSynchronize();
-        cudaProfilerStart();
-        step(mode, steps, nullptr);
-        cudaDeviceSynchronize();
-        cudaProfilerStop();
-      }
-      // A synchronised pass for the time split (slower, not the step time).
-      WanForwardOptions prof = options(mode);
-      prof.attention.synchronize = [] { cudaDeviceSynchronize(); };
-      WanForwardStats ps;
-      cudaDeviceSynchronize();
-      cudaEvent_t a, b;
-      cudaEventCreate(&a);
-      cudaEventCreate(&b);
-      cudaEventRecord(a);
-      if (!model.Forward(lat, t, text, prof, &ps).ok()) return;
-      cudaEventRecord(b);
-      cudaEventSynchronize(b);
-      float prof_ms = 0;
-      cudaEventElapsedTime(&prof_ms, a, b);
-      cudaEventDestroy(a);
-      cudaEventDestroy(b);
-      const double median = mode.warmup_fraction > 0
-                                ? std::accumulate(tm.ms.begin(), tm.ms.end(), 0.0) / tm.ms.size()
-                                : MedianMs(tm.ms);
-      if (mode.dense == attention::DenseKernel::kTorch && mode.sparsity == 0 &&
-          mode.elementwise == ElementwiseImpl::kFused) {
-        sdpa_ms = median;
-      }
-      const double realized = tm.sparse_steps ? tm.realized / tm.sparse_steps : 0.0;
-      nlohmann::json r = {{"shape", shape},
-                          {"impl", mode.name},
-                          {"fused_elementwise", mode.elementwise == ElementwiseImpl::kFused},
-                          {"sparsity", mode.sparsity},
-                          {"dense_warmup_fraction", mode.warmup_fraction},
-                          {"s_per_step", median / 1000},
-                          {"s_per_step_min", *std::min_element(tm.ms.begin(), tm.ms.end()) / 1000},
-                          {"s_per_step_max", *std::max_element(tm.ms.begin(), tm.ms.end()) / 1000},
-                          // How long the host took to enqueue a step: near
-                          // s_per_step means the GPU waited on the host.
-                          {"host_s_per_step", MedianMs(tm.host_ms) / 1000},
-                          {"steps_timed", steps},
-                          {"timing", "interleaved"},
-                          {"realized_sparsity", realized},
-                          {"attention_share", ps.attention_seconds * 1000 / prof_ms},
-                          {"mask_share", ps.mask_seconds * 1000 / prof_ms},
-                          {"permute_share", ps.permute_seconds * 1000 / prof_ms},
-                          {"peak_gpu_gb", tm.peak_gb},
-                          {"tokens", ps.tokens}};
-      if (sdpa_ms > 0) r["speedup_vs_sdpa"] = sdpa_ms / median;
-      std::printf("  %-4s %-36s %.3f s/step [%.3f, %.3f] (host %.3f)  x%.2f  attn %.0f%% "
-                  "mask %.2f%% perm %.2f%%  real %.3f  peak %.1f GB\n",
-                  shape, mode.name.c_str(), median / 1000, r["s_per_step_min"].get<double>(),
-                  r["s_per_step_max"].get<double>(), MedianMs(tm.host_ms) / 1000,
-                  sdpa_ms > 0 ? sdpa_ms / median : 1.0, r["attention_share"].get<double>() * 100,
-                  r["mask_share"].get<double>() * 100, r["permute_share"].get<double>() * 100,
-                  realized, tm.peak_gb);
-      rows.push_back(r);
-    }
-  };
+  Bench bench{flags, engine, cuda};
 
   const std::vector<Mode> modes = {
       {"torch_sdpa_dense", attention::DenseKernel::kTorch, 0.0, 0.0},
@@ -244,7 +298,7 @@ int main(int argc, char** argv) {
     c13.ffn_dim = 8960;
     c13.num_layers = 30;
     auto model = WanTransformer::Random(c13, at::kBFloat16, cuda, 1);
-    run("W1", *model, 21, 60, 104, modes);
+    RunShape(bench, "W1", *model, 21, 60, 104, modes);
   }
   {
     WanTransformerConfig c14;  // Wan2.1-T2V-14B, one block
@@ -252,15 +306,18 @@ int main(int argc, char** argv) {
     c14.ffn_dim = 13824;
     c14.num_layers = 1;
     auto model = WanTransformer::Random(c14, at::kBFloat16, cuda, 2);
-    run("W2x1", *model, 21, 90, 160, {modes[0], modes[1], modes[2], modes[3], modes[4]});
+    RunShape(bench, "W2x1", *model, 21, 90, 160,
+             {modes[0], modes[1], modes[2], modes[3], modes[4]});
   }
-  if (!out_path.empty()) {
+  if (!flags.out_path.empty()) {
+    const std::string command =
+        rainserve::bench::CommandLine("build-gpu/bench/wan_step_bench", argc, argv);
     nlohmann::json result = {{"benchmark", "wan_step_gpu"},
-                             {"date", bench::Today()},
+                             {"date", rainserve::bench::Today()},
                              {"machine", prop.name},
-                             {"command", bench::CommandLine("build-gpu/bench/wan_step_bench", argc, argv)},
-                             {"rows", rows}};
-    std::ofstream(out_path) << result.dump(2) << "\n";
+                             {"command", command},
+                             {"rows", bench.rows}};
+    std::ofstream(flags.out_path) << result.dump(2) << "\n";
   }
   return 0;
 }

@@ -569,29 +569,38 @@ void PrintRow(const nlohmann::json& row) {
   std::printf("\n");
 }
 
-}  // namespace
+// ---------------------------------------------------------------- run
 
-int main(int argc, char** argv) {
-  const Options o = Parse(argc, argv);
-  // As typed: relative paths when run from the repository root.
-  const std::string command = rainserve::bench::CommandLine(argv[0], argc, argv);
-
-  SpawnedServer server;
+// Starts the server if --spawn asks for one, then waits until the model is
+// READY; the target to load, or nothing (after printing why).
+std::optional<std::string> StartAndWaitForModel(const Options& o, SpawnedServer* server) {
   std::string target = o.target;
   if (!o.spawn.empty()) {
-    if (!server.Start(o.spawn, o.config)) {
-      std::cerr << "load_generator: " << server.error() << "\n" << server.LogTail();
-      return 2;
+    if (!server->Start(o.spawn, o.config)) {
+      std::cerr << "load_generator: " << server->error() << "\n" << server->LogTail();
+      return std::nullopt;
     }
-    target = "127.0.0.1:" + std::to_string(server.grpc_port());
+    target = "127.0.0.1:" + std::to_string(server->grpc_port());
   }
   if (!WaitForModel(Connect(target), o.model, 120)) {
     std::cerr << "load_generator: model '" << o.model << "' is not READY on " << target << "\n";
-    if (!o.spawn.empty()) std::cerr << server.LogTail();
-    return 2;
+    if (!o.spawn.empty()) std::cerr << server->LogTail();
+    return std::nullopt;
   }
+  return target;
+}
 
-  const int warmup_count = std::max(1, static_cast<int>(o.warmup * o.requests));
+// What the client threads record.
+struct LoadRun {
+  std::vector<Outcome> outcomes;  // per request
+  double seconds = 0;             // wall time of the whole load
+  int64_t rss_warmup_kib = 0;     // the spawned server's RSS after the warm-up requests
+};
+
+// The load: o.concurrency client threads take the o.requests requests in
+// turn; progress and undefined endings go to stderr as they happen.
+LoadRun RunClients(const Options& o, const std::string& target, const SpawnedServer& server,
+                   int warmup_count) {
   std::atomic<int> next{0}, done{0};
   std::atomic<int64_t> rss_warmup_kib{0};
   std::mutex mu;
@@ -626,54 +635,65 @@ int main(int argc, char** argv) {
   }
   for (auto& th : threads) th.join();
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return {std::move(outcomes), seconds, rss_warmup_kib.load()};
+}
 
+struct Totals {
   int undefined = 0, hung = 0, ok = 0;
+};
+
+Totals Count(const std::vector<Outcome>& outcomes) {
+  Totals n;
   for (const Outcome& r : outcomes) {
-    undefined += r.undefined.empty() ? 0 : 1;
-    hung += r.hung ? 1 : 0;
-    ok += r.code == grpc::StatusCode::OK ? 1 : 0;
+    n.undefined += r.undefined.empty() ? 0 : 1;
+    n.hung += r.hung ? 1 : 0;
+    n.ok += r.code == grpc::StatusCode::OK ? 1 : 0;
   }
-  nlohmann::json summary = {{"requests", o.requests},
-                            {"seconds", seconds},
-                            {"requests_per_second", o.requests / seconds},
-                            {"ok_per_second", ok / seconds},
-                            {"undefined", undefined},
-                            {"hung", hung}};
-  bool server_ok = true;
-  if (!o.spawn.empty()) {
-    const int64_t rss_end = ProcStatusKib(server.pid(), "VmRSS");
-    const int64_t rss_peak = ProcStatusKib(server.pid(), "VmHWM");
-    const bool alive = server.Running();
-    const int exit_code = server.Stop(60);
-    server_ok = alive && exit_code == 0;
-    if (!server_ok) {
-      std::cerr << "load_generator: server " << (alive ? "exit code " + std::to_string(exit_code)
-                                                       : std::string("died during the run"))
-                << " " << server.error() << "\n" << server.LogTail();
-    }
-    const double warm = static_cast<double>(rss_warmup_kib.load());
-    summary["server_rss_after_warmup_kib"] = rss_warmup_kib.load();
-    summary["server_rss_end_kib"] = rss_end;
-    summary["server_rss_peak_kib"] = rss_peak;
-    summary["server_rss_growth_percent"] = warm > 0 ? 100.0 * (rss_end - warm) / warm : 0.0;
-    summary["server_exit_code"] = exit_code;
+  return n;
+}
+
+// Reads the spawned server's memory, stops it and adds both to *summary;
+// false (after printing why) if it died during the run or did not exit 0.
+bool StopServer(SpawnedServer* server, int64_t rss_warmup_kib, nlohmann::json* summary) {
+  const int64_t rss_end = ProcStatusKib(server->pid(), "VmRSS");
+  const int64_t rss_peak = ProcStatusKib(server->pid(), "VmHWM");
+  const bool alive = server->Running();
+  const int exit_code = server->Stop(60);
+  const bool server_ok = alive && exit_code == 0;
+  if (!server_ok) {
+    std::cerr << "load_generator: server " << (alive ? "exit code " + std::to_string(exit_code)
+                                                     : std::string("died during the run"))
+              << " " << server->error() << "\n" << server->LogTail();
   }
+  const double warm = static_cast<double>(rss_warmup_kib);
+  (*summary)["server_rss_after_warmup_kib"] = rss_warmup_kib;
+  (*summary)["server_rss_end_kib"] = rss_end;
+  (*summary)["server_rss_peak_kib"] = rss_peak;
+  (*summary)["server_rss_growth_percent"] = warm > 0 ? 100.0 * (rss_end - warm) / warm : 0.0;
+  (*summary)["server_exit_code"] = exit_code;
+  return server_ok;
+}
 
-  const std::vector<nlohmann::json> rows = {
-      Row("all", outcomes, [](const Outcome&) { return true; }),
-      Row("images", outcomes,
-          [](const Outcome& r) { return r.kind != Kind::kInvalid && !r.video; }),
-      Row("videos", outcomes,
-          [](const Outcome& r) { return r.kind != Kind::kInvalid && r.video; }),
-      Row("generate", outcomes, [](const Outcome& r) { return r.kind == Kind::kGenerate; }),
-      Row("detached", outcomes, [](const Outcome& r) { return r.kind == Kind::kDetached; }),
-      Row("cancel", outcomes, [](const Outcome& r) { return r.kind == Kind::kCancel; }),
-      Row("invalid", outcomes, [](const Outcome& r) { return r.kind == Kind::kInvalid; })};
+// The result rows: all requests, images and videos, then each kind.
+std::vector<nlohmann::json> RowsByGroup(const std::vector<Outcome>& outcomes) {
+  return {Row("all", outcomes, [](const Outcome&) { return true; }),
+          Row("images", outcomes,
+              [](const Outcome& r) { return r.kind != Kind::kInvalid && !r.video; }),
+          Row("videos", outcomes,
+              [](const Outcome& r) { return r.kind != Kind::kInvalid && r.video; }),
+          Row("generate", outcomes, [](const Outcome& r) { return r.kind == Kind::kGenerate; }),
+          Row("detached", outcomes, [](const Outcome& r) { return r.kind == Kind::kDetached; }),
+          Row("cancel", outcomes, [](const Outcome& r) { return r.kind == Kind::kCancel; }),
+          Row("invalid", outcomes, [](const Outcome& r) { return r.kind == Kind::kInvalid; })};
+}
 
+void PrintReport(const Options& o, double seconds, const Totals& n,
+                 const std::vector<nlohmann::json>& rows, const nlohmann::json& summary,
+                 int warmup_count) {
   std::printf("%d requests, concurrency %d, %.1f s: %.2f requests/s, %.2f OK/s; "
               "undefined %d (hung %d)\n",
-              o.requests, o.concurrency, seconds, o.requests / seconds, ok / seconds, undefined,
-              hung);
+              o.requests, o.concurrency, seconds, o.requests / seconds, n.ok / seconds, n.undefined,
+              n.hung);
   std::printf("latency of OK requests, and final codes:\n");
   for (const auto& row : rows) PrintRow(row);
   if (summary.contains("server_rss_end_kib")) {
@@ -685,22 +705,52 @@ int main(int argc, char** argv) {
                 summary["server_rss_peak_kib"].get<double>() / 1024,
                 summary["server_exit_code"].get<int>());
   }
+}
 
-  if (!o.out.empty()) {
-    const nlohmann::json result = {
-        {"benchmark", "load"},
-        {"date", rainserve::bench::Today()},
-        {"machine", rainserve::bench::CpuModel() + ", " +
-                        std::to_string(std::thread::hardware_concurrency()) + " cores"},
-        {"command", command},
-        {"mix", {{"concurrency", o.concurrency}, {"sizes", o.sizes}, {"max_steps", o.max_steps},
-                 {"video_rate", o.video_rate}, {"cancel_rate", o.cancel_rate},
-                 {"detached_rate", o.detached_rate}, {"invalid_rate", o.invalid_rate},
-                 {"deadline_seconds", o.deadline_seconds},
-                 {"reject_backoff_seconds", o.reject_backoff_seconds}, {"seed", o.seed}}},
-        {"summary", summary},
-        {"rows", rows}};
-    std::ofstream(o.out) << result.dump(2) << "\n";
-  }
-  return undefined == 0 && server_ok ? 0 : 1;
+void WriteResult(const Options& o, const std::string& command, const nlohmann::json& summary,
+                 const std::vector<nlohmann::json>& rows) {
+  const nlohmann::json result = {
+      {"benchmark", "load"},
+      {"date", rainserve::bench::Today()},
+      {"machine", rainserve::bench::CpuModel() + ", " +
+                      std::to_string(std::thread::hardware_concurrency()) + " cores"},
+      {"command", command},
+      {"mix", {{"concurrency", o.concurrency}, {"sizes", o.sizes}, {"max_steps", o.max_steps},
+               {"video_rate", o.video_rate}, {"cancel_rate", o.cancel_rate},
+               {"detached_rate", o.detached_rate}, {"invalid_rate", o.invalid_rate},
+               {"deadline_seconds", o.deadline_seconds},
+               {"reject_backoff_seconds", o.reject_backoff_seconds}, {"seed", o.seed}}},
+      {"summary", summary},
+      {"rows", rows}};
+  std::ofstream(o.out) << result.dump(2) << "\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = Parse(argc, argv);
+  // As typed: relative paths when run from the repository root.
+  const std::string command = rainserve::bench::CommandLine(argv[0], argc, argv);
+
+  SpawnedServer server;
+  const std::optional<std::string> target = StartAndWaitForModel(o, &server);
+  if (!target) return 2;
+
+  const int warmup_count = std::max(1, static_cast<int>(o.warmup * o.requests));
+  const LoadRun run = RunClients(o, *target, server, warmup_count);
+  const double seconds = run.seconds;
+  const Totals n = Count(run.outcomes);
+  nlohmann::json summary = {{"requests", o.requests},
+                            {"seconds", seconds},
+                            {"requests_per_second", o.requests / seconds},
+                            {"ok_per_second", n.ok / seconds},
+                            {"undefined", n.undefined},
+                            {"hung", n.hung}};
+  bool server_ok = true;
+  if (!o.spawn.empty()) server_ok = StopServer(&server, run.rss_warmup_kib, &summary);
+
+  const std::vector<nlohmann::json> rows = RowsByGroup(run.outcomes);
+  PrintReport(o, seconds, n, rows, summary, warmup_count);
+  if (!o.out.empty()) WriteResult(o, command, summary, rows);
+  return n.undefined == 0 && server_ok ? 0 : 1;
 }

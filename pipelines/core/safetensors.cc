@@ -24,6 +24,104 @@ Status FileError(const std::string& path, const std::string& what) {
 
 int64_t ElementSize(at::ScalarType t) { return static_cast<int64_t>(c10::elementSize(t)); }
 
+// The JSON header: an 8-byte little-endian length, then that many bytes of
+// JSON object. Sets *header_len.
+StatusOr<nlohmann::json> ReadHeader(const std::string& path, const char* map, uint64_t size,
+                                    uint64_t* header_len) {
+  const auto* bytes = reinterpret_cast<const unsigned char*>(map);
+  uint64_t len = 0;
+  for (int i = 7; i >= 0; --i) len = (len << 8) | bytes[i];
+  if (len > kMaxHeaderBytes) {
+    return FileError(path, "header length " + std::to_string(len) + " exceeds the " +
+                               std::to_string(kMaxHeaderBytes) + "-byte limit");
+  }
+  if (len > size - 8) {
+    return FileError(path, "header larger than the file (" + std::to_string(len) +
+                               " bytes claimed, " + std::to_string(size - 8) + " available)");
+  }
+  *header_len = len;
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(map + 8, map + 8 + len);
+  } catch (const nlohmann::json::exception& e) {
+    return FileError(path, std::string("bad JSON header: ") + e.what());
+  }
+  if (!header.is_object()) return FileError(path, "bad JSON header: not an object");
+  return header;
+}
+
+// One tensor's header entry {dtype, shape, data_offsets}, checked against the
+// `data_size` bytes of the data section.
+StatusOr<SafetensorsFile::Entry> ParseEntry(const std::string& path, const std::string& name,
+                                            const nlohmann::json& e, uint64_t data_size) {
+  const std::string where = "tensor '" + name + "'";
+  if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") ||
+      !e.contains("data_offsets")) {
+    return FileError(path, where + ": needs dtype, shape and data_offsets");
+  }
+  if (!e["dtype"].is_string()) return FileError(path, where + ": dtype must be a string");
+  auto dtype = SafetensorsDType(e["dtype"].get<std::string>());
+  if (!dtype.ok()) return FileError(path, where + ": " + dtype.status().message());
+  SafetensorsFile::Entry entry;
+  entry.dtype = *dtype;
+  if (!e["shape"].is_array()) return FileError(path, where + ": shape must be a list");
+  // extent: the product of the dims with 0 counted as 1, so that every
+  // dim and stride of an empty tensor fits in int64 too.
+  uint64_t numel = 1, extent = 1;
+  for (const auto& d : e["shape"]) {
+    if (!d.is_number_unsigned() && !(d.is_number_integer() && d.get<int64_t>() >= 0)) {
+      return FileError(path, where + ": shape entries must be integers >= 0");
+    }
+    const uint64_t v = d.get<uint64_t>();
+    if (extent > std::numeric_limits<uint64_t>::max() / 16 / std::max<uint64_t>(v, 1)) {
+      return FileError(path, where + ": shape too large");
+    }
+    extent *= std::max<uint64_t>(v, 1);
+    numel *= v;
+    entry.shape.push_back(static_cast<int64_t>(v));
+  }
+  const auto& off = e["data_offsets"];
+  if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
+      !off[1].is_number_unsigned()) {
+    return FileError(path, where + ": data_offsets must be two integers >= 0");
+  }
+  entry.begin = off[0].get<uint64_t>();
+  entry.end = off[1].get<uint64_t>();
+  if (entry.begin > entry.end) return FileError(path, where + ": data_offsets begin > end");
+  if (entry.end > data_size) {
+    return FileError(path, where + ": data offsets out of range (end " +
+                               std::to_string(entry.end) + " > " + std::to_string(data_size) +
+                               " data bytes; truncated file?)");
+  }
+  if (entry.end - entry.begin != numel * static_cast<uint64_t>(ElementSize(entry.dtype))) {
+    return FileError(path, where + ": " + std::to_string(entry.end - entry.begin) +
+                               " bytes do not match its shape and dtype");
+  }
+  return entry;
+}
+
+// No two non-empty tensors share a byte of the data section.
+Status CheckNoOverlap(const std::string& path,
+                      const std::map<std::string, SafetensorsFile::Entry>& entries) {
+  std::vector<std::pair<uint64_t, std::string>> ranges;
+  for (const auto& [name, entry] : entries) ranges.push_back({entry.begin, name});
+  // Sorted by start, a tensor overlaps an earlier one iff it starts before
+  // the furthest end seen so far (empty tensors overlap nothing).
+  std::sort(ranges.begin(), ranges.end());
+  uint64_t furthest = 0;
+  std::string furthest_name;
+  for (const auto& [begin, name] : ranges) {
+    const SafetensorsFile::Entry& cur = entries.at(name);
+    if (cur.end == cur.begin) continue;
+    if (cur.begin < furthest) {
+      return FileError(path, "tensors '" + furthest_name + "' and '" + name + "' overlap");
+    }
+    furthest = cur.end;
+    furthest_name = name;
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 StatusOr<at::ScalarType> SafetensorsDType(const std::string& name) {
@@ -76,30 +174,12 @@ StatusOr<std::shared_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
   file->map_size_ = size;
   file->self_ = file;
 
-  const auto* bytes = static_cast<const unsigned char*>(map);
   uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];
-  if (header_len > kMaxHeaderBytes) {
-    return FileError(path, "header length " + std::to_string(header_len) + " exceeds the " +
-                               std::to_string(kMaxHeaderBytes) + "-byte limit");
-  }
-  if (header_len > size - 8) {
-    return FileError(path, "header larger than the file (" + std::to_string(header_len) +
-                               " bytes claimed, " + std::to_string(size - 8) + " available)");
-  }
+  RAINSERVE_ASSIGN_OR_RETURN(const nlohmann::json header,
+                             ReadHeader(path, static_cast<const char*>(map), size, &header_len));
   const uint64_t data_size = size - 8 - header_len;
   file->data_ = static_cast<const char*>(map) + 8 + header_len;
 
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(static_cast<const char*>(map) + 8,
-                                   static_cast<const char*>(map) + 8 + header_len);
-  } catch (const nlohmann::json::exception& e) {
-    return FileError(path, std::string("bad JSON header: ") + e.what());
-  }
-  if (!header.is_object()) return FileError(path, "bad JSON header: not an object");
-
-  std::vector<std::pair<uint64_t, std::string>> ranges;
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string& name = it.key();
     const nlohmann::json& e = it.value();
@@ -110,66 +190,9 @@ StatusOr<std::shared_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
       }
       continue;
     }
-    const std::string where = "tensor '" + name + "'";
-    if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") ||
-        !e.contains("data_offsets")) {
-      return FileError(path, where + ": needs dtype, shape and data_offsets");
-    }
-    if (!e["dtype"].is_string()) return FileError(path, where + ": dtype must be a string");
-    auto dtype = SafetensorsDType(e["dtype"].get<std::string>());
-    if (!dtype.ok()) return FileError(path, where + ": " + dtype.status().message());
-    Entry entry;
-    entry.dtype = *dtype;
-    if (!e["shape"].is_array()) return FileError(path, where + ": shape must be a list");
-    // extent: the product of the dims with 0 counted as 1, so that every
-    // dim and stride of an empty tensor fits in int64 too.
-    uint64_t numel = 1, extent = 1;
-    for (const auto& d : e["shape"]) {
-      if (!d.is_number_unsigned() && !(d.is_number_integer() && d.get<int64_t>() >= 0)) {
-        return FileError(path, where + ": shape entries must be integers >= 0");
-      }
-      const uint64_t v = d.get<uint64_t>();
-      if (extent > std::numeric_limits<uint64_t>::max() / 16 / std::max<uint64_t>(v, 1)) {
-        return FileError(path, where + ": shape too large");
-      }
-      extent *= std::max<uint64_t>(v, 1);
-      numel *= v;
-      entry.shape.push_back(static_cast<int64_t>(v));
-    }
-    const auto& off = e["data_offsets"];
-    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
-        !off[1].is_number_unsigned()) {
-      return FileError(path, where + ": data_offsets must be two integers >= 0");
-    }
-    entry.begin = off[0].get<uint64_t>();
-    entry.end = off[1].get<uint64_t>();
-    if (entry.begin > entry.end) return FileError(path, where + ": data_offsets begin > end");
-    if (entry.end > data_size) {
-      return FileError(path, where + ": data offsets out of range (end " +
-                                 std::to_string(entry.end) + " > " + std::to_string(data_size) +
-                                 " data bytes; truncated file?)");
-    }
-    if (entry.end - entry.begin != numel * static_cast<uint64_t>(ElementSize(entry.dtype))) {
-      return FileError(path, where + ": " + std::to_string(entry.end - entry.begin) +
-                                 " bytes do not match its shape and dtype");
-    }
-    ranges.push_back({entry.begin, name});
-    file->entries_[name] = std::move(entry);
+    RAINSERVE_ASSIGN_OR_RETURN(file->entries_[name], ParseEntry(path, name, e, data_size));
   }
-  // Sorted by start, a tensor overlaps an earlier one iff it starts before
-  // the furthest end seen so far (empty tensors overlap nothing).
-  std::sort(ranges.begin(), ranges.end());
-  uint64_t furthest = 0;
-  std::string furthest_name;
-  for (const auto& [begin, name] : ranges) {
-    const Entry& cur = file->entries_[name];
-    if (cur.end == cur.begin) continue;
-    if (cur.begin < furthest) {
-      return FileError(path, "tensors '" + furthest_name + "' and '" + name + "' overlap");
-    }
-    furthest = cur.end;
-    furthest_name = name;
-  }
+  RAINSERVE_RETURN_IF_ERROR(CheckNoOverlap(path, file->entries_));
   return file;
 }
 

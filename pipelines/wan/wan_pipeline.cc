@@ -188,6 +188,10 @@ class WanPipeline final : public Pipeline {
 
  private:
   WanPipeline() = default;
+  // Load's checks that the text encoder, transformer and VAE fit together.
+  Status CheckComponentsMatch(const std::string& dir) const;
+  // The memory model of a request, sized from the loaded components.
+  MemoryModel SizeMemoryModel(int64_t size_multiple) const;
   // prompts -> [B, max_prompt_tokens, d_model], zero past each prompt's length.
   StatusOr<at::Tensor> EncodePrompts(const std::vector<std::string>& prompts) const;
   // Generate's work; *stage names the stage running (for error messages).
@@ -241,16 +245,8 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
                              WanTransformer::Load(dir + "/transformer", p->dtype_, p->device_));
   RAINSERVE_ASSIGN_OR_RETURN(p->vae_, WanVAE::Load(dir + "/vae", at::kFloat, p->device_));
 
+  RAINSERVE_RETURN_IF_ERROR(p->CheckComponentsMatch(dir));
   const WanTransformerConfig& tc = p->transformer_->config();
-  if (p->text_encoder_->config().d_model != tc.text_dim) {
-    return InvalidArgumentError(dir + ": text_encoder d_model " +
-                                std::to_string(p->text_encoder_->config().d_model) +
-                                " != transformer text_dim " + std::to_string(tc.text_dim));
-  }
-  if (p->vae_->config().z_dim != tc.in_channels || p->vae_->config().z_dim != tc.out_channels) {
-    return InvalidArgumentError(dir + ": vae z_dim " + std::to_string(p->vae_->config().z_dim) +
-                                " does not match the transformer's in/out channels");
-  }
 
   PipelineDescription& d = p->description_;
   d.name = entry.name;
@@ -261,33 +257,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   d.attention_backends = {p->device_.is_cuda() ? "cuda" : "cpu"};
   d.limits.size_multiple = p->vae_->spatial_scale() * tc.patch_size[1];
   d.limits.frame_multiple = p->vae_->temporal_scale();
-  // Memory model (MemoryModel in pipeline.h), sized from this checkpoint:
-  //  - weights: every parameter as loaded;
-  //  - per latent token, for the CFG batch of 2: the fp32 residual stream,
-  //    norm and modulation outputs (3 x 4 bytes x inner), q, k, v, the
-  //    attention output and their permuted copies (7 x inner in the model
-  //    dtype), the FFN intermediate and its GELU (2 x ffn), plus 25% for the
-  //    allocator;
-  //  - VAE: one decoded chunk (4 frames) at full resolution with the
-  //    decoder's widest full-resolution channel count, ~6 live fp32 copies
-  //    (input, output, cache, norm, activation, temporary);
-  //  - the decoded video (fp32 and its copy) and the uint8 frames: ~10 bytes
-  //    per output value.
-  {
-    const double s = static_cast<double>(c10::elementSize(p->dtype_));
-    const double inner = static_cast<double>(tc.inner_dim());
-    const double ffn = static_cast<double>(tc.ffn_dim);
-    MemoryModel& mm = d.memory;
-    mm.fixed_bytes = ParameterBytes(p->transformer_->NamedParameters()) +
-                     ParameterBytes(p->text_encoder_->NamedParameters()) +
-                     ParameterBytes(p->vae_->NamedParameters());
-    mm.bytes_per_latent_token = 1.25 * 2.0 * (12.0 * inner + 7.0 * inner * s + 2.0 * ffn * s);
-    mm.bytes_per_output_pixel =
-        static_cast<double>(p->vae_->config().decoder_dim()) * 4.0 /*frames*/ * 4.0 * 6.0;
-    mm.bytes_per_output_value = 10.0;
-    mm.latent_frame_stride = p->vae_->temporal_scale();
-    mm.latent_token_pixels = d.limits.size_multiple * d.limits.size_multiple;
-  }
+  d.memory = p->SizeMemoryModel(d.limits.size_multiple);
   d.defaults.scheduler = scheduler_kind;
   d.defaults.flow_shift = p->scheduler_config_.flow_shift;
   ApplyOverrides(entry, &d.defaults, &d.limits);
@@ -300,6 +270,50 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
                                 ok.message());
   }
   return p;
+}
+
+Status WanPipeline::CheckComponentsMatch(const std::string& dir) const {
+  const WanTransformerConfig& tc = transformer_->config();
+  if (text_encoder_->config().d_model != tc.text_dim) {
+    return InvalidArgumentError(dir + ": text_encoder d_model " +
+                                std::to_string(text_encoder_->config().d_model) +
+                                " != transformer text_dim " + std::to_string(tc.text_dim));
+  }
+  if (vae_->config().z_dim != tc.in_channels || vae_->config().z_dim != tc.out_channels) {
+    return InvalidArgumentError(dir + ": vae z_dim " + std::to_string(vae_->config().z_dim) +
+                                " does not match the transformer's in/out channels");
+  }
+  return OkStatus();
+}
+
+// Memory model (MemoryModel in pipeline.h), sized from this checkpoint:
+//  - weights: every parameter as loaded;
+//  - per latent token, for the CFG batch of 2: the fp32 residual stream,
+//    norm and modulation outputs (3 x 4 bytes x inner), q, k, v, the
+//    attention output and their permuted copies (7 x inner in the model
+//    dtype), the FFN intermediate and its GELU (2 x ffn), plus 25% for the
+//    allocator;
+//  - VAE: one decoded chunk (4 frames) at full resolution with the
+//    decoder's widest full-resolution channel count, ~6 live fp32 copies
+//    (input, output, cache, norm, activation, temporary);
+//  - the decoded video (fp32 and its copy) and the uint8 frames: ~10 bytes
+//    per output value.
+MemoryModel WanPipeline::SizeMemoryModel(int64_t size_multiple) const {
+  const WanTransformerConfig& tc = transformer_->config();
+  const double s = static_cast<double>(c10::elementSize(dtype_));
+  const double inner = static_cast<double>(tc.inner_dim());
+  const double ffn = static_cast<double>(tc.ffn_dim);
+  MemoryModel mm;
+  mm.fixed_bytes = ParameterBytes(transformer_->NamedParameters()) +
+                   ParameterBytes(text_encoder_->NamedParameters()) +
+                   ParameterBytes(vae_->NamedParameters());
+  mm.bytes_per_latent_token = 1.25 * 2.0 * (12.0 * inner + 7.0 * inner * s + 2.0 * ffn * s);
+  mm.bytes_per_output_pixel =
+      static_cast<double>(vae_->config().decoder_dim()) * 4.0 /*frames*/ * 4.0 * 6.0;
+  mm.bytes_per_output_value = 10.0;
+  mm.latent_frame_stride = vae_->temporal_scale();
+  mm.latent_token_pixels = size_multiple * size_multiple;
+  return mm;
 }
 
 StatusOr<at::Tensor> WanPipeline::EncodePrompts(const std::vector<std::string>& prompts) const {

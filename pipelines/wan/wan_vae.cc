@@ -210,51 +210,53 @@ namespace {
 
 using ParamFn = std::function<at::Tensor(const std::string& name, std::vector<int64_t> shape)>;
 
-// The architecture, once: walks every parameter in state-dict order, asking
-// `param` for each tensor. ExpectedParameters records names and shapes;
-// binding looks the tensors up.
-Model BuildModel(const WanVAEConfig& c, const ParamFn& param) {
-  auto conv = [&](const std::string& name, int64_t out, int64_t in, std::vector<int64_t> kernel) {
+// Asks `param` for the tensors of one layer, in state-dict order.
+struct ParamWalker {
+  const ParamFn& param;
+
+  Conv ConvLayer(const std::string& name, int64_t out, int64_t in,
+                 std::vector<int64_t> kernel) const {
     std::vector<int64_t> shape = {out, in};
     shape.insert(shape.end(), kernel.begin(), kernel.end());
     Conv cv;
     cv.weight = param(name + ".weight", shape);
     cv.bias = param(name + ".bias", {out});
     return cv;
-  };
-  auto res = [&](const std::string& name, int64_t in, int64_t out) {
+  }
+  ResidualBlock Residual(const std::string& name, int64_t in, int64_t out) const {
     ResidualBlock r;
     r.norm1_gamma = param(name + ".norm1.gamma", {in, 1, 1, 1});
-    r.conv1 = conv(name + ".conv1", out, in, {3, 3, 3});
+    r.conv1 = ConvLayer(name + ".conv1", out, in, {3, 3, 3});
     r.norm2_gamma = param(name + ".norm2.gamma", {out, 1, 1, 1});
-    r.conv2 = conv(name + ".conv2", out, out, {3, 3, 3});
-    if (in != out) r.shortcut = conv(name + ".conv_shortcut", out, in, {1, 1, 1});
+    r.conv2 = ConvLayer(name + ".conv2", out, out, {3, 3, 3});
+    if (in != out) r.shortcut = ConvLayer(name + ".conv_shortcut", out, in, {1, 1, 1});
     return r;
-  };
-  auto mid = [&](const std::string& name, int64_t dim) {
+  }
+  MidBlock Mid(const std::string& name, int64_t dim) const {
     MidBlock m;
     m.attn.norm_gamma = param(name + ".attentions.0.norm.gamma", {dim, 1, 1});
-    m.attn.to_qkv = conv(name + ".attentions.0.to_qkv", 3 * dim, dim, {1, 1});
-    m.attn.proj = conv(name + ".attentions.0.proj", dim, dim, {1, 1});
-    m.res0 = res(name + ".resnets.0", dim, dim);
-    m.res1 = res(name + ".resnets.1", dim, dim);
+    m.attn.to_qkv = ConvLayer(name + ".attentions.0.to_qkv", 3 * dim, dim, {1, 1});
+    m.attn.proj = ConvLayer(name + ".attentions.0.proj", dim, dim, {1, 1});
+    m.res0 = Residual(name + ".resnets.0", dim, dim);
+    m.res1 = Residual(name + ".resnets.1", dim, dim);
     return m;
-  };
-  const size_t levels = c.dim_mult.size();
-  Model m;
+  }
+};
 
-  // Encoder: dims = base * [1, dim_mult...]; outputs mean and log-variance.
+// Encoder: dims = base * [1, dim_mult...]; outputs mean and log-variance.
+void BuildEncoder(const WanVAEConfig& c, const ParamWalker& p, Model* m) {
+  const size_t levels = c.dim_mult.size();
   std::vector<int64_t> dims = {c.base_dim};
   for (int64_t u : c.dim_mult) dims.push_back(c.base_dim * u);
-  m.enc_conv_in = conv("encoder.conv_in", dims[0], 3, {3, 3, 3});
+  m->enc_conv_in = p.ConvLayer("encoder.conv_in", dims[0], 3, {3, 3, 3});
   int64_t index = 0;
   for (size_t i = 0; i < levels; ++i) {
     int64_t in = dims[i];
     const int64_t out = dims[i + 1];
     for (int64_t r = 0; r < c.num_res_blocks; ++r) {
       DownLayer layer;
-      layer.res = res("encoder.down_blocks." + std::to_string(index++), in, out);
-      m.down_blocks.push_back(layer);
+      layer.res = p.Residual("encoder.down_blocks." + std::to_string(index++), in, out);
+      m->down_blocks.push_back(layer);
       in = out;
     }
     if (i + 1 != levels) {
@@ -263,31 +265,34 @@ Model BuildModel(const WanVAEConfig& c, const ParamFn& param) {
       layer.is_resample = true;
       layer.resample.mode =
           c.temperal_downsample[i] ? ResampleMode::kDownsample3d : ResampleMode::kDownsample2d;
-      layer.resample.resample = conv(name + ".resample.1", out, out, {3, 3});
-      if (c.temperal_downsample[i]) layer.resample.time_conv = conv(name + ".time_conv", out, out, {3, 1, 1});
-      m.down_blocks.push_back(layer);
+      layer.resample.resample = p.ConvLayer(name + ".resample.1", out, out, {3, 3});
+      if (c.temperal_downsample[i]) {
+        layer.resample.time_conv = p.ConvLayer(name + ".time_conv", out, out, {3, 1, 1});
+      }
+      m->down_blocks.push_back(layer);
     }
   }
-  m.enc_mid = mid("encoder.mid_block", dims.back());
-  m.enc_norm_out = param("encoder.norm_out.gamma", {dims.back(), 1, 1, 1});
-  m.enc_conv_out = conv("encoder.conv_out", 2 * c.z_dim, dims.back(), {3, 3, 3});
-  m.quant_conv = conv("quant_conv", 2 * c.z_dim, 2 * c.z_dim, {1, 1, 1});
-  m.post_quant_conv = conv("post_quant_conv", c.z_dim, c.z_dim, {1, 1, 1});
+  m->enc_mid = p.Mid("encoder.mid_block", dims.back());
+  m->enc_norm_out = p.param("encoder.norm_out.gamma", {dims.back(), 1, 1, 1});
+  m->enc_conv_out = p.ConvLayer("encoder.conv_out", 2 * c.z_dim, dims.back(), {3, 3, 3});
+}
 
-  // Decoder: dims = dec_base * [dim_mult[-1], reversed(dim_mult)...]; every
-  // upsampler halves the channels, so blocks after the first start at half.
+// Decoder: dims = dec_base * [dim_mult[-1], reversed(dim_mult)...]; every
+// upsampler halves the channels, so blocks after the first start at half.
+void BuildDecoder(const WanVAEConfig& c, const ParamWalker& p, Model* m) {
+  const size_t levels = c.dim_mult.size();
   const int64_t d = c.decoder_dim();
-  dims = {d * c.dim_mult.back()};
+  std::vector<int64_t> dims = {d * c.dim_mult.back()};
   for (size_t i = levels; i-- > 0;) dims.push_back(d * c.dim_mult[i]);
-  m.dec_conv_in = conv("decoder.conv_in", dims[0], c.z_dim, {3, 3, 3});
-  m.dec_mid = mid("decoder.mid_block", dims[0]);
+  m->dec_conv_in = p.ConvLayer("decoder.conv_in", dims[0], c.z_dim, {3, 3, 3});
+  m->dec_mid = p.Mid("decoder.mid_block", dims[0]);
   for (size_t i = 0; i < levels; ++i) {
     const std::string name = "decoder.up_blocks." + std::to_string(i);
     int64_t in = i > 0 ? dims[i] / 2 : dims[i];
     const int64_t out = dims[i + 1];
     UpBlock block;
     for (int64_t r = 0; r <= c.num_res_blocks; ++r) {
-      block.resnets.push_back(res(name + ".resnets." + std::to_string(r), in, out));
+      block.resnets.push_back(p.Residual(name + ".resnets." + std::to_string(r), in, out));
       in = out;
     }
     if (i + 1 != levels) {
@@ -295,13 +300,26 @@ Model BuildModel(const WanVAEConfig& c, const ParamFn& param) {
       const bool temporal = c.temperal_downsample[levels - 2 - i];
       block.has_upsampler = true;
       block.upsampler.mode = temporal ? ResampleMode::kUpsample3d : ResampleMode::kUpsample2d;
-      block.upsampler.resample = conv(name + ".upsamplers.0.resample.1", out / 2, out, {3, 3});
-      if (temporal) block.upsampler.time_conv = conv(name + ".upsamplers.0.time_conv", 2 * out, out, {3, 1, 1});
+      const std::string up = name + ".upsamplers.0";
+      block.upsampler.resample = p.ConvLayer(up + ".resample.1", out / 2, out, {3, 3});
+      if (temporal) block.upsampler.time_conv = p.ConvLayer(up + ".time_conv", 2 * out, out, {3, 1, 1});
     }
-    m.up_blocks.push_back(std::move(block));
+    m->up_blocks.push_back(std::move(block));
   }
-  m.dec_norm_out = param("decoder.norm_out.gamma", {dims.back(), 1, 1, 1});
-  m.dec_conv_out = conv("decoder.conv_out", 3, dims.back(), {3, 3, 3});
+  m->dec_norm_out = p.param("decoder.norm_out.gamma", {dims.back(), 1, 1, 1});
+  m->dec_conv_out = p.ConvLayer("decoder.conv_out", 3, dims.back(), {3, 3, 3});
+}
+
+// The architecture, once: walks every parameter in state-dict order, asking
+// `param` for each tensor. ExpectedParameters records names and shapes;
+// binding looks the tensors up.
+Model BuildModel(const WanVAEConfig& c, const ParamFn& param) {
+  const ParamWalker p{param};
+  Model m;
+  BuildEncoder(c, p, &m);
+  m.quant_conv = p.ConvLayer("quant_conv", 2 * c.z_dim, 2 * c.z_dim, {1, 1, 1});
+  m.post_quant_conv = p.ConvLayer("post_quant_conv", c.z_dim, c.z_dim, {1, 1, 1});
+  BuildDecoder(c, p, &m);
   return m;
 }
 
@@ -344,30 +362,9 @@ Status ReadNumbers(const json& j, const std::string& source, const char* key, st
   return OkStatus();
 }
 
-}  // namespace
-
-int64_t WanVAEConfig::temporal_scale() const {
-  int64_t scale = 1;
-  for (bool t : temperal_downsample) scale *= t ? 2 : 1;
-  return scale;
-}
-
-const std::vector<double>& WanVAEDefaultLatentsMean() {
-  static const std::vector<double> kMean = {-0.7571, -0.7089, -0.9113, 0.1075,  -0.1745, 0.9653,
-                                            -0.1517, 1.5508,  0.4134,  -0.0715, 0.5517,  -0.3632,
-                                            -0.1922, -0.9497, 0.2503,  -0.2921};
-  return kMean;
-}
-
-const std::vector<double>& WanVAEDefaultLatentsStd() {
-  static const std::vector<double> kStd = {2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708,
-                                           2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
-                                           1.6382, 1.1253, 2.8251, 1.9160};
-  return kStd;
-}
-
-StatusOr<WanVAEConfig> ParseWanVAEConfig(const std::string& json_text, const std::string& source) {
-  RAINSERVE_ASSIGN_OR_RETURN(json j, config_json::ParseObject(json_text, source));
+// Refuses the VAE variants this file does not implement: another class, the
+// Wan2.2 TI2V-5B VAE, images other than RGB.
+Status CheckSupportedVariant(const json& j, const std::string& source) {
   if (j.contains("_class_name") && j["_class_name"] != "AutoencoderKLWan") {
     return KeyError(source, "_class_name", "expected AutoencoderKLWan, got " + j["_class_name"].dump());
   }
@@ -393,6 +390,89 @@ StatusOr<WanVAEConfig> ParseWanVAEConfig(const std::string& json_text, const std
                                 ": only RGB (3-channel) Wan VAEs are supported");
     }
   }
+  return OkStatus();
+}
+
+// dim_mult and temperal_downsample: the channel multiplier of each level and
+// whether each down level halves time.
+Status ReadLevels(const json& j, const std::string& source, WanVAEConfig* c) {
+  if (j.contains("dim_mult")) {
+    const json& v = j["dim_mult"];
+    if (!v.is_array() || v.empty() || v.size() > 8) {
+      return KeyError(source, "dim_mult", "expected a list of 1 to 8 integers, got " + v.dump());
+    }
+    c->dim_mult.clear();
+    for (const json& e : v) {
+      if (!e.is_number_integer() || e.get<int64_t>() < 1 || e.get<int64_t>() > 64) {
+        return KeyError(source, "dim_mult", "entries must be integers in [1, 64], got " + e.dump());
+      }
+      c->dim_mult.push_back(e.get<int64_t>());
+    }
+  }
+  if (j.contains("temperal_downsample")) {
+    const json& v = j["temperal_downsample"];
+    if (!v.is_array()) return KeyError(source, "temperal_downsample", "expected a list of booleans");
+    c->temperal_downsample.clear();
+    for (const json& e : v) {
+      if (!e.is_boolean()) return KeyError(source, "temperal_downsample", "expected booleans, got " + e.dump());
+      c->temperal_downsample.push_back(e.get<bool>());
+    }
+  }
+  if (c->temperal_downsample.size() + 1 != c->dim_mult.size()) {
+    return KeyError(source, "temperal_downsample",
+                    "needs one entry per down level: " + std::to_string(c->dim_mult.size() - 1) +
+                        " for dim_mult of " + std::to_string(c->dim_mult.size()));
+  }
+  return OkStatus();
+}
+
+// latents_mean and latents_std: z_dim values each (the defaults are Wan2.1's,
+// for z_dim 16); every std positive.
+Status ReadLatentStats(const json& j, const std::string& source, WanVAEConfig* c) {
+  RAINSERVE_RETURN_IF_ERROR(ReadNumbers(j, source, "latents_mean", &c->latents_mean));
+  RAINSERVE_RETURN_IF_ERROR(ReadNumbers(j, source, "latents_std", &c->latents_std));
+  for (const char* key : {"latents_mean", "latents_std"}) {
+    const std::vector<double>& v =
+        std::string(key) == "latents_mean" ? c->latents_mean : c->latents_std;
+    if (!j.contains(key) && c->z_dim != 16) {
+      return KeyError(source, key, "required when z_dim is not 16 (the defaults are Wan2.1's)");
+    }
+    if (static_cast<int64_t>(v.size()) != c->z_dim) {
+      return KeyError(source, key, "expected z_dim = " + std::to_string(c->z_dim) +
+                                       " values, got " + std::to_string(v.size()));
+    }
+  }
+  for (double s : c->latents_std) {
+    if (!(s > 0)) return KeyError(source, "latents_std", "values must be positive");
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+int64_t WanVAEConfig::temporal_scale() const {
+  int64_t scale = 1;
+  for (bool t : temperal_downsample) scale *= t ? 2 : 1;
+  return scale;
+}
+
+const std::vector<double>& WanVAEDefaultLatentsMean() {
+  static const std::vector<double> kMean = {-0.7571, -0.7089, -0.9113, 0.1075,  -0.1745, 0.9653,
+                                            -0.1517, 1.5508,  0.4134,  -0.0715, 0.5517,  -0.3632,
+                                            -0.1922, -0.9497, 0.2503,  -0.2921};
+  return kMean;
+}
+
+const std::vector<double>& WanVAEDefaultLatentsStd() {
+  static const std::vector<double> kStd = {2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708,
+                                           2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579,
+                                           1.6382, 1.1253, 2.8251, 1.9160};
+  return kStd;
+}
+
+StatusOr<WanVAEConfig> ParseWanVAEConfig(const std::string& json_text, const std::string& source) {
+  RAINSERVE_ASSIGN_OR_RETURN(json j, config_json::ParseObject(json_text, source));
+  RAINSERVE_RETURN_IF_ERROR(CheckSupportedVariant(j, source));
 
   WanVAEConfig c;
   RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "base_dim", 1, 4096, &c.base_dim));
@@ -401,33 +481,7 @@ StatusOr<WanVAEConfig> ParseWanVAEConfig(const std::string& json_text, const std
   }
   RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "z_dim", 1, 1024, &c.z_dim));
   RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "num_res_blocks", 1, 16, &c.num_res_blocks));
-  if (j.contains("dim_mult")) {
-    const json& v = j["dim_mult"];
-    if (!v.is_array() || v.empty() || v.size() > 8) {
-      return KeyError(source, "dim_mult", "expected a list of 1 to 8 integers, got " + v.dump());
-    }
-    c.dim_mult.clear();
-    for (const json& e : v) {
-      if (!e.is_number_integer() || e.get<int64_t>() < 1 || e.get<int64_t>() > 64) {
-        return KeyError(source, "dim_mult", "entries must be integers in [1, 64], got " + e.dump());
-      }
-      c.dim_mult.push_back(e.get<int64_t>());
-    }
-  }
-  if (j.contains("temperal_downsample")) {
-    const json& v = j["temperal_downsample"];
-    if (!v.is_array()) return KeyError(source, "temperal_downsample", "expected a list of booleans");
-    c.temperal_downsample.clear();
-    for (const json& e : v) {
-      if (!e.is_boolean()) return KeyError(source, "temperal_downsample", "expected booleans, got " + e.dump());
-      c.temperal_downsample.push_back(e.get<bool>());
-    }
-  }
-  if (c.temperal_downsample.size() + 1 != c.dim_mult.size()) {
-    return KeyError(source, "temperal_downsample",
-                    "needs one entry per down level: " + std::to_string(c.dim_mult.size() - 1) +
-                        " for dim_mult of " + std::to_string(c.dim_mult.size()));
-  }
+  RAINSERVE_RETURN_IF_ERROR(ReadLevels(j, source, &c));
   RAINSERVE_RETURN_IF_ERROR(ReadNumbers(j, source, "attn_scales", &c.attn_scales));
   if (!c.attn_scales.empty()) {
     return UnimplementedError(source + ": attn_scales: attention inside up/down blocks is not supported "
@@ -447,21 +501,7 @@ StatusOr<WanVAEConfig> ParseWanVAEConfig(const std::string& json_text, const std
                       "times dim_mult[" + std::to_string(i) + "] must be even (upsamplers halve the channels)");
     }
   }
-  RAINSERVE_RETURN_IF_ERROR(ReadNumbers(j, source, "latents_mean", &c.latents_mean));
-  RAINSERVE_RETURN_IF_ERROR(ReadNumbers(j, source, "latents_std", &c.latents_std));
-  for (const char* key : {"latents_mean", "latents_std"}) {
-    const std::vector<double>& v = std::string(key) == "latents_mean" ? c.latents_mean : c.latents_std;
-    if (!j.contains(key) && c.z_dim != 16) {
-      return KeyError(source, key, "required when z_dim is not 16 (the defaults are Wan2.1's)");
-    }
-    if (static_cast<int64_t>(v.size()) != c.z_dim) {
-      return KeyError(source, key,
-                      "expected z_dim = " + std::to_string(c.z_dim) + " values, got " + std::to_string(v.size()));
-    }
-  }
-  for (double s : c.latents_std) {
-    if (!(s > 0)) return KeyError(source, "latents_std", "values must be positive");
-  }
+  RAINSERVE_RETURN_IF_ERROR(ReadLatentStats(j, source, &c));
   return c;
 }
 
