@@ -1,6 +1,6 @@
 // Float64 reference attention, written to be read, used only by tests and
 // benchmarks. It expands the block mask to token level and computes masked
-// softmax attention directly:
+// softmax attention directly (with a pool, query blocks run in parallel):
 //   allowed(i, j) = block(j) is among the kept key blocks of block(i)
 //   out[b, i, h] = sum_j softmax_j(q_i . k_j * scale | allowed) v_j
 //   lse[b, h, i] = log sum_{allowed j} exp(q_i . k_j * scale)
@@ -9,13 +9,15 @@
 #include <vector>
 
 #include "attention/types.h"
+#include "common/thread_pool.h"
 
 namespace rainserve::attention {
 
 // out: [B, N, H, D] doubles; lse: [B, H, N] (may be null).
 void ReferenceAttention(const TensorView& q, const TensorView& k, const TensorView& v,
                         const BlockTableView& blocks, const BlockMaskView& mask, double scale,
-                        std::vector<double>* out, std::vector<double>* lse);
+                        std::vector<double>* out, std::vector<double>* lse,
+                        ThreadPool* pool = nullptr);
 
 }  // namespace rainserve::attention
 
@@ -28,6 +30,7 @@ namespace rainserve::attention {
 // run's error against ReferenceAttention. out: [B, N, H, D]; lse: [B, H, N].
 void NaiveAttention(const TensorView& q, const TensorView& k, const TensorView& v,
                     const BlockTableView& blocks, const BlockMaskView& mask, float scale,
-                    DType precision, std::vector<float>* out, std::vector<float>* lse);
+                    DType precision, std::vector<float>* out, std::vector<float>* lse,
+                    ThreadPool* pool = nullptr);
 
 }  // namespace rainserve::attention

@@ -1,9 +1,12 @@
 // Inner loops of the CPU flash-attention kernel, compiled once per instruction
 // set (flash_kernel_{avx512,avx2,generic}.cc include flash_kernel_impl.h with
 // different compiler flags) and picked at run time by SelectKernels().
+// CpuBackend takes any set this CPU runs; the parity suite
+// (tests/attention/parity_test.cc) runs every one of AvailableKernels().
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace rainserve::attention::cpu {
 
@@ -44,8 +47,19 @@ const KernelSet& Avx2Kernels();
 const KernelSet& Avx512Kernels();
 #endif
 
-// The fastest set this CPU runs. RAINSERVE_CPU_ISA=generic|avx2|avx512 in the
-// environment forces one (for tests and benchmarks).
+// Every set built into this binary, slowest first: generic, then on x86-64
+// avx2 and avx512.
+std::vector<const KernelSet*> CompiledKernels();
+
+// Whether this CPU has the instructions `set` was compiled for.
+bool CpuRuns(const KernelSet& set);
+
+// The compiled sets this CPU runs, slowest first (generic always).
+std::vector<const KernelSet*> AvailableKernels();
+
+// The set CpuBackend uses by default: the last (fastest) of
+// AvailableKernels(); RAINSERVE_CPU_ISA=generic|avx2|avx512 in the environment
+// picks another available one (benchmarks).
 const KernelSet& SelectKernels();
 
 }  // namespace rainserve::attention::cpu

@@ -1,3 +1,4 @@
+// Which CPU kernel sets this binary holds and which of them this CPU runs.
 #include <cstdlib>
 #include <cstring>
 
@@ -5,23 +6,45 @@
 
 namespace rainserve::attention::cpu {
 
-const KernelSet& SelectKernels() {
-  const char* forced = std::getenv("RAINSERVE_CPU_ISA");
+std::vector<const KernelSet*> CompiledKernels() {
+#if defined(__x86_64__)
+  return {&GenericKernels(), &Avx2Kernels(), &Avx512Kernels()};
+#else
+  return {&GenericKernels()};
+#endif
+}
+
+bool CpuRuns(const KernelSet& set) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  const bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (forced != nullptr) {
-    if (std::strcmp(forced, "avx512") == 0 && has_avx512) return Avx512Kernels();
-    if (std::strcmp(forced, "avx2") == 0 && has_avx2) return Avx2Kernels();
-    if (std::strcmp(forced, "generic") == 0) return GenericKernels();
+  if (&set == &Avx512Kernels()) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("fma");
   }
-  if (has_avx512) return Avx512Kernels();
-  if (has_avx2) return Avx2Kernels();
-#else
-  (void)forced;
+  if (&set == &Avx2Kernels()) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }
 #endif
-  return GenericKernels();
+  return &set == &GenericKernels();
+}
+
+std::vector<const KernelSet*> AvailableKernels() {
+  std::vector<const KernelSet*> sets;
+  for (const KernelSet* set : CompiledKernels()) {
+    if (CpuRuns(*set)) sets.push_back(set);
+  }
+  return sets;
+}
+
+const KernelSet& SelectKernels() {
+  const std::vector<const KernelSet*> sets = AvailableKernels();
+  if (const char* forced = std::getenv("RAINSERVE_CPU_ISA")) {
+    for (const KernelSet* set : sets) {
+      if (std::strcmp(set->isa, forced) == 0) return *set;
+    }
+  }
+  return *sets.back();
 }
 
 }  // namespace rainserve::attention::cpu

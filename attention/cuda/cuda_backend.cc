@@ -23,22 +23,50 @@ Status CheckView(const TensorView& t, const char* name) {
   return OkStatus();
 }
 
-}  // namespace
-
-CudaBackend::CudaBackend() {
+// The current device's compute capability major, or the reason there is none.
+StatusOr<int> DeviceMajor() {
   int device = 0;
   cudaDeviceProp prop{};
-  const bool hopper = cudaGetDevice(&device) == cudaSuccess &&
-                      cudaGetDeviceProperties(&prop, device) == cudaSuccess && prop.major == 9;
-  const char* forced = std::getenv("RAINSERVE_FLASH_KERNEL");
-  use_sm90_ = hopper && !(forced != nullptr && std::string(forced) == "mma");
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaGetDeviceProperties(&prop, device);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the error so later calls do not see it
+    return FailedPreconditionError(std::string("no CUDA device: ") + cudaGetErrorString(err));
+  }
+  return prop.major;
 }
+
+FlashKernel DefaultKernel() {
+  const StatusOr<int> major = DeviceMajor();
+  const char* forced = std::getenv("RAINSERVE_FLASH_KERNEL");
+  const bool hopper = major.ok() && *major == 9;
+  return hopper && !(forced != nullptr && std::string(forced) == "mma") ? FlashKernel::kSm90
+                                                                        : FlashKernel::kMma;
+}
+
+}  // namespace
+
+std::vector<FlashKernel> CudaBackend::Kernels() { return {FlashKernel::kSm90, FlashKernel::kMma}; }
+
+Status CudaBackend::CanRun(FlashKernel kernel) {
+  RAINSERVE_ASSIGN_OR_RETURN(const int major, DeviceMajor());
+  if (kernel == FlashKernel::kSm90 && major != 9) {
+    return FailedPreconditionError("cuda-sm90 kernel needs a Hopper device (compute capability "
+                                   "9.x), this one is " + std::to_string(major) + ".x");
+  }
+  return OkStatus();
+}
+
+CudaBackend::CudaBackend() : CudaBackend(DefaultKernel()) {}
+
+CudaBackend::CudaBackend(FlashKernel kernel) : kernel_(kernel), runnable_(CanRun(kernel)) {}
 
 CudaBackend::~CudaBackend() {
   if (workspace_ != nullptr) cudaFree(workspace_);
 }
 
 Status CudaBackend::Supports(const ForwardArgs& args, int64_t block_size) const {
+  RAINSERVE_RETURN_IF_ERROR(runnable_);
   const TensorView& q = args.q;
   if (q.dtype != DType::kBFloat16 && q.dtype != DType::kFloat16) {
     return UnimplementedError(std::string("cuda backend: dtype must be bfloat16 or float16, got ") +
@@ -121,8 +149,8 @@ Status CudaBackend::Forward(const ForwardArgs& args) {
   p.mask_indices = args.mask.indices;
   p.scale_log2 = args.scale * 1.4426950408889634f;
   p.dtype = args.q.dtype;
-  return use_sm90_ ? cuda::LaunchFlashForwardSm90(p, args.stream)
-                   : cuda::LaunchFlashForward(p, args.stream);
+  return kernel_ == FlashKernel::kSm90 ? cuda::LaunchFlashForwardSm90(p, args.stream)
+                                       : cuda::LaunchFlashForward(p, args.stream);
 }
 
 Status CudaBackend::GatherRows(const void* src, void* dst, const int64_t* index, int64_t outer,

@@ -8,20 +8,42 @@
 #pragma once
 
 #include <mutex>
+#include <vector>
 
 #include "attention/backend.h"
 
 namespace rainserve::attention {
 
+// The flash forward kernels of the CUDA backend (cuda/kernels.h).
+enum class FlashKernel : int {
+  kSm90 = 0,  // TMA + warp-specialised wgmma (flash_fwd_sm90.cu): Hopper only
+  kMma = 1,   // mma.sync (flash_fwd.cu): any sm_80+ device the build targets
+};
+
 class CudaBackend final : public AttentionBackend {
  public:
-  // Picks the forward kernel from the current device: the TMA + wgmma kernel
-  // on Hopper (compute capability 9.x), mma.sync elsewhere;
-  // RAINSERVE_FLASH_KERNEL=mma in the environment forces mma.sync.
+  // The default kernel for the current device, what the server runs: kSm90
+  // on Hopper (compute capability 9.x), kMma elsewhere;
+  // RAINSERVE_FLASH_KERNEL=mma in the environment forces kMma.
   CudaBackend();
+  // A chosen kernel (tests and benchmarks run each one). When the current
+  // device cannot run it, Supports() refuses every call with CanRun's reason.
+  explicit CudaBackend(FlashKernel kernel);
   ~CudaBackend() override;
 
-  const char* Name() const override { return use_sm90_ ? "cuda-sm90" : "cuda-mma"; }
+  // Every forward kernel this backend has, the Hopper one first.
+  static std::vector<FlashKernel> Kernels();
+  // OK when the current device runs `kernel`; FAILED_PRECONDITION saying why
+  // not (no CUDA device, or not Hopper for kSm90).
+  static Status CanRun(FlashKernel kernel);
+
+  // "cuda-sm90" or "cuda-mma": Name() of a backend running `kernel`.
+  static const char* NameOf(FlashKernel kernel) {
+    return kernel == FlashKernel::kSm90 ? "cuda-sm90" : "cuda-mma";
+  }
+
+  FlashKernel kernel() const { return kernel_; }
+  const char* Name() const override { return NameOf(kernel_); }
   Status Supports(const ForwardArgs& args, int64_t block_size) const override;
   Status PredictMask(const MaskArgs& args) override;
   Status Forward(const ForwardArgs& args) override;
@@ -30,7 +52,8 @@ class CudaBackend final : public AttentionBackend {
                     int64_t row_bytes, void* stream) override;
 
  private:
-  bool use_sm90_ = false;
+  FlashKernel kernel_;
+  Status runnable_;  // CanRun(kernel_), checked once at construction
   std::mutex mutex_;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
