@@ -2,7 +2,9 @@
 //
 //   rainserve-server --config configs/server.yaml [--listen HOST:PORT]
 //                    [--metrics-listen HOST:PORT] [--port-file PATH]
+//                    [--log-level LEVEL] [--help] [--version]
 //
+// kUsage below (--help) explains every flag.
 // Exits 0 after a graceful shutdown on SIGTERM/SIGINT; non-zero with a message
 // on stderr when the configuration is invalid or a port cannot be bound. A
 // second SIGTERM/SIGINT during the drain stops the process at once with exit
@@ -20,17 +22,34 @@
 
 #include "server/config.h"
 #include "common/logging.h"
+#include "server/build_info.h"
 #include "server/server_app.h"
 
 namespace {
 
 constexpr char kUsage[] =
     "usage: rainserve-server [--config FILE] [--listen HOST:PORT] [--metrics-listen HOST:PORT]\n"
-    "                        [--port-file FILE] [--log-level debug|info|warning|error]\n"
-    "  --config          server YAML (default: configs/server.yaml)\n"
-    "  --listen          gRPC address, overrides server.listen_address (port 0 = any free)\n"
-    "  --metrics-listen  Prometheus address, overrides server.metrics_address\n"
-    "  --port-file       write {\"grpc_port\": N, \"metrics_port\": M} here once serving\n";
+    "                        [--port-file FILE] [--log-level LEVEL] [--help] [--version]\n"
+    "\n"
+    "Serves the RainServe gRPC API (rainserve.v1.Generation and Models, health,\n"
+    "reflection) and Prometheus metrics, with the models of the config file.\n"
+    "\n"
+    "  --config FILE          server YAML: addresses, queue, security, models\n"
+    "                         (default configs/server.yaml; docs/configuration.md)\n"
+    "  --listen HOST:PORT     gRPC address; overrides server.listen_address\n"
+    "                         (port 0 picks a free port)\n"
+    "  --metrics-listen HOST:PORT\n"
+    "                         Prometheus address (GET /metrics); overrides\n"
+    "                         server.metrics_address (port 0 picks a free port)\n"
+    "  --port-file FILE       once serving, write {\"grpc_port\": N, \"metrics_port\": M}\n"
+    "                         there (atomically), for scripts that start on port 0\n"
+    "  --log-level LEVEL      debug, info, warning or error; overrides server.log_level\n"
+    "  --help                 print this and exit 0\n"
+    "  --version              print the version and git commit and exit 0\n"
+    "\n"
+    "SIGTERM or SIGINT drains: health turns NOT_SERVING, new jobs are refused, running\n"
+    "jobs get up to server.drain_timeout_seconds, then the server exits 0. Exit code 2:\n"
+    "a bad flag, an invalid config or an address that cannot be bound (message on stderr).\n";
 
 struct Flags {
   std::string config = "configs/server.yaml";
@@ -52,6 +71,11 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
     else if (arg == "--port-file") ok = value(&flags->port_file);
     else if (arg == "--log-level") ok = value(&flags->log_level);
     else if (arg == "--help" || arg == "-h") { std::fputs(kUsage, stdout); std::exit(0); }
+    else if (arg == "--version") {
+      std::printf("rainserve-server %s (%s, CUDA %s)\n", rainserve::kVersion, rainserve::kGitSha,
+                  rainserve::kCudaVersion);
+      std::exit(0);
+    }
     else ok = false;
     if (!ok) {
       std::fprintf(stderr, "rainserve-server: bad argument '%s'\n%s", arg.c_str(), kUsage);

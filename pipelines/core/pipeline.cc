@@ -13,16 +13,33 @@
 namespace rainserve {
 namespace {
 
-Status OutOfRange(const std::string& field, const std::string& allowed, double got) {
-  std::ostringstream msg;
-  msg << field << " must be " << allowed << " (got " << got << ")";
-  return InvalidArgumentError(msg.str());
+// Integers print in full ("got 4294967296", "50"), other numbers as the
+// shortest text that reads back the same ("got 0.95").
+std::string Num(int64_t v) { return std::to_string(v); }
+std::string Num(double v) {
+  if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 1e15) {
+    return std::to_string(static_cast<int64_t>(v));
+  }
+  std::ostringstream s;
+  s.precision(17);
+  s << v;
+  for (int precision = 1; precision < 17; ++precision) {
+    std::ostringstream shorter;
+    shorter.precision(precision);
+    shorter << v;
+    if (std::stod(shorter.str()) == v) return shorter.str();
+  }
+  return s.str();
+}
+
+template <typename Number>
+Status OutOfRange(const std::string& field, const std::string& allowed, Number got) {
+  return InvalidArgumentError(field + " must be " + allowed + " (got " + Num(got) + ")");
 }
 
 Status CheckInt(const std::string& field, int64_t value, int64_t lo, int64_t hi) {
   if (value >= lo && value <= hi) return OkStatus();
-  return OutOfRange(field, "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]",
-                    static_cast<double>(value));
+  return OutOfRange(field, "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]", value);
 }
 
 }  // namespace
@@ -33,12 +50,12 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
   if (request.prompt.empty()) return InvalidArgumentError("prompt must not be empty");
   if (static_cast<int64_t>(request.prompt.size()) > limits.max_prompt_bytes) {
     return OutOfRange("prompt", "at most " + std::to_string(limits.max_prompt_bytes) + " bytes",
-                      static_cast<double>(request.prompt.size()));
+                      static_cast<int64_t>(request.prompt.size()));
   }
   if (static_cast<int64_t>(request.negative_prompt.size()) > limits.max_prompt_bytes) {
     return OutOfRange("negative_prompt",
                       "at most " + std::to_string(limits.max_prompt_bytes) + " bytes",
-                      static_cast<double>(request.negative_prompt.size()));
+                      static_cast<int64_t>(request.negative_prompt.size()));
   }
   const int64_t m = limits.size_multiple;
   for (auto [field, value, max] : {std::make_tuple("width", request.width, limits.max_width),
@@ -47,31 +64,31 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
       return OutOfRange(field,
                         "a multiple of " + std::to_string(m) + " in [" + std::to_string(m) +
                             ", " + std::to_string(max) + "]",
-                        static_cast<double>(value));
+                        static_cast<int64_t>(value));
     }
   }
   if (request.width * request.height > limits.max_pixels) {
     return OutOfRange("width", "such that width * height <= " + std::to_string(limits.max_pixels),
-                      static_cast<double>(request.width * request.height));
+                      static_cast<int64_t>(request.width * request.height));
   }
   const int64_t f = limits.frame_multiple;
   if (request.num_frames < 1 || request.num_frames > limits.max_frames ||
       (request.num_frames - 1) % f != 0) {
     return OutOfRange("num_frames",
                       std::to_string(f) + "k+1 in [1, " + std::to_string(limits.max_frames) + "]",
-                      static_cast<double>(request.num_frames));
+                      static_cast<int64_t>(request.num_frames));
   }
   RAINSERVE_RETURN_IF_ERROR(CheckInt("steps", request.steps, 1, limits.max_steps));
   if (!std::isfinite(request.guidance_scale) || request.guidance_scale < 0 ||
       request.guidance_scale > limits.max_guidance_scale) {
     return OutOfRange("guidance_scale",
-                      "finite in [0, " + std::to_string(limits.max_guidance_scale) + "]",
+                      "finite in [0, " + Num(limits.max_guidance_scale) + "]",
                       request.guidance_scale);
   }
   if (!std::isfinite(request.flow_shift) || request.flow_shift <= 0 ||
       request.flow_shift > limits.max_flow_shift) {
     return OutOfRange("flow_shift",
-                      "finite in (0, " + std::to_string(limits.max_flow_shift) + "]",
+                      "finite in (0, " + Num(limits.max_flow_shift) + "]",
                       request.flow_shift);
   }
   if (request.scheduler != "unipc" && request.scheduler != "euler") {

@@ -219,6 +219,27 @@ TEST_F(WanPipelineTest, InvalidRequestsNameTheField) {
   }
 }
 
+TEST_F(WanPipelineTest, OutOfRangeMessagesPrintIntegersInFullAndDecimalsShort) {
+  PipelineDescription d = pipeline_->Describe();
+  d.limits.max_width = d.limits.max_height = 65536;
+  d.limits.max_pixels = 1 << 20;
+  GenerationRequest r = Small(1);
+  r.width = r.height = 65536;
+  Status s = ValidateGenerationRequest(d, r);
+  EXPECT_NE(s.message().find("(got 4294967296)"), std::string::npos) << s.message();
+
+  r = Small(1);
+  r.steps = 123456789;
+  s = ValidateGenerationRequest(d, r);
+  EXPECT_NE(s.message().find("(got 123456789)"), std::string::npos) << s.message();
+
+  r = Small(1);
+  r.guidance_scale = 1234567.5;
+  s = ValidateGenerationRequest(d, r);
+  EXPECT_NE(s.message().find("(got 1234567.5)"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("[0, 50]"), std::string::npos) << s.message();
+}
+
 TEST(WanPipelineLoadTest, MissingFolderIsNotFoundAndUnknownDeviceIsRejected) {
   ModelOptions e = TinyEntry();
   e.path = testing::SourceDir() + "/models/no-such-model";

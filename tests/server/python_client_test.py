@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """The Python example client (examples/python/rainserve_client.py) against the
-real rainserve-server binary serving the embedded wan-tiny model.
+real rainserve-server binary serving the embedded wan-tiny model, and the
+README's way to run it (scripts/python-client.sh).
 
-    PYTHONPATH=<build>/examples/python/gen:examples/python \
-      python3 tests/server/python_client_test.py <build>/server/rainserve-server
+    PYTHONPATH=<build>/examples/python/gen:examples/python RAINSERVE_BUILD_DIR=<build> \
+      /usr/bin/python3 tests/server/python_client_test.py <build>/server/rainserve-server
 
 ctest runs it as python_client_test. Standard library and grpc only.
 """
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -84,7 +87,8 @@ class PythonClientTest(unittest.TestCase):
             time.sleep(0.05)
         with open(port_file) as f:
             port = json.load(f)["grpc_port"]
-        cls.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        cls.target = f"127.0.0.1:{port}"
+        cls.channel = grpc.insecure_channel(cls.target)
         cls.stub = generation_pb2_grpc.GenerationStub(cls.channel)
         cls.wait_for_model()
 
@@ -147,7 +151,87 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual((info.width, info.height, info.frames), (64, 64, 5))
         self.assertEqual(result.applied.steps, 3)
 
-    def test_3_sigterm_exits_zero(self):
+    def run_main(self, *argv, tty=False):
+        """rainserve_client.main(argv) in-process: (exit code, stdout, stderr)."""
+        class Terminal(io.StringIO):
+            def isatty(self):
+                return True
+        out, err = io.StringIO(), (Terminal() if tty else io.StringIO())
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = rainserve_client.main(["--target", self.target, *argv])
+            except SystemExit as e:
+                code = e.code
+        return code, out.getvalue(), err.getvalue()
+
+    def test_3_out_gets_the_extension_only_when_missing(self):
+        with tempfile.TemporaryDirectory() as d:
+            code, out, err = self.run_main("--prompt", "a boat", "--out", f"{d}/named.mp4")
+            self.assertEqual(code, 0, err)
+            self.assertEqual(os.listdir(d), ["named.mp4"])
+            self.assertIn(f"wrote {d}/named.mp4  (video/mp4", out)
+            code, out, err = self.run_main("--prompt", "a boat", "--frames", "1",
+                                           "--out", f"{d}/still")
+            self.assertEqual(code, 0, err)
+            self.assertTrue(os.path.exists(f"{d}/still.png"), os.listdir(d))
+
+    def test_4_progress_is_one_line_per_event_when_not_a_terminal(self):
+        with tempfile.TemporaryDirectory() as d:
+            code, _, err = self.run_main("--prompt", "a boat", "--steps", "2", "--out", f"{d}/p")
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("\r", err)
+        lines = err.splitlines()
+        self.assertIn("denoise 1/2", [line[:11] for line in lines], err)
+        self.assertIn("denoise 2/2", [line[:11] for line in lines], err)
+
+    def test_5_progress_is_a_bar_with_elapsed_and_eta_on_a_terminal(self):
+        with tempfile.TemporaryDirectory() as d:
+            code, _, err = self.run_main("--prompt", "a boat", "--steps", "2",
+                                         "--out", f"{d}/t", tty=True)
+        self.assertEqual(code, 0, err)
+        self.assertIn("\r\033[Kdenoise [" + "#" * 15 + "." * 15 + "] 1/2  elapsed ", err)
+        self.assertIn(" eta ", err)
+        self.assertIn("\r\033[Kdenoise [" + "#" * 30 + "] 2/2  elapsed ", err)
+
+    def test_6_errors_print_the_code_by_name(self):
+        code, _, err = self.run_main("--prompt", "a boat", "--width", "8")
+        self.assertEqual(code, 1)
+        self.assertIn("INVALID_ARGUMENT: width must be", err)
+
+    def test_7_prompt_is_required_only_to_generate_and_numbers_are_checked(self):
+        code, _, err = self.run_main()
+        self.assertEqual(code, 2)
+        self.assertIn("--prompt is required", err)
+        code, _, err = self.run_main("--prompt", "x", "--width", "4294967312")
+        self.assertEqual(code, 2)
+        self.assertIn("expected an integer in [0, 4294967295], got '4294967312'", err)
+        code, _, err = self.run_main("--prompt", "x", "--sparsity", "nan")
+        self.assertEqual(code, 2)
+        self.assertIn("expected a number, got 'nan'", err)
+        code, _, err = self.run_main("--prompt", "x", "--spars", "0.9")
+        self.assertEqual(code, 2)
+        self.assertIn("unrecognized arguments: --spars", err)
+        code, out, err = self.run_main("--list-models")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, "wan-tiny MODEL_STATE_READY cpu fp32\n")
+
+    def test_8_wrapper_runs_with_a_python3_without_grpc_first_on_path(self):
+        with tempfile.TemporaryDirectory() as d:
+            fake = os.path.join(d, "python3")
+            with open(fake, "w") as f:
+                f.write("#!/bin/sh\necho 'No module named grpc' >&2\nexit 1\n")
+            os.chmod(fake, 0o755)
+            env = dict(os.environ, PATH=f"{d}:{os.environ['PATH']}")
+            env.pop("PYTHONPATH", None)
+            env.pop("RAINSERVE_PYTHON", None)
+            run = subprocess.run(
+                [os.path.join(SOURCE_DIR, "scripts", "python-client.sh"),
+                 "--target", self.target, "--list-models"],
+                env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertEqual(run.stdout, "wan-tiny MODEL_STATE_READY cpu fp32\n")
+
+    def test_9_sigterm_exits_zero(self):
         self.channel.close()
         self.__class__.channel = None
         self.server.send_signal(signal.SIGTERM)
