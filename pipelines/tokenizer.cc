@@ -196,6 +196,11 @@ StatusOr<std::unique_ptr<UMT5Tokenizer>> UMT5Tokenizer::Load(const std::string& 
   RAINSERVE_ASSIGN_OR_RETURN(const TokenizerConfig config,
                              ParseTokenizerConfig(config_text, config_path, map_text, map_path));
   tok->SetAddedTokens(std::move(tokens), config);
+  if (tok->pad_id_ < 0 || tok->eos_id_ < 0) {
+    return InvalidArgumentError(dir + ": the tokenizer has no pad or eos token (pad_token '" +
+                                config.pad_token.content + "', eos_token '" +
+                                config.eos_token.content + "')");
+  }
   return tok;
 }
 

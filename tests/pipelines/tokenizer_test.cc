@@ -406,6 +406,14 @@ TEST(TokenizerJsonTest, MalformedTokenizerJsonNamesTheFileAndKey) {
   EXPECT_NE(bad_config.status().message().find("tokenizer_config.json: extra_ids"),
             std::string::npos)
       << bad_config.status().message();
+
+  testing::WriteFileBytes(dir + "/tokenizer_config.json", "{\"pad_token\": \"\"}");
+  testing::WriteFileBytes(dir + "/special_tokens_map.json", "{}");
+  auto no_pad = UMT5Tokenizer::Load(dir);
+  ASSERT_FALSE(no_pad.ok());
+  EXPECT_EQ(no_pad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(no_pad.status().message().find("no pad or eos token"), std::string::npos)
+      << no_pad.status().message();
 }
 
 // ---- The added-token splitter ------------------------------------------------
