@@ -533,6 +533,21 @@ std::string SentencePieceModel::IndexPieces() {
   }
   trie_ = std::make_unique<Trie>(matched);
   if (!user_symbols.empty()) user_symbols_ = std::make_unique<Trie>(user_symbols);
+  // Every piece, for Search::kTokenizers; of equal texts the last id wins,
+  // as in the tokenizers library's vocabulary map.
+  std::vector<std::pair<std::string_view, int>> all;
+  min_score_all_ = std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    all.emplace_back(pieces_[i].text, static_cast<int>(i));
+    min_score_all_ = std::min(min_score_all_, static_cast<double>(pieces_[i].score));
+  }
+  std::stable_sort(all.begin(), all.end(), by_text);
+  std::vector<std::pair<std::string_view, int>> unique_all;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (i + 1 < all.size() && all[i + 1].first == all[i].first) continue;
+    unique_all.push_back(all[i]);
+  }
+  all_trie_ = std::make_unique<Trie>(unique_all);
 
   // Score range over NORMAL pieces, with SentencePiece's starting values:
   // max_score_ starts at FLT_MIN (the smallest positive float), so with only
@@ -709,50 +724,65 @@ std::vector<int> SentencePieceModel::Encode(std::string_view text) const {
   return EncodeNormalized(Normalize(text));
 }
 
-std::vector<int> SentencePieceModel::EncodeNormalized(std::string_view normalized) const {
-  std::vector<int> ids;
-  if (normalized.empty()) return ids;
-
-  // Viterbi over byte positions: best[e] is the best-scoring segmentation of
-  // normalized[0, e), by its last piece (start, id). Positions advance one
-  // character at a time; every piece that starts there is a candidate for the
-  // position it ends at. Scores follow SentencePiece's arithmetic exactly
-  // (a piece's candidate in double, stored as float; unknown ones in float)
-  // so that ties break the same way.
-  struct Best {
-    float score = 0.0f;
-    int start = -1;
-    int id = -1;
-  };
+// Viterbi over byte positions: best[e] is the best-scoring segmentation of
+// normalized[0, e), by its last piece (start, id). Positions advance one
+// character at a time; every piece that starts there is a candidate for the
+// position it ends at. With Search::kSentencePiece the scores follow
+// SentencePiece's arithmetic exactly (Score = float: a piece's candidate in
+// double, stored as float; unknown ones in float) so that ties break the
+// same way; with kTokenizers, the tokenizers library's (Score = double).
+template <typename Score>
+std::vector<SentencePieceModel::PathNode> SentencePieceModel::BestPath(std::string_view normalized,
+                                                                       Search search) const {
+  const bool tokenizers = search == Search::kTokenizers;
   const size_t n = normalized.size();
-  std::vector<Best> best(n + 1);
-  const float unk_score = min_score_ - kUnkPenalty;
+  std::vector<PathNode> best(n + 1);
+  std::vector<Score> best_score(n + 1, Score{0});
+  const Score unk_score = tokenizers ? static_cast<Score>(min_score_all_ - kUnkPenalty)
+                                     : static_cast<Score>(min_score_ - kUnkPenalty);
+  const Trie& trie = tokenizers ? *all_trie_ : *trie_;
   for (size_t start = 0; start < n;) {
     const size_t char_len = std::min(OneCharLen(normalized[start]), n - start);
-    const float till_here = best[start].score;
+    const Score till_here = best_score[start];
     bool covers_char = false;  // a piece of exactly this character exists
-    trie_->ForEachPrefix(std::string_view(normalized).substr(start), [&](size_t length, int id) {
+    trie.ForEachPrefix(normalized.substr(start), [&](size_t length, int id) {
       const Piece& p = pieces_[static_cast<size_t>(id)];
-      if (p.type == PieceType::kUnused) return true;
-      // User-defined symbols outscore any segmentation of the same bytes.
-      const double score = p.type == PieceType::kUserDefined
+      if (!tokenizers && p.type == PieceType::kUnused) return true;
+      // SentencePiece: user-defined symbols outscore any segmentation of
+      // the same bytes.
+      const double score = !tokenizers && p.type == PieceType::kUserDefined
                                ? static_cast<double>(static_cast<float>(length) * max_score_) - 0.1
                                : static_cast<double>(p.score);
       const double candidate = score + static_cast<double>(till_here);
-      Best& b = best[start + length];
-      if (b.start < 0 || candidate > static_cast<double>(b.score)) {
-        b = {static_cast<float>(candidate), static_cast<int>(start), id};
+      PathNode& b = best[start + length];
+      if (b.start < 0 || candidate > static_cast<double>(best_score[start + length])) {
+        b = {static_cast<int>(start), id};
+        best_score[start + length] = static_cast<Score>(candidate);
       }
       covers_char = covers_char || length == char_len;
       return true;
     });
     if (!covers_char) {
-      const float candidate = unk_score + till_here;
-      Best& b = best[start + char_len];
-      if (b.start < 0 || candidate > b.score) b = {candidate, static_cast<int>(start), unknown_id_};
+      const Score candidate = unk_score + till_here;
+      PathNode& b = best[start + char_len];
+      if (b.start < 0 || candidate > best_score[start + char_len]) {
+        b = {static_cast<int>(start), unknown_id_};
+        best_score[start + char_len] = candidate;
+      }
     }
     start += char_len;
   }
+  return best;
+}
+
+std::vector<int> SentencePieceModel::EncodeNormalized(std::string_view normalized,
+                                                      Search search) const {
+  std::vector<int> ids;
+  if (normalized.empty()) return ids;
+  const size_t n = normalized.size();
+  const std::vector<PathNode> best = search == Search::kTokenizers
+                                         ? BestPath<double>(normalized, search)
+                                         : BestPath<float>(normalized, search);
 
   // The path, last piece first.
   std::vector<size_t> ends;
@@ -762,7 +792,7 @@ std::vector<int> SentencePieceModel::EncodeNormalized(std::string_view normalize
   }
   bool prev_unknown = false;
   for (auto it = ends.rbegin(); it != ends.rend(); ++it) {
-    const Best& b = best[*it];
+    const PathNode& b = best[*it];
     const bool unknown = pieces_[static_cast<size_t>(b.id)].type == PieceType::kUnknown;
     if (unknown && byte_fallback_) {
       // The unknown character spelled as its UTF-8 bytes.

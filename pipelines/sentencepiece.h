@@ -95,8 +95,23 @@ class SentencePieceModel {
   // tokenizers library's Precompiled normalizer does with the charsmap.
   std::string NormalizeCharacters(std::string_view text) const;
 
+  // Which unigram search EncodeNormalized runs.
+  enum class Search {
+    // SentencePiece's: NORMAL and USER_DEFINED pieces (user-defined ones
+    // outscoring any other segmentation of their bytes), scores summed as
+    // SentencePiece sums them (stored as float), the unknown score from the
+    // lowest NORMAL score.
+    kSentencePiece,
+    // The tokenizers library's Unigram model: every piece by its own score
+    // (CONTROL, UNKNOWN, UNUSED and byte pieces spelled out in the text
+    // too), sums in double, the unknown score from the lowest score of all
+    // pieces.
+    kTokenizers,
+  };
+
   // Steps 2 and 3 on text that is already normalized and escaped.
-  std::vector<int> EncodeNormalized(std::string_view normalized) const;
+  std::vector<int> EncodeNormalized(std::string_view normalized,
+                                    Search search = Search::kSentencePiece) const;
 
   // The id of the piece spelled `text`, whatever its type; -1 when none.
   int Find(std::string_view text) const;
@@ -120,7 +135,16 @@ class SentencePieceModel {
  private:
   class Trie;
 
+  // The last piece of the best segmentation ending at a position.
+  struct PathNode {
+    int start = -1;
+    int id = -1;
+  };
+
   SentencePieceModel();
+  // Step 2: the best path's node for every end position.
+  template <typename Score>
+  std::vector<PathNode> BestPath(std::string_view normalized, Search search) const;
   // Build() in steps; each returns "" or why the pieces are not a model.
   std::string IndexPieces();
   void SetSpecialIds(const Options& options);
@@ -138,11 +162,13 @@ class SentencePieceModel {
   std::vector<Piece> pieces_;
   std::unique_ptr<Trie> trie_;          // NORMAL, USER_DEFINED and UNUSED pieces -> id
   std::unique_ptr<Trie> user_symbols_;  // USER_DEFINED pieces; null when none
+  std::unique_ptr<Trie> all_trie_;      // every piece (Search::kTokenizers)
   std::vector<std::pair<std::string, int>> reserved_;  // other pieces, sorted by text
   std::vector<int> byte_ids_;                          // byte_fallback: id of <0xXX>, [256]
   int unknown_id_ = -1;  // the UNKNOWN piece: what the encoder emits for unknown text
   int unk_id_ = -1, bos_id_ = -1, eos_id_ = -1, pad_id_ = -1;
   float min_score_ = 0.0f, max_score_ = 0.0f;  // over NORMAL pieces, as SentencePiece sets them
+  double min_score_all_ = 0.0;                 // over all pieces, as tokenizers sets it
 
   // Normalizer: the charsmap blob, its units (Darts-clone, little-endian uint32) and the
   // blob of replacements their values point into; empty when the model has

@@ -289,7 +289,9 @@ std::vector<int64_t> UMT5Tokenizer::Pieces(const std::string& text) const {
 
 void UMT5Tokenizer::EncodeWords(std::string_view text, std::vector<int64_t>* ids) const {
   const auto encode = [this, ids](std::string_view piece) {
-    for (int id : model_->EncodeNormalized(piece)) ids->push_back(id);
+    for (int id : model_->EncodeNormalized(piece, SentencePieceModel::Search::kTokenizers)) {
+      ids->push_back(id);
+    }
   };
   std::string word;
   for (size_t i = 0; i <= text.size();) {

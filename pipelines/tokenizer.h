@@ -15,7 +15,9 @@
 //      whitespace is dropped), each word prefixed with "▁" unless it
 //      starts with one (Metaspace, prepend_scheme "always": also the first
 //      word after a special token), cut before every further "▁", and
-//      each cut run through the unigram Viterbi search on its own;
+//      each cut run through the unigram Viterbi search on its own, as the
+//      tokenizers library's Unigram model runs it
+//      (SentencePieceModel::Search::kTokenizers);
 //   4. EOS appended; longer texts keep their first L-1 ids + EOS; padded
 //      with the pad id to L; mask 1 on real tokens (EOS included), 0 on
 //      padding.

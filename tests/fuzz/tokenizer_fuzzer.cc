@@ -86,7 +86,12 @@ void CheckModelEncodes(const SentencePieceModel& m, const std::string& inserted)
         inserted.substr(0, 64)}) {
     for (int id : m.Encode(text)) RAINSERVE_FUZZ_CHECK(id >= 0 && id < m.size());
     const std::string normalized = m.NormalizeCharacters(text);
-    for (int id : m.EncodeNormalized(normalized)) RAINSERVE_FUZZ_CHECK(id >= 0 && id < m.size());
+    for (auto search : {SentencePieceModel::Search::kSentencePiece,
+                        SentencePieceModel::Search::kTokenizers}) {
+      for (int id : m.EncodeNormalized(normalized, search)) {
+        RAINSERVE_FUZZ_CHECK(id >= 0 && id < m.size());
+      }
+    }
   }
 }
 

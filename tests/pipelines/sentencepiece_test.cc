@@ -422,6 +422,21 @@ TEST(SentencePieceWanTinyTest, TheStepsAloneComposeToEncode) {
   for (const std::string& text : HandPickedTexts()) {
     EXPECT_EQ(m.EncodeNormalized(m.Normalize(text)), m.Encode(text)) << Escaped(text);
   }
+  // The tokenizers library's search: the same ids on text without the
+  // spelling of a special piece, which it matches like any other piece.
+  for (const std::string& text : HandPickedTexts()) {
+    if (text.find('<') != std::string::npos) continue;
+    const std::string normalized = m.Normalize(text);
+    EXPECT_EQ(m.EncodeNormalized(normalized, SentencePieceModel::Search::kTokenizers),
+              m.EncodeNormalized(normalized))
+        << Escaped(text);
+  }
+  const std::string u = "\xe2\x96\x81";  // U+2581
+  ASSERT_GE(m.Find(u), 0);
+  EXPECT_EQ(m.EncodeNormalized(u + "</s>", SentencePieceModel::Search::kTokenizers),
+            (std::vector<int>{m.Find(u), 1}));
+  const std::vector<int> spelled = m.EncodeNormalized(u + "</s>");
+  EXPECT_EQ(std::count(spelled.begin(), spelled.end(), 1), 0);
   EXPECT_EQ(m.Find("</s>"), 1);
   EXPECT_EQ(m.Find("<unk>"), 2);
   EXPECT_EQ(m.Find("no such piece here"), -1);

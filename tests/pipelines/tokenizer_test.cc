@@ -296,6 +296,17 @@ TEST_F(WanTinyTokenizerTest, TextAroundATokenIsTokenizedAsSeparateWords) {
   EXPECT_EQ(std::vector<int64_t>(t.ids.begin(), t.ids.begin() + t.length), want);
 }
 
+TEST_F(WanTinyTokenizerTest, ASpecialPieceSpelledByNormalizationIsThatPiece) {
+  // Full-width "＜/s＞" is NFKC-folded to "</s>": not an added token (those
+  // match the raw text) but the vocabulary's piece, which the tokenizers
+  // library's Unigram search matches like any other.
+  auto model = SentencePieceModel::Load(WanTinyDir() + "/spiece.model");
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  const int space = (*model)->Find("\xe2\x96\x81");
+  ASSERT_GE(space, 0);
+  EXPECT_EQ(tok_->Pieces("\xef\xbc\x9c/s\xef\xbc\x9e"), (std::vector<int64_t>{space, 1}));
+}
+
 // ---- tokenizer.json ------------------------------------------------------------
 
 // A folder with wan-tiny's config files and `json` as tokenizer.json (and
