@@ -468,6 +468,7 @@ StatusOr<std::unique_ptr<SentencePieceModel>> SentencePieceModel::Build(
   for (const std::string& why : {model->IndexPieces(), model->LoadCharsmap()}) {
     if (!why.empty()) return InvalidArgumentError(error_prefix + why);
   }
+  model->IndexAllPieces();
   model->SetSpecialIds(options);
   return model;
 }
@@ -533,6 +534,10 @@ std::string SentencePieceModel::IndexPieces() {
   }
   trie_ = std::make_unique<Trie>(matched);
   if (!user_symbols.empty()) user_symbols_ = std::make_unique<Trie>(user_symbols);
+  return "";
+}
+
+void SentencePieceModel::IndexAllPieces() {
   // Every piece, for Search::kTokenizers; of equal texts the last id wins,
   // as in the tokenizers library's vocabulary map.
   std::vector<std::pair<std::string_view, int>> all;
@@ -541,7 +546,8 @@ std::string SentencePieceModel::IndexPieces() {
     all.emplace_back(pieces_[i].text, static_cast<int>(i));
     min_score_all_ = std::min(min_score_all_, static_cast<double>(pieces_[i].score));
   }
-  std::stable_sort(all.begin(), all.end(), by_text);
+  std::stable_sort(all.begin(), all.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
   std::vector<std::pair<std::string_view, int>> unique_all;
   for (size_t i = 0; i < all.size(); ++i) {
     if (i + 1 < all.size() && all[i + 1].first == all[i].first) continue;
@@ -559,7 +565,6 @@ std::string SentencePieceModel::IndexPieces() {
     min_score_ = std::min(min_score_, p.score);
     max_score_ = std::max(max_score_, p.score);
   }
-  return "";
 }
 
 void SentencePieceModel::SetSpecialIds(const Options& options) {

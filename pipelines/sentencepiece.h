@@ -147,6 +147,8 @@ class SentencePieceModel {
   std::vector<PathNode> BestPath(std::string_view normalized, Search search) const;
   // Build() in steps; each returns "" or why the pieces are not a model.
   std::string IndexPieces();
+  // The score ranges and the trie of every piece.
+  void IndexAllPieces();
   void SetSpecialIds(const Options& options);
   std::string LoadCharsmap();
   // Id of `text` as SentencePiece's PieceToId: special pieces first, then
