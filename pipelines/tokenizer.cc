@@ -217,8 +217,19 @@ void UMT5Tokenizer::SetAddedTokens(std::vector<AddedToken> tokens, const Tokeniz
     return std::any_of(tokens.begin(), tokens.end(),
                        [&content](const AddedToken& t) { return t.content == content; });
   };
-  for (const AddedToken& t : config.added_tokens_decoder) {
-    if (!present(t.content)) tokens.push_back(t);
+  // added_tokens_decoder is what transformers re-adds on top: its flags
+  // replace those of a token already there, which keeps its id.
+  for (AddedToken t : config.added_tokens_decoder) {
+    bool updated = false;
+    for (AddedToken& have : tokens) {
+      if (have.content != t.content) continue;
+      t.id = have.id;
+      have = t;
+      updated = true;
+    }
+    if (updated) continue;
+    if (const int64_t vocab_id = model_->Find(t.content); vocab_id >= 0) t.id = vocab_id;
+    tokens.push_back(std::move(t));
   }
   int64_t next_id = model_->size();
   for (const AddedToken& t : tokens) next_id = std::max(next_id, t.id + 1);

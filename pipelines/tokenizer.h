@@ -24,7 +24,9 @@
 // The added tokens: tokenizer.json's added_tokens (with their flags), or
 // for a spiece.model the CONTROL pieces (special) and USER_DEFINED pieces
 // (not special), none normalized; then tokenizer_config.json's
-// added_tokens_decoder; then eos/unk/pad_token (tokenizer_config.json,
+// added_tokens_decoder (its flags replace those of a token of the same
+// content, which keeps its id; a new one takes its vocabulary id, else the
+// id it is listed under); then eos/unk/pad_token (tokenizer_config.json,
 // special_tokens_map.json; default </s>, <unk>, <pad>) and the additional
 // special tokens (additional_special_tokens / extra_special_tokens, or
 // <extra_id_0>..<extra_id_{extra_ids-1}> when none of them is an

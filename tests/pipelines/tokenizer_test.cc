@@ -377,6 +377,33 @@ TEST(TokenizerJsonTest, AddedTokensOfTheJsonAreUsedWithTheirNormalizedFlag) {
   for (int64_t id : full_width_cd) EXPECT_LT(id, n);
 }
 
+TEST(TokenizerJsonTest, AddedTokensDecoderOfTheConfigSetsTheFlags) {
+  const std::unique_ptr<SentencePieceModel> model = WanTinyModel();
+  ASSERT_NE(model, nullptr);
+  const int64_t n = model->size();
+  AddedToken ab{"AB", n, false, false, false, /*normalized=*/false, /*special=*/false};
+  const std::string dir = JsonTokenizerDir(testing::TokenizerJsonFor(*model, {ab}));
+  const std::string fullwidth_ab = "\xef\xbc\xa1\xef\xbc\xa2";  // "ＡＢ"
+  {
+    auto tok = UMT5Tokenizer::Load(dir);
+    ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+    EXPECT_NE((*tok)->Pieces(fullwidth_ab), std::vector<int64_t>{n});  // raw match only
+  }
+  // The config lists "AB" as normalized (under another id, which is not used)
+  // and a new token "<dog>" under the id it gets.
+  nlohmann::json config = nlohmann::json::parse(testing::ReadFileBytes(dir + "/tokenizer_config.json"));
+  config["added_tokens_decoder"] = {
+      {"7", {{"content", "AB"}, {"normalized", true}, {"special", false}}},
+      {std::to_string(n + 1), {{"content", "<dog>"}, {"normalized", false}, {"special", true}}}};
+  testing::WriteFileBytes(dir + "/tokenizer_config.json", config.dump());
+  auto tok = UMT5Tokenizer::Load(dir);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  EXPECT_EQ((*tok)->Pieces(fullwidth_ab), std::vector<int64_t>{n});
+  EXPECT_EQ((*tok)->Pieces("AB"), std::vector<int64_t>{n});
+  EXPECT_EQ((*tok)->Pieces("<dog>"), std::vector<int64_t>{n + 1});
+  EXPECT_EQ((*tok)->vocab_size(), n + 2);
+}
+
 TEST(TokenizerJsonTest, MalformedTokenizerJsonNamesTheFileAndKey) {
   const std::unique_ptr<SentencePieceModel> model = WanTinyModel();
   ASSERT_NE(model, nullptr);
