@@ -1,5 +1,5 @@
 // Request mapping: the edge between the API (rainserve.v1 protobuf messages)
-// and the plain structs of pipelines/pipeline.h.
+// and the plain structs of pipelines/core/pipeline.h.
 //
 // ResolveRequest fills every default from the model's description, rejects
 // what the model cannot run (INVALID_ARGUMENT naming the field and the allowed

@@ -432,38 +432,58 @@ StatusOr<std::unique_ptr<SentencePieceModel>> SentencePieceModel::Load(const std
 
 StatusOr<std::unique_ptr<SentencePieceModel>> SentencePieceModel::Parse(std::string_view bytes,
                                                                         const std::string& name) {
-  const auto invalid = [&name](const std::string& why) {
-    return InvalidArgumentError(name + ": not a valid SentencePiece model: " + why);
-  };
+  const std::string prefix = name + ": not a valid SentencePiece model: ";
   ModelFields m;
   std::string error;
-  if (!ReadModelProto(bytes, &m, &error)) return invalid(error);
+  if (!ReadModelProto(bytes, &m, &error)) return InvalidArgumentError(prefix + error);
   if (m.trainer.model_type != 1) {
     static const char* const kTypes[] = {"", "unigram", "BPE", "word", "char"};
     return InvalidArgumentError(name + ": a " + kTypes[m.trainer.model_type] +
                                 " SentencePiece model; only unigram models are supported");
   }
+  Options options;
+  options.precompiled_charsmap.assign(m.normalizer.precompiled_charsmap);
+  options.add_dummy_prefix = m.normalizer.add_dummy_prefix;
+  options.remove_extra_whitespaces = m.normalizer.remove_extra_whitespaces;
+  options.escape_whitespaces = m.normalizer.escape_whitespaces;
+  options.treat_whitespace_as_suffix = m.trainer.treat_whitespace_as_suffix;
+  options.byte_fallback = m.trainer.byte_fallback;
+  options.unk_piece = m.trainer.unk_piece;
+  options.bos_piece = m.trainer.bos_piece;
+  options.eos_piece = m.trainer.eos_piece;
+  options.pad_piece = m.trainer.pad_piece;
+  return Build(std::move(m.pieces), options, prefix);
+}
 
+StatusOr<std::unique_ptr<SentencePieceModel>> SentencePieceModel::Build(
+    std::vector<Piece> pieces, const Options& options, const std::string& error_prefix) {
   std::unique_ptr<SentencePieceModel> model(new SentencePieceModel());
-  model->byte_fallback_ = m.trainer.byte_fallback;
-  model->treat_whitespace_as_suffix_ = m.trainer.treat_whitespace_as_suffix;
-  model->add_dummy_prefix_ = m.normalizer.add_dummy_prefix;
-  model->remove_extra_whitespaces_ = m.normalizer.remove_extra_whitespaces;
-  model->escape_whitespaces_ = m.normalizer.escape_whitespaces;
-  model->pieces_ = std::move(m.pieces);
-  const std::vector<Piece>& pieces = model->pieces_;
+  model->byte_fallback_ = options.byte_fallback;
+  model->treat_whitespace_as_suffix_ = options.treat_whitespace_as_suffix;
+  model->add_dummy_prefix_ = options.add_dummy_prefix;
+  model->remove_extra_whitespaces_ = options.remove_extra_whitespaces;
+  model->escape_whitespaces_ = options.escape_whitespaces;
+  model->charsmap_ = options.precompiled_charsmap;
+  model->pieces_ = std::move(pieces);
+  for (const std::string& why : {model->IndexPieces(), model->LoadCharsmap()}) {
+    if (!why.empty()) return InvalidArgumentError(error_prefix + why);
+  }
+  model->IndexAllPieces();
+  model->SetSpecialIds(options);
+  return model;
+}
 
+std::string SentencePieceModel::IndexPieces() {
   // The checks SentencePiece makes on the pieces. NORMAL, USER_DEFINED and
   // UNUSED pieces are matched in text; the others only by their id or name.
   std::vector<std::pair<std::string_view, int>> matched, user_symbols;
   std::vector<bool> byte_seen(256, false);
-  int unknown = -1;
-  for (size_t i = 0; i < pieces.size(); ++i) {
-    const Piece& p = pieces[i];
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    const Piece& p = pieces_[i];
     const int id = static_cast<int>(i);
-    if (p.text.empty()) return invalid("piece " + std::to_string(i) + " is empty");
+    if (p.text.empty()) return "piece " + std::to_string(i) + " is empty";
     if (p.text.find('\0') != std::string::npos) {
-      return invalid("piece " + std::to_string(i) + " contains a NUL byte");
+      return "piece " + std::to_string(i) + " contains a NUL byte";
     }
     switch (p.type) {
       case PieceType::kNormal:
@@ -475,33 +495,31 @@ StatusOr<std::unique_ptr<SentencePieceModel>> SentencePieceModel::Parse(std::str
         user_symbols.emplace_back(p.text, id);
         break;
       case PieceType::kUnknown:
-        if (unknown >= 0) {
-          return invalid("more than one unknown piece (ids " + std::to_string(unknown) + " and " +
-                         std::to_string(i) + ")");
+        if (unknown_id_ >= 0) {
+          return "more than one unknown piece (ids " + std::to_string(unknown_id_) + " and " +
+                 std::to_string(i) + ")";
         }
-        unknown = id;
-        model->reserved_.emplace_back(p.text, id);
+        unknown_id_ = id;
+        reserved_.emplace_back(p.text, id);
         break;
       case PieceType::kByte: {
-        if (!m.trainer.byte_fallback) {
-          return invalid("byte piece '" + p.text + "' in a model without byte_fallback");
-        }
+        if (!byte_fallback_) return "byte piece '" + p.text + "' in a model without byte_fallback";
         const int byte = ByteOfPiece(p.text);
-        if (byte < 0) return invalid("invalid byte piece '" + p.text + "'");
+        if (byte < 0) return "invalid byte piece '" + p.text + "'";
         byte_seen[static_cast<size_t>(byte)] = true;
-        model->reserved_.emplace_back(p.text, id);
+        reserved_.emplace_back(p.text, id);
         break;
       }
       case PieceType::kControl:
-        model->reserved_.emplace_back(p.text, id);
+        reserved_.emplace_back(p.text, id);
         break;
     }
   }
-  if (unknown < 0) return invalid("no unknown piece (type UNKNOWN)");
-  if (m.trainer.byte_fallback && std::count(byte_seen.begin(), byte_seen.end(), false) != 0) {
-    return invalid("byte_fallback is on but the 256 byte pieces <0x00>..<0xFF> are not all there");
+  if (unknown_id_ < 0) return "no unknown piece (type UNKNOWN)";
+  if (byte_fallback_ && std::count(byte_seen.begin(), byte_seen.end(), false) != 0) {
+    return "byte_fallback is on but the 256 byte pieces <0x00>..<0xFF> are not all there";
   }
-  if (matched.empty()) return invalid("no normal pieces");
+  if (matched.empty()) return "no normal pieces";
   const auto by_text = [](const auto& a, const auto& b) { return a.first < b.first; };
   const auto duplicate = [](const auto& keys) {
     const auto it = std::adjacent_find(
@@ -509,58 +527,77 @@ StatusOr<std::unique_ptr<SentencePieceModel>> SentencePieceModel::Parse(std::str
     return it == keys.end() ? std::string() : std::string(it->first);
   };
   std::sort(matched.begin(), matched.end(), by_text);
-  std::sort(model->reserved_.begin(), model->reserved_.end(), by_text);
+  std::sort(reserved_.begin(), reserved_.end(), by_text);
   std::sort(user_symbols.begin(), user_symbols.end(), by_text);
-  for (const std::string& dup : {duplicate(matched), duplicate(model->reserved_)}) {
-    if (!dup.empty()) return invalid("piece '" + dup + "' is defined twice");
+  for (const std::string& dup : {duplicate(matched), duplicate(reserved_)}) {
+    if (!dup.empty()) return "piece '" + dup + "' is defined twice";
   }
-  model->trie_ = std::make_unique<Trie>(matched);
-  if (!user_symbols.empty()) model->user_symbols_ = std::make_unique<Trie>(user_symbols);
+  trie_ = std::make_unique<Trie>(matched);
+  if (!user_symbols.empty()) user_symbols_ = std::make_unique<Trie>(user_symbols);
+  return "";
+}
+
+void SentencePieceModel::IndexAllPieces() {
+  // Every piece, for Search::kTokenizers; of equal texts the last id wins,
+  // as in the tokenizers library's vocabulary map.
+  std::vector<std::pair<std::string_view, int>> all;
+  min_score_all_ = std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    all.emplace_back(pieces_[i].text, static_cast<int>(i));
+    min_score_all_ = std::min(min_score_all_, static_cast<double>(pieces_[i].score));
+  }
+  std::stable_sort(all.begin(), all.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<std::pair<std::string_view, int>> unique_all;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (i + 1 < all.size() && all[i + 1].first == all[i].first) continue;
+    unique_all.push_back(all[i]);
+  }
+  all_trie_ = std::make_unique<Trie>(unique_all);
 
   // Score range over NORMAL pieces, with SentencePiece's starting values:
   // max_score_ starts at FLT_MIN (the smallest positive float), so with only
   // negative scores it stays there.
-  model->min_score_ = std::numeric_limits<float>::max();
-  model->max_score_ = std::numeric_limits<float>::min();
-  for (const Piece& p : pieces) {
+  min_score_ = std::numeric_limits<float>::max();
+  max_score_ = std::numeric_limits<float>::min();
+  for (const Piece& p : pieces_) {
     if (p.type != PieceType::kNormal) continue;
-    model->min_score_ = std::min(model->min_score_, p.score);
-    model->max_score_ = std::max(model->max_score_, p.score);
+    min_score_ = std::min(min_score_, p.score);
+    max_score_ = std::max(max_score_, p.score);
   }
+}
 
-  model->unknown_id_ = unknown;
-  const auto special = [&model](const std::string& text, PieceType type) {
-    const int id = model->PieceToId(text);
-    return model->pieces_[static_cast<size_t>(id)].type == type ? id : -1;
+void SentencePieceModel::SetSpecialIds(const Options& options) {
+  const auto special = [this](const std::string& text, PieceType type) {
+    const int id = PieceToId(text);
+    return pieces_[static_cast<size_t>(id)].type == type ? id : -1;
   };
-  model->unk_id_ = special(m.trainer.unk_piece, PieceType::kUnknown);
-  model->bos_id_ = special(m.trainer.bos_piece, PieceType::kControl);
-  model->eos_id_ = special(m.trainer.eos_piece, PieceType::kControl);
-  model->pad_id_ = special(m.trainer.pad_piece, PieceType::kControl);
-  if (model->byte_fallback_) {
-    model->byte_ids_.resize(256);
-    for (int b = 0; b < 256; ++b) {
-      model->byte_ids_[static_cast<size_t>(b)] = model->PieceToId(BytePiece(b));
-    }
+  unk_id_ = special(options.unk_piece, PieceType::kUnknown);
+  bos_id_ = special(options.bos_piece, PieceType::kControl);
+  eos_id_ = special(options.eos_piece, PieceType::kControl);
+  pad_id_ = special(options.pad_piece, PieceType::kControl);
+  if (byte_fallback_) {
+    byte_ids_.resize(256);
+    for (int b = 0; b < 256; ++b) byte_ids_[static_cast<size_t>(b)] = PieceToId(BytePiece(b));
   }
+}
 
+std::string SentencePieceModel::LoadCharsmap() {
   // Charsmap blob: uint32 size of the double array, the array, then the
   // NUL-terminated replacement strings its values point into.
-  const std::string_view charsmap = m.normalizer.precompiled_charsmap;
-  if (!charsmap.empty()) {
-    const uint64_t trie_bytes = LittleEndian(charsmap.substr(0, 4));
-    if (charsmap.size() <= 4 || trie_bytes > charsmap.size() - 4) {
-      return invalid("precompiled_charsmap is truncated (" + std::to_string(charsmap.size()) +
-                     " bytes)");
-    }
-    const std::string_view array = charsmap.substr(4, trie_bytes);
-    model->charsmap_units_.resize(array.size() / 4);
-    for (size_t u = 0; u < model->charsmap_units_.size(); ++u) {
-      model->charsmap_units_[u] = static_cast<uint32_t>(LittleEndian(array.substr(4 * u, 4)));
-    }
-    model->charsmap_strings_.assign(charsmap.substr(4 + trie_bytes));
+  const std::string_view charsmap = charsmap_;
+  if (charsmap.empty()) return "";
+  const uint64_t trie_bytes = LittleEndian(charsmap.substr(0, 4));
+  if (charsmap.size() <= 4 || trie_bytes > charsmap.size() - 4) {
+    return "precompiled_charsmap is truncated (" + std::to_string(charsmap.size()) + " bytes)";
   }
-  return model;
+  const std::string_view array = charsmap.substr(4, trie_bytes);
+  charsmap_units_.resize(array.size() / 4);
+  for (size_t u = 0; u < charsmap_units_.size(); ++u) {
+    charsmap_units_[u] = static_cast<uint32_t>(LittleEndian(array.substr(4 * u, 4)));
+  }
+  charsmap_strings_.assign(charsmap.substr(4 + trie_bytes));
+  return "";
 }
 
 int SentencePieceModel::PieceToId(std::string_view text) const {
@@ -570,6 +607,11 @@ int SentencePieceModel::PieceToId(std::string_view text) const {
   if (it != reserved_.end() && it->first == text) return it->second;
   const int id = trie_->Find(text);
   return id >= 0 ? id : unknown_id_;
+}
+
+int SentencePieceModel::Find(std::string_view text) const {
+  const int id = PieceToId(text);
+  return pieces_[static_cast<size_t>(id)].text == text ? id : -1;
 }
 
 // ---- Normalization ------------------------------------------------------------
@@ -626,6 +668,17 @@ std::pair<std::string_view, size_t> SentencePieceModel::NormalizePrefix(
   return {input.substr(0, length), length};
 }
 
+std::string SentencePieceModel::NormalizeCharacters(std::string_view input) const {
+  std::string out;
+  out.reserve(input.size());
+  while (!input.empty()) {
+    const auto [replacement, consumed] = NormalizePrefix(input);
+    out.append(replacement);
+    input.remove_prefix(consumed);
+  }
+  return out;
+}
+
 std::string SentencePieceModel::Normalize(std::string_view input) const {
   std::string out;
   // Leading whitespace: whatever normalizes to a single space.
@@ -673,50 +726,68 @@ std::string SentencePieceModel::Normalize(std::string_view input) const {
 // ---- Encoding -------------------------------------------------------------------
 
 std::vector<int> SentencePieceModel::Encode(std::string_view text) const {
-  const std::string normalized = Normalize(text);
-  std::vector<int> ids;
-  if (normalized.empty()) return ids;
+  return EncodeNormalized(Normalize(text));
+}
 
-  // Viterbi over byte positions: best[e] is the best-scoring segmentation of
-  // normalized[0, e), by its last piece (start, id). Positions advance one
-  // character at a time; every piece that starts there is a candidate for the
-  // position it ends at. Scores follow SentencePiece's arithmetic exactly
-  // (a piece's candidate in double, stored as float; unknown ones in float)
-  // so that ties break the same way.
-  struct Best {
-    float score = 0.0f;
-    int start = -1;
-    int id = -1;
-  };
+// Viterbi over byte positions: best[e] is the best-scoring segmentation of
+// normalized[0, e), by its last piece (start, id). Positions advance one
+// character at a time; every piece that starts there is a candidate for the
+// position it ends at. With Search::kSentencePiece the scores follow
+// SentencePiece's arithmetic exactly (Score = float: a piece's candidate in
+// double, stored as float; unknown ones in float) so that ties break the
+// same way; with kTokenizers, the tokenizers library's (Score = double).
+template <typename Score>
+std::vector<SentencePieceModel::PathNode> SentencePieceModel::BestPath(std::string_view normalized,
+                                                                       Search search) const {
+  const bool tokenizers = search == Search::kTokenizers;
   const size_t n = normalized.size();
-  std::vector<Best> best(n + 1);
-  const float unk_score = min_score_ - kUnkPenalty;
+  std::vector<PathNode> best(n + 1);
+  std::vector<Score> best_score(n + 1, Score{0});
+  const Score unk_score = tokenizers ? static_cast<Score>(min_score_all_ - kUnkPenalty)
+                                     : static_cast<Score>(min_score_ - kUnkPenalty);
+  const Trie& trie = tokenizers ? *all_trie_ : *trie_;
   for (size_t start = 0; start < n;) {
     const size_t char_len = std::min(OneCharLen(normalized[start]), n - start);
-    const float till_here = best[start].score;
+    const Score till_here = best_score[start];
     bool covers_char = false;  // a piece of exactly this character exists
-    trie_->ForEachPrefix(std::string_view(normalized).substr(start), [&](size_t length, int id) {
+    trie.ForEachPrefix(normalized.substr(start), [&](size_t length, int id) {
       const Piece& p = pieces_[static_cast<size_t>(id)];
-      if (p.type == PieceType::kUnused) return true;
-      // User-defined symbols outscore any segmentation of the same bytes.
-      const double score = p.type == PieceType::kUserDefined
+      if (!tokenizers && p.type == PieceType::kUnused) return true;
+      // SentencePiece: user-defined symbols outscore any segmentation of
+      // the same bytes.
+      const double score = !tokenizers && p.type == PieceType::kUserDefined
                                ? static_cast<double>(static_cast<float>(length) * max_score_) - 0.1
                                : static_cast<double>(p.score);
       const double candidate = score + static_cast<double>(till_here);
-      Best& b = best[start + length];
-      if (b.start < 0 || candidate > static_cast<double>(b.score)) {
-        b = {static_cast<float>(candidate), static_cast<int>(start), id};
+      PathNode& b = best[start + length];
+      if (b.start < 0 || candidate > static_cast<double>(best_score[start + length])) {
+        b = {static_cast<int>(start), id};
+        best_score[start + length] = static_cast<Score>(candidate);
       }
       covers_char = covers_char || length == char_len;
       return true;
     });
     if (!covers_char) {
-      const float candidate = unk_score + till_here;
-      Best& b = best[start + char_len];
-      if (b.start < 0 || candidate > b.score) b = {candidate, static_cast<int>(start), unknown_id_};
+      const Score candidate = unk_score + till_here;
+      PathNode& b = best[start + char_len];
+      if (b.start < 0 || candidate > best_score[start + char_len]) {
+        b = {static_cast<int>(start), unknown_id_};
+        best_score[start + char_len] = candidate;
+      }
     }
     start += char_len;
   }
+  return best;
+}
+
+std::vector<int> SentencePieceModel::EncodeNormalized(std::string_view normalized,
+                                                      Search search) const {
+  std::vector<int> ids;
+  if (normalized.empty()) return ids;
+  const size_t n = normalized.size();
+  const std::vector<PathNode> best = search == Search::kTokenizers
+                                         ? BestPath<double>(normalized, search)
+                                         : BestPath<float>(normalized, search);
 
   // The path, last piece first.
   std::vector<size_t> ends;
@@ -726,7 +797,7 @@ std::vector<int> SentencePieceModel::Encode(std::string_view text) const {
   }
   bool prev_unknown = false;
   for (auto it = ends.rbegin(); it != ends.rend(); ++it) {
-    const Best& b = best[*it];
+    const PathNode& b = best[*it];
     const bool unknown = pieces_[static_cast<size_t>(b.id)].type == PieceType::kUnknown;
     if (unknown && byte_fallback_) {
       // The unknown character spelled as its UTF-8 bytes.

@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <unordered_map>
 
+#include "common/files.h"
 #include "pipelines/text/sentencepiece.h"
 
 namespace rainserve {
@@ -133,26 +135,199 @@ std::string CleanPrompt(const std::string& text) {
 UMT5Tokenizer::UMT5Tokenizer() = default;
 UMT5Tokenizer::~UMT5Tokenizer() = default;
 
+namespace {
+
+constexpr std::string_view kMetaspace = "\xe2\x96\x81";  // U+2581
+
+// A file's text, or nullopt when it does not exist.
+StatusOr<std::optional<std::string>> ReadOptionalFile(const std::string& path) {
+  std::string text;
+  const Status st = ReadFile(path, &text);
+  if (st.code() == StatusCode::kNotFound) return std::optional<std::string>();
+  RAINSERVE_RETURN_IF_ERROR(st);
+  return std::optional<std::string>(std::move(text));
+}
+
+// What transformers takes from a spiece.model beside its vocabulary: the
+// CONTROL pieces as special added tokens, the USER_DEFINED ones as plain
+// added tokens, none normalized.
+std::vector<AddedToken> SentencePieceAddedTokens(const SentencePieceModel& model) {
+  std::vector<AddedToken> tokens;
+  for (int id = 0; id < model.size(); ++id) {
+    const SentencePieceModel::PieceType type = model.piece(id).type;
+    if (type != SentencePieceModel::PieceType::kControl &&
+        type != SentencePieceModel::PieceType::kUserDefined) {
+      continue;
+    }
+    AddedToken t;
+    t.content = model.piece(id).text;
+    t.id = id;
+    t.special = type == SentencePieceModel::PieceType::kControl;
+    tokens.push_back(std::move(t));
+  }
+  return tokens;
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<UMT5Tokenizer>> UMT5Tokenizer::Load(const std::string& dir) {
-  const std::string path = dir + "/spiece.model";
   std::unique_ptr<UMT5Tokenizer> tok(new UMT5Tokenizer());
-  RAINSERVE_ASSIGN_OR_RETURN(tok->model_, SentencePieceModel::Load(path));
-  tok->pad_id_ = tok->model_->pad_id();
-  tok->eos_id_ = tok->model_->eos_id();
-  tok->unk_id_ = tok->model_->unk_id();
+  std::vector<AddedToken> tokens;
+  const std::string json_path = dir + "/tokenizer.json";
+  RAINSERVE_ASSIGN_OR_RETURN(const std::optional<std::string> json_text, ReadOptionalFile(json_path));
+  if (json_text.has_value()) {
+    RAINSERVE_ASSIGN_OR_RETURN(TokenizerJson parsed, ParseTokenizerJson(*json_text, json_path));
+    tok->model_ = std::move(parsed.model);
+    tokens = std::move(parsed.added_tokens);
+  } else {
+    auto model = SentencePieceModel::Load(dir + "/spiece.model");
+    if (model.status().code() == StatusCode::kNotFound) {
+      return NotFoundError(model.status().message() + " (and there is no " + json_path + ")");
+    }
+    RAINSERVE_RETURN_IF_ERROR(model.status());
+    tok->model_ = std::move(*model);
+    tokens = SentencePieceAddedTokens(*tok->model_);
+  }
+  const std::string config_path = dir + "/tokenizer_config.json";
+  const std::string map_path = dir + "/special_tokens_map.json";
+  RAINSERVE_ASSIGN_OR_RETURN(const std::optional<std::string> config_text,
+                             ReadOptionalFile(config_path));
+  RAINSERVE_ASSIGN_OR_RETURN(const std::optional<std::string> map_text, ReadOptionalFile(map_path));
+  RAINSERVE_ASSIGN_OR_RETURN(const TokenizerConfig config,
+                             ParseTokenizerConfig(config_text, config_path, map_text, map_path));
+  tok->SetAddedTokens(std::move(tokens), config);
   if (tok->pad_id_ < 0 || tok->eos_id_ < 0) {
-    return InvalidArgumentError(path + ": the model defines no pad or eos piece (pad_id " +
-                                std::to_string(tok->pad_id_) + ", eos_id " +
-                                std::to_string(tok->eos_id_) + ")");
+    return InvalidArgumentError(dir + ": the tokenizer has no pad or eos token (pad_token '" +
+                                config.pad_token.content + "', eos_token '" +
+                                config.eos_token.content + "')");
   }
   return tok;
 }
 
-int64_t UMT5Tokenizer::vocab_size() const { return model_->size(); }
+void UMT5Tokenizer::SetAddedTokens(std::vector<AddedToken> tokens, const TokenizerConfig& config) {
+  // The id of the token spelled `content`: an added token's (the last one
+  // wins, as in the splitter), else the vocabulary's, else -1.
+  const auto id_of = [&tokens, this](const std::string& content) -> int64_t {
+    for (auto it = tokens.rbegin(); it != tokens.rend(); ++it) {
+      if (it->content == content) return it->id;
+    }
+    return model_->Find(content);
+  };
+  const auto present = [&tokens](const std::string& content) {
+    return std::any_of(tokens.begin(), tokens.end(),
+                       [&content](const AddedToken& t) { return t.content == content; });
+  };
+  // added_tokens_decoder is what transformers re-adds on top: its flags
+  // replace those of a token already there, which keeps its id.
+  for (AddedToken t : config.added_tokens_decoder) {
+    bool updated = false;
+    for (AddedToken& have : tokens) {
+      if (have.content != t.content) continue;
+      t.id = have.id;
+      have = t;
+      updated = true;
+    }
+    if (updated) continue;
+    if (const int64_t vocab_id = model_->Find(t.content); vocab_id >= 0) t.id = vocab_id;
+    tokens.push_back(std::move(t));
+  }
+  int64_t next_id = model_->size();
+  for (const AddedToken& t : tokens) next_id = std::max(next_id, t.id + 1);
+  for (AddedToken t : {config.eos_token, config.unk_token, config.pad_token}) {
+    if (t.content.empty() || present(t.content)) continue;
+    t.id = id_of(t.content);
+    if (t.id < 0) t.id = next_id++;
+    tokens.push_back(std::move(t));
+  }
+  std::vector<AddedToken> extra = config.additional_special_tokens;
+  if (std::none_of(extra.begin(), extra.end(), [](const AddedToken& t) {
+        return t.content.find("<extra_id_") != std::string::npos;
+      })) {
+    for (int64_t i = 0; i < config.extra_ids; ++i) extra.push_back({"<extra_id_" + std::to_string(i) + ">"});
+  }
+  std::vector<AddedToken*> missing;  // not in the vocabulary: ids after it, in reverse
+  for (AddedToken& t : extra) {
+    if (t.content.empty() || present(t.content)) continue;
+    t.id = id_of(t.content);
+    if (t.id < 0) missing.push_back(&t);
+    tokens.push_back(t);
+  }
+  for (size_t k = 0; k < missing.size(); ++k) {
+    const int64_t id = next_id + static_cast<int64_t>(missing.size() - 1 - k);
+    for (AddedToken& t : tokens) {
+      if (t.id < 0 && t.content == missing[k]->content) t.id = id;
+    }
+  }
+  next_id += static_cast<int64_t>(missing.size());
+
+  std::vector<AddedToken> normalized;
+  for (const AddedToken& t : tokens) {
+    if (!t.normalized) continue;
+    normalized.push_back(t);
+    normalized.back().content = model_->NormalizeCharacters(t.content);
+  }
+  raw_tokens_ = std::make_unique<AddedTokenSplitter>(tokens);
+  normalized_tokens_ = std::make_unique<AddedTokenSplitter>(normalized);
+  pad_id_ = id_of(config.pad_token.content);
+  eos_id_ = id_of(config.eos_token.content);
+  unk_id_ = id_of(config.unk_token.content);
+  vocab_size_ = next_id;
+  added_tokens_ = std::move(tokens);
+}
 
 std::vector<int64_t> UMT5Tokenizer::Pieces(const std::string& text) const {
-  const std::vector<int> ids = model_->Encode(text);
-  return std::vector<int64_t>(ids.begin(), ids.end());
+  std::vector<int64_t> ids;
+  std::vector<TextSegment> segments, parts;
+  raw_tokens_->Split(text, &segments);
+  for (const TextSegment& segment : segments) {
+    if (segment.id >= 0) {
+      ids.push_back(segment.id);
+      continue;
+    }
+    const std::string normalized = model_->NormalizeCharacters(segment.text);
+    parts.clear();
+    normalized_tokens_->Split(normalized, &parts);
+    for (const TextSegment& part : parts) {
+      if (part.id >= 0) {
+        ids.push_back(part.id);
+      } else {
+        EncodeWords(part.text, &ids);
+      }
+    }
+  }
+  return ids;
+}
+
+void UMT5Tokenizer::EncodeWords(std::string_view text, std::vector<int64_t>* ids) const {
+  const auto encode = [this, ids](std::string_view piece) {
+    for (int id : model_->EncodeNormalized(piece, SentencePieceModel::Search::kTokenizers)) {
+      ids->push_back(id);
+    }
+  };
+  std::string word;
+  for (size_t i = 0; i <= text.size();) {
+    uint32_t cp = 0;
+    const size_t len = i < text.size() ? DecodeUtf8At(text, i, &cp) : 0;
+    if (i < text.size() && !IsUnicodeWhitespace(cp)) {
+      word.append(text.substr(i, len));
+      i += len;
+      continue;
+    }
+    if (!word.empty()) {
+      // Metaspace: "\u2581" prepended unless there, then cut before each one.
+      if (word.compare(0, kMetaspace.size(), kMetaspace) != 0) word.insert(0, kMetaspace);
+      size_t start = 0;
+      for (size_t cut = word.find(kMetaspace, kMetaspace.size()); cut != std::string::npos;
+           cut = word.find(kMetaspace, cut + kMetaspace.size())) {
+        encode(std::string_view(word).substr(start, cut - start));
+        start = cut;
+      }
+      encode(std::string_view(word).substr(start));
+      word.clear();
+    }
+    if (i == text.size()) break;
+    i += len;
+  }
 }
 
 TokenizedText UMT5Tokenizer::Encode(const std::string& text, int64_t max_length) const {

@@ -5,7 +5,8 @@
 //
 // Checkpoint folder (as published, e.g. Wan2.1-T2V-1.3B-Diffusers):
 //   model_index.json            optional; Wan2.2 two-expert folders are refused
-//   tokenizer/spiece.model      SentencePiece (UMT5)
+//   tokenizer/                  tokenizer.json or spiece.model (UMT5, unigram),
+//                               tokenizer_config.json, special_tokens_map.json
 //   text_encoder/               config.json + model*.safetensors
 //   transformer/                config.json + diffusion_pytorch_model*.safetensors
 //   vae/                        config.json + diffusion_pytorch_model*.safetensors

@@ -1,5 +1,5 @@
 // Fuzzes server configuration loading: arbitrary text through
-// ParseServerConfig (common/config.h). Any input gives a config or an
+// ParseServerConfig (server/config.h). Any input gives a config or an
 // INVALID_ARGUMENT; an accepted config satisfies what the server relies on.
 //
 //   build-fuzz/tests/fuzz/fuzz_config tests/fuzz/corpus/config

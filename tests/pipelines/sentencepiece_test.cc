@@ -412,6 +412,63 @@ TEST(SentencePieceWanTinyTest, NormalizationFollowsNmtNfkcAndTheWhitespaceRules)
   EXPECT_TRUE(m.Encode("   ").empty());
 }
 
+TEST(SentencePieceWanTinyTest, TheStepsAloneComposeToEncode) {
+  auto model = SentencePieceModel::Load(WanTinyModel());
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  const SentencePieceModel& m = **model;
+  // The character rules alone keep every space (and the text's ends).
+  EXPECT_EQ(m.NormalizeCharacters(" \xef\xbc\xa1\xef\xbc\xa2  x\xff "), " AB  x\xef\xbf\xbd ");
+  EXPECT_EQ(m.NormalizeCharacters(""), "");
+  for (const std::string& text : HandPickedTexts()) {
+    EXPECT_EQ(m.EncodeNormalized(m.Normalize(text)), m.Encode(text)) << Escaped(text);
+  }
+  // The tokenizers library's search: the same ids on text without the
+  // spelling of a special piece, which it matches like any other piece.
+  for (const std::string& text : HandPickedTexts()) {
+    if (text.find('<') != std::string::npos) continue;
+    const std::string normalized = m.Normalize(text);
+    EXPECT_EQ(m.EncodeNormalized(normalized, SentencePieceModel::Search::kTokenizers),
+              m.EncodeNormalized(normalized))
+        << Escaped(text);
+  }
+  const std::string u = "\xe2\x96\x81";  // U+2581
+  ASSERT_GE(m.Find(u), 0);
+  EXPECT_EQ(m.EncodeNormalized(u + "</s>", SentencePieceModel::Search::kTokenizers),
+            (std::vector<int>{m.Find(u), 1}));
+  const std::vector<int> spelled = m.EncodeNormalized(u + "</s>");
+  EXPECT_EQ(std::count(spelled.begin(), spelled.end(), 1), 0);
+  EXPECT_EQ(m.Find("</s>"), 1);
+  EXPECT_EQ(m.Find("<unk>"), 2);
+  EXPECT_EQ(m.Find("no such piece here"), -1);
+  EXPECT_EQ(m.Find(m.piece(100).text), 100);
+}
+
+TEST(SentencePieceWanTinyTest, BuildFromThePiecesGivesTheModelParseGives) {
+  auto parsed = SentencePieceModel::Load(WanTinyModel());
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  const SentencePieceModel& a = **parsed;
+  std::vector<SentencePieceModel::Piece> pieces;
+  for (int id = 0; id < a.size(); ++id) pieces.push_back(a.piece(id));
+  SentencePieceModel::Options options;
+  options.precompiled_charsmap = a.precompiled_charsmap();
+  auto built = SentencePieceModel::Build(pieces, options, "built: ");
+  ASSERT_TRUE(built.ok()) << built.status().ToString();
+  const SentencePieceModel& b = **built;
+  EXPECT_EQ(b.size(), a.size());
+  EXPECT_EQ(b.eos_id(), a.eos_id());
+  EXPECT_EQ(b.pad_id(), a.pad_id());
+  EXPECT_EQ(b.unk_id(), a.unk_id());
+  for (const std::string& text : HandPickedTexts()) {
+    EXPECT_EQ(b.Encode(text), a.Encode(text)) << Escaped(text);
+  }
+  // Build makes Parse's checks, with the caller's prefix.
+  pieces[5].text = pieces[6].text;
+  auto dup = SentencePieceModel::Build(pieces, options, "built: ");
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(dup.status().message().rfind("built: piece '", 0), 0u) << dup.status().message();
+}
+
 TEST_F(SentencePieceParityTest, ByteFallbackUserSymbolsCaseFoldingAndSplitDigits) {
   BothModels m;
   ASSERT_NO_FATAL_FAILURE(LoadBoth(Train("bytes", {{"vocab_size", "700"},
