@@ -5,6 +5,7 @@
 //       [--threads 2] [--width 256 --height 256 --frames 17 --steps 8]
 //       [--sparsities 0,0.5,0.8] [--reps 2] [--out bench/results/wan_tiny_cpu.json]
 //       [--machine NAME]   (the GPU's name for GPU runs)
+//       [--prompt-tokens 512]  (max_prompt_tokens of the model entry)
 //
 // Sparsity 0 is the dense baseline (our dense kernel, same run); each row
 // reports the median total time and its stage split (text encode, denoise,
@@ -35,7 +36,7 @@ double Median(std::vector<double> v) {
 int main(int argc, char** argv) {
   using rainserve::bench::Split;
   std::string model, device = "cpu", dtype = "fp32", out_path, sparsities = "0,0.5,0.8", machine;
-  int threads = 2, reps = 2;
+  int threads = 2, reps = 2, prompt_tokens = 512;
   GenerationRequest request;
   request.prompt = "a paper boat drifts down a rainy street, cinematic lighting";
   request.negative_prompt = "blurry, low quality";
@@ -62,6 +63,7 @@ int main(int argc, char** argv) {
     else if (flag == "--reps") reps = std::stoi(value);
     else if (flag == "--out") out_path = value;
     else if (flag == "--machine") machine = value;
+    else if (flag == "--prompt-tokens") prompt_tokens = std::stoi(value);
     else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
@@ -78,7 +80,7 @@ int main(int argc, char** argv) {
   entry.device = device;
   entry.dtype = dtype;
   entry.threads = threads;
-  entry.limits.max_prompt_tokens = 64;
+  entry.limits.max_prompt_tokens = prompt_tokens;
   auto loaded = rainserve::LoadWanPipeline(entry);
   if (!loaded.ok()) {
     std::fprintf(stderr, "%s\n", loaded.status().ToString().c_str());
@@ -153,7 +155,8 @@ int main(int argc, char** argv) {
   result["request"] = {{"width", request.width},   {"height", request.height},
                        {"frames", request.num_frames}, {"steps", request.steps},
                        {"guidance_scale", request.guidance_scale},
-                       {"sink_frames", request.sparse.sink_frames}, {"dtype", dtype}};
+                       {"sink_frames", request.sparse.sink_frames}, {"dtype", dtype},
+                       {"max_prompt_tokens", prompt_tokens}};
   result["rows"] = rows;
   if (!out_path.empty()) {
     std::ofstream(out_path) << result.dump(2) << "\n";
