@@ -151,13 +151,15 @@ class Parity {
 
   json Report() const {
     json rows = json::array();
-    bool ok = failures_.empty();
+    // A component the reference itself could not run fails the comparison too.
+    const json ref_errors = ref_.info().value("errors", json::object());
+    bool ok = failures_.empty() && ref_errors.empty();
     for (const Row& r : rows_) {
       rows.push_back(r.ToJson());
       ok = ok && r.ok();
     }
     return {{"ok", ok}, {"reference", ref_.info().value("reference", json::object())},
-            {"rows", rows}, {"failures", failures_}};
+            {"rows", rows}, {"failures", failures_}, {"reference_errors", ref_errors}};
   }
 
  private:
@@ -364,7 +366,9 @@ StatusOr<at::Tensor> Parity::RunSequence(const json& seq) {
 }
 
 Status Parity::Sequences() {
-  for (const json& seq : ref_.Settings("scheduler").value("sequences", json::array())) {
+  const json list = ref_.Settings("scheduler").value("sequences", json::array());
+  if (list.empty()) return InvalidArgumentError("the reference has no step sequences");
+  for (const json& seq : list) {
     RAINSERVE_ASSIGN_OR_RETURN(at::Tensor samples, RunSequence(seq));
     const std::string name = seq.value("name", "");
     RAINSERVE_RETURN_IF_ERROR(AddRow(name, samples, name + ".samples"));
@@ -418,7 +422,9 @@ Status Parity::Pipelines() {
   RAINSERVE_RETURN_IF_ERROR(AddRow("pipeline.noise",
                                    at::randn(noise.sizes(), gen, at::TensorOptions(at::kFloat)),
                                    "pipeline.noise"));
-  for (const json& run : s.value("runs", json::array())) {
+  const json runs = s.value("runs", json::array());
+  if (runs.empty()) return InvalidArgumentError("the reference has no pipeline runs");
+  for (const json& run : runs) {
     RAINSERVE_RETURN_IF_ERROR(PipelineRun(*pipeline, s, run));
   }
   return OkStatus();
