@@ -5,6 +5,7 @@
 //       [--threads 2] [--width 256 --height 256 --frames 17 --steps 8]
 //       [--sparsities 0,0.5,0.8] [--reps 2] [--out bench/results/wan_tiny_cpu.json]
 //       [--machine NAME]   (the GPU's name for GPU runs)
+//       [--prompt-tokens 512]  (max_prompt_tokens of the model entry)
 //
 // Sparsity 0 is the dense baseline (our dense kernel, same run); each row
 // reports the median total time and its stage split (text encode, denoise,
@@ -32,7 +33,7 @@ double Median(std::vector<double> v) {
 
 struct Flags {
   std::string model, device = "cpu", dtype = "fp32", out_path, sparsities = "0,0.5,0.8", machine;
-  int threads = 2, reps = 2;
+  int threads = 2, reps = 2, prompt_tokens = 512;
   GenerationRequest request;  // the request of every row, but for its sparsity
 };
 
@@ -63,6 +64,7 @@ int ParseFlags(int argc, char** argv, Flags* f) {
     else if (flag == "--reps") f->reps = std::stoi(value);
     else if (flag == "--out") f->out_path = value;
     else if (flag == "--machine") f->machine = value;
+    else if (flag == "--prompt-tokens") f->prompt_tokens = std::stoi(value);
     else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
@@ -159,7 +161,8 @@ void WriteResult(const Flags& flags, const std::string& command, const nlohmann:
   result["request"] = {{"width", request.width},   {"height", request.height},
                        {"frames", request.num_frames}, {"steps", request.steps},
                        {"guidance_scale", request.guidance_scale},
-                       {"sink_frames", request.sparse.sink_frames}, {"dtype", flags.dtype}};
+                       {"sink_frames", request.sparse.sink_frames}, {"dtype", flags.dtype},
+                       {"max_prompt_tokens", flags.prompt_tokens}};
   result["rows"] = rows;
   std::ofstream(flags.out_path) << result.dump(2) << "\n";
   std::printf("wrote %s\n", flags.out_path.c_str());
@@ -178,7 +181,7 @@ int main(int argc, char** argv) {
   entry.device = flags.device;
   entry.dtype = flags.dtype;
   entry.threads = flags.threads;
-  entry.limits.max_prompt_tokens = 64;
+  entry.limits.max_prompt_tokens = flags.prompt_tokens;
   auto loaded = rainserve::LoadWanPipeline(entry);
   if (!loaded.ok()) {
     std::fprintf(stderr, "%s\n", loaded.status().ToString().c_str());

@@ -1,5 +1,5 @@
 // Writes a random tiny UMT5 text encoder and its outputs on fixed inputs, for
-// bench/umt5_parity.py to compare with transformers' UMT5EncoderModel.
+// bench/parity/umt5_parity.py to compare with transformers' UMT5EncoderModel.
 //
 //   umt5_dump OUT_DIR [--device cpu|cuda] [--seed N]
 //

@@ -24,6 +24,8 @@ using nlohmann::json;
 constexpr double kMaxFlowShift = 1000.0;
 constexpr int kMaxTrainTimesteps = 1000000;
 constexpr int kMaxSolverOrder = 3;
+// UniPC's first flow sigma stays this far below 1 (diffusers' eps).
+constexpr double kFirstSigmaMargin = 1e-6;
 
 // Shortest readable form of a number for messages ("3", "0.5", "1e+06").
 std::string Num(double v) {
@@ -32,7 +34,7 @@ std::string Num(double v) {
   return buf;
 }
 
-// Above ~3e4 the first UniPC sigma rounds to 1 in float32 (log(alpha) = -inf).
+// Larger shifts crowd the first sigmas together in float32 (CheckSchedule).
 Status CheckFlowShift(double shift) {
   if (!std::isfinite(shift) || shift <= 0.0 || shift > kMaxFlowShift) {
     return InvalidArgumentError("flow_shift must be finite and in (0, " + Num(kMaxFlowShift) +
@@ -482,15 +484,15 @@ at::Tensor FlowMatchEulerScheduler::Step(const at::Tensor& model_output, int ste
 Status UniPCScheduler::BuildSchedule(int n, double shift, std::vector<float>* sigmas,
                                      std::vector<float>* timesteps) const {
   const int big_n = config_.num_train_timesteps;
-  // diffusers (use_flow_sigmas): alphas = linspace(1, 1/N, n + 1), sigmas =
-  // 1 - alphas shifted, reversed, the trailing 0 dropped; timesteps =
-  // int64(sigma * N) computed in float64.
+  // diffusers (use_flow_sigmas, current releases): sigmas = linspace(1, 1/N,
+  // n + 1) without its last point, shifted, all in float64; a first sigma
+  // within kFirstSigmaMargin of 1 is lowered by it (alpha = 0 would make
+  // log(alpha) -inf in the first updates); timesteps = int64(sigma * N).
   sigmas->resize(static_cast<size_t>(n) + 1);
   timesteps->resize(static_cast<size_t>(n));
-  const double last_alpha = 1.0 / big_n;
   for (int j = 0; j < n; ++j) {
-    const double raw = 1.0 - LinspaceAt(1.0, last_alpha, n + 1, n - j);
-    const double s = ShiftSigma(raw, shift);
+    double s = ShiftSigma(LinspaceAt(1.0, 1.0 / big_n, n + 1, j), shift);
+    if (j == 0 && std::fabs(s - 1.0) < kFirstSigmaMargin) s -= kFirstSigmaMargin;
     (*sigmas)[static_cast<size_t>(j)] = static_cast<float>(s);
     (*timesteps)[static_cast<size_t>(j)] = static_cast<float>(static_cast<int64_t>(s * big_n));
   }

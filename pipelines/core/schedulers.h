@@ -1,7 +1,9 @@
-// Flow-matching schedulers for the Wan text-to-video pipelines, matching
-// diffusers: UniPCMultistepScheduler with prediction_type "flow_prediction"
-// and use_flow_sigmas (what Wan2.1's scheduler_config.json selects), and
+// Flow-matching schedulers for the Wan text-to-video pipelines, matching the
+// current diffusers release: UniPCMultistepScheduler with prediction_type
+// "flow_prediction" and use_flow_sigmas (what Wan2.1's scheduler_config.json
+// selects; the flow sigmas as built since diffusers 0.37), and
 // FlowMatchEulerDiscreteScheduler. Plus the scheduler_config.json reader.
+// docs/wan.md says how these schedules relate to the original Wan sampler.
 //
 // Conventions (both schedulers): the latent at noise level sigma is
 //   x_sigma = (1 - sigma) * x0 + sigma * noise,

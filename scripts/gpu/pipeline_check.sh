@@ -19,7 +19,7 @@ echo "gpu tests rc=$?"; grep -E "tests passed|Failed|FAILED|Passed|mean \|" "$ou
 # UMT5 vs transformers (fp32, same random weights and inputs), CPU and GPU.
 for dev in cpu cuda; do
   build-gpu/tools/umt5_dump "$out/umt5-$dev" --device "$dev" > "$out/umt5_dump_$dev.log" 2>&1
-  python3 bench/umt5_parity.py "$out/umt5-$dev" --device "$dev" \
+  python3 bench/parity/umt5_parity.py "$out/umt5-$dev" --device "$dev" \
     --json "$out/umt5_parity_$dev.json" 2>&1 | tail -6
 done
 python3 - "$out" <<'PY'
@@ -33,7 +33,7 @@ for dev in ("cpu", "cuda"):
         pass
 gpu = open(f"{out}/gpu.txt").read().split(",")[0].strip()
 json.dump({"benchmark": "umt5_parity", "date": datetime.date.today().isoformat(), "machine": gpu,
-           "command": "build-gpu/tools/umt5_dump DIR --device D && python3 bench/umt5_parity.py DIR --device D",
+           "command": "build-gpu/tools/umt5_dump DIR --device D && python3 bench/parity/umt5_parity.py DIR --device D",
            "rows": rows}, open("bench/results/umt5_parity.json", "w"), indent=2)
 PY
 

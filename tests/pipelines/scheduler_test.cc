@@ -103,44 +103,63 @@ void ExpectSchedule(const FlowScheduler& s, const std::vector<double>& sigmas,
 // ---------------------------------------------------------------------------
 // Schedules.
 //
-// UniPC (use_flow_sigmas): alpha_i = linspace(1, 1/N, n + 1), raw sigma
-// 1 - alpha_i = i * 0.999 / n; shifted, reversed, the trailing 0 dropped,
-// then the final sigma appended. Timesteps: int(sigma * N), truncated.
-// For n = 4 the raw sigmas are 0.999, 0.74925, 0.4995, 0.24975.
+// UniPC (use_flow_sigmas, diffusers 0.37 and later): raw sigmas
+// linspace(1, 1/N, n + 1) without the last point, i.e. 1 - i * 0.999 / n;
+// shifted; the first, f_s(1) = 1, lowered by 1e-6; then the final sigma
+// appended. Timesteps: int(sigma * N), truncated. For n = 4 the raw sigmas
+// are 1, 0.75025, 0.5005, 0.25075. (diffusers up to 0.36, like the original
+// Wan sampler, used linspace(0.999, 0, n + 1) instead: 999, 899, 749, 499 at
+// shift 3, which these tests reject.)
 
 TEST(UniPCSchedule, FourStepsShift3MatchHandDerivation) {
   // f_3(x) = 3x / (1 + 2x):
-  //   f(0.999)   = 2.997   / 2.998  = 0.99966644...  -> t = 999
-  //   f(0.74925) = 2.24775 / 2.4985 = 0.89963978...  -> t = 899
-  //   f(0.4995)  = 1.4985  / 1.999  = 0.74962481...  -> t = 749
-  //   f(0.24975) = 0.74925 / 1.4995 = 0.49966656...  -> t = 499
+  //   f(1)       = 1 -> 1 - 1e-6                          -> t = 999
+  //   f(0.75025) = 2.25075 / 2.5005 = 0.90011998...        -> t = 900
+  //   f(0.5005)  = 1.5015  / 2.001  = 0.75037481...        -> t = 750
+  //   f(0.25075) = 0.75225 / 1.5015 = 0.50099900...        -> t = 500
   // final_sigmas_type "zero" appends 0.
   auto s = MakeWithSteps("unipc", 4, 3.0);
   ASSERT_NE(s, nullptr);
-  ExpectSchedule(*s, {2.997 / 2.998, 2.24775 / 2.4985, 1.4985 / 1.999, 0.74925 / 1.4995, 0.0},
-                 {999, 899, 749, 499}, 1e-7, 0.0);
+  ExpectSchedule(*s, {1.0 - 1e-6, 2.25075 / 2.5005, 1.5015 / 2.001, 0.75225 / 1.5015, 0.0},
+                 {999, 900, 750, 500}, 1e-7, 0.0);
+}
+
+TEST(UniPCSchedule, EightStepsShift3AreDiffusersCurrentTimesteps) {
+  // The Wan2.1 480p default shift with 8 steps: raw sigmas 1 - i * 0.124875,
+  // f_3 of them times 1000, truncated (f_3(0.875125) = 2.625375 / 2.75025 =
+  // 0.95459...; f_3(0.125875) = 0.377625 / 1.25175 = 0.30168...).
+  auto s = MakeWithSteps("unipc", 8, 3.0);
+  ASSERT_NE(s, nullptr);
+  std::vector<double> sigmas;
+  for (int i = 0; i < 8; ++i) {
+    const double raw = 1.0 - i * 0.124875;
+    sigmas.push_back(i == 0 ? 1.0 - 1e-6 : 3.0 * raw / (1.0 + 2.0 * raw));
+  }
+  sigmas.push_back(0.0);
+  ExpectSchedule(*s, sigmas, {999, 954, 900, 833, 750, 643, 500, 301}, 1e-7, 0.0);
 }
 
 TEST(UniPCSchedule, FourStepsShift1MatchHandDerivation) {
-  // f_1 is the identity: sigmas 0.999, 0.74925, 0.4995, 0.24975, 0 and
-  // timesteps 999, int(749.25) = 749, int(499.5) = 499, int(249.75) = 249
-  // (truncated, not rounded: diffusers casts float64 to int64).
+  // f_1 is the identity: sigmas 1 - 1e-6, 0.75025, 0.5005, 0.25075, 0 and
+  // timesteps int(999.999) = 999, int(750.25) = 750, int(500.5) = 500,
+  // int(250.75) = 250 (truncated, not rounded: diffusers casts float64 to int64).
   auto s = MakeWithSteps("unipc", 4, 1.0);
   ASSERT_NE(s, nullptr);
-  ExpectSchedule(*s, {0.999, 0.74925, 0.4995, 0.24975, 0.0}, {999, 749, 499, 249}, 1e-7, 0.0);
+  ExpectSchedule(*s, {1.0 - 1e-6, 0.75025, 0.5005, 0.25075, 0.0}, {999, 750, 500, 250}, 1e-7,
+                 0.0);
 }
 
 TEST(UniPCSchedule, Shift5For720pAndSigmaMinFinal) {
-  // f_5(x) = 5x / (1 + 4x): f(0.999) = 4.995 / 4.996, f(0.74925) = 3.74625 / 3.997,
-  // f(0.4995) = 2.4975 / 2.998, f(0.24975) = 1.24875 / 1.999 -> t = 999, 937, 833, 624.
+  // f_5(x) = 5x / (1 + 4x): f(0.75025) = 3.75125 / 4.001, f(0.5005) = 2.5025 / 3.002,
+  // f(0.25075) = 1.25375 / 2.003 -> t = 999, 937, 833, 625.
   // "sigma_min" repeats the last inference sigma instead of 0.
   SchedulerConfig config;
   config.final_sigmas_type = FinalSigmasType::kSigmaMin;
   auto s = MakeWithSteps("unipc", 4, 5.0, config);
   ASSERT_NE(s, nullptr);
   ExpectSchedule(*s,
-                 {4.995 / 4.996, 3.74625 / 3.997, 2.4975 / 2.998, 1.24875 / 1.999, 1.24875 / 1.999},
-                 {999, 937, 833, 624}, 1e-7, 0.0);
+                 {1.0 - 1e-6, 3.75125 / 4.001, 2.5025 / 3.002, 1.25375 / 2.003, 1.25375 / 2.003},
+                 {999, 937, 833, 625}, 1e-7, 0.0);
 }
 
 // Euler (diffusers FlowMatchEulerDiscreteScheduler(shift=s)): the
@@ -175,12 +194,12 @@ TEST(EulerSchedule, FourStepsShift1MatchHandDerivation) {
 }
 
 TEST(Schedules, OneStepGoesStraightToTheFinalSigma) {
-  // n = 1: UniPC sigma f_3(0.999), Euler sigma 1; both end at 0.
+  // n = 1: UniPC sigma 1 - 1e-6, Euler sigma 1; both end at 0.
   auto unipc = MakeWithSteps("unipc", 1, 3.0);
   auto euler = MakeWithSteps("euler", 1, 3.0);
   ASSERT_NE(unipc, nullptr);
   ASSERT_NE(euler, nullptr);
-  ExpectSchedule(*unipc, {2.997 / 2.998, 0.0}, {999}, 1e-7, 0.0);
+  ExpectSchedule(*unipc, {1.0 - 1e-6, 0.0}, {999}, 1e-7, 0.0);
   ExpectSchedule(*euler, {1.0, 0.0}, {1000}, 0.0, 0.0);
 }
 
@@ -201,31 +220,47 @@ TEST(EulerStep, FirstStepMatchesHandComputed) {
   ExpectNear(s->Step(Latent(kV0), 0, Latent(kX0)), {0.91675, -1.166}, 1e-6);
 }
 
-// UniPC, shift 1, 4 steps: sigma = 0.999, 0.74925, 0.4995, 0.24975, 0, so
-// alpha = 0.001, 0.25075, 0.5005, 0.75025, 1 and sigma_{i+1} / sigma_i =
-// 3/4, 2/3, 1/2. With hh = -h = lambda_s - lambda_t:
+// UniPC, shift 1, 4 steps: sigma_i = S[i] (1 - 1e-6, 0.75025, 0.5005,
+// 0.25075, then 0), as the scheduler stores them (float32), alpha = 1 - sigma,
+// lambda = log(alpha / sigma), q_i = sigma_{i+1} / sigma_i. With hh = -h =
+// lambda_s - lambda_t:
 //   e^hh = (alpha_s / sigma_s) (sigma_t / alpha_t), so
-//   alpha_t (e^hh - 1) = alpha_s sigma_t / sigma_s - alpha_t = (sigma_t / sigma_s) - 1,
-// and the order-1 update x_t = (sigma_t / sigma_s) x - alpha_t (e^hh - 1) m
-// = (sigma_t / sigma_s) x + (1 - sigma_t / sigma_s) m, i.e. DDIM = Euler.
-// B(h) = e^hh - 1 (bh2) or hh (bh1).
+//   alpha_t (e^hh - 1) = alpha_s sigma_t / sigma_s - alpha_t = q - 1,
+// and the order-1 update x_t = q x - alpha_t (e^hh - 1) m = q x + (1 - q) m,
+// i.e. DDIM = Euler. B(h) = e^hh - 1 (bh2: alpha_t B = q - 1) or hh (bh1).
 //
-// Step 0 (UniP-1, warm-up): m0 = x0 - 0.999 v0 = {0.75025, -2.498};
-//   x1 = 0.75 x0 + 0.25 m0 = {0.9375625, -0.9995}   (= x0 - 0.24975 v0).
-// Step 1: m1 = x1 - 0.74925 v1 = {1.6868125, -1.374125}.
+// Step 0 (UniP-1, warm-up): m0 = x0 - S0 v0, x1 = q0 x0 + (1 - q0) m0.
+// Step 1: m1 = x1 - S1 v1.
 //   UniC-1 (rho = 1/2) re-runs step 0 with m1:
-//   x1c = x1 - alpha_1 B(h_01) (1/2) (m1 - m0).
-//     bh2: alpha_1 B = 0.75 - 1 = -1/4 -> x1c = x1 + (m1 - m0) / 8
-//          = {1.0546328125, -0.859015625}.
-//     bh1: alpha_1 B = 0.25075 (lambda_0 - lambda_1), lambda_0 = log(0.001/0.999)
-//          = -6.9067548, lambda_1 = log(0.25075/0.74925) = -1.0946163.
-//   UniP-2 from x1c over sigma 0.74925 -> 0.4995 with points m1 (s0) and m0 (s1):
-//   r = (lambda_0 - lambda_1) / (lambda_2 - lambda_1) = -5.3000659 (lambda_2 = 0.0020000),
-//   x2 = (2/3) x1c + (1/3) m1 - alpha_2 B(h_12) (1/2) (m0 - m1) / r
-//     bh2: alpha_2 B = 2/3 - 1 = -1/3;  bh1: alpha_2 B = -0.5005 h_12.
+//   x1c = x1 - alpha_1 B(h_01) (1/2) (m1 - m0);  bh1: alpha_1 B = alpha_1 (lambda_0 - lambda_1).
+//   UniP-2 from x1c over S1 -> S2 with points m1 (s0) and m0 (s1):
+//   r = (lambda_0 - lambda_1) / (lambda_2 - lambda_1),
+//   x2 = q1 x1c + (1 - q1) m1 - alpha_2 B(h_12) (1/2) (m0 - m1) / r;
+//   bh1: alpha_2 B = alpha_2 (lambda_1 - lambda_2).
+const double kS[4] = {static_cast<float>(1.0 - 1e-6), static_cast<float>(0.75025),
+                      static_cast<float>(0.5005), static_cast<float>(0.25075)};
+
+double LambdaAt(int i) { return std::log((1.0 - kS[i]) / kS[i]); }
+double Ratio(int i) { return kS[i + 1] / kS[i]; }
+
+// m0, x1 (after step 0) and m1, element by element.
+struct FirstStep {
+  std::vector<double> m0, x1, m1;
+};
+
+FirstStep HandFirstStep() {
+  FirstStep f;
+  for (size_t i = 0; i < 2; ++i) {
+    f.m0.push_back(kX0[i] - kS[0] * kV0[i]);
+    f.x1.push_back(Ratio(0) * kX0[i] + (1.0 - Ratio(0)) * f.m0[i]);
+    f.m1.push_back(f.x1[i] - kS[1] * kV1[i]);
+  }
+  return f;
+}
+
 struct TwoStepExpectation {
   UniPCSolverType type;
-  std::vector<double> x1c;
+  double alpha1_b;  // alpha_1 B(h_01)
   double alpha2_b;  // alpha_2 B(h_12)
 };
 
@@ -234,97 +269,91 @@ void CheckFirstTwoUniPCSteps(const TwoStepExpectation& e) {
   config.solver_type = e.type;
   auto s = MakeWithSteps("unipc", 4, 1.0, config);
   ASSERT_NE(s, nullptr);
+  const FirstStep f = HandFirstStep();
+  EXPECT_NEAR(f.x1[0], 0.93756275, 1e-7);  // the numbers the derivation gives
+  EXPECT_NEAR(f.x1[1], -0.99949801, 1e-7);
   const at::Tensor x1 = s->Step(Latent(kV0), 0, Latent(kX0));
-  ExpectNear(x1, {0.9375625, -0.9995}, 1e-6);
+  ExpectNear(x1, f.x1, 1e-6);
 
-  const double lambda0 = std::log(0.001 / 0.999);
-  const double lambda1 = std::log(0.25075 / 0.74925);
-  const double lambda2 = std::log(0.5005 / 0.4995);
-  const double r = (lambda0 - lambda1) / (lambda2 - lambda1);
-  EXPECT_NEAR(r, -5.3000659, 1e-6);
-  const std::vector<double> m0 = {0.75025, -2.498};
-  const std::vector<double> m1 = {1.6868125, -1.374125};
+  const double r = (LambdaAt(0) - LambdaAt(1)) / (LambdaAt(2) - LambdaAt(1));
+  EXPECT_NEAR(r, -11.5692151, 1e-6);
   std::vector<double> x2(2);
   for (size_t i = 0; i < 2; ++i) {
-    x2[i] = (2.0 / 3.0) * e.x1c[i] + (1.0 / 3.0) * m1[i] - e.alpha2_b * 0.5 * (m0[i] - m1[i]) / r;
+    const double x1c = f.x1[i] - e.alpha1_b * 0.5 * (f.m1[i] - f.m0[i]);
+    x2[i] = Ratio(1) * x1c + (1.0 - Ratio(1)) * f.m1[i] -
+            e.alpha2_b * 0.5 * (f.m0[i] - f.m1[i]) / r;
   }
   ExpectNear(s->Step(Latent(kV1), 1, x1), x2, 2e-6);
 }
 
 TEST(UniPCStep, FirstTwoStepsMatchHandComputedBh2) {
-  CheckFirstTwoUniPCSteps({UniPCSolverType::kBh2, {1.0546328125, -0.859015625}, -1.0 / 3.0});
+  CheckFirstTwoUniPCSteps({UniPCSolverType::kBh2, Ratio(0) - 1.0, Ratio(1) - 1.0});
 }
 
 TEST(UniPCStep, FirstTwoStepsMatchHandComputedBh1) {
-  const double lambda0 = std::log(0.001 / 0.999);
-  const double lambda1 = std::log(0.25075 / 0.74925);
-  const double lambda2 = std::log(0.5005 / 0.4995);
-  const double alpha1_b = 0.25075 * (lambda0 - lambda1);  // -1.4573937
-  const std::vector<double> x1c = {0.9375625 - alpha1_b * 0.5 * (1.6868125 - 0.75025),
-                                   -0.9995 - alpha1_b * 0.5 * (-1.374125 + 2.498)};
-  EXPECT_NEAR(x1c[0], 1.6200327, 1e-6);
-  CheckFirstTwoUniPCSteps({UniPCSolverType::kBh1, x1c, -0.5005 * (lambda2 - lambda1)});
+  const double alpha1_b = (1.0 - kS[1]) * (LambdaAt(0) - LambdaAt(1));
+  EXPECT_NEAR(alpha1_b, -3.1724176, 1e-6);
+  CheckFirstTwoUniPCSteps(
+      {UniPCSolverType::kBh1, alpha1_b, (1.0 - kS[2]) * (LambdaAt(1) - LambdaAt(2))});
 }
 
 TEST(UniPCStep, ThirdStepUsesSecondOrderCorrector) {
-  // Step 2 (bh2): m2 = x2 - 0.4995 v2. UniC-2 re-runs step 1 from x1c with
-  // m0, m1 and m2 over sigma 0.74925 -> 0.4995 (h = lambda_2 - lambda_1, hh = -h,
-  // B = e^hh - 1, alpha_2 B = -1/3, r = -5.3000659 as above): solve
+  // Step 2 (bh2): m2 = x2 - S2 v2. UniC-2 re-runs step 1 from x1c with m0,
+  // m1 and m2 over S1 -> S2 (h = lambda_2 - lambda_1, hh = -h, B = e^hh - 1,
+  // alpha_2 B = q1 - 1, r as above): solve
   //   [1 1; r 1] [rho0; rho1] = [b1; b2],
   //   b1 = (B / hh - 1) / B,  b2 = 2 ((B / hh - 1) / hh - 1/2) / B,
-  //   -> rho0 = (b1 - b2) / (1 - r), rho1 = b1 - rho0 (0.0259393, 0.5636647);
-  //   x2c = (2/3) x1c + (1/3) m1 + (1/3) (rho0 (m0 - m1) / r + rho1 (m2 - m1)).
-  // Then UniP-2 over 0.4995 -> 0.24975 (ratio 1/2, alpha_3 B = -1/2) with r' =
-  // (lambda_1 - lambda_2) / (lambda_3 - lambda_2):
-  //   x3 = x2c / 2 + m2 / 2 + (1/2)(1/2)(m1 - m2) / r'.
+  //   -> rho0 = (b1 - b2) / (1 - r), rho1 = b1 - rho0;
+  //   x2c = q1 x1c + (1 - q1) m1 - (q1 - 1) (rho0 (m0 - m1) / r + rho1 (m2 - m1)).
+  // Then UniP-2 over S2 -> S3 with r' = (lambda_1 - lambda_2) / (lambda_3 - lambda_2):
+  //   x3 = q2 x2c + (1 - q2) m2 - (q2 - 1) (1/2) (m1 - m2) / r'.
   auto s = MakeWithSteps("unipc", 4, 1.0);
   ASSERT_NE(s, nullptr);
   const at::Tensor x1 = s->Step(Latent(kV0), 0, Latent(kX0));
   const at::Tensor x2 = s->Step(Latent(kV1), 1, x1);
   ASSERT_TRUE(x2.defined());
 
-  const double lambda0 = std::log(0.001 / 0.999), lambda1 = std::log(0.25075 / 0.74925);
-  const double lambda2 = std::log(0.5005 / 0.4995), lambda3 = std::log(0.75025 / 0.24975);
-  const double hh = -(lambda2 - lambda1);
+  const double hh = -(LambdaAt(2) - LambdaAt(1));
   const double b = std::expm1(hh);
-  const double r = (lambda0 - lambda1) / (lambda2 - lambda1);
+  const double r = (LambdaAt(0) - LambdaAt(1)) / (LambdaAt(2) - LambdaAt(1));
   const double b1 = (b / hh - 1.0) / b;
   const double b2 = 2.0 * ((b / hh - 1.0) / hh - 0.5) / b;
   const double rho0 = (b1 - b2) / (1.0 - r), rho1 = b1 - rho0;
-  EXPECT_NEAR(rho0, 0.0259393, 1e-6);
-  EXPECT_NEAR(rho1, 0.5636647, 1e-6);
-  const double r3 = (lambda1 - lambda2) / (lambda3 - lambda2);
+  EXPECT_NEAR(rho0, 0.0130009, 1e-6);
+  EXPECT_NEAR(rho1, 0.5767075, 1e-6);
+  const double r3 = (LambdaAt(1) - LambdaAt(2)) / (std::log((1.0 - kS[3]) / kS[3]) - LambdaAt(2));
+  const double q1 = Ratio(1), q2 = Ratio(2);
 
-  const std::vector<double> m0 = {0.75025, -2.498}, m1 = {1.6868125, -1.374125};
-  const std::vector<double> x1c = {1.0546328125, -0.859015625};
+  const FirstStep f = HandFirstStep();
   const std::vector<double> x2v = Values(x2);
   std::vector<double> x3(2);
   for (size_t i = 0; i < 2; ++i) {
-    const double m2 = x2v[i] - 0.4995 * kV2[i];
-    const double x2c = (2.0 / 3.0) * x1c[i] + m1[i] / 3.0 +
-                       (rho0 * (m0[i] - m1[i]) / r + rho1 * (m2 - m1[i])) / 3.0;
-    x3[i] = x2c / 2.0 + m2 / 2.0 + 0.25 * (m1[i] - m2) / r3;
+    const double x1c = f.x1[i] - (Ratio(0) - 1.0) * 0.5 * (f.m1[i] - f.m0[i]);
+    const double m2 = x2v[i] - kS[2] * kV2[i];
+    const double x2c = q1 * x1c + (1.0 - q1) * f.m1[i] -
+                       (q1 - 1.0) * (rho0 * (f.m0[i] - f.m1[i]) / r + rho1 * (m2 - f.m1[i]));
+    x3[i] = q2 * x2c + (1.0 - q2) * m2 - (q2 - 1.0) * 0.5 * (f.m1[i] - m2) / r3;
   }
-  EXPECT_NEAR(x3[0], 0.93505264, 1e-6);  // the numbers the derivation gives
-  EXPECT_NEAR(x3[1], -0.77632297, 1e-6);
+  EXPECT_NEAR(x3[0], 0.91981937, 1e-6);  // the numbers the derivation gives
+  EXPECT_NEAR(x3[1], -0.79227766, 1e-6);
   ExpectNear(s->Step(Latent(kV2), 2, x2), x3, 2e-6);
 }
 
 TEST(UniPCStep, DisabledCorrectorSkipsUniC) {
   // disable_corrector = {0}: step 1 predicts from the uncorrected x1:
-  //   x2 = (2/3) x1 + (1/3) m1 + (1/6) (m0 - m1) / r.
+  //   x2 = q1 x1 + (1 - q1) m1 - (q1 - 1) (1/2) (m0 - m1) / r.
   SchedulerConfig config;
   config.disable_corrector = {0};
   auto s = MakeWithSteps("unipc", 4, 1.0, config);
   ASSERT_NE(s, nullptr);
   const at::Tensor x1 = s->Step(Latent(kV0), 0, Latent(kX0));
-  const double r = (std::log(0.001 / 0.999) - std::log(0.25075 / 0.74925)) /
-                   (std::log(0.5005 / 0.4995) - std::log(0.25075 / 0.74925));
-  const std::vector<double> x1v = {0.9375625, -0.9995}, m0 = {0.75025, -2.498},
-                            m1 = {1.6868125, -1.374125};
+  const double r = (LambdaAt(0) - LambdaAt(1)) / (LambdaAt(2) - LambdaAt(1));
+  const double q1 = Ratio(1);
+  const FirstStep f = HandFirstStep();
   std::vector<double> x2(2);
-  for (size_t i = 0; i < 2; ++i)
-    x2[i] = (2.0 / 3.0) * x1v[i] + m1[i] / 3.0 + (m0[i] - m1[i]) / (6.0 * r);
+  for (size_t i = 0; i < 2; ++i) {
+    x2[i] = q1 * f.x1[i] + (1.0 - q1) * f.m1[i] - (q1 - 1.0) * 0.5 * (f.m0[i] - f.m1[i]) / r;
+  }
   ExpectNear(s->Step(Latent(kV1), 1, x1), x2, 2e-6);
 }
 

@@ -25,6 +25,13 @@ TEST(ConfigTest, ShippedServerYamlLoads) {
   EXPECT_EQ(cfg->server.metrics_address, "127.0.0.1:9464");
   EXPECT_EQ(cfg->server.queue.max_pending, 64);
   EXPECT_EQ(cfg->server.max_concurrent_streams, 100);
+  // Prompts are encoded at the reference pipeline's length (WanPipeline's
+  // max_sequence_length): a shorter one gives a different video.
+  ASSERT_FALSE(cfg->models.empty());
+  for (const ModelEntry& m : cfg->models) {
+    ASSERT_TRUE(m.limits.max_prompt_tokens.has_value()) << m.name;
+    EXPECT_EQ(*m.limits.max_prompt_tokens, 512) << m.name;
+  }
 }
 
 TEST(ConfigTest, EmptyDocumentGivesDefaults) {

@@ -1,7 +1,7 @@
 """Parity of our UMT5 text encoder with transformers' UMT5EncoderModel.
 
     build/tools/umt5_dump OUT_DIR [--device cpu|cuda]
-    python3 bench/umt5_parity.py OUT_DIR [--device cpu|cuda] [--json OUT.json]
+    python3 bench/parity/umt5_parity.py OUT_DIR [--device cpu|cuda] [--json OUT.json]
 
 umt5_dump (tools/umt5_dump.cc) writes a random tiny UMT5 encoder with our
 Save() (OUT_DIR/model: config.json + model.safetensors, the published
