@@ -9,8 +9,8 @@
 // MODEL_DIR is the diffusers folder the reference ran (models/wan-tiny).
 // Every component runs here on the CPU in fp32 on the reference's inputs:
 //
-//   tokenizer          ids and mask of every prompt (exact; prompts with
-//                      special-token text reported, not judged)
+//   tokenizer          ids and mask of every prompt, one of them with
+//                      special-token text (exact)
 //   umt5               prompt embeddings from the reference ids
 //   transformer        one forward, our dense kernel and LibTorch attention
 //   vae.decode/encode  decode the reference latents, encode its video
@@ -239,8 +239,7 @@ Status Parity::Tokenizer() {
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor smask, ref_.Get("tokenizer.special.mask"));
   RAINSERVE_ASSIGN_OR_RETURN(int64_t sbad,
                              Mismatches(*tok, {s.value("special_prompt", "")}, sids, smask));
-  Row sr("tokenizer.special_tokens", "mismatches", static_cast<double>(sbad), 0.0,
-         /*judged=*/false);
+  Row sr("tokenizer.special_tokens", "mismatches", static_cast<double>(sbad), 0.0);
   sr.note = "prompt text with special-token strings (" + s.value("special_prompt", "") + ")";
   rows_.push_back(sr);
   return OkStatus();
