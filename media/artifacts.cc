@@ -77,4 +77,22 @@ StatusOr<std::vector<Artifact>> EncodeArtifacts(const uint8_t* rgb, int width, i
   return artifacts;
 }
 
+Artifact LatentsArtifact(const std::vector<float>& latents, const std::vector<int64_t>& shape,
+                         int64_t fps) {
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "latents are sent little-endian");
+  Artifact a;
+  a.mime_type = "application/octet-stream";
+  a.data.assign(reinterpret_cast<const char*>(latents.data()), latents.size() * sizeof(float));
+  a.sha256 = Sha256Hex(a.data);
+  a.shape = shape;
+  a.dtype = "float32";
+  if (shape.size() == 4) {
+    a.frames = shape[1];
+    a.height = shape[2];
+    a.width = shape[3];
+  }
+  a.fps = fps;
+  return a;
+}
+
 }  // namespace rainserve::media

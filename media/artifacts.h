@@ -25,16 +25,19 @@ enum class ArtifactFormat {
   kRawRgb,  // one blob with every frame's bytes as given
 };
 
+// One output file of a generation: what the server streams and retains.
 struct Artifact {
   std::string mime_type;  // "image/png", "video/mp4" or "application/octet-stream"
   std::string data;       // the file's bytes
   std::string sha256;     // of data, 64 lowercase hex digits
   // What data holds. An MP4 of odd-sized frames is padded to even sizes
   // (see Mp4Dimension) and says so here. A PNG holds 1 frame.
-  int width = 0;
-  int height = 0;
-  int frames = 0;
-  int fps = 0;
+  int64_t width = 0;
+  int64_t height = 0;
+  int64_t frames = 0;
+  int64_t fps = 0;
+  std::vector<int64_t> shape;  // latents only: [C, F, H, W]
+  std::string dtype;           // latents only: "float32"
 };
 
 // Lowercase hex SHA-256 of `bytes` (OpenSSL). Thread-safe.
@@ -48,5 +51,10 @@ std::string Sha256Hex(const std::string& bytes);
 // Called from the request's worker thread once generation is done; thread-safe.
 StatusOr<std::vector<Artifact>> EncodeArtifacts(const uint8_t* rgb, int width, int height,
                                                 int frames, int fps, ArtifactFormat format);
+
+// Undecoded latents [C, F, H, W] as one float32 little-endian blob with its
+// shape (frames, height and width are the latent F, H, W). Thread-safe.
+Artifact LatentsArtifact(const std::vector<float>& latents, const std::vector<int64_t>& shape,
+                         int64_t fps);
 
 }  // namespace rainserve::media

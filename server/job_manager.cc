@@ -689,10 +689,10 @@ void JobManager::RunPipeline(Worker* worker, const std::shared_ptr<Job>& job, Ru
 void JobManager::EncodeArtifacts(Worker* worker, const std::shared_ptr<Job>& job,
                                  RunOutcome* run) {
   const auto encode_start = SteadyClock::now();
-  StatusOr<std::vector<EncodedArtifact>> artifacts =
-      Guarded<std::vector<EncodedArtifact>>("artifact encoding", [&] {
+  StatusOr<std::vector<media::Artifact>> artifacts =
+      Guarded<std::vector<media::Artifact>>("artifact encoding", [&] {
         return encoder_ ? encoder_(*run->output, job->resolved)
-                        : StatusOr<std::vector<EncodedArtifact>>(
+                        : StatusOr<std::vector<media::Artifact>>(
                               UnimplementedError("no artifact encoder configured"));
       });
   run->report.encode_seconds = SecondsBetween(encode_start, SteadyClock::now());
@@ -703,7 +703,7 @@ void JobManager::EncodeArtifacts(Worker* worker, const std::shared_ptr<Job>& job
   result.set_device(worker->device);
   const uint64_t chunk = static_cast<uint64_t>(std::max<int64_t>(1, options_.chunk_bytes));
   for (size_t index = 0; index < artifacts->size(); ++index) {
-    EncodedArtifact& a = (*artifacts)[index];
+    media::Artifact& a = (*artifacts)[index];
     v1::ArtifactInfo* info = result.add_artifacts();
     info->set_index(static_cast<uint32_t>(index));
     info->set_mime_type(a.mime_type);

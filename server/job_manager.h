@@ -51,28 +51,16 @@
 
 #include "server/config.h"
 #include "common/status.h"
+#include "media/artifacts.h"
 #include "pipelines/core/pipeline.h"
 #include "rainserve/v1/generation.pb.h"
 
 namespace rainserve {
 
-// One encoded output file (PNG, MP4, raw frames) of a generation.
-struct EncodedArtifact {
-  std::string mime_type;  // "image/png", "video/mp4", "application/octet-stream"
-  std::string data;
-  std::string sha256;     // lowercase hex of `data`
-  int64_t width = 0;
-  int64_t height = 0;
-  int64_t frames = 0;
-  int64_t fps = 0;
-  std::vector<int64_t> shape;  // latents only: [C, F, H, W]
-  std::string dtype;           // latents only: "float32"
-};
-
 // Turns a pipeline's frames into the artifacts the resolved request asked for
 // (output_format, fps). Runs on the model's worker thread; an error fails the
 // job with that status.
-using ArtifactEncoder = std::function<StatusOr<std::vector<EncodedArtifact>>(
+using ArtifactEncoder = std::function<StatusOr<std::vector<media::Artifact>>(
     const GenerationOutput& output, const v1::GenerateRequest& resolved)>;
 
 // What the observer learns about a finished job (plain values, no protobuf).

@@ -55,54 +55,20 @@ media::ArtifactFormat FormatOf(v1::OutputFormat format) {
   }
 }
 
-// Latents -> one float32 little-endian blob with its shape (worker thread).
-EncodedArtifact LatentArtifact(const GenerationOutput& out, int64_t fps) {
-  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "latents are sent little-endian");
-  EncodedArtifact e;
-  e.mime_type = "application/octet-stream";
-  e.data.assign(reinterpret_cast<const char*>(out.latents.data()),
-                out.latents.size() * sizeof(float));
-  e.sha256 = media::Sha256Hex(e.data);
-  e.shape = out.latent_shape;
-  e.dtype = "float32";
-  if (e.shape.size() == 4) {
-    e.frames = e.shape[1];
-    e.height = e.shape[2];
-    e.width = e.shape[3];
-  }
-  e.fps = fps;
-  return e;
-}
-
 // Frames (or latents) -> the artifacts the resolved request asked for (worker thread).
-StatusOr<std::vector<EncodedArtifact>> EncodeOutput(const GenerationOutput& out,
+StatusOr<std::vector<media::Artifact>> EncodeOutput(const GenerationOutput& out,
                                                     const v1::GenerateRequest& resolved) {
   if (resolved.output_format() == v1::OUTPUT_FORMAT_LATENTS) {
     if (out.latent_shape.size() != 4 || out.latents.empty()) {
       return InternalError("the pipeline returned no latents for a latents request");
     }
-    std::vector<EncodedArtifact> one;
-    one.push_back(LatentArtifact(out, static_cast<int64_t>(resolved.fps())));
-    return one;
+    return std::vector<media::Artifact>{
+        media::LatentsArtifact(out.latents, out.latent_shape, resolved.fps())};
   }
-  RAINSERVE_ASSIGN_OR_RETURN(
-      std::vector<media::Artifact> artifacts,
-      media::EncodeArtifacts(out.rgb.data(), static_cast<int>(out.width),
-                             static_cast<int>(out.height), static_cast<int>(out.num_frames),
-                             static_cast<int>(resolved.fps()), FormatOf(resolved.output_format())));
-  std::vector<EncodedArtifact> encoded;
-  for (media::Artifact& a : artifacts) {
-    EncodedArtifact e;
-    e.mime_type = std::move(a.mime_type);
-    e.data = std::move(a.data);
-    e.sha256 = std::move(a.sha256);
-    e.width = a.width;
-    e.height = a.height;
-    e.frames = a.frames;
-    e.fps = a.fps;
-    encoded.push_back(std::move(e));
-  }
-  return encoded;
+  return media::EncodeArtifacts(out.rgb.data(), static_cast<int>(out.width),
+                                static_cast<int>(out.height), static_cast<int>(out.num_frames),
+                                static_cast<int>(resolved.fps()),
+                                FormatOf(resolved.output_format()));
 }
 
 StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const SecurityConfig& sec) {

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <vector>
+
 #include "tests/media/test_frames.h"
 
 namespace rainserve::media {
@@ -103,6 +106,21 @@ TEST(EncodeArtifactsTest, BadArgumentsAreInvalidArgumentNamingTheArgument) {
     EXPECT_TRUE(testing::IsInvalidArgumentNaming(
         EncodeArtifacts(c.rgb, c.width, c.height, c.frames, c.fps, c.format).status(), c.argument));
   }
+}
+
+TEST(LatentsArtifactTest, HoldsTheFloatsLittleEndianWithShapeAndGridSize) {
+  const std::vector<float> latents = {1.0f, -2.5f, 0.0f, 3.25f, 4.0f, 5.0f};
+  const Artifact a = LatentsArtifact(latents, {1, 2, 1, 3}, 16);
+  EXPECT_EQ(a.mime_type, "application/octet-stream");
+  ASSERT_EQ(a.data.size(), latents.size() * sizeof(float));
+  EXPECT_EQ(std::memcmp(a.data.data(), latents.data(), a.data.size()), 0);
+  EXPECT_EQ(a.sha256, Sha256Hex(a.data));
+  EXPECT_EQ(a.shape, (std::vector<int64_t>{1, 2, 1, 3}));
+  EXPECT_EQ(a.dtype, "float32");
+  EXPECT_EQ(a.frames, 2);
+  EXPECT_EQ(a.height, 1);
+  EXPECT_EQ(a.width, 3);
+  EXPECT_EQ(a.fps, 16);
 }
 
 }  // namespace

@@ -65,8 +65,8 @@ inline std::string Sha256Hex(const std::string& data) {
 // One raw-RGB artifact holding the frames as they are.
 inline ArtifactEncoder RawEncoder() {
   return [](const GenerationOutput& out, const v1::GenerateRequest& resolved)
-             -> StatusOr<std::vector<EncodedArtifact>> {
-    EncodedArtifact a;
+             -> StatusOr<std::vector<media::Artifact>> {
+    media::Artifact a;
     a.mime_type = "application/octet-stream";
     a.data.assign(out.rgb.begin(), out.rgb.end());
     a.sha256 = Sha256Hex(a.data);
@@ -74,7 +74,7 @@ inline ArtifactEncoder RawEncoder() {
     a.height = out.height;
     a.frames = out.num_frames;
     a.fps = resolved.fps();
-    return std::vector<EncodedArtifact>{std::move(a)};
+    return std::vector<media::Artifact>{std::move(a)};
   };
 }
 

@@ -431,7 +431,7 @@ TEST_F(JobManagerTest, EncoderFailureFailsTheJob) {
   jobs_ = std::make_unique<JobManager>(
       JobManagerOptions(),
       [](const GenerationOutput&, const v1::GenerateRequest&)
-          -> StatusOr<std::vector<EncodedArtifact>> { return InternalError("no codec"); });
+          -> StatusOr<std::vector<media::Artifact>> { return InternalError("no codec"); });
   pipeline_ = std::make_shared<FakePipeline>();
   ASSERT_TRUE(jobs_->AddModel("fake", pipeline_).ok());
   const v1::Job job = WaitDone(MustSubmit("unencodable"));
