@@ -69,39 +69,82 @@ Status CpuBackend::PredictMask(const MaskArgs& args) {
   return OkStatus();
 }
 
-Status CpuBackend::Forward(const ForwardArgs& args) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  const TensorView &q = args.q, &k = args.k, &v = args.v;
-  const int64_t B = q.batch, H = q.heads, D = q.head_dim;
-  const int64_t nb = args.blocks.num_blocks;
-  const int64_t lanes = kernels_->lanes;
-  const int64_t dp = RoundUp(D, lanes);
-  const int64_t max_len = MaxBlockLen(args.blocks);
-  const int64_t bsp = RoundUp(max_len, lanes);
-  const int64_t slot = 2 * dp * bsp;
-  const int32_t* starts = args.blocks.starts;
+namespace {
 
-  // 1. Pack K (transposed) and V of every block to fp32: one task per (b, h, kb).
-  const size_t packed_size = static_cast<size_t>(B * H * nb * slot);
-  if (packed_.size() < packed_size) packed_.resize(packed_size);
-  float* packed = packed_.data();
-  pool_.ParallelFor(B * H * nb, [&](int64_t task, int) {
+// Padded sizes of one Forward call: head dim and block length rounded up to
+// the kernel's lanes; one packed slot holds a block's K^T [dp][bsp] and V [bsp][dp].
+struct Geometry {
+  int64_t dp, max_len, bsp, slot;
+};
+
+// Packs K (transposed) and V of every (b, h, key block) to fp32 slots.
+void PackKeysAndValues(const ForwardArgs& args, const Geometry& g, float* packed,
+                       ThreadPool* pool) {
+  const TensorView &k = args.k, &v = args.v;
+  const int64_t H = k.heads, D = k.head_dim, nb = args.blocks.num_blocks;
+  const int32_t* starts = args.blocks.starts;
+  pool->ParallelFor(k.batch * H * nb, [&](int64_t task, int) {
     const int64_t kb = task % nb, bh = task / nb, b = bh / H, h = bh % H;
     const int64_t start = starts[kb], len = starts[kb + 1] - start;
-    float* kt = packed + task * slot;  // [dp][bsp]
-    float* vp = kt + dp * bsp;         // [bsp][dp]
-    std::memset(kt, 0, sizeof(float) * static_cast<size_t>(slot));
+    float* kt = packed + task * g.slot;  // [dp][bsp]
+    float* vp = kt + g.dp * g.bsp;       // [bsp][dp]
+    std::memset(kt, 0, sizeof(float) * static_cast<size_t>(g.slot));
     float row[256];
     for (int64_t j = 0; j < len; ++j) {
       LoadRow(k, b, start + j, h, 1.0f, row);
-      for (int64_t d = 0; d < D; ++d) kt[d * bsp + j] = row[d];
-      LoadRow(v, b, start + j, h, 1.0f, vp + j * dp);
+      for (int64_t d = 0; d < D; ++d) kt[d * g.bsp + j] = row[d];
+      LoadRow(v, b, start + j, h, 1.0f, vp + j * g.dp);
     }
   });
+}
+
+// Normalises rows [start, start + rows) of (b, h) by their softmax sums and
+// stores them in args.out (and their LSE, natural log, in args.lse).
+// o: [rows][dp], m, l: [rows] (log2-scaled running max and sum).
+void StoreRows(const ForwardArgs& args, int64_t b, int64_t h, int64_t start, int64_t rows,
+               int64_t dp, const float* o, const float* m, const float* l) {
+  const int64_t D = args.q.head_dim, bh = b * args.q.heads + h;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    const int64_t off = args.out.Offset(b, start + r, h);
+    const float* orow = o + r * dp;
+    if (args.out.dtype == DType::kFloat32) {
+      float* dst = static_cast<float*>(args.out.data) + off;
+      for (int64_t d = 0; d < D; ++d) dst[d] = orow[d] * inv;
+    } else {
+      uint16_t* dst = static_cast<uint16_t*>(args.out.data) + off;
+      for (int64_t d = 0; d < D; ++d) dst[d] = FloatToHalf(orow[d] * inv, args.out.dtype);
+    }
+    if (args.lse != nullptr) {
+      args.lse[bh * args.q.tokens + start + r] = (m[r] + std::log2(l[r])) * kLn2;
+    }
+  }
+}
+
+}  // namespace
+
+Status CpuBackend::Forward(const ForwardArgs& args) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const TensorView& q = args.q;
+  const int64_t B = q.batch, H = q.heads, nb = args.blocks.num_blocks;
+  const int64_t lanes = kernels_->lanes;
+  Geometry g;
+  g.dp = RoundUp(q.head_dim, lanes);
+  g.max_len = MaxBlockLen(args.blocks);
+  g.bsp = RoundUp(g.max_len, lanes);
+  g.slot = 2 * g.dp * g.bsp;
+  const int32_t* starts = args.blocks.starts;
+
+  // 1. Pack K (transposed) and V of every block to fp32: one task per (b, h, kb).
+  const size_t packed_size = static_cast<size_t>(B * H * nb * g.slot);
+  if (packed_.size() < packed_size) packed_.resize(packed_size);
+  float* packed = packed_.data();
+  PackKeysAndValues(args, g, packed, &pool_);
 
   // 2. One task per (b, h, query block).
+  const int64_t max_len = g.max_len, dp = g.dp;
   const int threads = pool_.num_threads();
-  const int64_t per_thread = max_len * dp * 2 + max_len * bsp + 2 * max_len + 2 * nb + 64;
+  const int64_t per_thread = max_len * dp * 2 + max_len * g.bsp + 2 * max_len + 2 * nb + 64;
   if (scratch_.size() < static_cast<size_t>(threads * per_thread)) {
     scratch_.resize(static_cast<size_t>(threads * per_thread));
   }
@@ -114,7 +157,7 @@ Status CpuBackend::Forward(const ForwardArgs& args) {
     float* qs = base;                     // [rows][dp]
     float* o = qs + max_len * dp;         // [rows][dp]
     float* s = o + max_len * dp;          // [rows][bsp]
-    float* m = s + max_len * bsp;         // [rows]
+    float* m = s + max_len * g.bsp;       // [rows]
     float* l = m + max_len;               // [rows]
     auto* ids = reinterpret_cast<int32_t*>(l + max_len);  // [nb]
     int32_t* lens = ids + nb;                             // [nb]
@@ -132,9 +175,9 @@ Status CpuBackend::Forward(const ForwardArgs& args) {
     p.q = qs;
     p.rows = rows;
     p.dp = dp;
-    p.bsp = bsp;
+    p.bsp = g.bsp;
     p.packed = packed;
-    p.slot_floats = slot;
+    p.slot_floats = g.slot;
     p.num_blocks = count;
     p.block_ids = ids;
     p.block_lens = lens;
@@ -143,23 +186,7 @@ Status CpuBackend::Forward(const ForwardArgs& args) {
     p.m = m;
     p.l = l;
     kernels_->attend_row(p);
-
-    // Normalise and store; LSE in natural log units.
-    for (int64_t r = 0; r < rows; ++r) {
-      const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-      const int64_t off = args.out.Offset(b, start + r, h);
-      const float* orow = o + r * dp;
-      if (args.out.dtype == DType::kFloat32) {
-        float* dst = static_cast<float*>(args.out.data) + off;
-        for (int64_t d = 0; d < D; ++d) dst[d] = orow[d] * inv;
-      } else {
-        uint16_t* dst = static_cast<uint16_t*>(args.out.data) + off;
-        for (int64_t d = 0; d < D; ++d) dst[d] = FloatToHalf(orow[d] * inv, args.out.dtype);
-      }
-      if (args.lse != nullptr) {
-        args.lse[bh * q.tokens + start + r] = (m[r] + std::log2(l[r])) * kLn2;
-      }
-    }
+    StoreRows(args, b, h, start, rows, dp, o, m, l);
   });
   return OkStatus();
 }
