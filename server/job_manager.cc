@@ -952,27 +952,16 @@ v1::Job JobManager::SnapshotLocked(const Job& job) const {
 }
 
 v1::Job JobManager::SummaryLocked(const Job& job) const {
-  v1::Job j;
-  j.set_job_id(job.id);
-  j.set_state(job.state);
+  v1::Job j = SnapshotLocked(job);
+  j.clear_result();
   v1::GenerateRequest* r = j.mutable_request();
-  *r = job.resolved;
   const std::string prompt = Utf8Prefix(r->prompt(), kSummaryPromptBytes);
   const std::string negative = Utf8Prefix(r->negative_prompt(), kSummaryPromptBytes);
   j.set_prompt_truncated(prompt.size() < r->prompt().size() ||
                          negative.size() < r->negative_prompt().size());
   r->set_prompt(prompt);
   r->set_negative_prompt(negative);
-  if (job.state == v1::JOB_STATE_QUEUED) {
-    j.set_queue_position(static_cast<uint32_t>(std::max<int64_t>(0, job.position)));
-  }
-  j.set_step(static_cast<uint32_t>(job.step));
-  j.set_total_steps(static_cast<uint32_t>(job.total_steps));
-  *j.mutable_created() = ToTimestamp(job.created_wall);
-  if (job.started_wall) *j.mutable_started() = ToTimestamp(*job.started_wall);
-  if (job.finished_wall) *j.mutable_finished() = ToTimestamp(*job.finished_wall);
-  if (job.state == v1::JOB_STATE_FAILED || job.state == v1::JOB_STATE_CANCELLED) {
-    *j.mutable_failure() = job.failure;
+  if (j.has_failure()) {
     j.mutable_failure()->set_message(Utf8Prefix(job.failure.message(), kSummaryMessageBytes));
   }
   return j;

@@ -22,6 +22,7 @@
 #include "server/raw_calls.h"
 #include "server/request_mapping.h"
 #include "tests/server/fake_pipeline.h"
+#include "tests/server/raw_call.h"
 
 namespace rainserve {
 namespace {
@@ -185,16 +186,7 @@ class GenerationServiceTest : public ::testing::Test {
   // the way any client could, without the generated stub.
   grpc::Status RawCall(const std::string& method, const std::string& bytes,
                        const std::string& token = "") {
-    grpc::GenericStub stub(channel_);
-    grpc::ClientContext ctx;
-    if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
-    grpc::Slice slice(bytes);
-    grpc::ByteBuffer request(&slice, 1);
-    grpc::ByteBuffer response;
-    std::promise<grpc::Status> done;
-    stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response,
-                   [&](grpc::Status s) { done.set_value(std::move(s)); });
-    return done.get_future().get();
+    return testing::RawCall(channel_, method, bytes, token);
   }
 
   void Stop() {

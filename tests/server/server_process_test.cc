@@ -22,6 +22,7 @@
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "rainserve/v1/generation.grpc.pb.h"
 #include "rainserve/v1/models.grpc.pb.h"
+#include "tests/server/raw_call.h"
 #include "tests/server/test_server.h"
 
 namespace rainserve {
@@ -142,19 +143,7 @@ TEST_F(ServerProcessTest, GenerationWithoutAReadyModelFailsAndServerKeepsServing
   EXPECT_EQ(Health("rainserve.v1.Generation", &status), HealthCheckResponse::NOT_SERVING);
 }
 
-// Sends `bytes` as the request of `method` without the generated stubs.
-grpc::Status RawCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
-                     const std::string& bytes) {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  grpc::Slice slice(bytes);
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::ByteBuffer response;
-  std::promise<grpc::Status> done;
-  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) { done.set_value(std::move(s)); });
-  return done.get_future().get();
-}
+using testing::RawCall;
 
 TEST_F(ServerProcessTest, MalformedRequestBytesAreInvalidArgumentWithRateLimitedLogLines) {
   v1::GenerateRequest valid;
