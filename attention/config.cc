@@ -2,13 +2,16 @@
 
 #include <atomic>
 #include <cmath>
+#include <sstream>
 #include <string>
 
 namespace rainserve::attention {
 
 Status ValidateConfig(const AttentionConfig& config) {
   if (!(config.sparsity >= 0.0 && config.sparsity < 1.0)) {  // also rejects NaN
-    return InvalidArgumentError("sparsity must be in [0, 1), got " + std::to_string(config.sparsity));
+    std::ostringstream msg;
+    msg << "sparsity must be in [0, 1), got " << config.sparsity;
+    return InvalidArgumentError(msg.str());
   }
   if (config.min_sparse_blocks < 1) {
     return InvalidArgumentError("min_sparse_blocks must be >= 1, got " +

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <exception>
+#include <sstream>
 
 #include "common/logging.h"
 #include "server/request_mapping.h"
@@ -765,10 +766,11 @@ void JobManager::TimerLoop() {
     for (auto& [name, worker] : workers_) {
       for (auto& [key, job] : worker->queue) {
         if (now >= job->queue_expiry) {
-          std::string seconds = std::to_string(options_.queue_timeout_seconds);
+          std::ostringstream seconds;
+          seconds << options_.queue_timeout_seconds;
           expired.emplace_back(job, DeadlineExceededError(
                                         "the job waited longer than the queue timeout (" +
-                                        seconds + " s); the server is overloaded"));
+                                        seconds.str() + " s); the server is overloaded"));
         } else if (job->deadline && now >= *job->deadline) {
           job->abandoned = true;  // the creating call's deadline
           expired.emplace_back(job, DeadlineExceededError("deadline exceeded while queued"));
