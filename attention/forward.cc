@@ -25,6 +25,8 @@ StatusOr<AttentionPlan> PlanFor(const SparseSettings& settings, const LatentGrid
   layout.width = grid.width;
   layout.sink_frames =
       grid.frames == 1 ? 0 : std::clamp<int64_t>(settings.sink_frames, 0, grid.frames);
+  layout.text_tokens = grid.text_tokens;
+  layout.text_placement = grid.text_tokens > 0 ? TextPlacement::kAfter : TextPlacement::kNone;
   WindowShape window{settings.window[0], settings.window[1], settings.window[2]};
   if (window.t <= 0 || window.h <= 0 || window.w <= 0) window = DefaultWindow(layout);
   return AttentionPlan::Build(layout, window);

@@ -44,8 +44,12 @@ enum class DenseKernel {
 DenseKernel ChooseDenseKernel(const std::string& backend_name, int64_t num_blocks);
 inline constexpr int64_t kMinBlocksOursBeatsSdpa = 256;
 
-struct LatentGrid {  // after patchify
+// The token layout of one forward: the latent grid after patchify, and the
+// text tokens of a joint-attention model (placed after the video tokens,
+// always attended densely; 0 for Wan, whose text enters by cross-attention).
+struct LatentGrid {
   int64_t frames = 1, height = 1, width = 1;
+  int64_t text_tokens = 0;
 };
 
 struct ForwardOptions {

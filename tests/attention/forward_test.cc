@@ -125,5 +125,25 @@ TEST_F(ForwardAttentionTest, SparseStatsCountSkippedPairsAndMaskTime) {
   EXPECT_DOUBLE_EQ(tally.Mean(), st.realized_sparsity + 0.05);
 }
 
+TEST_F(ForwardAttentionTest, TextTokensFollowTheVideoAndAreAttendedDensely) {
+  const LatentGrid grid{9, 16, 16, 77};  // 2,304 video + 77 text tokens
+  auto attn = Make(Sparse(0.8), 0, grid);
+  ASSERT_TRUE(attn->sparse());
+  const at::Tensor x = at::randn({1, 2381, 4});
+  auto p = attn->Permute(x);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  // The text tokens keep their place at the end of the sequence.
+  EXPECT_TRUE(at::equal(p->narrow(1, 2304, 77), x.narrow(1, 2304, 77)));
+  const at::Tensor q = Rand(2381), k = Rand(2381), v = Rand(2381);
+  ASSERT_TRUE(attn->SelfAttention(q, k, v).ok());
+  // 19 blocks, 3 of them forced (2 sink, 1 text): without forcing, 0.8 would
+  // skip ~0.79 of the pairs; the forced rows and columns keep far more.
+  const ForwardStats st = attn->Stats();
+  EXPECT_TRUE(st.sparse);
+  EXPECT_GT(st.realized_sparsity, 0.3);
+  EXPECT_LT(st.realized_sparsity, 0.6);
+  EXPECT_EQ(st.tokens, 2381);
+}
+
 }  // namespace
 }  // namespace rainserve::attention
