@@ -8,6 +8,8 @@
 #include <set>
 #include <sstream>
 
+#include "attention/settings.h"
+
 namespace rainserve::cli {
 namespace {
 
@@ -41,12 +43,12 @@ const std::vector<FlagSpec>& Flags() {
       {"priority", "N", "higher runs first (-2^31..2^31-1, default 0)"},
       {"request-id", "ID", "idempotency key: the same id attaches to the same job"},
       {"detached", "", "the job keeps running if this client goes away"},
-      {"attention", "dense|rainfusion", "attention mode"},
+      {"attention", attention::ModeNames(), "attention mode"},
       {"sparsity", "X", "fraction of attention blocks to skip, in [0, 1)"},
       {"sink-frames", "N", "first latent frames every query attends to (0 disables)"},
       {"window", "T,H,W", "permutation window in latent frames, rows, columns"},
       {"dense-warmup-steps", "N", "first denoising steps that run dense"},
-      {"mask-refresh", "every_layer|per_step", "how often the block mask is predicted"},
+      {"mask-refresh", attention::MaskRefreshNames(), "how often the block mask is predicted"},
       // Output and listing.
       {"out", "PATH", "where to write the artifact (default \"output\"); the format's "
                       "extension is added when PATH lacks it, \"-<index>\" before it when "

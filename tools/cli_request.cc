@@ -4,6 +4,8 @@
 #include <limits>
 #include <map>
 
+#include "attention/settings.h"
+
 namespace rainserve::cli {
 namespace {
 
@@ -61,15 +63,22 @@ Status SparseAttention(const Args& args, v1::SparseAttention* sa) {
   if (args.Has("attention")) {
     RAINSERVE_ASSIGN_OR_RETURN(
         const v1::AttentionMode mode,
-        Choice<v1::AttentionMode>(args, "attention", {{"dense", v1::ATTENTION_MODE_DENSE},
-                                                      {"rainfusion", v1::ATTENTION_MODE_RAINFUSION}}));
+        Choice<v1::AttentionMode>(
+            args, "attention",
+            {{attention::ModeName(attention::AttentionMode::kDense), v1::ATTENTION_MODE_DENSE},
+             {attention::ModeName(attention::AttentionMode::kRainFusion),
+              v1::ATTENTION_MODE_RAINFUSION}}));
     sa->set_mode(mode);
   }
   if (args.Has("mask-refresh")) {
     RAINSERVE_ASSIGN_OR_RETURN(
         const v1::MaskRefresh refresh,
-        Choice<v1::MaskRefresh>(args, "mask-refresh", {{"every_layer", v1::MASK_REFRESH_EVERY_LAYER},
-                                                       {"per_step", v1::MASK_REFRESH_PER_STEP}}));
+        Choice<v1::MaskRefresh>(
+            args, "mask-refresh",
+            {{attention::MaskRefreshName(attention::MaskRefresh::kEveryLayer),
+              v1::MASK_REFRESH_EVERY_LAYER},
+             {attention::MaskRefreshName(attention::MaskRefresh::kPerStep),
+              v1::MASK_REFRESH_PER_STEP}}));
     sa->set_mask_refresh(refresh);
   }
   RAINSERVE_RETURN_IF_ERROR(Double(args, "sparsity", [sa](double v) { sa->set_sparsity(v); }));
