@@ -24,7 +24,8 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DRAINSERVE_SANITIZE=ON -DRAINSERVE_BUILD_BENCH=OFF
 targets=(common_test server_config_test attention_core_test attention_parity_test attention_torch_test
          rainserve-server server_test job_manager_test generation_service_test
-         model_manager_test e2e_test rainserve_python_stubs sentencepiece_test)
+         model_manager_test metrics_http_test e2e_test cli_process_test
+         rainserve_python_stubs sentencepiece_test)
 cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1}
