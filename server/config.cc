@@ -175,6 +175,18 @@ Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
   RAINSERVE_RETURN_IF_ERROR(m.Enum("dtype", {"fp32", "bf16", "fp16"}, &e->dtype));
   RAINSERVE_RETURN_IF_ERROR(m.Int("threads", 0, 1024, &e->threads));
   RAINSERVE_RETURN_IF_ERROR(m.Bool("load_at_startup", &e->load_at_startup));
+  RAINSERVE_RETURN_IF_ERROR(m.MapList("loras", [&](size_t i, YamlMap& l) {
+    if (i >= kMaxLoraFiles) {
+      return InvalidArgumentError(m.KeyPath("loras") + ": at most " +
+                                  std::to_string(kMaxLoraFiles) + " files");
+    }
+    LoraFile f;
+    if (!l.Has("path")) return InvalidArgumentError(l.KeyPath("path") + ": required");
+    RAINSERVE_RETURN_IF_ERROR(ReadPath(l, "path", base_dir, &f.path));
+    RAINSERVE_RETURN_IF_ERROR(l.Double("strength", -kMaxLoraStrength, kMaxLoraStrength, &f.strength));
+    e->loras.push_back(std::move(f));
+    return OkStatus();
+  }));
   RAINSERVE_RETURN_IF_ERROR(m.Map("defaults", [&](YamlMap& d) {
     return ReadModelDefaults(d, &e->defaults);
   }));

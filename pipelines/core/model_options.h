@@ -33,6 +33,15 @@ struct ModelLimitsOverride {
   std::optional<double> max_memory_gb;  // per-request peak-memory budget on the device
 };
 
+// One LoRA file merged into the model's weights at load (models[].loras):
+// W += strength * (alpha / rank) * up @ down (pipelines/core/lora.h).
+struct LoraFile {
+  std::string path;       // a .safetensors file
+  double strength = 1.0;  // finite, in [-kMaxLoraStrength, kMaxLoraStrength]
+};
+inline constexpr size_t kMaxLoraFiles = 16;
+inline constexpr double kMaxLoraStrength = 100;
+
 struct ModelOptions {
   std::string name;            // what clients put in GenerateRequest.model
   std::string pipeline = "wan";
@@ -42,6 +51,7 @@ struct ModelOptions {
   int64_t threads = 0;         // CPU threads for this model's worker; 0 = all cores
   ModelDefaultsOverride defaults;
   ModelLimitsOverride limits;
+  std::vector<LoraFile> loras;  // merged in this order; at most kMaxLoraFiles
 };
 
 }  // namespace rainserve

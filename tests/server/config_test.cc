@@ -199,6 +199,41 @@ models:
                  "models[0].limits.max_height");
 }
 
+TEST(ConfigTest, LorasAreReadWithPathsResolvedAndStrengthsDefaultingToOne) {
+  auto cfg = ParseServerConfig(R"(
+models:
+  - name: m
+    path: ckpt
+    loras:
+      - {path: loras/style.safetensors, strength: 0.75}
+      - {path: /abs/speed.safetensors}
+  - name: plain
+    path: ckpt
+)", "test.yaml", "/base");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  ASSERT_EQ(cfg->models[0].loras.size(), 2u);
+  EXPECT_EQ(cfg->models[0].loras[0].path, "/base/loras/style.safetensors");
+  EXPECT_DOUBLE_EQ(cfg->models[0].loras[0].strength, 0.75);
+  EXPECT_EQ(cfg->models[0].loras[1].path, "/abs/speed.safetensors");
+  EXPECT_DOUBLE_EQ(cfg->models[0].loras[1].strength, 1.0);
+  EXPECT_TRUE(cfg->models[1].loras.empty());
+}
+
+TEST(ConfigTest, LorasAreValidated) {
+  ExpectRejected("models: [{name: m, path: p, loras: [{strength: 1}]}]",
+                 "models[0].loras[0].path: required");
+  ExpectRejected("models: [{name: m, path: p, loras: [{path: a, strength: 101}]}]",
+                 "models[0].loras[0].strength: expected number in [-100, 100]");
+  ExpectRejected("models: [{name: m, path: p, loras: [{path: a, strength: .nan}]}]",
+                 "models[0].loras[0].strength");
+  ExpectRejected("models: [{name: m, path: p, loras: [{path: a, scale: 1}]}]",
+                 "models[0].loras[0].scale: unknown key");
+  ExpectRejected("models: [{name: m, path: p, loras: {path: a}}]", "models[0].loras");
+  std::string many = "models: [{name: m, path: p, loras: [";
+  for (int i = 0; i < 17; ++i) many += std::string(i ? ", " : "") + "{path: a}";
+  ExpectRejected(many + "]}]", "models[0].loras: at most 16 files");
+}
+
 TEST(ConfigTest, SecuritySectionResolvesPathsAndChecksPairs) {
   auto cfg = ParseServerConfig(R"(
 security:
