@@ -243,6 +243,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
                              UMT5Encoder::Load(dir + "/text_encoder", p->dtype_, p->device_));
   RAINSERVE_ASSIGN_OR_RETURN(p->transformer_,
                              WanTransformer::Load(dir + "/transformer", p->dtype_, p->device_));
+  RAINSERVE_RETURN_IF_ERROR(p->transformer_->MergeLoras(entry.loras));
   RAINSERVE_ASSIGN_OR_RETURN(p->vae_, WanVAE::Load(dir + "/vae", at::kFloat, p->device_));
 
   RAINSERVE_RETURN_IF_ERROR(p->CheckComponentsMatch(dir));

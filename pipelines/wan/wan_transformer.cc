@@ -7,6 +7,7 @@
 
 #include "attention/torch_adapter.h"
 #include "common/files.h"
+#include "pipelines/core/lora.h"
 #include "pipelines/core/safetensors.h"
 #include "pipelines/wan/wan_ops.h"
 
@@ -129,6 +130,12 @@ Status WanTransformer::Save(const std::string& dir, int64_t max_shard_bytes) con
                           params_, max_shard_bytes);
 }
 
+
+Status WanTransformer::MergeLoras(const std::vector<LoraFile>& loras) {
+  if (loras.empty()) return OkStatus();
+  RAINSERVE_RETURN_IF_ERROR(rainserve::MergeLoras(loras, WanOriginalModuleName, &params_));
+  return Resolve();
+}
 
 Status WanTransformer::Resolve() {
   RAINSERVE_ASSIGN_OR_RETURN(weights_, ResolveWanWeights(config_, params_));

@@ -35,6 +35,7 @@
 #include "attention/forward.h"
 #include "attention/settings.h"
 #include "common/status.h"
+#include "pipelines/core/model_options.h"
 #include "pipelines/core/pipeline.h"
 #include "pipelines/wan/wan_config.h"
 #include "pipelines/wan/wan_ops.h"
@@ -68,6 +69,12 @@ class WanTransformer {
   static std::unique_ptr<WanTransformer> Random(const WanTransformerConfig& config,
                                                 at::ScalarType dtype, at::Device device,
                                                 uint64_t seed);
+
+  // Merges LoRA files into the weights (pipelines/core/lora.h; original Wan
+  // names through WanOriginalModuleName). Called once at load, before the
+  // model serves, by WanPipeline::Load and tests. On error the weights are
+  // unchanged: INVALID_ARGUMENT naming the file and key, or the file reader's.
+  Status MergeLoras(const std::vector<LoraFile>& loras);
 
   // Every parameter with its diffusers name and shape, in a stable order.
   static ParameterShapes ExpectedParameters(const WanTransformerConfig& config) {

@@ -4,6 +4,42 @@
 
 namespace rainserve {
 
+std::string WanOriginalModuleName(const std::string& module) {
+  // Inside blocks.<i>.: diffusers name -> original name.
+  static const std::map<std::string, std::string> kBlock = {
+      {"attn1.to_q", "self_attn.q"},         {"attn1.to_k", "self_attn.k"},
+      {"attn1.to_v", "self_attn.v"},         {"attn1.to_out.0", "self_attn.o"},
+      {"attn1.norm_q", "self_attn.norm_q"},  {"attn1.norm_k", "self_attn.norm_k"},
+      {"attn2.to_q", "cross_attn.q"},        {"attn2.to_k", "cross_attn.k"},
+      {"attn2.to_v", "cross_attn.v"},        {"attn2.to_out.0", "cross_attn.o"},
+      {"attn2.norm_q", "cross_attn.norm_q"}, {"attn2.norm_k", "cross_attn.norm_k"},
+      {"attn2.add_k_proj", "cross_attn.k_img"}, {"attn2.add_v_proj", "cross_attn.v_img"},
+      {"attn2.norm_added_k", "cross_attn.norm_k_img"},
+      {"ffn.net.0.proj", "ffn.0"},           {"ffn.net.2", "ffn.2"},
+      {"norm2", "norm3"},  // the cross-attention norm
+  };
+  static const std::map<std::string, std::string> kTop = {
+      {"condition_embedder.text_embedder.linear_1", "text_embedding.0"},
+      {"condition_embedder.text_embedder.linear_2", "text_embedding.2"},
+      {"condition_embedder.time_embedder.linear_1", "time_embedding.0"},
+      {"condition_embedder.time_embedder.linear_2", "time_embedding.2"},
+      {"condition_embedder.time_proj", "time_projection.1"},
+      {"condition_embedder.image_embedder.norm1", "img_emb.proj.0"},
+      {"condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"},
+      {"condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3"},
+      {"condition_embedder.image_embedder.norm2", "img_emb.proj.4"},
+      {"proj_out", "head.head"},
+  };
+  if (module.rfind("blocks.", 0) == 0) {
+    const size_t dot = module.find('.', 7);
+    if (dot == std::string::npos) return "";
+    auto it = kBlock.find(module.substr(dot + 1));
+    return it == kBlock.end() ? "" : module.substr(0, dot + 1) + it->second;
+  }
+  auto it = kTop.find(module);
+  return it == kTop.end() ? "" : it->second;
+}
+
 bool WanKeptInFp32(const std::string& name) {
   return name.find("time_embedder") != std::string::npos ||
          name.find("scale_shift_table") != std::string::npos ||

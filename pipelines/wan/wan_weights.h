@@ -50,6 +50,11 @@ ParameterShapes WanExpectedParameters(const WanTransformerConfig& config);
 // True for the parameters diffusers keeps in fp32 whatever the model dtype.
 bool WanKeptInFp32(const std::string& name);
 
+// The name the original Wan code (and the LoRAs trained on it) gives a
+// module of diffusers name `module`, e.g. "blocks.0.self_attn.q" for
+// "blocks.0.attn1.to_q", "head.head" for "proj_out"; "" when it is the same.
+std::string WanOriginalModuleName(const std::string& module);
+
 // Typed views of `params` (named as WanExpectedParameters). INTERNAL naming
 // the parameter when one is missing.
 StatusOr<WanWeights> ResolveWanWeights(const WanTransformerConfig& config,
