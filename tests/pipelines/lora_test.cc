@@ -17,25 +17,13 @@
 #include "pipelines/core/safetensors.h"
 #include "pipelines/wan/wan_pipeline.h"
 #include "pipelines/wan/wan_transformer.h"
+#include "tests/pipelines/wan_test_config.h"
 #include "tests/test_files.h"
 
 namespace rainserve {
 namespace {
 
 using Tensors = std::vector<std::pair<std::string, at::Tensor>>;
-
-WanTransformerConfig TinyConfig() {
-  WanTransformerConfig c;
-  c.num_attention_heads = 2;
-  c.attention_head_dim = 16;
-  c.in_channels = 4;
-  c.out_channels = 4;
-  c.text_dim = 8;
-  c.freq_dim = 16;
-  c.ffn_dim = 32;
-  c.num_layers = 2;
-  return c;
-}
 
 // A rank-r pair for a weight of shape `w`: down [r, in...], up [out, r, 1...].
 struct Pair {
@@ -60,7 +48,7 @@ class LoraTest : public ::testing::Test {
  protected:
   void Make(at::ScalarType dtype) {
     at::manual_seed(3);
-    model_ = WanTransformer::Random(TinyConfig(), dtype, at::kCPU, 7);
+    model_ = WanTransformer::Random(testing::TinyWanTransformerConfig(), dtype, at::kCPU, 7);
     for (const auto& [name, t] : model_->NamedParameters()) before_[name] = t.clone();
   }
   const at::Tensor& Before(const std::string& name) { return before_.at(name); }
@@ -191,7 +179,8 @@ TEST_F(LoraTest, OriginalWanAndMusubiNamesMapToTheDiffusersParameters) {
 
 TEST(WanOriginalNamesTest, EveryLinearLayerHasOneOriginalNameAndNoTwoShareIt) {
   std::set<std::string> originals;
-  for (const auto& [name, shape] : WanTransformer::ExpectedParameters(TinyConfig())) {
+  for (const auto& [name, shape] :
+       WanTransformer::ExpectedParameters(testing::TinyWanTransformerConfig())) {
     if (shape.size() < 2 || name.find("scale_shift_table") != std::string::npos) continue;
     const std::string module = name.substr(0, name.rfind('.'));
     const std::string original = WanOriginalModuleName(module);

@@ -13,22 +13,10 @@
 #include <sstream>
 
 #include "pipelines/core/safetensors.h"
+#include "tests/pipelines/wan_test_config.h"
 
 namespace rainserve {
 namespace {
-
-WanTransformerConfig TinyConfig() {
-  WanTransformerConfig c;
-  c.num_attention_heads = 2;
-  c.attention_head_dim = 16;
-  c.in_channels = 4;
-  c.out_channels = 4;
-  c.text_dim = 8;
-  c.freq_dim = 16;
-  c.ffn_dim = 32;
-  c.num_layers = 2;
-  return c;
-}
 
 std::string TempDir() {
   char tmpl[] = "/tmp/rainserve-wan-XXXXXX";
@@ -48,7 +36,8 @@ at::Tensor SmoothLatents(int64_t b, int64_t f, int64_t h, int64_t w, uint64_t se
 
 class WanTransformerTest : public ::testing::Test {
  protected:
-  std::unique_ptr<WanTransformer> model_ = WanTransformer::Random(TinyConfig(), at::kFloat, at::kCPU, 7);
+  std::unique_ptr<WanTransformer> model_ =
+      WanTransformer::Random(testing::TinyWanTransformerConfig(), at::kFloat, at::kCPU, 7);
   attention::AttentionEngine engine_{2};
   at::Tensor text_ = at::randn({2, 5, 8});
   at::Tensor t_ = at::tensor({999.0f, 500.0f});
@@ -151,7 +140,8 @@ TEST_F(WanTransformerTest, SaveLoadRoundTripAndCheckpointMismatchesAreReported) 
     if (name == "proj_out.bias") t = at::zeros({5});
   }
   const std::string bad = TempDir();
-  std::ofstream(bad + "/config.json") << WanTransformerConfigJson(TinyConfig());
+  std::ofstream(bad + "/config.json")
+      << WanTransformerConfigJson(testing::TinyWanTransformerConfig());
   ASSERT_TRUE(WriteSafetensors(bad + "/diffusion_pytorch_model.safetensors", params).ok());
   auto err = WanTransformer::Load(bad, at::kFloat, at::kCPU);
   ASSERT_FALSE(err.ok());
