@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <map>
 #include <memory>
 
@@ -145,8 +146,8 @@ Status AddModuleTerms(const LoraFile& file, const std::string& module, const Mod
     const at::Tensor& down = m.tensor[kDown];
     if (w < 0) return KeyError(file, m.key[kDown], "adapts '" + module + "', which has no weight");
     const auto ws = Shape(params[w].second);
-    bool fits = up.dim() >= 2 && down.dim() == static_cast<int64_t>(ws.size()) &&
-                up.size(0) == ws[0] && up.size(1) == down.size(0) &&
+    bool fits = up.dim() >= 2 && down.dim() >= 2 && down.dim() == static_cast<int64_t>(ws.size()) &&
+                down.size(0) >= 1 && up.size(0) == ws[0] && up.size(1) == down.size(0) &&
                 std::equal(ws.begin() + 1, ws.end(), down.sizes().begin() + 1);
     for (int64_t d = 2; fits && d < up.dim(); ++d) fits = up.size(d) == 1;
     if (!fits) {
@@ -158,7 +159,9 @@ Status AddModuleTerms(const LoraFile& file, const std::string& module, const Mod
     double scale = 1.0;
     if (m.tensor[kAlpha].defined()) {
       if (m.tensor[kAlpha].numel() != 1) return KeyError(file, m.key[kAlpha], "is not a scalar");
-      scale = m.tensor[kAlpha].to(at::kDouble).item<double>() / static_cast<double>(down.size(0));
+      const double alpha = m.tensor[kAlpha].to(at::kDouble).item<double>();
+      if (!std::isfinite(alpha)) return KeyError(file, m.key[kAlpha], "is not finite");
+      scale = alpha / static_cast<double>(down.size(0));
     }
     (*terms)[w].push_back({up, down, at::Tensor(), file.strength * scale});
   }

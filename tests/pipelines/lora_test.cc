@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 #include <set>
 #include <string>
@@ -264,6 +265,18 @@ TEST_F(LoraTest, KeysThatMatchNothingOrDoNotFitAreRejectedByName) {
                   {"blocks.0.attn1.to_q.lora_up.weight", q.up},
                   {"blocks.0.attn1.to_q.alpha", at::ones({2})}},
                  "blocks.0.attn1.to_q.alpha");
+  ExpectRejected({{"blocks.0.attn1.to_q.lora_down.weight", q.down},
+                  {"blocks.0.attn1.to_q.lora_up.weight", q.up},
+                  {"blocks.0.attn1.to_q.alpha", at::tensor(INFINITY)}},
+                 "blocks.0.attn1.to_q.alpha");
+  // Rank 0 (alpha / r would divide by zero) and a pair for a 1-D parameter.
+  ExpectRejected({{"blocks.0.attn1.to_q.lora_down.weight", q.down.narrow(0, 0, 0).contiguous()},
+                  {"blocks.0.attn1.to_q.lora_up.weight", q.up.narrow(1, 0, 0).contiguous()},
+                  {"blocks.0.attn1.to_q.alpha", at::tensor(1.0f)}},
+                 "blocks.0.attn1.to_q.lora_up.weight");
+  ExpectRejected({{"blocks.0.attn1.norm_q.lora_A.weight", at::randn({32})},
+                  {"blocks.0.attn1.norm_q.lora_B.weight", at::randn({32, 32})}},
+                 "blocks.0.attn1.norm_q.lora_B.weight");
   const Status missing = model_->MergeLoras({{dir_ + "/none.safetensors", 1.0}});
   EXPECT_FALSE(missing.ok());
   EXPECT_NE(missing.message().find("none.safetensors"), std::string::npos) << missing.message();
