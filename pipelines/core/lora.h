@@ -42,8 +42,8 @@ using ModuleRenamer = std::function<std::string(const std::string&)>;
 // dtype and device; untouched ones are left as they are. Every file is read
 // and checked before any weight changes. INVALID_ARGUMENT naming the file and
 // the key: a key that matches no parameter, a text-encoder key, a pair with one
-// half missing, an alpha without a pair or not a scalar, a shape that does not
-// fit the parameter. File problems are the safetensors reader's errors.
+// half missing, an alpha without a pair, not a scalar or not finite, a rank-0
+// pair, a shape that does not fit the parameter. File problems are the safetensors reader's errors.
 Status MergeLoras(const std::vector<LoraFile>& files, const ModuleRenamer& original_name,
                   std::vector<std::pair<std::string, at::Tensor>>* params);
 
