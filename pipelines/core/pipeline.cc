@@ -7,6 +7,7 @@
 #endif
 
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 #include <tuple>
 
@@ -27,7 +28,8 @@ std::string Num(double v) {
     std::ostringstream shorter;
     shorter.precision(precision);
     shorter << v;
-    if (std::stod(shorter.str()) == v) return shorter.str();
+    // strtod, not stod: a subnormal reads back with ERANGE, which stod throws.
+    if (std::strtod(shorter.str().c_str(), nullptr) == v) return shorter.str();
   }
   return s.str();
 }

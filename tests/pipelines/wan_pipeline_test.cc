@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <thread>
 
@@ -238,6 +239,13 @@ TEST_F(WanPipelineTest, OutOfRangeMessagesPrintIntegersInFullAndDecimalsShort) {
   s = ValidateGenerationRequest(d, r);
   EXPECT_NE(s.message().find("(got 1234567.5)"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("[0, 50]"), std::string::npos) << s.message();
+
+  // A subnormal is a number like any other (the request fuzzer's find).
+  r = Small(1);
+  r.guidance_scale = -std::numeric_limits<double>::denorm_min();
+  s = ValidateGenerationRequest(d, r);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("guidance_scale"), std::string::npos) << s.message();
 }
 
 TEST(WanPipelineLoadTest, MissingFolderIsNotFoundAndUnknownDeviceIsRejected) {
