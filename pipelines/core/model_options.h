@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "attention/settings.h"
+#include "pipelines/core/step_cache.h"
 
 namespace rainserve {
 
@@ -24,6 +25,10 @@ struct ModelDefaultsOverride {
   std::optional<int64_t> sink_frames, dense_warmup_steps;
   std::optional<std::vector<int64_t>> window;  // [t, h, w] latent tokens
   std::optional<attention::MaskRefresh> mask_refresh;
+  // step_cache:
+  std::optional<StepCacheMode> step_cache_mode;
+  std::optional<double> step_cache_threshold;
+  std::optional<int64_t> step_cache_warmup_steps;
 };
 
 // Per-model request limits (models[].limits); unset keeps the pipeline's.

@@ -97,6 +97,14 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
     return InvalidArgumentError("scheduler must be unipc or euler (got \"" + request.scheduler +
                                 "\")");
   }
+  const StepCacheSettings& cache = request.step_cache;
+  if (!std::isfinite(cache.threshold) || cache.threshold < 0 ||
+      cache.threshold > kMaxStepCacheThreshold) {
+    return OutOfRange("step_cache.threshold", "finite in [0, " + Num(kMaxStepCacheThreshold) + "]",
+                      cache.threshold);
+  }
+  RAINSERVE_RETURN_IF_ERROR(
+      CheckInt("step_cache.warmup_steps", cache.warmup_steps, 0, request.steps));
   const int64_t latent_frames = (request.num_frames - 1) / f + 1;
   RAINSERVE_RETURN_IF_ERROR(
       attention::ValidateSettings(request.sparse, {latent_frames, request.steps}));
@@ -124,6 +132,7 @@ GenerationRequest DefaultRequest(const PipelineDefaults& d) {
   r.height = d.height;
   r.num_frames = d.num_frames;
   r.sparse = d.sparse;
+  r.step_cache = d.step_cache;
   if (r.num_frames == 1) r.sparse.sink_frames = 0;
   return r;
 }

@@ -16,6 +16,7 @@
 
 #include "attention/settings.h"
 #include "pipelines/core/model_options.h"
+#include "pipelines/core/step_cache.h"
 #include "common/status.h"
 
 namespace rainserve {
@@ -73,6 +74,7 @@ struct PipelineDefaults {
   double flow_shift = 3.0;
   std::string scheduler = "unipc";  // "unipc" | "euler"
   SparseSettings sparse;
+  StepCacheSettings step_cache;  // off unless the model's defaults say otherwise
 };
 
 // What a model accepts and what it does by default (Models.Describe).
@@ -101,6 +103,7 @@ struct GenerationRequest {
   int64_t height = 480;
   int64_t num_frames = 81;
   SparseSettings sparse;
+  StepCacheSettings step_cache;
   // false: stop after denoising and return the latents (no VAE decode).
   bool decode_frames = true;
 };
@@ -124,6 +127,8 @@ struct StepStat {
   bool sparse = false;
   double realized_sparsity = 0.0;
   double seconds = 0.0;
+  // The step reused the step cache's residual (pipelines/core/step_cache.h).
+  bool cache_skipped = false;
 };
 
 struct GenerationOutput {
@@ -136,6 +141,7 @@ struct GenerationOutput {
   std::vector<float> latents;
   std::vector<int64_t> latent_shape;
   std::vector<StepStat> steps;
+  int64_t cache_skipped_steps = 0;  // steps with cache_skipped
   double requested_sparsity = 0.0;
   double realized_sparsity = 0.0;  // mean over sparse steps (0 when none)
   double text_encode_seconds = 0.0;

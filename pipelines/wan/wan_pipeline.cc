@@ -35,6 +35,7 @@
 #include "attention/engine.h"
 #include "common/logging.h"
 #include "pipelines/core/schedulers.h"
+#include "pipelines/core/step_cache.h"
 #include "pipelines/text/tokenizer.h"
 #include "pipelines/core/torch_status.h"
 #include "common/clock.h"
@@ -48,6 +49,48 @@ namespace {
 
 using nlohmann::json;
 using Clock = SteadyClock;
+
+// One request's step cache: the policy (pipelines/core/step_cache.h) behind
+// the transformer's hook. The probe's change is mean |a - b| / mean |b| over
+// the whole batch, so both CFG branches share one decision per step.
+class StepCacheRun {
+ public:
+  StepCacheRun(const StepCacheSettings& settings, int64_t steps, int64_t inner_dim)
+      : policy_(settings, steps, WanTeaCacheCoefficients(inner_dim)) {
+    hook_.mode = settings.mode;
+    hook_.skip = [this](const at::Tensor& probe) { return Decide(probe); };
+  }
+  StepCacheRun(const StepCacheRun&) = delete;
+  StepCacheRun& operator=(const StepCacheRun&) = delete;
+  // The hook for step `step` (0-based), null when caching is off.
+  WanStepCacheHook* Hook(int64_t step) {
+    step_ = step;
+    hook_.skipped = false;
+    return hook_.mode == StepCacheMode::kOff ? nullptr : &hook_;
+  }
+  bool skipped() const { return hook_.skipped; }
+  int64_t skipped_steps() const { return policy_.skipped(); }
+
+ private:
+  bool Decide(const at::Tensor& probe) {
+    const at::Tensor p = probe.to(at::kFloat);
+    const bool has_reference = reference_.defined();
+    double change = 0.0;
+    if (has_reference) {
+      change = ((p - reference_).abs().mean() / reference_.abs().mean()).item<double>();
+    }
+    const bool skip = policy_.Skip(step_, has_reference, change);
+    // First-Block-Cache compares with the last computed step, TeaCache with
+    // the previous step.
+    if (!skip || hook_.mode == StepCacheMode::kTeaCache) reference_ = p.clone();
+    return skip;
+  }
+
+  StepCachePolicy policy_;
+  WanStepCacheHook hook_;
+  at::Tensor reference_;  // fp32 probe of the reference step
+  int64_t step_ = 0;
+};
 
 StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
   if (name == "fp32") return at::kFloat;
@@ -160,6 +203,9 @@ void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimi
   if (o.dense_warmup_steps) d->sparse.dense_warmup_steps = *o.dense_warmup_steps;
   if (o.window) d->sparse.window = {(*o.window)[0], (*o.window)[1], (*o.window)[2]};
   if (o.mask_refresh) d->sparse.mask_refresh = *o.mask_refresh;
+  if (o.step_cache_mode) d->step_cache.mode = *o.step_cache_mode;
+  if (o.step_cache_threshold) d->step_cache.threshold = *o.step_cache_threshold;
+  if (o.step_cache_warmup_steps) d->step_cache.warmup_steps = *o.step_cache_warmup_steps;
   const ModelLimitsOverride& m = entry.limits;
   if (m.max_width) l->max_width = *m.max_width;
   if (m.max_height) l->max_height = *m.max_height;
@@ -433,6 +479,7 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
   const bool cfg = request.guidance_scale > 1.0;
   const int64_t B = cfg ? 2 : 1;
   attention::SparsityTally tally;
+  StepCacheRun cache(request.step_cache, request.steps, transformer_->config().inner_dim());
   const auto start = Clock::now();
   for (int64_t i = 0; i < request.steps; ++i) {
     if (cancel.cancelled()) {
@@ -441,6 +488,7 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
     }
     const auto step_start = Clock::now();
     options.step = i;
+    options.step_cache = cache.Hook(i);
     const at::Tensor t = at::full({B}, scheduler->timesteps()[i],
                                   at::TensorOptions().dtype(at::kFloat).device(device_));
     const at::Tensor x = latents.to(dtype_).expand({B, -1, -1, -1, -1});
@@ -451,13 +499,15 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
     latents = scheduler->Step(v.view_as(latents), static_cast<int>(i), latents);
     if (!latents.defined()) return InternalError("scheduler step " + std::to_string(i) + " failed");
     Synchronize(device_);
-    out->steps.push_back({i + 1, stats.sparse, stats.realized_sparsity, SecondsSince(step_start)});
+    out->steps.push_back({i + 1, stats.sparse, stats.realized_sparsity, SecondsSince(step_start),
+                          cache.skipped()});
     out->mask_seconds += stats.mask_seconds;
     tally.Add(stats);
     step_done(i + 1);
   }
   out->denoise_seconds = SecondsSince(start);
   out->realized_sparsity = tally.Mean();
+  out->cache_skipped_steps = cache.skipped_steps();
   return latents;
 }
 

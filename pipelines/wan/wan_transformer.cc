@@ -210,6 +210,61 @@ Status WanTransformer::Block(const WanBlockWeights& w, const std::vector<at::Ten
   return OkStatus();
 }
 
+std::vector<at::Tensor> WanTransformer::BlockModulation(const WanBlockWeights& w,
+                                                        const Conditioning& cond) const {
+  return (w.scale_shift_table + cond.tproj).chunk(6, 1);  // 6 x [B, 1, inner] fp32
+}
+
+Status WanTransformer::Blocks(size_t first, size_t end, const Conditioning& cond,
+                              const std::vector<at::Tensor>& out_mod, const at::Tensor& rope_cos,
+                              const at::Tensor& rope_sin, attention::ForwardAttention& attn,
+                              ElementwiseImpl ew, Stream* s) const {
+  const size_t n = weights_.blocks.size();
+  for (size_t i = first; i < end; ++i) {
+    const std::vector<at::Tensor> mod = BlockModulation(weights_.blocks[i], cond);
+    const std::vector<at::Tensor> next =
+        i + 1 < n ? BlockModulation(weights_.blocks[i + 1], cond) : out_mod;
+    RAINSERVE_RETURN_IF_ERROR(Block(weights_.blocks[i], mod, next, cond.context, rope_cos,
+                                    rope_sin, attn, ew, s));
+  }
+  return OkStatus();
+}
+
+Status WanTransformer::CachedBlocks(const Conditioning& cond,
+                                    const std::vector<at::Tensor>& out_mod,
+                                    const at::Tensor& rope_cos, const at::Tensor& rope_sin,
+                                    attention::ForwardAttention& attn,
+                                    const WanForwardOptions& options, Stream* s) const {
+  const size_t n = weights_.blocks.size();
+  const ElementwiseImpl ew = options.elementwise;
+  WanStepCacheHook* hook = options.step_cache;
+  if (hook == nullptr || hook->mode == StepCacheMode::kOff || n == 0) {
+    return Blocks(0, n, cond, out_mod, rope_cos, rope_sin, attn, ew, s);
+  }
+  hook->skipped = false;
+  // The stream the cached part starts from, and the probe the policy reads.
+  at::Tensor base = s->x.clone();
+  at::Tensor probe = s->h;
+  size_t first = 0;
+  if (hook->mode == StepCacheMode::kFirstBlock) {
+    RAINSERVE_RETURN_IF_ERROR(Blocks(0, 1, cond, out_mod, rope_cos, rope_sin, attn, ew, s));
+    probe = s->x - base;
+    base = s->x.clone();
+    first = 1;
+  }
+  if (hook->skip && hook->skip(probe)) {
+    if (!hook->residual.defined()) return InternalError("step cache: no cached residual to reuse");
+    s->x = base + hook->residual;
+    RAINSERVE_ASSIGN_OR_RETURN(
+        s->h, wan_ops::ModulatedLayerNorm(s->x, out_mod[1], out_mod[0], config_.eps, ew));
+    hook->skipped = true;
+    return OkStatus();
+  }
+  RAINSERVE_RETURN_IF_ERROR(Blocks(first, n, cond, out_mod, rope_cos, rope_sin, attn, ew, s));
+  hook->residual = s->x - base;
+  return OkStatus();
+}
+
 namespace {
 
 Status CheckInputs(const WanTransformerConfig& c, const at::Tensor& latents,
@@ -266,20 +321,17 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
   RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor rope_sin, attn->Permute(sin_raster, 0));
 
   const Conditioning cond = Condition(timestep, text);
-  auto block_mod = [&](size_t i) {  // 6 x [B, 1, inner] fp32
-    return (weights_.blocks[i].scale_shift_table + cond.tproj).chunk(6, 1);
-  };
   // norm_out's shift, scale: [B, 1, inner] fp32.
   const auto out_mod = (weights_.scale_shift_table + cond.temb.unsqueeze(1)).chunk(2, 1);
-  std::vector<at::Tensor> mod = block_mod(0);
   Stream s{x, {}};
-  RAINSERVE_ASSIGN_OR_RETURN(s.h, wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], c.eps, ew));
-  for (size_t i = 0; i < weights_.blocks.size(); ++i) {
-    std::vector<at::Tensor> next = i + 1 < weights_.blocks.size() ? block_mod(i + 1) : out_mod;
-    RAINSERVE_RETURN_IF_ERROR(Block(weights_.blocks[i], mod, next, cond.context, rope_cos,
-                                    rope_sin, *attn, ew, &s));
-    mod = std::move(next);
+  if (!weights_.blocks.empty()) {
+    const auto mod = BlockModulation(weights_.blocks[0], cond);
+    RAINSERVE_ASSIGN_OR_RETURN(s.h, wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], c.eps, ew));
+  } else {
+    RAINSERVE_ASSIGN_OR_RETURN(s.h,
+                               wan_ops::ModulatedLayerNorm(x, out_mod[1], out_mod[0], c.eps, ew));
   }
+  RAINSERVE_RETURN_IF_ERROR(CachedBlocks(cond, out_mod, rope_cos, rope_sin, *attn, options, &s));
 
   // s.h = norm_out(x) (token-wise, so before the unpermute) -> proj_out.
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor h, attn->Unpermute(s.h));

@@ -37,11 +37,26 @@
 #include "common/status.h"
 #include "pipelines/core/model_options.h"
 #include "pipelines/core/pipeline.h"
+#include "pipelines/core/step_cache.h"
 #include "pipelines/wan/wan_config.h"
 #include "pipelines/wan/wan_ops.h"
 #include "pipelines/wan/wan_weights.h"
 
 namespace rainserve {
+
+// The step cache's seam in Forward (the policy is the caller's,
+// pipelines/core/step_cache.h). With first_block, `skip` sees block 0's
+// residual (its output minus its input) and, when it returns true, the other
+// blocks are replaced by adding `residual`; otherwise they run and `residual`
+// becomes their output minus block 0's output. With teacache, `skip` sees
+// block 0's modulated norm1 input and the residual spans every block. Token
+// order is the forward's own (consistent across the steps of one request).
+struct WanStepCacheHook {
+  StepCacheMode mode = StepCacheMode::kOff;
+  std::function<bool(const at::Tensor& probe)> skip;
+  at::Tensor residual;  // [B, N, inner], refreshed by every computing forward
+  bool skipped = false;  // out: this forward reused `residual`
+};
 
 struct WanForwardOptions {
   attention::AttentionEngine* engine = nullptr;  // required
@@ -54,6 +69,8 @@ struct WanForwardOptions {
   // kAten runs the norms, modulation, RoPE and gated residuals as separate
   // ATen ops on every device (the pre-fusion baseline for benchmarks/tests).
   ElementwiseImpl elementwise = ElementwiseImpl::kFused;
+  // Step caching; null runs every block.
+  WanStepCacheHook* step_cache = nullptr;
 };
 
 using WanForwardStats = attention::ForwardStats;
@@ -114,6 +131,18 @@ class WanTransformer {
   Conditioning Condition(const at::Tensor& timestep, const at::Tensor& text) const;
   // One WanTransformerBlock; `next_mod` is the modulation of the norm that
   // reads its output (the next block's norm1, or norm_out after the last).
+  std::vector<at::Tensor> BlockModulation(const WanBlockWeights& w,
+                                          const Conditioning& cond) const;
+  // Blocks [first, end) over *s (the stream after block first - 1).
+  Status Blocks(size_t first, size_t end, const Conditioning& cond,
+                const std::vector<at::Tensor>& out_mod, const at::Tensor& rope_cos,
+                const at::Tensor& rope_sin, attention::ForwardAttention& attn,
+                ElementwiseImpl ew, Stream* s) const;
+  // Every block, through options.step_cache when set.
+  Status CachedBlocks(const Conditioning& cond, const std::vector<at::Tensor>& out_mod,
+                      const at::Tensor& rope_cos, const at::Tensor& rope_sin,
+                      attention::ForwardAttention& attn, const WanForwardOptions& options,
+                      Stream* s) const;
   Status Block(const WanBlockWeights& w, const std::vector<at::Tensor>& mod,
                const std::vector<at::Tensor>& next_mod, const at::Tensor& context,
                const at::Tensor& rope_cos, const at::Tensor& rope_sin,

@@ -189,6 +189,35 @@ struct InvalidCase {
   void (*mutate)(GenerationRequest*);
 };
 
+// Step caching over 6 steps (CFG batch of 2): a huge threshold skips every
+// step after the warm-up except the last; threshold 0 never skips, so its
+// frames are those of caching off.
+TEST_F(WanPipelineTest, StepCacheSkipsAfterWarmupExceptTheLastStep) {
+  for (StepCacheMode mode : {StepCacheMode::kFirstBlock, StepCacheMode::kTeaCache}) {
+    SCOPED_TRACE(StepCacheModeName(mode));
+    GenerationRequest r = Small(5);
+    r.steps = 6;
+    const GenerationOutput off = Run(r);
+    EXPECT_EQ(off.cache_skipped_steps, 0);
+
+    r.step_cache = {mode, 10.0, 2};
+    const GenerationOutput cached = Run(r);
+    ASSERT_EQ(cached.steps.size(), 6u);
+    const std::vector<bool> expected = {false, false, true, true, true, false};
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(cached.steps[i].cache_skipped, expected[i]) << "step " << i + 1;
+    }
+    EXPECT_EQ(cached.cache_skipped_steps, 3);
+    EXPECT_NE(cached.rgb, off.rgb);  // the reused residual is not the computed one
+
+    r.step_cache = {mode, 0.0, 0};
+    const GenerationOutput zero = Run(r);
+    EXPECT_EQ(zero.cache_skipped_steps, 0);
+    for (const StepStat& s : zero.steps) EXPECT_FALSE(s.cache_skipped);
+    EXPECT_EQ(zero.rgb, off.rgb);
+  }
+}
+
 TEST_F(WanPipelineTest, InvalidRequestsNameTheField) {
   const InvalidCase cases[] = {
       {"width", [](GenerationRequest* r) { r->width = 72; }},
@@ -205,6 +234,12 @@ TEST_F(WanPipelineTest, InvalidRequestsNameTheField) {
       {"sparse_attention.sink_frames", [](GenerationRequest* r) { r->sparse.sink_frames = 3; }},
       {"sparse_attention.dense_warmup_steps",
        [](GenerationRequest* r) { r->sparse.dense_warmup_steps = 3; }},
+      {"step_cache.threshold", [](GenerationRequest* r) { r->step_cache.threshold = -0.5; }},
+      {"step_cache.threshold", [](GenerationRequest* r) { r->step_cache.threshold = 10.5; }},
+      {"step_cache.threshold",
+       [](GenerationRequest* r) { r->step_cache.threshold = std::nan(""); }},
+      {"step_cache.warmup_steps", [](GenerationRequest* r) { r->step_cache.warmup_steps = 3; }},
+      {"step_cache.warmup_steps", [](GenerationRequest* r) { r->step_cache.warmup_steps = -1; }},
   };
   for (const InvalidCase& c : cases) {
     GenerationRequest r = Small(1);
