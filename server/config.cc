@@ -99,6 +99,12 @@ Status ReadModelDefaults(YamlMap& d, ModelDefaultsOverride* o) {
   RAINSERVE_RETURN_IF_ERROR(OptionalDouble(d, "guidance_scale", 0, 50, &o->guidance_scale));
   RAINSERVE_RETURN_IF_ERROR(OptionalDouble(d, "flow_shift", 0.001, 100, &o->flow_shift));
   RAINSERVE_RETURN_IF_ERROR(OptionalEnum(d, "scheduler", {"unipc", "euler"}, &o->scheduler));
+  RAINSERVE_RETURN_IF_ERROR(d.Map("step_cache", [&](YamlMap& s) {
+    RAINSERVE_RETURN_IF_ERROR(OptionalName(s, "mode", ParseStepCacheMode, &o->step_cache_mode));
+    RAINSERVE_RETURN_IF_ERROR(
+        OptionalDouble(s, "threshold", 0, kMaxStepCacheThreshold, &o->step_cache_threshold));
+    return OptionalInt(s, "warmup_steps", 0, 1000, &o->step_cache_warmup_steps);
+  }));
   return d.Map("sparse_attention", [&](YamlMap& s) {
     RAINSERVE_RETURN_IF_ERROR(OptionalName(s, "mode", attention::ParseMode, &o->attention_mode));
     RAINSERVE_RETURN_IF_ERROR(OptionalDouble(s, "sparsity", 0, 1, &o->sparsity, true));

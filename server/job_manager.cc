@@ -660,6 +660,7 @@ void JobManager::RunPipeline(Worker* worker, const std::shared_ptr<Job>& job, Ru
   report.requested_sparsity =
       job->request.sparse.mode == AttentionMode::kRainFusion ? job->request.sparse.sparsity : 0.0;
   report.sink_frames = job->request.sparse.sink_frames;
+  report.step_cache_mode = StepCacheModeName(job->request.step_cache.mode);
   StatusOr<GenerationOutput> output = Guarded<GenerationOutput>("pipeline", [&] {
     return worker->pipeline->Generate(job->request, progress, job->cancel);
   });
@@ -679,6 +680,7 @@ void JobManager::RunPipeline(Worker* worker, const std::shared_ptr<Job>& job, Ru
   report.decode_seconds = output->decode_seconds;
   report.realized_sparsity = output->realized_sparsity;
   report.steps = output->steps;
+  report.cache_skipped_steps = output->cache_skipped_steps;
   report.mask_seconds = output->mask_seconds;
   report.frames = output->num_frames;
   report.peak_memory_bytes = output->peak_memory_bytes;

@@ -80,6 +80,8 @@ struct JobReport {
   double first_progress_seconds = -1;  // created -> first Progress event (-1: none)
   double requested_sparsity = 0;       // 0 for dense requests
   int64_t sink_frames = 0;             // as applied
+  std::string step_cache_mode = "off"; // as applied (StepCacheModeName)
+  int64_t cache_skipped_steps = 0;     // steps that reused the step cache's residual
   double mask_seconds = 0;             // mask prediction, summed over the job
   int64_t frames = 0;                  // frames generated
   uint64_t peak_memory_bytes = 0;

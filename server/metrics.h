@@ -4,7 +4,8 @@
 // handed (injected) to whatever records: the JobManager and the Generation
 // service report through the JobObserver interface, the ModelManager's
 // changes set the model gauge. There is no global registry. Labels are model
-// names, status classes, stages, attention kinds, formats and devices only:
+// names, status classes, stages, attention kinds, step-cache modes, formats
+// and devices only:
 // never request ids or free text. docs/service.md lists every metric.
 #pragma once
 
@@ -59,6 +60,7 @@ class ServerMetrics final : public JobObserver {
   prometheus::Family<prometheus::Histogram>* mask_seconds_;
   prometheus::Family<prometheus::Histogram>* requested_sparsity_;
   prometheus::Family<prometheus::Counter>* frames_;
+  prometheus::Family<prometheus::Counter>* cache_skipped_steps_;
   prometheus::Family<prometheus::Counter>* output_bytes_;
   prometheus::Family<prometheus::Gauge>* peak_memory_;
   prometheus::Family<prometheus::Gauge>* device_used_;

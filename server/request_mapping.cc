@@ -77,6 +77,36 @@ StatusOr<SparseSettings> ResolveSparse(const v1::SparseAttention& in, const Spar
   return s;
 }
 
+v1::StepCacheMode StepCacheModeToProto(StepCacheMode mode) {
+  switch (mode) {
+    case StepCacheMode::kFirstBlock: return v1::STEP_CACHE_MODE_FIRST_BLOCK;
+    case StepCacheMode::kTeaCache: return v1::STEP_CACHE_MODE_TEACACHE;
+    case StepCacheMode::kOff: break;
+  }
+  return v1::STEP_CACHE_MODE_OFF;
+}
+
+// Unset fields keep the model's defaults; the ranges are checked by
+// ValidateGenerationRequest.
+StatusOr<StepCacheSettings> ResolveStepCache(const v1::StepCache& in,
+                                             const StepCacheSettings& dflt) {
+  RAINSERVE_RETURN_IF_ERROR(
+      CheckEnum("step_cache.mode", v1::StepCacheMode_descriptor(), in.mode()));
+  StepCacheSettings s = dflt;
+  if (in.mode() == v1::STEP_CACHE_MODE_OFF) s.mode = StepCacheMode::kOff;
+  if (in.mode() == v1::STEP_CACHE_MODE_FIRST_BLOCK) s.mode = StepCacheMode::kFirstBlock;
+  if (in.mode() == v1::STEP_CACHE_MODE_TEACACHE) s.mode = StepCacheMode::kTeaCache;
+  if (in.has_threshold()) s.threshold = in.threshold();
+  if (in.has_warmup_steps()) s.warmup_steps = in.warmup_steps();
+  return s;
+}
+
+void StepCacheToProto(const StepCacheSettings& s, v1::StepCache* out) {
+  out->set_mode(StepCacheModeToProto(s.mode));
+  out->set_threshold(s.threshold);
+  out->set_warmup_steps(static_cast<uint32_t>(s.warmup_steps));
+}
+
 Status CheckLength(const std::string& field, const std::string& value, size_t max_bytes) {
   if (value.size() <= max_bytes) return OkStatus();
   return InvalidArgumentError(field + " must be at most " + std::to_string(max_bytes) +
@@ -126,6 +156,7 @@ StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
   RAINSERVE_ASSIGN_OR_RETURN(g.sparse, ResolveSparse(request.sparse_attention(), d.sparse));
   // Text-to-image: a single latent frame has nothing to sink.
   if (g.num_frames == 1) g.sparse.sink_frames = 0;
+  RAINSERVE_ASSIGN_OR_RETURN(g.step_cache, ResolveStepCache(request.step_cache(), d.step_cache));
   g.decode_frames = request.output_format() != v1::OUTPUT_FORMAT_LATENTS;
   const int64_t fps = request.has_fps() ? request.fps() : d.fps;
   if (fps < 1 || fps > kMaxFps) {
@@ -150,6 +181,7 @@ StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
     r.set_output_format(g.num_frames == 1 ? v1::OUTPUT_FORMAT_PNG : v1::OUTPUT_FORMAT_MP4);
   }
   SparseToProto(g.sparse, r.mutable_sparse_attention());
+  StepCacheToProto(g.step_cache, r.mutable_step_cache());
   return out;
 }
 
@@ -199,7 +231,9 @@ void FillResultFromOutput(const GenerationOutput& output, const v1::GenerateRequ
     step->set_sparse(s.sparse);
     step->set_realized_sparsity(s.realized_sparsity);
     *step->mutable_duration() = SecondsToDuration(s.seconds);
+    step->set_cache_skipped(s.cache_skipped);
   }
+  result->set_cache_skipped_steps(static_cast<uint32_t>(output.cache_skipped_steps));
   v1::StageTimings* t = result->mutable_timings();
   *t->mutable_text_encode() = SecondsToDuration(output.text_encode_seconds);
   *t->mutable_denoise() = SecondsToDuration(output.denoise_seconds);

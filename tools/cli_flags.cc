@@ -49,6 +49,10 @@ const std::vector<FlagSpec>& Flags() {
       {"window", "T,H,W", "permutation window in latent frames, rows, columns"},
       {"dense-warmup-steps", "N", "first denoising steps that run dense"},
       {"mask-refresh", attention::MaskRefreshNames(), "how often the block mask is predicted"},
+      {"step-cache", "off|first_block|teacache", "reuse of the transformer's residual on steps "
+                                                 "whose input barely changed"},
+      {"step-cache-threshold", "X", "step-cache threshold, in [0, 10] (0 never skips)"},
+      {"step-cache-warmup", "N", "first denoising steps that always compute"},
       // Output and listing.
       {"out", "PATH", "where to write the artifact (default \"output\"); the format's "
                       "extension is added when PATH lacks it, \"-<index>\" before it when "
@@ -67,7 +71,7 @@ std::vector<std::string> RequestFlags() {
           "guidance", "flow-shift", "scheduler",       "width",       "height",
           "frames",   "fps",        "format",          "priority",    "request-id",
           "attention", "sparsity",  "sink-frames",     "window",      "dense-warmup-steps",
-          "mask-refresh"};
+          "mask-refresh", "step-cache", "step-cache-threshold", "step-cache-warmup"};
 }
 
 std::vector<std::string> Concat(std::vector<std::string> a, const std::vector<std::string>& b) {

@@ -89,6 +89,21 @@ Status SparseAttention(const Args& args, v1::SparseAttention* sa) {
   return Window(args, sa->mutable_window());
 }
 
+Status StepCache(const Args& args, v1::StepCache* sc) {
+  if (args.Has("step-cache")) {
+    RAINSERVE_ASSIGN_OR_RETURN(
+        const v1::StepCacheMode mode,
+        Choice<v1::StepCacheMode>(args, "step-cache",
+                                  {{"off", v1::STEP_CACHE_MODE_OFF},
+                                   {"first_block", v1::STEP_CACHE_MODE_FIRST_BLOCK},
+                                   {"teacache", v1::STEP_CACHE_MODE_TEACACHE}}));
+    sc->set_mode(mode);
+  }
+  RAINSERVE_RETURN_IF_ERROR(
+      Double(args, "step-cache-threshold", [sc](double v) { sc->set_threshold(v); }));
+  return Uint32(args, "step-cache-warmup", [sc](uint32_t v) { sc->set_warmup_steps(v); });
+}
+
 }  // namespace
 
 StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
@@ -133,6 +148,7 @@ StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
     r.set_output_format(format);
   }
   RAINSERVE_RETURN_IF_ERROR(SparseAttention(args, r.mutable_sparse_attention()));
+  RAINSERVE_RETURN_IF_ERROR(StepCache(args, r.mutable_step_cache()));
   return r;
 }
 

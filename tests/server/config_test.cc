@@ -169,6 +169,7 @@ models:
       scheduler: euler
       sparse_attention: {mode: dense, sparsity: 0.75, sink_frames: 0, window: [2, 4, 4],
                          mask_refresh: per_step, dense_warmup_steps: 2}
+      step_cache: {mode: first_block, threshold: 0.08, warmup_steps: 3}
     limits: {max_width: 512, max_frames: 33, max_prompt_tokens: 64}
 )", "test.yaml", "/base");
   ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
@@ -184,6 +185,9 @@ models:
   EXPECT_EQ(e.defaults.window, (std::vector<int64_t>{2, 4, 4}));
   EXPECT_EQ(e.defaults.mask_refresh, attention::MaskRefresh::kPerStep);
   EXPECT_EQ(e.defaults.dense_warmup_steps, 2);
+  EXPECT_EQ(e.defaults.step_cache_mode, StepCacheMode::kFirstBlock);
+  EXPECT_EQ(e.defaults.step_cache_threshold, 0.08);
+  EXPECT_EQ(e.defaults.step_cache_warmup_steps, 3);
   EXPECT_EQ(e.limits.max_width, 512);
   EXPECT_EQ(e.limits.max_frames, 33);
   EXPECT_EQ(e.limits.max_prompt_tokens, 64);
@@ -193,6 +197,10 @@ models:
                  "models[0].defaults.sparse_attention.sparsity");
   ExpectRejected("models: [{name: m, path: p, defaults: {sparse_attention: {window: [1, 2]}}}]",
                  "models[0].defaults.sparse_attention.window");
+  ExpectRejected("models: [{name: m, path: p, defaults: {step_cache: {mode: magcache}}}]",
+                 "models[0].defaults.step_cache.mode");
+  ExpectRejected("models: [{name: m, path: p, defaults: {step_cache: {threshold: 11}}}]",
+                 "models[0].defaults.step_cache.threshold");
   ExpectRejected("models: [{name: m, path: p, defaults: {scheduler: ddim}}]",
                  "models[0].defaults.scheduler");
   ExpectRejected("models: [{name: m, path: p, limits: {max_height: 8}}]",

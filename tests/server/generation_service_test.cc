@@ -14,11 +14,13 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <map>
 #include <set>
 #include <thread>
 
 #include "server/auth.h"
 #include "server/job_manager.h"
+#include "server/metrics.h"
 #include "server/raw_calls.h"
 #include "server/request_mapping.h"
 #include "tests/server/fake_pipeline.h"
@@ -148,6 +150,99 @@ TEST(RequestMappingTest, ResultCarriesStepStatsSparsityAndTimings) {
   EXPECT_EQ(result.timings().denoise().seconds(), 1);
   EXPECT_EQ(result.peak_memory_bytes(), 12345u);
   EXPECT_EQ(result.applied().prompt(), "x");
+}
+
+TEST(RequestMappingTest, StepCacheTakesModelDefaultsAndIsEchoedResolved) {
+  PipelineDescription model = FakeDescription();
+  model.defaults.step_cache = {StepCacheMode::kTeaCache, 0.2, 1};
+  v1::GenerateRequest req;
+  req.set_prompt("rain");
+  auto r = ResolveRequest(req, model, 1);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->generation.step_cache.mode, StepCacheMode::kTeaCache);
+  EXPECT_DOUBLE_EQ(r->generation.step_cache.threshold, 0.2);
+  EXPECT_EQ(r->generation.step_cache.warmup_steps, 1);
+  EXPECT_EQ(r->resolved.step_cache().mode(), v1::STEP_CACHE_MODE_TEACACHE);
+  EXPECT_DOUBLE_EQ(r->resolved.step_cache().threshold(), 0.2);
+  EXPECT_EQ(r->resolved.step_cache().warmup_steps(), 1u);
+
+  req.mutable_step_cache()->set_mode(v1::STEP_CACHE_MODE_FIRST_BLOCK);
+  req.mutable_step_cache()->set_warmup_steps(3);
+  r = ResolveRequest(req, model, 1);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->generation.step_cache.mode, StepCacheMode::kFirstBlock);
+  EXPECT_DOUBLE_EQ(r->generation.step_cache.threshold, 0.2);  // kept from the defaults
+  EXPECT_EQ(r->resolved.step_cache().warmup_steps(), 3u);
+  req.mutable_step_cache()->set_mode(v1::STEP_CACHE_MODE_OFF);
+  r = ResolveRequest(req, model, 1);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->generation.step_cache.mode, StepCacheMode::kOff);
+  EXPECT_EQ(r->resolved.step_cache().mode(), v1::STEP_CACHE_MODE_OFF);
+}
+
+TEST(RequestMappingTest, StepCacheValidationNamesTheField) {
+  const std::pair<const char*, std::function<void(v1::StepCache*)>> cases[] = {
+      {"step_cache.mode", [](v1::StepCache* c) { c->set_mode(static_cast<v1::StepCacheMode>(9)); }},
+      {"step_cache.threshold", [](v1::StepCache* c) { c->set_threshold(10.01); }},
+      {"step_cache.threshold", [](v1::StepCache* c) { c->set_threshold(-1); }},
+      {"step_cache.threshold", [](v1::StepCache* c) { c->set_threshold(INFINITY); }},
+      {"step_cache.warmup_steps", [](v1::StepCache* c) { c->set_warmup_steps(5); }},  // steps 4
+  };
+  for (const auto& [field, mutate] : cases) {
+    v1::GenerateRequest req;
+    req.set_prompt("rain");
+    mutate(req.mutable_step_cache());
+    auto r = ResolveRequest(req, FakeDescription(), 1);
+    ASSERT_FALSE(r.ok()) << field;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(r.status().message().rfind(field, 0), 0u) << r.status().message();
+  }
+}
+
+TEST(RequestMappingTest, ResultCarriesSkippedSteps) {
+  GenerationOutput out;
+  out.steps = {{1, false, 0, 0.1, false}, {2, false, 0, 0.1, true}, {3, false, 0, 0.1, false}};
+  out.cache_skipped_steps = 1;
+  v1::GenerateResult result;
+  FillResultFromOutput(out, v1::GenerateRequest(), &result);
+  ASSERT_EQ(result.steps_size(), 3);
+  EXPECT_FALSE(result.steps(0).cache_skipped());
+  EXPECT_TRUE(result.steps(1).cache_skipped());
+  EXPECT_EQ(result.cache_skipped_steps(), 1u);
+}
+
+double SkippedStepsCounter(const prometheus::Registry& registry, const std::string& model,
+                           const std::string& mode) {
+  for (const auto& family : registry.Collect()) {
+    if (family.name != "rainserve_step_cache_skipped_steps_total") continue;
+    for (const auto& metric : family.metric) {
+      std::map<std::string, std::string> labels;
+      for (const auto& l : metric.label) labels[l.name] = l.value;
+      if (labels["model"] == model && labels["mode"] == mode) return metric.counter.value;
+    }
+  }
+  return -1;  // no such series
+}
+
+TEST(ServerMetricsTest, SkippedStepsCounterAddsPerModelAndMode) {
+  ServerMetrics metrics(std::make_shared<prometheus::Registry>());
+  JobReport report;
+  report.model = "wan";
+  report.ran = true;
+  report.step_cache_mode = "teacache";
+  report.cache_skipped_steps = 3;
+  metrics.OnJobFinished(report);
+  report.cache_skipped_steps = 2;
+  metrics.OnJobFinished(report);
+  EXPECT_DOUBLE_EQ(SkippedStepsCounter(*metrics.registry(), "wan", "teacache"), 5);
+  report.step_cache_mode = "first_block";
+  report.cache_skipped_steps = 4;
+  metrics.OnJobFinished(report);
+  EXPECT_DOUBLE_EQ(SkippedStepsCounter(*metrics.registry(), "wan", "first_block"), 4);
+  EXPECT_DOUBLE_EQ(SkippedStepsCounter(*metrics.registry(), "wan", "teacache"), 5);
+  report.step_cache_mode = "off";
+  metrics.OnJobFinished(report);
+  EXPECT_EQ(SkippedStepsCounter(*metrics.registry(), "wan", "off"), -1);
 }
 
 // ---------------------------------------------------------------- service

@@ -126,6 +126,19 @@ TEST(CliFlagsTest, EveryRequestFlagReachesTheRequest) {
   EXPECT_EQ(r->sparse_attention().dense_warmup_steps(), 2u);
 }
 
+TEST(CliFlagsTest, StepCacheFlagsReachTheRequest) {
+  const auto args = ParseArgs({"generate", "--prompt", "p", "--step-cache", "teacache",
+                               "--step-cache-threshold", "0.2", "--step-cache-warmup", "3"});
+  ASSERT_TRUE(args.ok()) << args.status().ToString();
+  const auto r = BuildRequest(*args);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->step_cache().mode(), v1::STEP_CACHE_MODE_TEACACHE);
+  EXPECT_DOUBLE_EQ(r->step_cache().threshold(), 0.2);
+  EXPECT_EQ(r->step_cache().warmup_steps(), 3u);
+  EXPECT_EQ(BuildError({"generate", "--step-cache", "magcache"}),
+            "--step-cache expects first_block|off|teacache, got 'magcache'");
+}
+
 TEST(CliOutTest, ExtensionIsAddedOnlyWhenMissing) {
   EXPECT_EQ(ArtifactPath("named.mp4", ".mp4", 0, 1), "named.mp4");
   EXPECT_EQ(ArtifactPath("named", ".mp4", 0, 1), "named.mp4");
