@@ -217,6 +217,7 @@ void FillModelInfo(const PipelineDescription& model, v1::ModelInfo* info) {
   defaults->set_flow_shift(d.flow_shift);
   defaults->set_scheduler(d.scheduler);
   SparseToProto(d.sparse, defaults->mutable_sparse_attention());
+  StepCacheToProto(d.step_cache, defaults->mutable_step_cache());
 }
 
 void FillResultFromOutput(const GenerationOutput& output, const v1::GenerateRequest& applied,

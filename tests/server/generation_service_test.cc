@@ -127,6 +127,8 @@ TEST(RequestMappingTest, ModelInfoCarriesLimitsAndEveryDefault) {
   EXPECT_TRUE(info.defaults().sparse_attention().has_sparsity());
   EXPECT_TRUE(info.defaults().sparse_attention().has_sink_frames());
   EXPECT_TRUE(info.defaults().sparse_attention().has_dense_warmup_steps());
+  EXPECT_EQ(info.defaults().step_cache().mode(), v1::STEP_CACHE_MODE_OFF);
+  EXPECT_TRUE(info.defaults().step_cache().has_threshold());
   EXPECT_EQ(info.attention_backends_size(), 1);
 }
 
