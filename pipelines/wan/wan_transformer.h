@@ -129,8 +129,8 @@ class WanTransformer {
   WanTransformer(WanTransformerConfig config, at::ScalarType dtype, at::Device device);
   Status Resolve();  // weights_ from params_
   Conditioning Condition(const at::Tensor& timestep, const at::Tensor& text) const;
-  // One WanTransformerBlock; `next_mod` is the modulation of the norm that
-  // reads its output (the next block's norm1, or norm_out after the last).
+  // Block w's six modulation vectors (shift, scale, gate, c_shift, c_scale,
+  // c_gate), each [B, 1, inner] fp32.
   std::vector<at::Tensor> BlockModulation(const WanBlockWeights& w,
                                           const Conditioning& cond) const;
   // Blocks [first, end) over *s (the stream after block first - 1).
@@ -143,6 +143,8 @@ class WanTransformer {
                       const at::Tensor& rope_cos, const at::Tensor& rope_sin,
                       attention::ForwardAttention& attn, const WanForwardOptions& options,
                       Stream* s) const;
+  // One WanTransformerBlock; `next_mod` is the modulation of the norm that
+  // reads its output (the next block's norm1, or norm_out after the last).
   Status Block(const WanBlockWeights& w, const std::vector<at::Tensor>& mod,
                const std::vector<at::Tensor>& next_mod, const at::Tensor& context,
                const at::Tensor& rope_cos, const at::Tensor& rope_sin,
