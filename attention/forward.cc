@@ -122,8 +122,12 @@ StatusOr<TorchBlockMask> ForwardAttention::MaskFor(const at::Tensor& q, const at
 
 StatusOr<at::Tensor> ForwardAttention::SelfAttention(const at::Tensor& q, const at::Tensor& k,
                                                      const at::Tensor& v) {
-  const bool ours = sparse_ || (dense_kernel_ == DenseKernel::kOurs &&
-                                SupportsBlockAttention(engine_, q, plan_).ok());
+  // Whether our backend takes this forward's q (dtype, head dim, strides) is
+  // the same for every layer: asked once.
+  if (!sparse_ && dense_kernel_ == DenseKernel::kOurs && !dense_supported_.has_value()) {
+    dense_supported_ = SupportsBlockAttention(engine_, q, plan_).ok();
+  }
+  const bool ours = sparse_ || (dense_kernel_ == DenseKernel::kOurs && *dense_supported_);
   at::Tensor out;
   if (ours) {
     RAINSERVE_ASSIGN_OR_RETURN(TorchBlockMask mask, MaskFor(q, k));

@@ -20,6 +20,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "attention/config.h"
@@ -126,6 +127,7 @@ class ForwardAttention {
   ForwardOptions options_;
   DenseKernel dense_kernel_;  // resolved (never kAuto)
   bool permuted_;             // false: dense through LibTorch in the original order
+  std::optional<bool> dense_supported_;  // our backend takes this forward's dense calls
   TorchBlockMask shared_mask_;  // per-step refresh: the first layer's; dense: the full mask
   bool have_shared_mask_ = false;
   at::Tensor kept_sum_;         // kept block pairs, summed on the mask's device
