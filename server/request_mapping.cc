@@ -188,7 +188,7 @@ StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
 void FillModelInfo(const PipelineDescription& model, v1::ModelInfo* info) {
   info->set_name(model.name);
   info->set_pipeline(model.pipeline);
-  info->set_task(model.task);
+  info->set_task(model.tasks.empty() ? "" : TaskName(model.tasks.front()));
   info->set_device(model.device);
   info->set_dtype(model.dtype);
   info->clear_attention_backends();

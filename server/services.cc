@@ -36,7 +36,6 @@ void FillModelView(const ModelView& view, v1::ModelInfo* info) {
   if (view.description) FillModelInfo(*view.description, info);
   info->set_name(view.entry.name);
   info->set_pipeline(view.entry.pipeline);
-  if (info->task().empty()) info->set_task("text-to-video");
   info->set_device(view.entry.device);
   info->set_dtype(view.entry.dtype);
   info->set_state(ToProto(view.state));

@@ -6,6 +6,7 @@
 #include <dlfcn.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -44,7 +45,87 @@ Status CheckInt(const std::string& field, int64_t value, int64_t lo, int64_t hi)
   return OutOfRange(field, "in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]", value);
 }
 
+std::string TaskList(const std::vector<Task>& tasks) {
+  std::string out;
+  for (Task t : tasks) out += std::string(out.empty() ? "" : ", ") + TaskName(t);
+  return out.empty() ? "none" : out;
+}
+
+bool Serves(const PipelineDescription& model, Task task) {
+  for (Task t : model.tasks) {
+    if (t == task) return true;
+  }
+  return false;
+}
+
+// The input image against the model's tasks and limits.
+Status CheckImage(const PipelineDescription& model, const GenerationRequest& request) {
+  const Task task = RequestTask(model, request);
+  if (!Serves(model, task)) {
+    const bool image_task = Serves(model, Task::kImageToVideo) ||
+                            Serves(model, Task::kTextImageToVideo);
+    if (!request.image.empty()) {
+      return InvalidArgumentError("image: model '" + model.name +
+                                  "' does not take an input image (it serves " +
+                                  TaskList(model.tasks) + ")");
+    }
+    return InvalidArgumentError(
+        std::string(image_task ? "image: model '" + model.name + "' needs an input image"
+                               : "num_frames: model '" + model.name + "' does not serve " +
+                                     TaskName(task)) +
+        " (it serves " + TaskList(model.tasks) + ")");
+  }
+  if (request.image.empty()) return OkStatus();
+  const InputImage& image = request.image;
+  if (image.width < 1 || image.height < 1 ||
+      image.width * image.height > model.limits.max_image_pixels) {
+    return InvalidArgumentError("image: " + std::to_string(image.width) + "x" +
+                                std::to_string(image.height) + " pixels, at most " +
+                                std::to_string(model.limits.max_image_pixels) + " in all");
+  }
+  if (static_cast<int64_t>(image.rgb.size()) != image.width * image.height * 3) {
+    return InvalidArgumentError("image: " + std::to_string(image.rgb.size()) +
+                                " bytes of RGB for a " + std::to_string(image.width) + "x" +
+                                std::to_string(image.height) + " image");
+  }
+  return OkStatus();
+}
+
+Status CheckGuidance(const std::string& field, double value, double max) {
+  if (std::isfinite(value) && value >= 0 && value <= max) return OkStatus();
+  return OutOfRange(field, "finite in [0, " + Num(max) + "]", value);
+}
+
 }  // namespace
+
+const char* TaskName(Task task) {
+  switch (task) {
+    case Task::kTextToVideo: return "t2v";
+    case Task::kTextToImage: return "t2i";
+    case Task::kImageToVideo: return "i2v";
+    case Task::kTextImageToVideo: return "ti2v";
+  }
+  return "unknown";
+}
+
+Task RequestTask(const PipelineDescription& model, const GenerationRequest& request) {
+  if (!request.image.empty()) {
+    return Serves(model, Task::kTextImageToVideo) ? Task::kTextImageToVideo
+                                                  : Task::kImageToVideo;
+  }
+  return request.num_frames == 1 ? Task::kTextToImage : Task::kTextToVideo;
+}
+
+ImageSize SizeForImage(int64_t image_width, int64_t image_height, int64_t max_area,
+                       int64_t multiple) {
+  const double aspect = static_cast<double>(image_height) / static_cast<double>(image_width);
+  const double area = static_cast<double>(max_area);
+  auto snap = [multiple](double v) {
+    const int64_t r = static_cast<int64_t>(std::nearbyint(v));
+    return std::max(multiple, r / multiple * multiple);
+  };
+  return {snap(std::sqrt(area / aspect)), snap(std::sqrt(area * aspect))};
+}
 
 Status ValidateGenerationRequest(const PipelineDescription& model,
                                  const GenerationRequest& request) {
@@ -81,12 +162,17 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
                       static_cast<int64_t>(request.num_frames));
   }
   RAINSERVE_RETURN_IF_ERROR(CheckInt("steps", request.steps, 1, limits.max_steps));
-  if (!std::isfinite(request.guidance_scale) || request.guidance_scale < 0 ||
-      request.guidance_scale > limits.max_guidance_scale) {
-    return OutOfRange("guidance_scale",
-                      "finite in [0, " + Num(limits.max_guidance_scale) + "]",
-                      request.guidance_scale);
+  RAINSERVE_RETURN_IF_ERROR(
+      CheckGuidance("guidance_scale", request.guidance_scale, limits.max_guidance_scale));
+  if (request.guidance_scale_2) {
+    if (model.experts < 2) {
+      return InvalidArgumentError("guidance_scale_2: model '" + model.name +
+                                  "' has one transformer (only two-expert models take it)");
+    }
+    RAINSERVE_RETURN_IF_ERROR(
+        CheckGuidance("guidance_scale_2", *request.guidance_scale_2, limits.max_guidance_scale));
   }
+  RAINSERVE_RETURN_IF_ERROR(CheckImage(model, request));
   if (!std::isfinite(request.flow_shift) || request.flow_shift <= 0 ||
       request.flow_shift > limits.max_flow_shift) {
     return OutOfRange("flow_shift",
@@ -126,6 +212,7 @@ GenerationRequest DefaultRequest(const PipelineDefaults& d) {
   GenerationRequest r;
   r.steps = d.steps;
   r.guidance_scale = d.guidance_scale;
+  r.guidance_scale_2 = d.guidance_scale_2;
   r.flow_shift = d.flow_shift;
   r.scheduler = d.scheduler;
   r.width = d.width;

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,37 @@ using attention::AttentionMode;
 using attention::MaskRefresh;
 using attention::SparseSettings;
 
+// What a model can be asked to do (Models.Describe tasks). A request's task
+// follows from its inputs (RequestTask): an input image makes it the model's
+// image task (i2v or ti2v), one frame without an image t2i, else t2v.
+enum class Task {
+  kTextToVideo,       // "t2v"
+  kTextToImage,       // "t2i": one frame
+  kImageToVideo,      // "i2v": an image conditions the video (Wan I2V models)
+  kTextImageToVideo,  // "ti2v": TI2V-5B's image mode (the image is latent frame 0)
+};
+const char* TaskName(Task task);
+
+// A decoded input image: RGB, 8 bits per channel, rows top to bottom,
+// [height, width, 3]. Empty when the request has none.
+struct InputImage {
+  int64_t width = 0;
+  int64_t height = 0;
+  std::vector<uint8_t> rgb;
+  bool empty() const { return rgb.empty(); }
+};
+
+// The output size for an input image when the request sets no width and
+// height (the reference pipelines' rule): with aspect = height / width,
+//   height = floor(round(sqrt(max_area * aspect)) / multiple) * multiple
+//   width  = floor(round(sqrt(max_area / aspect)) / multiple) * multiple
+// each at least `multiple`.
+struct ImageSize {
+  int64_t width = 0, height = 0;
+};
+ImageSize SizeForImage(int64_t image_width, int64_t image_height, int64_t max_area,
+                       int64_t multiple);
+
 // What a request may ask for (Models.Describe limits).
 struct PipelineLimits {
   int64_t size_multiple = 16;  // width and height
@@ -39,6 +71,9 @@ struct PipelineLimits {
   int64_t max_prompt_bytes = 16384;  // longer prompts are rejected
   double max_guidance_scale = 50.0;
   double max_flow_shift = 100.0;
+  // Input images: encoded bytes, and decoded pixels (width * height).
+  int64_t max_image_bytes = 16 << 20;
+  int64_t max_image_pixels = 4096 * 4096;
   // Peak-memory budget of one request on the model's device (0 = none):
   // requests whose MemoryModel estimate exceeds it are refused up front with
   // RESOURCE_EXHAUSTED instead of failing mid-run.
@@ -71,6 +106,9 @@ struct PipelineDefaults {
   int64_t fps = 16;
   int64_t steps = 50;
   double guidance_scale = 5.0;
+  // Two-expert models: the low-noise expert's guidance; unset means the
+  // request's guidance_scale (as the reference pipeline does).
+  std::optional<double> guidance_scale_2;
   double flow_shift = 3.0;
   std::string scheduler = "unipc";  // "unipc" | "euler"
   SparseSettings sparse;
@@ -81,7 +119,12 @@ struct PipelineDefaults {
 struct PipelineDescription {
   std::string name;
   std::string pipeline;  // "wan"
-  std::string task;      // "text-to-video"
+  std::vector<Task> tasks;  // what it serves, e.g. {t2v, t2i}
+  // 2 for Wan2.2 A14B (high-noise and low-noise transformers), else 1.
+  int64_t experts = 1;
+  // Two experts: the switch timestep, boundary_ratio x num_train_timesteps
+  // (steps with timestep >= it run the high-noise expert).
+  double boundary_timestep = 0.0;
   std::string device;
   std::string dtype;
   std::vector<std::string> attention_backends;
@@ -97,6 +140,9 @@ struct GenerationRequest {
   uint64_t seed = 0;
   int64_t steps = 50;
   double guidance_scale = 5.0;
+  // Two-expert models only: the low-noise expert's guidance (resolved: the
+  // model's default, else guidance_scale). Unset for one-expert models.
+  std::optional<double> guidance_scale_2;
   double flow_shift = 3.0;
   std::string scheduler = "unipc";
   int64_t width = 832;
@@ -104,6 +150,8 @@ struct GenerationRequest {
   int64_t num_frames = 81;
   SparseSettings sparse;
   StepCacheSettings step_cache;
+  // Image-to-video conditioning (decoded at the edge); empty for text tasks.
+  InputImage image;
   // false: stop after denoising and return the latents (no VAE decode).
   bool decode_frames = true;
 };
@@ -129,6 +177,7 @@ struct StepStat {
   double seconds = 0.0;
   // The step reused the step cache's residual (pipelines/core/step_cache.h).
   bool cache_skipped = false;
+  int64_t expert = 0;  // two-expert models: 0 high-noise, 1 low-noise
 };
 
 struct GenerationOutput {
@@ -145,6 +194,10 @@ struct GenerationOutput {
   double requested_sparsity = 0.0;
   double realized_sparsity = 0.0;  // mean over sparse steps (0 when none)
   double text_encode_seconds = 0.0;
+  double image_encode_seconds = 0.0;  // CLIP and VAE encoding of the input image
+  // Two experts with the idle one kept in host memory: time spent moving
+  // experts between host and device (0 when both stay resident).
+  double expert_switch_seconds = 0.0;
   double denoise_seconds = 0.0;
   double decode_seconds = 0.0;
   // Mask prediction, summed over steps and layers (host clock: on a GPU this
@@ -182,6 +235,11 @@ std::vector<DeviceMemoryInfo> QueryDeviceMemory();
 // and the allowed range. The server calls it at the edge; pipelines call it
 // again so that nothing invalid reaches a model.
 Status ValidateGenerationRequest(const PipelineDescription& model, const GenerationRequest& request);
+
+// The task a (resolved) request asks `model` for, from its inputs; the
+// validator refuses a task the model does not list (INVALID_ARGUMENT naming
+// "image" and the model's tasks).
+Task RequestTask(const PipelineDescription& model, const GenerationRequest& request);
 
 class Pipeline {
  public:

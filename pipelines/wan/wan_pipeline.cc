@@ -298,7 +298,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   PipelineDescription& d = p->description_;
   d.name = entry.name;
   d.pipeline = "wan";
-  d.task = "text-to-video";
+  d.tasks = {Task::kTextToVideo, Task::kTextToImage};
   d.device = entry.device;
   d.dtype = entry.dtype;
   d.attention_backends = {p->device_.is_cuda() ? "cuda" : "cpu"};

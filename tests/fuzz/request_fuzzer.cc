@@ -21,7 +21,7 @@ PipelineDescription VideoModel() {
   PipelineDescription d;
   d.name = "wan-video";
   d.pipeline = "wan";
-  d.task = "text-to-video";
+  d.tasks = {Task::kTextToVideo, Task::kTextToImage};
   d.defaults.sparse.window = {2, 8, 8};
   return d;
 }

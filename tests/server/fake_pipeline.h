@@ -30,7 +30,7 @@ inline PipelineDescription FakeDescription(const std::string& name = "fake") {
   PipelineDescription d;
   d.name = name;
   d.pipeline = "fake";
-  d.task = "text-to-video";
+  d.tasks = {Task::kTextToVideo, Task::kTextToImage};
   d.device = "cpu";
   d.dtype = "fp32";
   d.attention_backends = {"cpu"};
