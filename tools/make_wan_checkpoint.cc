@@ -42,29 +42,48 @@ struct Preset {
   WanTransformerConfig transformer;
   WanVAEConfig vae;
   at::ScalarType dtype = at::kFloat;  // text encoder and transformer; the VAE is fp32
+  // The stored precision of the tiny models' VAE (their weights are random:
+  // bf16 halves the files; the pipeline loads them in any dtype).
+  at::ScalarType vae_dtype = at::kFloat;
   int64_t shard_bytes = int64_t{1} << 40;
+  // Wan2.2 A14B: a second (low-noise) expert and the switch point.
+  bool two_experts = false;
+  double boundary_ratio = 0.875;
 };
+
+// The tiny text encoder and transformer of every tiny preset.
+void TinyBase(Preset* p) {
+  // Text encoder: 2 layers, d_model 64 (= the transformer's text_dim).
+  p->text_encoder.vocab_size = kVocabSize;
+  p->text_encoder.d_model = 64;
+  p->text_encoder.d_kv = 16;
+  p->text_encoder.num_heads = 4;
+  p->text_encoder.d_ff = 128;
+  p->text_encoder.num_layers = 2;
+  // Transformer: 2 layers, 2 heads of 64, ffn 256.
+  p->transformer.num_attention_heads = 2;
+  p->transformer.attention_head_dim = 64;
+  p->transformer.text_dim = 64;
+  p->transformer.freq_dim = 64;
+  p->transformer.ffn_dim = 256;
+  p->transformer.num_layers = 2;
+  // VAE: the published structure (z 16, dim_mult [1, 2, 4, 4], 2 residual
+  // blocks per stage, 4x time and 8x space) with 8 base channels.
+  p->vae.base_dim = 8;
+}
 
 StatusOr<Preset> MakePreset(const std::string& name) {
   Preset p;
   if (name == "tiny") {
-    // Text encoder: 2 layers, d_model 64 (= the transformer's text_dim).
-    p.text_encoder.vocab_size = kVocabSize;
-    p.text_encoder.d_model = 64;
-    p.text_encoder.d_kv = 16;
-    p.text_encoder.num_heads = 4;
-    p.text_encoder.d_ff = 128;
-    p.text_encoder.num_layers = 2;
-    // Transformer: 2 layers, 2 heads of 64, ffn 256.
-    p.transformer.num_attention_heads = 2;
-    p.transformer.attention_head_dim = 64;
-    p.transformer.text_dim = 64;
-    p.transformer.freq_dim = 64;
-    p.transformer.ffn_dim = 256;
-    p.transformer.num_layers = 2;
-    // VAE: the published structure (z 16, dim_mult [1, 2, 4, 4], 2 residual
-    // blocks per stage, 4x time and 8x space) with 8 base channels.
-    p.vae.base_dim = 8;
+    TinyBase(&p);
+    return p;
+  }
+  if (name == "wan22-tiny") {
+    // Wan2.2 T2V-A14B's layout (two experts, boundary 0.875, the Wan2.1
+    // VAE) at the tiny sizes, stored in bf16.
+    TinyBase(&p);
+    p.dtype = p.vae_dtype = at::kBFloat16;
+    p.two_experts = true;
     return p;
   }
   if (name == "1.3b") {
@@ -72,7 +91,7 @@ StatusOr<Preset> MakePreset(const std::string& name) {
     p.dtype = at::kBFloat16;
     return p;
   }
-  return InvalidArgumentError("unknown preset '" + name + "' (tiny, 1.3b)");
+  return InvalidArgumentError("unknown preset '" + name + "' (tiny, wan22-tiny, 1.3b)");
 }
 
 Status WriteText(const std::string& path, const std::string& text) {
@@ -90,12 +109,31 @@ Status MakeDir(const std::string& path) {
   return OkStatus();
 }
 
+// model_index.json naming the components this preset writes.
+std::string ModelIndexJson(const Preset& p) {
+  std::string json = "{\n  \"_class_name\": \"WanPipeline\",\n  \"_diffusers_version\": \"0.33.0\",\n";
+  if (p.two_experts) {
+    char ratio[32];
+    std::snprintf(ratio, sizeof(ratio), "%g", p.boundary_ratio);
+    json += std::string("  \"boundary_ratio\": ") + ratio + ",\n";
+  }
+  json +=
+      "  \"scheduler\": [\"diffusers\", \"UniPCMultistepScheduler\"],\n"
+      "  \"text_encoder\": [\"transformers\", \"UMT5EncoderModel\"],\n"
+      "  \"tokenizer\": [\"transformers\", \"T5TokenizerFast\"],\n"
+      "  \"transformer\": [\"diffusers\", \"WanTransformer3DModel\"],\n";
+  if (p.two_experts) json += "  \"transformer_2\": [\"diffusers\", \"WanTransformer3DModel\"],\n";
+  json += "  \"vae\": [\"diffusers\", \"AutoencoderKLWan\"]\n}\n";
+  return json;
+}
+
 Status MakeCheckpoint(const std::string& out, const std::string& corpus, const Preset& p,
                       at::Device device) {
   RAINSERVE_RETURN_IF_ERROR(MakeDir(out));
   for (const char* sub : {"tokenizer", "text_encoder", "transformer", "vae", "scheduler"}) {
     RAINSERVE_RETURN_IF_ERROR(MakeDir(out + "/" + sub));
   }
+  if (p.two_experts) RAINSERVE_RETURN_IF_ERROR(MakeDir(out + "/transformer_2"));
 
   // Tokenizer: tokenizer/spiece.model (+ the small JSON files transformers reads).
   RAINSERVE_RETURN_IF_ERROR(
@@ -114,8 +152,12 @@ Status MakeCheckpoint(const std::string& out, const std::string& corpus, const P
                                 ->Save(out + "/text_encoder", p.shard_bytes));
   RAINSERVE_RETURN_IF_ERROR(WanTransformer::Random(p.transformer, p.dtype, device, 2)
                                 ->Save(out + "/transformer", p.shard_bytes));
+  if (p.two_experts) {
+    RAINSERVE_RETURN_IF_ERROR(WanTransformer::Random(p.transformer, p.dtype, device, 4)
+                                  ->Save(out + "/transformer_2", p.shard_bytes));
+  }
   RAINSERVE_RETURN_IF_ERROR(
-      WanVAE::Random(p.vae, at::kFloat, device, 3)->Save(out + "/vae", p.shard_bytes));
+      WanVAE::Random(p.vae, p.vae_dtype, device, 3)->Save(out + "/vae", p.shard_bytes));
 
   RAINSERVE_RETURN_IF_ERROR(WriteText(out + "/scheduler/scheduler_config.json", R"({
   "_class_name": "UniPCMultistepScheduler",
@@ -146,16 +188,7 @@ Status MakeCheckpoint(const std::string& out, const std::string& corpus, const P
   "use_karras_sigmas": false
 }
 )"));
-  return WriteText(out + "/model_index.json", R"({
-  "_class_name": "WanPipeline",
-  "_diffusers_version": "0.33.0",
-  "scheduler": ["diffusers", "UniPCMultistepScheduler"],
-  "text_encoder": ["transformers", "UMT5EncoderModel"],
-  "tokenizer": ["transformers", "T5TokenizerFast"],
-  "transformer": ["diffusers", "WanTransformer3DModel"],
-  "vae": ["diffusers", "AutoencoderKLWan"]
-}
-)");
+  return WriteText(out + "/model_index.json", ModelIndexJson(p));
 }
 
 }  // namespace

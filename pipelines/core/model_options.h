@@ -18,6 +18,7 @@ namespace rainserve {
 struct ModelDefaultsOverride {
   std::optional<int64_t> width, height, num_frames, fps, steps;
   std::optional<double> guidance_scale, flow_shift;
+  std::optional<double> guidance_scale_2;  // two-expert models
   std::optional<std::string> scheduler;  // "unipc" | "euler"
   // sparse_attention:
   std::optional<attention::AttentionMode> attention_mode;
@@ -57,6 +58,9 @@ struct ModelOptions {
   ModelDefaultsOverride defaults;
   ModelLimitsOverride limits;
   std::vector<LoraFile> loras;  // merged in this order; at most kMaxLoraFiles
+  // Two-expert models: keep the idle expert in host memory and move it to the
+  // device at the switch (one expert's weights on the device instead of two).
+  bool offload_idle_expert = false;
 };
 
 }  // namespace rainserve

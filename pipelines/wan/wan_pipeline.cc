@@ -15,7 +15,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -27,8 +26,6 @@
 #include <thread>
 
 #if RAINSERVE_WITH_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAFunctions.h>
 #include <cuda_runtime.h>
 #endif
 
@@ -37,10 +34,13 @@
 #include "pipelines/core/schedulers.h"
 #include "pipelines/core/step_cache.h"
 #include "pipelines/text/tokenizer.h"
+#include "pipelines/core/torch_device.h"
 #include "pipelines/core/torch_status.h"
 #include "common/clock.h"
 #include "common/files.h"
 #include "pipelines/text/umt5.h"
+#include "pipelines/wan/wan_experts.h"
+#include "pipelines/wan/wan_model_index.h"
 #include "pipelines/wan/wan_transformer.h"
 #include "pipelines/wan/wan_vae.h"
 
@@ -68,6 +68,8 @@ class StepCacheRun {
     hook_.skipped = false;
     return hook_.mode == StepCacheMode::kOff ? nullptr : &hook_;
   }
+  // A new expert starts without a reference: its first step computes.
+  void Reset() { reference_ = at::Tensor(); }
   bool skipped() const { return hook_.skipped; }
   int64_t skipped_steps() const { return policy_.skipped(); }
 
@@ -92,61 +94,6 @@ class StepCacheRun {
   int64_t step_ = 0;
 };
 
-StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
-  if (name == "fp32") return at::kFloat;
-  if (name == "bf16") return at::kBFloat16;
-  if (name == "fp16") return at::kHalf;
-  return InvalidArgumentError("unknown dtype '" + name + "' (fp32, bf16, fp16)");
-}
-
-StatusOr<at::Device> ParseDevice(const std::string& name) {
-  try {
-    const at::Device device(name);
-    if (device.is_cuda() && !at::hasCUDA()) {
-      return FailedPreconditionError("device '" + name +
-                                     "': this build or machine has no CUDA device");
-    }
-    if (!device.is_cpu() && !device.is_cuda()) {
-      return InvalidArgumentError("device '" + name + "': expected cpu or cuda:N");
-    }
-    return device;
-  } catch (const std::exception&) {
-    return InvalidArgumentError("device '" + name + "': expected cpu or cuda:N");
-  }
-}
-
-// Peak memory since the last ResetPeakMemory on `device`: the CUDA caching
-// allocator's peak for GPUs, the process's peak resident set on the CPU.
-void ResetPeakMemory(const at::Device& device) {
-#if RAINSERVE_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());
-#else
-  (void)device;
-#endif
-}
-
-uint64_t PeakMemory(const at::Device& device) {
-#if RAINSERVE_WITH_CUDA
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
-    return static_cast<uint64_t>(stats.allocated_bytes[0].peak);
-  }
-#endif
-  (void)device;
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<uint64_t>(usage.ru_maxrss) * 1024;
-}
-
-// Makes stage and step times device times.
-void Synchronize(const at::Device& device) {
-#if RAINSERVE_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::device_synchronize();
-#else
-  (void)device;
-#endif
-}
-
 // The scheduler kind a diffusers scheduler_config.json names.
 StatusOr<std::string> SchedulerKind(const std::string& json_text, const std::string& source) {
   try {
@@ -162,31 +109,6 @@ StatusOr<std::string> SchedulerKind(const std::string& json_text, const std::str
   }
 }
 
-// model_index.json is optional; when present it must describe a single-expert
-// Wan text-to-video pipeline.
-Status CheckModelIndex(const std::string& dir) {
-  const std::string path = dir + "/model_index.json";
-  std::string text;
-  if (!ReadFile(path, &text).ok()) return OkStatus();
-  try {
-    const json j = json::parse(text);
-    const std::string cls = j.value("_class_name", "WanPipeline");
-    if (cls != "WanPipeline") {
-      return UnimplementedError(path + ": pipeline class '" + cls +
-                                "' is not supported (WanPipeline text-to-video)");
-    }
-    if (j.contains("transformer_2") && j["transformer_2"].is_array() &&
-        !j["transformer_2"].empty() && !j["transformer_2"][0].is_null()) {
-      return UnimplementedError(path +
-                                ": two-expert checkpoints (transformer_2, Wan2.2 A14B) are not "
-                                "supported yet");
-    }
-  } catch (const json::exception& e) {
-    return InvalidArgumentError(path + ": " + e.what());
-  }
-  return OkStatus();
-}
-
 void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimits* l) {
   const ModelDefaultsOverride& o = entry.defaults;
   if (o.width) d->width = *o.width;
@@ -195,6 +117,7 @@ void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimi
   if (o.fps) d->fps = *o.fps;
   if (o.steps) d->steps = *o.steps;
   if (o.guidance_scale) d->guidance_scale = *o.guidance_scale;
+  if (o.guidance_scale_2) d->guidance_scale_2 = *o.guidance_scale_2;
   if (o.flow_shift) d->flow_shift = *o.flow_shift;
   if (o.scheduler) d->scheduler = *o.scheduler;
   if (o.attention_mode) d->sparse.mode = *o.attention_mode;
@@ -258,7 +181,8 @@ class WanPipeline final : public Pipeline {
   std::unique_ptr<attention::AttentionEngine> engine_;
   std::unique_ptr<UMT5Tokenizer> tokenizer_;
   std::unique_ptr<UMT5Encoder> text_encoder_;
-  std::unique_ptr<WanTransformer> transformer_;
+  WanModelIndex index_;
+  std::unique_ptr<WanExperts> experts_;
   std::unique_ptr<WanVAE> vae_;
   SchedulerConfig scheduler_config_;
   // LibTorch intra-op threads of this model, set on the thread that runs
@@ -271,7 +195,10 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   std::unique_ptr<WanPipeline> p(new WanPipeline());
   RAINSERVE_ASSIGN_OR_RETURN(p->device_, ParseDevice(entry.device));
   RAINSERVE_ASSIGN_OR_RETURN(p->dtype_, ParseDtype(entry.dtype));
-  RAINSERVE_RETURN_IF_ERROR(CheckModelIndex(dir));
+  RAINSERVE_ASSIGN_OR_RETURN(p->index_, ReadWanModelIndex(dir));
+  if (p->index_.image_to_video()) {
+    return UnimplementedError(dir + "/model_index.json: WanImageToVideoPipeline is not supported");
+  }
 
   const int threads = entry.threads > 0 ? static_cast<int>(entry.threads)
                                         : static_cast<int>(std::thread::hardware_concurrency());
@@ -287,18 +214,21 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   RAINSERVE_ASSIGN_OR_RETURN(p->tokenizer_, UMT5Tokenizer::Load(dir + "/tokenizer"));
   RAINSERVE_ASSIGN_OR_RETURN(p->text_encoder_,
                              UMT5Encoder::Load(dir + "/text_encoder", p->dtype_, p->device_));
-  RAINSERVE_ASSIGN_OR_RETURN(p->transformer_,
-                             WanTransformer::Load(dir + "/transformer", p->dtype_, p->device_));
-  RAINSERVE_RETURN_IF_ERROR(p->transformer_->MergeLoras(entry.loras));
+  RAINSERVE_ASSIGN_OR_RETURN(
+      p->experts_, WanExperts::Load(dir, p->index_, p->scheduler_config_.num_train_timesteps,
+                                    p->dtype_, p->device_, entry.offload_idle_expert,
+                                    entry.loras));
   RAINSERVE_ASSIGN_OR_RETURN(p->vae_, WanVAE::Load(dir + "/vae", at::kFloat, p->device_));
 
   RAINSERVE_RETURN_IF_ERROR(p->CheckComponentsMatch(dir));
-  const WanTransformerConfig& tc = p->transformer_->config();
+  const WanTransformerConfig& tc = p->experts_->expert(0).config();
 
   PipelineDescription& d = p->description_;
   d.name = entry.name;
   d.pipeline = "wan";
   d.tasks = {Task::kTextToVideo, Task::kTextToImage};
+  d.experts = p->experts_->count();
+  d.boundary_timestep = p->experts_->boundary_timestep();
   d.device = entry.device;
   d.dtype = entry.dtype;
   d.attention_backends = {p->device_.is_cuda() ? "cuda" : "cpu"};
@@ -320,7 +250,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
 }
 
 Status WanPipeline::CheckComponentsMatch(const std::string& dir) const {
-  const WanTransformerConfig& tc = transformer_->config();
+  const WanTransformerConfig& tc = experts_->expert(0).config();
   if (text_encoder_->config().d_model != tc.text_dim) {
     return InvalidArgumentError(dir + ": text_encoder d_model " +
                                 std::to_string(text_encoder_->config().d_model) +
@@ -346,12 +276,12 @@ Status WanPipeline::CheckComponentsMatch(const std::string& dir) const {
 //  - the decoded video (fp32 and its copy) and the uint8 frames: ~10 bytes
 //    per output value.
 MemoryModel WanPipeline::SizeMemoryModel(int64_t size_multiple) const {
-  const WanTransformerConfig& tc = transformer_->config();
+  const WanTransformerConfig& tc = experts_->expert(0).config();
   const double s = static_cast<double>(c10::elementSize(dtype_));
   const double inner = static_cast<double>(tc.inner_dim());
   const double ffn = static_cast<double>(tc.ffn_dim);
   MemoryModel mm;
-  mm.fixed_bytes = ParameterBytes(transformer_->NamedParameters()) +
+  mm.fixed_bytes = experts_->DeviceParameterBytes() +
                    ParameterBytes(text_encoder_->NamedParameters()) +
                    ParameterBytes(vae_->NamedParameters());
   mm.bytes_per_latent_token = 1.25 * 2.0 * (12.0 * inner + 7.0 * inner * s + 2.0 * ffn * s);
@@ -479,7 +409,10 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
   const bool cfg = request.guidance_scale > 1.0;
   const int64_t B = cfg ? 2 : 1;
   attention::SparsityTally tally;
-  StepCacheRun cache(request.step_cache, request.steps, transformer_->config().inner_dim());
+  StepCacheRun cache(request.step_cache, request.steps,
+                     experts_->expert(0).config().inner_dim());
+  int64_t expert = -1;
+  const WanTransformer* transformer = nullptr;
   const auto start = Clock::now();
   for (int64_t i = 0; i < request.steps; ++i) {
     if (cancel.cancelled()) {
@@ -487,20 +420,31 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
                             std::to_string(request.steps) + " steps");
     }
     const auto step_start = Clock::now();
+    const double timestep = scheduler->timesteps()[i];
+    if (experts_->ExpertFor(timestep) != expert) {
+      expert = experts_->ExpertFor(timestep);
+      RAINSERVE_ASSIGN_OR_RETURN(transformer,
+                                 experts_->Resident(expert, &out->expert_switch_seconds));
+      if (i > 0) cache.Reset();
+    }
+    // Two experts: the low-noise one guides with guidance_scale_2 (CFG runs
+    // whenever guidance_scale > 1, as in the reference pipeline).
+    const double guidance = expert == 1 ? request.guidance_scale_2.value_or(request.guidance_scale)
+                                        : request.guidance_scale;
     options.step = i;
     options.step_cache = cache.Hook(i);
-    const at::Tensor t = at::full({B}, scheduler->timesteps()[i],
+    const at::Tensor t = at::full({B}, timestep,
                                   at::TensorOptions().dtype(at::kFloat).device(device_));
     const at::Tensor x = latents.to(dtype_).expand({B, -1, -1, -1, -1});
     WanForwardStats stats;
-    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor v, transformer_->Forward(x, t, text, options, &stats));
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor v, transformer->Forward(x, t, text, options, &stats));
     v = v.to(at::kFloat);
-    if (cfg) v = v[1] + request.guidance_scale * (v[0] - v[1]);
+    if (cfg) v = v[1] + guidance * (v[0] - v[1]);
     latents = scheduler->Step(v.view_as(latents), static_cast<int>(i), latents);
     if (!latents.defined()) return InternalError("scheduler step " + std::to_string(i) + " failed");
     Synchronize(device_);
     out->steps.push_back({i + 1, stats.sparse, stats.realized_sparsity, SecondsSince(step_start),
-                          cache.skipped()});
+                          cache.skipped(), expert});
     out->mask_seconds += stats.mask_seconds;
     tally.Add(stats);
     step_done(i + 1);

@@ -137,6 +137,28 @@ Status WanTransformer::MergeLoras(const std::vector<LoraFile>& loras) {
   return Resolve();
 }
 
+Status WanTransformer::MoveTo(at::Device device) {
+  if (device == device_) return OkStatus();
+  if (host_params_.empty()) {
+    for (const auto& [name, t] : params_) {
+      at::Tensor host = t.to(at::kCPU);
+      if (at::hasCUDA()) host = host.pin_memory();
+      host_params_.push_back({name, host});
+    }
+  }
+  if (device.is_cpu()) {
+    params_ = host_params_;
+  } else {
+    NamedTensors moved;
+    for (const auto& [name, t] : host_params_) {
+      moved.push_back({name, t.to(at::TensorOptions().device(device), /*non_blocking=*/true)});
+    }
+    params_ = std::move(moved);
+  }
+  device_ = device;
+  return Resolve();
+}
+
 Status WanTransformer::Resolve() {
   RAINSERVE_ASSIGN_OR_RETURN(weights_, ResolveWanWeights(config_, params_));
   return OkStatus();

@@ -113,6 +113,13 @@ class WanTransformer {
   // Writes config.json + safetensors (sharded above max_shard_bytes) to `dir`.
   Status Save(const std::string& dir, int64_t max_shard_bytes) const;
 
+  // Moves the weights to `device` (an idle expert of a two-expert model goes
+  // to host memory and back). The first move keeps a host copy, pinned where
+  // CUDA is available, so later moves to the host free the device copy
+  // without copying and moves to the device are one host-to-device copy.
+  // Not thread-safe: the model's worker calls it between forwards.
+  Status MoveTo(at::Device device);
+
  private:
   // The conditioning of one forward (fp32 modulation inputs, text context).
   struct Conditioning {
@@ -154,6 +161,7 @@ class WanTransformer {
   at::ScalarType dtype_;
   at::Device device_;
   NamedTensors params_;  // ExpectedParameters order (Save, NamedParameters)
+  NamedTensors host_params_;  // MoveTo's host copy (empty until the first move)
   WanWeights weights_;   // typed views of params_
 };
 

@@ -79,3 +79,41 @@ TEST(WanPipelineCudaTest, Bf16RunIsDeterministicSparseAndCloseToCpu) {
 
 }  // namespace
 }  // namespace rainserve
+
+namespace rainserve {
+namespace {
+
+// Two experts with the idle one in host memory: the same frames as with both
+// resident, the switch time reported, and the next request starts again on
+// the high-noise expert.
+TEST(WanPipelineCudaTest, OffloadedIdleExpertGivesTheResidentResult) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  ModelOptions e = Entry("cuda:0", "bf16");
+  e.name = "wan22-tiny";
+  e.path = testing::SourceDir() + "/models/wan22-tiny";
+  auto resident = LoadWanPipeline(e);
+  ASSERT_TRUE(resident.ok()) << resident.status().ToString();
+  e.offload_idle_expert = true;
+  auto offloaded = LoadWanPipeline(e);
+  ASSERT_TRUE(offloaded.ok()) << offloaded.status().ToString();
+  GenerationRequest r = Request();
+  r.steps = 6;
+  r.guidance_scale_2 = 3.0;
+  CancelToken cancel;
+  auto a = (*resident)->Generate(r, nullptr, cancel);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_EQ(a->expert_switch_seconds, 0.0);
+  for (int run = 0; run < 2; ++run) {
+    auto b = (*offloaded)->Generate(r, nullptr, cancel);
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    EXPECT_EQ(b->rgb, a->rgb) << "run " << run;
+    EXPECT_GT(b->expert_switch_seconds, 0.0) << "run " << run;
+    EXPECT_EQ(b->steps.front().expert, 0);
+    EXPECT_EQ(b->steps.back().expert, 1);
+  }
+  EXPECT_LT((*offloaded)->Describe().memory.fixed_bytes,
+            (*resident)->Describe().memory.fixed_bytes);
+}
+
+}  // namespace
+}  // namespace rainserve
