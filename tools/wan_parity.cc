@@ -138,14 +138,16 @@ class Parity {
   Parity(Reference ref, std::string model_dir)
       : ref_(std::move(ref)), model_(std::move(model_dir)), engine_(0) {}
 
-  // Runs every component; a component that cannot run is recorded as failed.
+  // Runs every component the reference recorded (or tried to); a component
+  // that cannot run is recorded as failed.
   void RunAll() {
     Try("tokenizer", [&] { return Tokenizer(); });
     Try("umt5", [&] { return Umt5(); });
-    Try("transformer", [&] { return Transformer(); });
+    Try("transformer", [&] { return Transformer("transformer"); });
+    Try("transformer_2", [&] { return Transformer("transformer_2"); });
     Try("vae", [&] { return Vae(); });
-    Try("scheduler", [&] { return Schedules(); });
-    Try("scheduler.sequences", [&] { return Sequences(); });
+    Try("scheduler", [&] { return Schedules(); }, "scheduler");
+    Try("scheduler.sequences", [&] { return Sequences(); }, "scheduler");
     Try("pipeline", [&] { return Pipelines(); });
   }
 
@@ -163,15 +165,24 @@ class Parity {
   }
 
  private:
+  bool Recorded(const std::string& component) const {
+    for (const char* key : {"components", "errors"}) {
+      if (ref_.info().contains(key) && ref_.info().at(key).contains(component)) return true;
+    }
+    return false;
+  }
+
   template <typename Fn>
-  void Try(const std::string& component, Fn fn) {
+  void Try(const std::string& name, Fn fn, const std::string& component = "") {
+    if (!Recorded(component.empty() ? name : component)) return;
+    const std::string& key = name;
     Status s;
     try {
       s = fn();
     } catch (const std::exception& e) {
       s = InternalError(e.what());
     }
-    if (!s.ok()) failures_[component] = s.ToString();
+    if (!s.ok()) failures_[key] = s.ToString();
   }
 
   // A row for ours against the reference tensor `ref_name` (rel measure).
@@ -197,7 +208,7 @@ class Parity {
 
   Status Tokenizer();
   Status Umt5();
-  Status Transformer();
+  Status Transformer(const std::string& folder);
   Status Vae();
   Status Schedules();
   Status Sequences();
@@ -267,21 +278,21 @@ Status Parity::Umt5() {
                 "umt5.prompt_embeds");
 }
 
-Status Parity::Transformer() {
+Status Parity::Transformer(const std::string& folder) {
   RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<WanTransformer> model,
-                             WanTransformer::Load(model_ + "/transformer", at::kFloat, at::kCPU));
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor x, ref_.Get("transformer.hidden_states"));
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor t, ref_.Get("transformer.timestep"));
+                             WanTransformer::Load(model_ + "/" + folder, at::kFloat, at::kCPU));
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor x, ref_.Get(folder + ".hidden_states"));
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor t, ref_.Get(folder + ".timestep"));
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor text, ref_.Get("umt5.prompt_embeds"));
   WanForwardOptions options;  // dense
   options.engine = &engine_;
   for (auto kernel : {attention::DenseKernel::kOurs, attention::DenseKernel::kTorch}) {
     options.attention.dense_kernel = kernel;
     RAINSERVE_ASSIGN_OR_RETURN(at::Tensor out, model->Forward(x, t, text, options));
-    RAINSERVE_RETURN_IF_ERROR(AddRow(kernel == attention::DenseKernel::kTorch
-                                         ? "transformer.torch_attention"
-                                         : "transformer.dense_kernel",
-                                     out, "transformer.output"));
+    RAINSERVE_RETURN_IF_ERROR(AddRow(folder + (kernel == attention::DenseKernel::kTorch
+                                                   ? ".torch_attention"
+                                                   : ".dense_kernel"),
+                                     out, folder + ".output"));
   }
   return OkStatus();
 }
@@ -383,6 +394,9 @@ Status Parity::PipelineRun(Pipeline& pipeline, const json& s, const json& run) {
   r.seed = s.value("seed", uint64_t{0});
   r.steps = s.value("steps", 0);
   r.guidance_scale = s.value("guidance_scale", 0.0);
+  if (s.contains("guidance_scale_2") && !s["guidance_scale_2"].is_null()) {
+    r.guidance_scale_2 = s["guidance_scale_2"].get<double>();
+  }
   r.flow_shift = s.value("flow_shift", 0.0);
   r.width = s.value("width", 0);
   r.height = s.value("height", 0);

@@ -9,7 +9,13 @@ builds them), one WanTransformer3DModel forward, AutoencoderKLWan decode
 and encode, the UniPC and FlowMatch Euler schedules and full step sequences
 on fixed model outputs, the initial noise of a seed, and whole WanPipeline
 generations (frames as output_type "np" and the final latents) for both
-schedulers. Writes into OUT_DIR:
+schedulers. Two-expert folders (model_index.json with transformer_2 and
+boundary_ratio, Wan2.2 A14B) also get the second expert's forward, and their
+generations switch experts with their own guidance scales. --parts picks
+components; --write-checkpoint DIR first writes a randomly initialised
+two-expert checkpoint with diffusers' and transformers' own save_pretrained
+(sizes unlike the embedded models) and then uses it as --model. Writes into
+OUT_DIR:
 
   wan_reference.json             settings (prompts, sizes, seeds, steps), the
                                  tensor names per component, library versions
@@ -27,6 +33,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import sys
 import traceback
 import types
@@ -120,9 +127,9 @@ def umt5_part(rec, pipe, encoder):
     return {"prompts": PROMPTS, "max_length": MAX_TOKENS}
 
 
-def transformer_part(rec, transformer):
+def transformer_part(rec, transformer, name="transformer"):
     text = rec.f32["umt5.prompt_embeds"]  # [2, 512, d]
-    hidden = randn((2, 16, 2, 8, 8), 1)
+    hidden = randn((2, transformer.config.in_channels, 2, 8, 8), 1)
     timestep = torch.tensor([999.0, 602.15], dtype=torch.float32)
     with torch.no_grad():
         out = transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=text,
@@ -130,10 +137,10 @@ def transformer_part(rec, transformer):
         t64 = copy.deepcopy(transformer).double()
         out64 = t64(hidden_states=hidden.double(), timestep=timestep.double(),
                     encoder_hidden_states=text.double(), return_dict=False)[0]
-    rec.put("transformer.hidden_states", hidden)
-    rec.put("transformer.timestep", timestep)
-    rec.put("transformer.output", out, out64)
-    return {"encoder_hidden_states": "umt5.prompt_embeds"}
+    rec.put(name + ".hidden_states", hidden)
+    rec.put(name + ".timestep", timestep)
+    rec.put(name + ".output", out, out64)
+    return {"encoder_hidden_states": "umt5.prompt_embeds", "folder": name}
 
 
 def vae_part(rec, vae):
@@ -196,7 +203,9 @@ def scheduler_part(rec, unipc_config):
 
 
 def pipeline_part(rec, pipe, unipc_config):
-    p = PIPELINE
+    p = dict(PIPELINE)
+    if pipe.transformer_2 is not None:
+        p.update(guidance_scale=4.0, guidance_scale_2=3.0)
     runs = []
     for kind in ("unipc", "euler"):
         pipe.scheduler = make_scheduler(kind, unipc_config, shift=p["flow_shift"])
@@ -207,7 +216,7 @@ def pipeline_part(rec, pipe, unipc_config):
                 out = pipe(prompt=p["prompt"], negative_prompt=p["negative_prompt"],
                            height=p["height"], width=p["width"], num_frames=p["num_frames"],
                            num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
-                           generator=gen, output_type=output_type,
+                           guidance_scale_2=p.get("guidance_scale_2"), generator=gen, output_type=output_type,
                            max_sequence_length=MAX_TOKENS).frames
             outputs[output_type] = torch.as_tensor(np.asarray(out)) if output_type == "np" else out
         key = f"pipeline.{kind}"
@@ -219,36 +228,94 @@ def pipeline_part(rec, pipe, unipc_config):
     return dict(p, runs=runs, max_sequence_length=MAX_TOKENS)
 
 
+def write_checkpoint(out, tokenizer_dir):
+    """A two-expert Wan checkpoint in diffusers' own layout, random weights."""
+    from transformers import UMT5Config
+    torch.manual_seed(1234)
+    shutil.copytree(tokenizer_dir, os.path.join(out, "tokenizer"), dirs_exist_ok=True)
+    UMT5EncoderModel(UMT5Config(vocab_size=1000, d_model=48, d_kv=12, d_ff=96, num_layers=3,
+                                num_heads=4, relative_attention_num_buckets=32,
+                                feed_forward_proj="gated-gelu")).save_pretrained(
+        os.path.join(out, "text_encoder"))
+    for name in ("transformer", "transformer_2"):
+        WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=3, attention_head_dim=32,
+                              in_channels=16, out_channels=16, text_dim=48, freq_dim=32,
+                              ffn_dim=160, num_layers=3, cross_attn_norm=True,
+                              qk_norm="rms_norm_across_heads", eps=1e-6,
+                              rope_max_seq_len=1024).save_pretrained(os.path.join(out, name))
+    AutoencoderKLWan(base_dim=12, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                     attn_scales=[], temperal_downsample=[False, True, True]).save_pretrained(
+        os.path.join(out, "vae"))
+    UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                            flow_shift=5.0, num_train_timesteps=1000).save_pretrained(
+        os.path.join(out, "scheduler"))
+    with open(os.path.join(out, "model_index.json"), "w") as f:
+        json.dump({"_class_name": "WanPipeline", "_diffusers_version": diffusers.__version__,
+                   "boundary_ratio": 0.9,
+                   "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+                   "text_encoder": ["transformers", "UMT5EncoderModel"],
+                   "tokenizer": ["transformers", "T5TokenizerFast"],
+                   "transformer": ["diffusers", "WanTransformer3DModel"],
+                   "transformer_2": ["diffusers", "WanTransformer3DModel"],
+                   "vae": ["diffusers", "AutoencoderKLWan"]}, f, indent=2)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True, help="diffusers-format Wan folder")
     parser.add_argument("--out", required=True)
     parser.add_argument("--diffusers-commit", default="")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--parts", default="tokenizer,umt5,transformer,vae,scheduler,pipeline")
+    parser.add_argument("--write-checkpoint", default="",
+                        help="write a diffusers-initialised checkpoint here (tokenizer from "
+                             "--model) and compare against it")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.write_checkpoint:
+        write_checkpoint(args.write_checkpoint, os.path.join(args.model, "tokenizer"))
+        args.model = args.write_checkpoint
     torch.manual_seed(0)
 
     m = args.model
+    index = {}
+    if os.path.exists(os.path.join(m, "model_index.json")):
+        with open(os.path.join(m, "model_index.json")) as f:
+            index = json.load(f)
+    two_experts = (index.get("transformer_2") or [None])[0] is not None
     tok = AutoTokenizer.from_pretrained(os.path.join(m, "tokenizer"))
     encoder = UMT5EncoderModel.from_pretrained(os.path.join(m, "text_encoder")).float().eval()
     transformer = WanTransformer3DModel.from_pretrained(os.path.join(m, "transformer")).float()
+    transformer_2 = None
+    if two_experts:
+        transformer_2 = WanTransformer3DModel.from_pretrained(
+            os.path.join(m, "transformer_2")).float().eval()
     vae = AutoencoderKLWan.from_pretrained(os.path.join(m, "vae")).float().eval()
     unipc_config = UniPCMultistepScheduler.load_config(os.path.join(m, "scheduler"))
     transformer.eval()
     pipe = WanPipeline(tokenizer=tok, text_encoder=encoder, vae=vae,
-                       scheduler=make_scheduler("unipc", unipc_config), transformer=transformer)
+                       scheduler=make_scheduler("unipc", unipc_config), transformer=transformer,
+                       transformer_2=transformer_2, boundary_ratio=index.get("boundary_ratio"),
+                       expand_timesteps=bool(index.get("expand_timesteps", False)))
     pipe.set_progress_bar_config(disable=True)
 
+    parts = set(args.parts.split(","))
     rec = Recorder()
-    rec.run("tokenizer", lambda: tokenizer_part(rec, tok))
-    rec.run("umt5", lambda: umt5_part(rec, pipe, encoder))
-    rec.run("transformer", lambda: transformer_part(rec, transformer))
-    rec.run("vae", lambda: vae_part(rec, vae))
-    rec.run("scheduler", lambda: scheduler_part(rec, unipc_config))
-    rec.run("pipeline", lambda: pipeline_part(rec, pipe, unipc_config))
+    steps = [("tokenizer", lambda: tokenizer_part(rec, tok)),
+             ("umt5", lambda: umt5_part(rec, pipe, encoder)),
+             ("transformer", lambda: transformer_part(rec, transformer)),
+             ("transformer_2", lambda: transformer_part(rec, transformer_2, "transformer_2")),
+             ("vae", lambda: vae_part(rec, vae)),
+             ("scheduler", lambda: scheduler_part(rec, unipc_config)),
+             ("pipeline", lambda: pipeline_part(rec, pipe, unipc_config))]
+    for name, fn in steps:
+        if name == "transformer_2":
+            if two_experts and "transformer" in parts:
+                rec.run(name, fn)
+        elif name in parts or (name == "umt5" and ("transformer" in parts)):
+            rec.run(name, fn)
 
     save_file(rec.f32, os.path.join(args.out, "wan_reference.safetensors"))
     save_file(rec.f64, os.path.join(args.out, "wan_reference_f64.safetensors"))
