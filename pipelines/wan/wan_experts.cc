@@ -42,6 +42,19 @@ StatusOr<std::unique_ptr<WanExperts>> WanExperts::Load(const std::string& dir,
   return e;
 }
 
+StatusOr<std::unique_ptr<WanExperts>> WanExperts::FromModels(
+    std::unique_ptr<WanTransformer> high, std::unique_ptr<WanTransformer> low,
+    double boundary_timestep, at::Device device, bool offload_idle) {
+  std::unique_ptr<WanExperts> e(new WanExperts());
+  e->device_ = device;
+  e->offload_idle_ = offload_idle && !device.is_cpu();
+  e->boundary_timestep_ = boundary_timestep;
+  RAINSERVE_RETURN_IF_ERROR(high->MoveTo(device));
+  RAINSERVE_RETURN_IF_ERROR(low->MoveTo(e->offload_idle_ ? at::Device(at::kCPU) : device));
+  e->experts_ = {std::move(high), std::move(low)};
+  return e;
+}
+
 StatusOr<const WanTransformer*> WanExperts::Resident(int64_t index, double* seconds) {
   WanTransformer* want = experts_[index].get();
   if (want->device() != device_) {

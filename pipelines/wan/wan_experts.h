@@ -34,6 +34,13 @@ class WanExperts {
                                                     bool offload_idle,
                                                     const std::vector<LoraFile>& loras);
 
+  // Two experts already built (benchmarks, tests): `high` on `device`, `low`
+  // anywhere; with offload_idle `low` moves to host memory now.
+  static StatusOr<std::unique_ptr<WanExperts>> FromModels(std::unique_ptr<WanTransformer> high,
+                                                          std::unique_ptr<WanTransformer> low,
+                                                          double boundary_timestep,
+                                                          at::Device device, bool offload_idle);
+
   int64_t count() const { return experts_[1] ? 2 : 1; }
   // The switch timestep (0 with one expert: every step runs expert 0).
   double boundary_timestep() const { return boundary_timestep_; }

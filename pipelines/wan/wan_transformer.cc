@@ -140,10 +140,20 @@ Status WanTransformer::MergeLoras(const std::vector<LoraFile>& loras) {
 Status WanTransformer::MoveTo(at::Device device) {
   if (device == device_) return OkStatus();
   if (host_params_.empty()) {
+    // One host buffer for every parameter (pinned where CUDA is: per-tensor
+    // pinned blocks would each round up to a power of two).
+    constexpr int64_t kAlign = 256;
+    int64_t total = 0;
+    for (const auto& p : params_) total += (p.second.nbytes() + kAlign - 1) / kAlign * kAlign;
+    const at::Tensor buffer =
+        at::empty({total}, at::TensorOptions().dtype(at::kByte).pinned_memory(at::hasCUDA()));
+    int64_t offset = 0;
     for (const auto& [name, t] : params_) {
-      at::Tensor host = t.to(at::kCPU);
-      if (at::hasCUDA()) host = host.pin_memory();
+      const int64_t bytes = static_cast<int64_t>(t.nbytes());
+      at::Tensor host = buffer.narrow(0, offset, bytes).view(t.scalar_type()).view(t.sizes());
+      host.copy_(t);
       host_params_.push_back({name, host});
+      offset += (bytes + kAlign - 1) / kAlign * kAlign;
     }
   }
   if (device.is_cpu()) {

@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include "pipelines/core/schedulers.h"
+#include "pipelines/wan/wan_experts.h"
 #include "pipelines/wan/wan_model_index.h"
 #include "pipelines/wan/wan_pipeline.h"
 #include "tests/test_files.h"
@@ -234,6 +235,37 @@ TEST(WanExpertsTest, GuidanceScale2IsRefusedByOneExpertModels) {
   ASSERT_FALSE(out.ok());
   EXPECT_EQ(out.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(out.status().message().find("guidance_scale_2"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace rainserve
+
+namespace rainserve {
+namespace {
+
+// Experts built in memory (benchmarks): the switch rule and residency.
+TEST(WanExpertsTest, FromModelsKeepsBothExpertsUsable) {
+  WanTransformerConfig c;
+  c.num_attention_heads = 2;
+  c.attention_head_dim = 32;
+  c.text_dim = 32;
+  c.freq_dim = 32;
+  c.ffn_dim = 64;
+  c.num_layers = 1;
+  auto high = WanTransformer::Random(c, at::kFloat, at::kCPU, 1);
+  auto low = WanTransformer::Random(c, at::kFloat, at::kCPU, 2);
+  auto experts = WanExperts::FromModels(std::move(high), std::move(low), 875.0, at::kCPU,
+                                        /*offload_idle=*/true);
+  ASSERT_TRUE(experts.ok()) << experts.status().ToString();
+  EXPECT_EQ((*experts)->count(), 2);
+  EXPECT_FALSE((*experts)->offload_idle());  // nothing to offload to on the CPU
+  EXPECT_EQ((*experts)->ExpertFor(875.0), 0);
+  EXPECT_EQ((*experts)->ExpertFor(874.9), 1);
+  double seconds = 0;
+  auto second = (*experts)->Resident(1, &seconds);
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(*second, &(*experts)->expert(1));
+  EXPECT_EQ(seconds, 0.0);
 }
 
 }  // namespace
