@@ -2,9 +2,16 @@
 // config keys, the published parameter names, patchify / unpatchify and the
 // AvgDown3D / DupUp3D shortcuts on hand-computed cases, and a tiny random
 // model through encode, decode, causality and save / load.
+//
+// The timing of tiny Wan2.2 VAEs (for the embedded TI2V model) is a disabled test:
+//   wan_vae22_test --gtest_also_run_disabled_tests --gtest_filter='*Timing*'
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <set>
@@ -436,6 +443,35 @@ TEST_F(WanVAE22Test, DecodeUnpatchifiesOutputChannelsIntoPixels) {
         EXPECT_TRUE(at::equal(cell, at::full_like(cell, expected))) << c << i << j;
       }
     }
+  }
+}
+
+// Tiny Wan2.2 VAEs for an embedded model: parameters and the decode of
+// [1, 48, 5, 16, 16] (17 frames of 256 x 256) on 2 threads, fp32. Measured
+// on a 2-core machine under a parallel build (load 7-9, so the spread is
+// wide): base/decoder 8/8: 1.05 M parameters (4.2 MB fp32), 2.6-7.3 s; 8/12:
+// 1.75 M (7.0 MB), 4.1-4.6 s; 16/16: 3.9 M (15.7 MB), 6.7-8.7 s.
+TEST(WanVAE22Timing, DISABLED_DecodeTimingByBaseDim) {
+  at::set_num_threads(2);
+  for (const auto& [base, decoder] : {std::pair<int64_t, int64_t>{8, 8}, {8, 12}, {16, 16}}) {
+    WanVAEConfig c = WanVAE22Config();
+    c.base_dim = base;
+    c.decoder_base_dim = decoder;
+    auto vae = WanVAE::Random(c, at::kFloat, at::kCPU, 1);
+    at::manual_seed(1);
+    const at::Tensor lat = at::randn({1, 48, 5, 16, 16});
+    double best = 1e9;
+    for (int rep = 0; rep < 2; ++rep) {
+      const auto start = std::chrono::steady_clock::now();
+      auto v = vae->Decode(lat);
+      ASSERT_TRUE(v.ok());
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      ASSERT_EQ(v->size(2), 17);
+    }
+    int64_t numel = 0;
+    for (const auto& [name, t] : vae->NamedParameters()) numel += t.numel();
+    std::printf("base_dim %ld, decoder_base_dim %ld: %ld parameters, decode -> 17x256x256: %.2f s\n",
+                static_cast<long>(base), static_cast<long>(decoder), static_cast<long>(numel), best);
   }
 }
 
