@@ -712,6 +712,10 @@ void WanVAE::Bind() {
 
 std::unique_ptr<WanVAE> WanVAE::Random(const WanVAEConfig& config, at::ScalarType dtype,
                                        at::Device device, uint64_t seed) {
+  const auto z_dim = static_cast<size_t>(config.z_dim);
+  TORCH_CHECK(config.latents_mean.size() == z_dim && config.latents_std.size() == z_dim,
+              "WanVAE::Random: latents_mean and latents_std need z_dim = ", z_dim, " values each, got ",
+              config.latents_mean.size(), " and ", config.latents_std.size());
   std::unique_ptr<WanVAE> model(new WanVAE(config, dtype, device));
   at::manual_seed(seed);
   const auto opts = at::TensorOptions().dtype(at::kFloat);

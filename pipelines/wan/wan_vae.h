@@ -110,6 +110,8 @@ class WanVAE {
                                                 at::Device device);
   // Random weights initialised as torch does (convolutions U(+-1/sqrt(fan_in)),
   // RMS norm gammas 1), for tests, benchmarks and the shipped tiny model.
+  // latents_mean and latents_std must hold z_dim values each (c10::Error
+  // otherwise; WanVAE22Config() carries the 48 Wan2.2 ones).
   static std::unique_ptr<WanVAE> Random(const WanVAEConfig& config, at::ScalarType dtype,
                                         at::Device device, uint64_t seed);
   ~WanVAE();

@@ -372,6 +372,15 @@ TEST_F(WanVAE22Test, EncodeRejectsSizesOffTheSpatialScale) {
   EXPECT_EQ(vae_->Decode(at::randn({1, 16, 1, 2, 2})).status().code(), StatusCode::kInvalidArgument);
 }
 
+TEST(WanVAE22RandomTest, RefusesStatisticsOfAnotherLatentSize) {
+  WanVAEConfig c = TinyWan22Config();
+  c.latents_mean = WanVAEDefaultLatentsMean();  // Wan2.1's 16 for a 48-channel latent
+  EXPECT_THROW(WanVAE::Random(c, at::kFloat, at::kCPU, 1), c10::Error);
+  c = TinyWan22Config();
+  c.latents_std.pop_back();
+  EXPECT_THROW(WanVAE::Random(c, at::kFloat, at::kCPU, 1), c10::Error);
+}
+
 // Writes config.json and the given tensors as a one-file checkpoint.
 void WriteCheckpointDir(const std::string& dir, const WanVAEConfig& config,
                         const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
