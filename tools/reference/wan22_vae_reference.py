@@ -70,7 +70,8 @@ def make_inputs(vae, args):
         return tensors["video"].float(), tensors["latents"].float()
     gen = torch.Generator("cpu").manual_seed(args.seed)
     video = torch.rand((1, 3, args.frames, args.height, args.width), generator=gen) * 2 - 1
-    scale = vae.config.scale_factor_spatial
+    # The config's spatial scale (diffusers' default 8 where a folder leaves it null).
+    scale = vae.config.scale_factor_spatial or 8
     latents = torch.randn((1, vae.config.z_dim, args.latent_frames, args.height // scale,
                            args.width // scale), generator=gen)
     return video, latents
