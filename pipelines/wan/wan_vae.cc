@@ -1,6 +1,6 @@
-// Wan2.1 VAE (AutoencoderKLWan): config, parameters, chunked causal decoder
-// and encoder. See wan_vae.h for the data flow, wan_vae_layers.h for the
-// building blocks.
+// Wan2.1 and Wan2.2 VAEs (AutoencoderKLWan): config, parameters, chunked
+// causal decoder and encoder. See wan_vae.h for the data flow,
+// wan_vae_layers.h for the building blocks.
 #include "pipelines/wan/wan_vae.h"
 
 #include <cmath>
@@ -173,28 +173,84 @@ at::Tensor ApplyResample(const at::Tensor& x, const Resample& block, CacheCursor
   return y;
 }
 
+at::Tensor Patchify(const at::Tensor& x, int64_t p) {
+  if (p == 1) return x;
+  const int64_t B = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
+  // [B, C, T, H/p, i, W/p, j] -> [B, C, j, i, T, H/p, W/p]
+  return x.reshape({B, C, T, H / p, p, W / p, p})
+      .permute({0, 1, 6, 4, 2, 3, 5})
+      .reshape({B, C * p * p, T, H / p, W / p});
+}
+
+at::Tensor Unpatchify(const at::Tensor& x, int64_t p) {
+  if (p == 1) return x;
+  const int64_t B = x.size(0), C = x.size(1) / (p * p), T = x.size(2), h = x.size(3), w = x.size(4);
+  // [B, C, j, i, T, h, w] -> [B, C, T, h, i, w, j]
+  return x.reshape({B, C, p, p, T, h, w})
+      .permute({0, 1, 4, 5, 3, 6, 2})
+      .reshape({B, C, T, h * p, w * p});
+}
+
+at::Tensor AvgDown3D(const at::Tensor& x, int64_t out_channels, int64_t factor_t, int64_t factor_s) {
+  const int64_t pad_t = (factor_t - x.size(2) % factor_t) % factor_t;
+  const at::Tensor padded = pad_t > 0 ? at::constant_pad_nd(x, {0, 0, 0, 0, pad_t, 0}) : x;
+  const int64_t B = x.size(0), C = x.size(1), T = padded.size(2) / factor_t;
+  const int64_t H = x.size(3) / factor_s, W = x.size(4) / factor_s;
+  const int64_t group = C * factor_t * factor_s * factor_s / out_channels;
+  // [B, C, T, ft, H, fs, W, fs] -> [B, C, ft, fs, fs, T, H, W] = [B, out, group, T, H, W]
+  return padded.reshape({B, C, T, factor_t, H, factor_s, W, factor_s})
+      .permute({0, 1, 3, 5, 7, 2, 4, 6})
+      .reshape({B, out_channels, group, T, H, W})
+      .mean(2);
+}
+
+at::Tensor DupUp3D(const at::Tensor& x, int64_t out_channels, int64_t factor_t, int64_t factor_s,
+                   bool first_chunk) {
+  const int64_t B = x.size(0), C = x.size(1), T = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t repeats = out_channels * factor_t * factor_s * factor_s / C;
+  // [B, C, repeats, T, H, W] = [B, out, ft, fs, fs, T, H, W] -> [B, out, T, ft, H, fs, W, fs]
+  at::Tensor y = x.unsqueeze(2)
+                     .expand({B, C, repeats, T, H, W})
+                     .reshape({B, out_channels, factor_t, factor_s, factor_s, T, H, W})
+                     .permute({0, 1, 5, 2, 6, 3, 7, 4})
+                     .reshape({B, out_channels, T * factor_t, H * factor_s, W * factor_s});
+  return first_chunk ? y.narrow(2, factor_t - 1, y.size(2) - (factor_t - 1)) : y;
+}
+
 struct MidBlock {
   ResidualBlock res0, res1;
   AttentionBlock attn;
 };
 
-// One layer of the encoder's flat down_blocks list.
-struct DownLayer {
-  bool is_resample = false;
-  ResidualBlock res;
-  Resample resample;
+// The parameter-free shortcut of a Wan2.2 residual block (AvgDown3D in the
+// encoder, DupUp3D in the decoder); none where out_channels is 0.
+struct Shortcut {
+  int64_t out_channels = 0;
+  int64_t factor_t = 1, factor_s = 1;
 };
 
+// One level of the encoder: residual blocks, then a downsampler (all levels
+// but the last).
+struct DownBlock {
+  std::vector<ResidualBlock> resnets;
+  bool has_downsampler = false;
+  Resample downsampler;
+  Shortcut shortcut;  // Wan2.2: + AvgDown3D(block input)
+};
+
+// One level of the decoder: num_res_blocks + 1 residual blocks, then an
+// upsampler (all levels but the last).
 struct UpBlock {
   std::vector<ResidualBlock> resnets;
   bool has_upsampler = false;
   Resample upsampler;
+  Shortcut shortcut;  // Wan2.2: + DupUp3D(block input)
 };
 
 struct Model {
   // Encoder.
   Conv enc_conv_in;
-  std::vector<DownLayer> down_blocks;
+  std::vector<DownBlock> down_blocks;
   MidBlock enc_mid;
   at::Tensor enc_norm_out;
   Conv enc_conv_out, quant_conv;
@@ -244,41 +300,45 @@ struct ParamWalker {
 };
 
 // Encoder: dims = base * [1, dim_mult...]; outputs mean and log-variance.
+// Wan2.1 names its layers in one flat list (encoder.down_blocks.<n>), Wan2.2
+// per level (encoder.down_blocks.<level>.resnets.<r>, .downsampler).
 void BuildEncoder(const WanVAEConfig& c, const ParamWalker& p, Model* m) {
   const size_t levels = c.dim_mult.size();
   std::vector<int64_t> dims = {c.base_dim};
   for (int64_t u : c.dim_mult) dims.push_back(c.base_dim * u);
-  m->enc_conv_in = p.ConvLayer("encoder.conv_in", dims[0], 3, {3, 3, 3});
+  m->enc_conv_in = p.ConvLayer("encoder.conv_in", dims[0], c.pixel_channels(), {3, 3, 3});
   int64_t index = 0;
   for (size_t i = 0; i < levels; ++i) {
-    int64_t in = dims[i];
+    const std::string level = "encoder.down_blocks." + std::to_string(i);
+    auto layer = [&](const std::string& nested) {
+      return c.is_residual ? level + nested : "encoder.down_blocks." + std::to_string(index++);
+    };
+    const bool down = i + 1 != levels;
+    const bool temporal = down && c.temperal_downsample[i];
     const int64_t out = dims[i + 1];
+    DownBlock block;
     for (int64_t r = 0; r < c.num_res_blocks; ++r) {
-      DownLayer layer;
-      layer.res = p.Residual("encoder.down_blocks." + std::to_string(index++), in, out);
-      m->down_blocks.push_back(layer);
-      in = out;
+      const int64_t in = r == 0 ? dims[i] : out;
+      block.resnets.push_back(p.Residual(layer(".resnets." + std::to_string(r)), in, out));
     }
-    if (i + 1 != levels) {
-      const std::string name = "encoder.down_blocks." + std::to_string(index++);
-      DownLayer layer;
-      layer.is_resample = true;
-      layer.resample.mode =
-          c.temperal_downsample[i] ? ResampleMode::kDownsample3d : ResampleMode::kDownsample2d;
-      layer.resample.resample = p.ConvLayer(name + ".resample.1", out, out, {3, 3});
-      if (c.temperal_downsample[i]) {
-        layer.resample.time_conv = p.ConvLayer(name + ".time_conv", out, out, {3, 1, 1});
-      }
-      m->down_blocks.push_back(layer);
+    if (down) {
+      const std::string name = layer(".downsampler");
+      block.has_downsampler = true;
+      block.downsampler.mode = temporal ? ResampleMode::kDownsample3d : ResampleMode::kDownsample2d;
+      block.downsampler.resample = p.ConvLayer(name + ".resample.1", out, out, {3, 3});
+      if (temporal) block.downsampler.time_conv = p.ConvLayer(name + ".time_conv", out, out, {3, 1, 1});
     }
+    if (c.is_residual) block.shortcut = {out, temporal ? 2 : 1, down ? 2 : 1};
+    m->down_blocks.push_back(std::move(block));
   }
   m->enc_mid = p.Mid("encoder.mid_block", dims.back());
   m->enc_norm_out = p.param("encoder.norm_out.gamma", {dims.back(), 1, 1, 1});
   m->enc_conv_out = p.ConvLayer("encoder.conv_out", 2 * c.z_dim, dims.back(), {3, 3, 3});
 }
 
-// Decoder: dims = dec_base * [dim_mult[-1], reversed(dim_mult)...]; every
-// upsampler halves the channels, so blocks after the first start at half.
+// Decoder: dims = dec_base * [dim_mult[-1], reversed(dim_mult)...]. Wan2.1
+// upsamplers (upsamplers.0) halve the channels, so its blocks after the first
+// start at half; Wan2.2 ones (upsampler) keep them.
 void BuildDecoder(const WanVAEConfig& c, const ParamWalker& p, Model* m) {
   const size_t levels = c.dim_mult.size();
   const int64_t d = c.decoder_dim();
@@ -288,7 +348,7 @@ void BuildDecoder(const WanVAEConfig& c, const ParamWalker& p, Model* m) {
   m->dec_mid = p.Mid("decoder.mid_block", dims[0]);
   for (size_t i = 0; i < levels; ++i) {
     const std::string name = "decoder.up_blocks." + std::to_string(i);
-    int64_t in = i > 0 ? dims[i] / 2 : dims[i];
+    int64_t in = i > 0 && !c.is_residual ? dims[i] / 2 : dims[i];
     const int64_t out = dims[i + 1];
     UpBlock block;
     for (int64_t r = 0; r <= c.num_res_blocks; ++r) {
@@ -300,14 +360,15 @@ void BuildDecoder(const WanVAEConfig& c, const ParamWalker& p, Model* m) {
       const bool temporal = c.temperal_downsample[levels - 2 - i];
       block.has_upsampler = true;
       block.upsampler.mode = temporal ? ResampleMode::kUpsample3d : ResampleMode::kUpsample2d;
-      const std::string up = name + ".upsamplers.0";
-      block.upsampler.resample = p.ConvLayer(up + ".resample.1", out / 2, out, {3, 3});
+      const std::string up = name + (c.is_residual ? ".upsampler" : ".upsamplers.0");
+      block.upsampler.resample = p.ConvLayer(up + ".resample.1", c.is_residual ? out : out / 2, out, {3, 3});
       if (temporal) block.upsampler.time_conv = p.ConvLayer(up + ".time_conv", 2 * out, out, {3, 1, 1});
+      if (c.is_residual) block.shortcut = {out, temporal ? 2 : 1, 2};
     }
     m->up_blocks.push_back(std::move(block));
   }
   m->dec_norm_out = p.param("decoder.norm_out.gamma", {dims.back(), 1, 1, 1});
-  m->dec_conv_out = p.ConvLayer("decoder.conv_out", 3, dims.back(), {3, 3, 3});
+  m->dec_conv_out = p.ConvLayer("decoder.conv_out", c.pixel_channels(), dims.back(), {3, 3, 3});
 }
 
 // The architecture, once: walks every parameter in state-dict order, asking
@@ -327,6 +388,27 @@ at::Tensor ApplyMidBlock(const at::Tensor& x, const MidBlock& mid, CacheCursor* 
   at::Tensor h = ApplyResidualBlock(x, mid.res0, caches);
   h = ApplyAttentionBlock(h, mid.attn);
   return ApplyResidualBlock(h, mid.res1, caches);
+}
+
+// Residual blocks, then the downsampler; Wan2.2 adds AvgDown3D of the input.
+at::Tensor ApplyDownBlock(const at::Tensor& x, const DownBlock& block, CacheCursor* caches) {
+  at::Tensor h = x;
+  for (const ResidualBlock& r : block.resnets) h = ApplyResidualBlock(h, r, caches);
+  if (block.has_downsampler) h = ApplyResample(h, block.downsampler, caches);
+  const Shortcut& s = block.shortcut;
+  if (s.out_channels == 0) return h;
+  const at::Tensor shortcut = AvgDown3D(x, s.out_channels, s.factor_t, s.factor_s);
+  return h.is_same(x) ? h + shortcut : h.add_(shortcut);
+}
+
+// Residual blocks, then the upsampler; Wan2.2 adds DupUp3D of the input.
+at::Tensor ApplyUpBlock(const at::Tensor& x, const UpBlock& block, CacheCursor* caches, bool first_chunk) {
+  at::Tensor h = x;
+  for (const ResidualBlock& r : block.resnets) h = ApplyResidualBlock(h, r, caches);
+  if (block.has_upsampler) h = ApplyResample(h, block.upsampler, caches);
+  const Shortcut& s = block.shortcut;
+  if (s.out_channels == 0) return h;
+  return h.add_(DupUp3D(x, s.out_channels, s.factor_t, s.factor_s, first_chunk));
 }
 
 // RMS norm, SiLU, causal conv: the head of encoder and decoder.
@@ -362,32 +444,31 @@ Status ReadNumbers(const json& j, const std::string& source, const char* key, st
   return OkStatus();
 }
 
-// Refuses the VAE variants this file does not implement: another class, the
-// Wan2.2 TI2V-5B VAE, images other than RGB.
-Status CheckSupportedVariant(const json& j, const std::string& source) {
+// _class_name, is_residual, patch_size, in_channels and out_channels. The
+// Wan2.2 VAE is residual with 2 x 2 patches of RGB pixels (12 channels); every
+// Wan VAE here takes and gives RGB video, so both channel counts must be
+// 3 * patch_size^2.
+Status ReadVariant(const json& j, const std::string& source, WanVAEConfig* c) {
   if (j.contains("_class_name") && j["_class_name"] != "AutoencoderKLWan") {
     return KeyError(source, "_class_name", "expected AutoencoderKLWan, got " + j["_class_name"].dump());
   }
-  // The Wan2.2 TI2V-5B VAE: residual up/down blocks, 2x2 patchified pixels.
   if (j.contains("is_residual")) {
-    if (!j["is_residual"].is_boolean()) return KeyError(source, "is_residual", "expected true or false");
-    if (j["is_residual"].get<bool>()) {
-      return UnimplementedError(source + ": is_residual is true: the Wan2.2 (TI2V-5B) VAE is not supported yet");
+    if (!j["is_residual"].is_boolean()) {
+      return KeyError(source, "is_residual", "expected true or false, got " + j["is_residual"].dump());
     }
+    c->is_residual = j["is_residual"].get<bool>();
   }
   if (j.contains("patch_size") && !j["patch_size"].is_null()) {
-    if (!j["patch_size"].is_number_integer() || j["patch_size"].get<int64_t>() < 1) {
-      return KeyError(source, "patch_size", "expected null or a positive integer, got " + j["patch_size"].dump());
-    }
-    if (j["patch_size"].get<int64_t>() > 1) {
-      return UnimplementedError(source + ": patch_size " + j["patch_size"].dump() +
-                                ": patchified VAEs (Wan2.2 TI2V-5B) are not supported yet");
-    }
+    RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "patch_size", 1, 8, &c->patch_size));
   }
   for (const char* key : {"in_channels", "out_channels"}) {
-    if (j.contains(key) && j[key] != 3) {
-      return UnimplementedError(source + ": " + key + " " + j[key].dump() +
-                                ": only RGB (3-channel) Wan VAEs are supported");
+    int64_t channels = 3;  // diffusers' default
+    RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, key, 1, 4096, &channels));
+    if (channels != c->pixel_channels()) {
+      return KeyError(source, key,
+                      "expected 3 * patch_size^2 = " + std::to_string(c->pixel_channels()) +
+                          " (RGB pixels in patch_size x patch_size patches), got " +
+                          std::to_string(channels));
     }
   }
   return OkStatus();
@@ -426,20 +507,69 @@ Status ReadLevels(const json& j, const std::string& source, WanVAEConfig* c) {
   return OkStatus();
 }
 
-// latents_mean and latents_std: z_dim values each (the defaults are Wan2.1's,
-// for z_dim 16); every std positive.
-Status ReadLatentStats(const json& j, const std::string& source, WanVAEConfig* c) {
-  RAINSERVE_RETURN_IF_ERROR(ReadNumbers(j, source, "latents_mean", &c->latents_mean));
-  RAINSERVE_RETURN_IF_ERROR(ReadNumbers(j, source, "latents_std", &c->latents_std));
-  for (const char* key : {"latents_mean", "latents_std"}) {
-    const std::vector<double>& v =
-        std::string(key) == "latents_mean" ? c->latents_mean : c->latents_std;
-    if (!j.contains(key) && c->z_dim != 16) {
-      return KeyError(source, key, "required when z_dim is not 16 (the defaults are Wan2.1's)");
+// The channel counts the blocks need. Wan2.1: every decoder upsampler halves
+// its channels (decoder dim * dim_mult[i >= 1] even). Wan2.2: the shortcuts
+// regroup channels, so AvgDown3D needs in * factor to be a multiple of out
+// and DupUp3D out * factor a multiple of in (diffusers asserts both).
+Status CheckBlockChannels(const WanVAEConfig& c, const std::string& source) {
+  const std::string dec_key = c.decoder_base_dim > 0 ? "decoder_base_dim" : "base_dim";
+  const size_t levels = c.dim_mult.size();
+  if (!c.is_residual) {
+    for (size_t i = 1; i < levels; ++i) {
+      if ((c.decoder_dim() * c.dim_mult[i]) % 2 != 0) {
+        return KeyError(source, dec_key,
+                        "times dim_mult[" + std::to_string(i) +
+                            "] must be even (upsamplers halve the channels)");
+      }
     }
-    if (static_cast<int64_t>(v.size()) != c->z_dim) {
+    return OkStatus();
+  }
+  for (size_t i = 0; i < levels; ++i) {
+    const bool down = i + 1 != levels;
+    const int64_t factor = (down ? 4 : 1) * (down && c.temperal_downsample[i] ? 2 : 1);
+    const int64_t in = c.base_dim * (i == 0 ? 1 : c.dim_mult[i - 1]), out = c.base_dim * c.dim_mult[i];
+    if (in * factor % out != 0) {
+      return KeyError(source, "dim_mult",
+                      "encoder level " + std::to_string(i) + ": the residual shortcut averages " +
+                          std::to_string(in) + " x " + std::to_string(factor) + " values into " +
+                          std::to_string(out) + " channels, which does not divide evenly");
+    }
+  }
+  for (size_t i = 0; i + 1 < levels; ++i) {
+    const int64_t factor = 4 * (c.temperal_downsample[levels - 2 - i] ? 2 : 1);
+    const int64_t in = c.decoder_dim() * (i == 0 ? c.dim_mult.back() : c.dim_mult[levels - i]);
+    const int64_t out = c.decoder_dim() * c.dim_mult[levels - 1 - i];
+    if (out * factor % in != 0) {
+      return KeyError(source, "dim_mult",
+                      "decoder block " + std::to_string(i) + ": the residual shortcut spreads " +
+                          std::to_string(in) + " channels over " + std::to_string(out) + " x " +
+                          std::to_string(factor) + " values, which does not divide evenly");
+    }
+  }
+  return OkStatus();
+}
+
+// latents_mean and latents_std: z_dim values each, every std positive.
+// Omitted, they are the published ones of that latent size (z_dim 16:
+// Wan2.1, 48: Wan2.2); other sizes must give them.
+Status ReadLatentStats(const json& j, const std::string& source, WanVAEConfig* c) {
+  const bool published = c->z_dim == 16 || c->z_dim == 48;
+  for (const char* key : {"latents_mean", "latents_std"}) {
+    const bool mean = std::string(key) == "latents_mean";
+    std::vector<double>* v = mean ? &c->latents_mean : &c->latents_std;
+    if (!j.contains(key)) {
+      if (!published) {
+        return KeyError(source, key,
+                        "required when z_dim is not 16 or 48 (the published Wan2.1 and Wan2.2 sizes)");
+      }
+      const bool wan22 = c->z_dim == 48;
+      *v = mean ? (wan22 ? WanVAE22LatentsMean() : WanVAEDefaultLatentsMean())
+                : (wan22 ? WanVAE22LatentsStd() : WanVAEDefaultLatentsStd());
+    }
+    RAINSERVE_RETURN_IF_ERROR(ReadNumbers(j, source, key, v));
+    if (static_cast<int64_t>(v->size()) != c->z_dim) {
       return KeyError(source, key, "expected z_dim = " + std::to_string(c->z_dim) +
-                                       " values, got " + std::to_string(v.size()));
+                                       " values, got " + std::to_string(v->size()));
     }
   }
   for (double s : c->latents_std) {
@@ -470,11 +600,42 @@ const std::vector<double>& WanVAEDefaultLatentsStd() {
   return kStd;
 }
 
+const std::vector<double>& WanVAE22LatentsMean() {
+  static const std::vector<double> kMean = {
+      -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174,  0.1838,  0.1557,  -0.1382, 0.0542,
+      0.2813,  0.0891,  0.1570,  -0.0098, 0.0375,  -0.1825, -0.2246, -0.1207, -0.0698, 0.5109,
+      0.2665,  -0.2108, -0.2158, 0.2502,  -0.2055, -0.0322, 0.1109,  0.1567,  -0.0729, 0.0899,
+      -0.2799, -0.1230, -0.0313, -0.1649, 0.0117,  0.0723,  -0.2839, -0.2083, -0.0520, 0.3748,
+      0.0152,  0.1957,  0.1433,  -0.2944, 0.3573,  -0.0548, -0.1681, -0.0667};
+  return kMean;
+}
+
+const std::vector<double>& WanVAE22LatentsStd() {
+  static const std::vector<double> kStd = {
+      0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344,
+      0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804,
+      0.5833, 1.4146, 0.8986, 0.5659, 0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999,
+      0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
+      0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744};
+  return kStd;
+}
+
+WanVAEConfig WanVAE22Config() {
+  WanVAEConfig c;
+  c.base_dim = 160;
+  c.decoder_base_dim = 256;
+  c.z_dim = 48;
+  c.is_residual = true;
+  c.patch_size = 2;
+  c.latents_mean = WanVAE22LatentsMean();
+  c.latents_std = WanVAE22LatentsStd();
+  return c;
+}
+
 StatusOr<WanVAEConfig> ParseWanVAEConfig(const std::string& json_text, const std::string& source) {
   RAINSERVE_ASSIGN_OR_RETURN(json j, config_json::ParseObject(json_text, source));
-  RAINSERVE_RETURN_IF_ERROR(CheckSupportedVariant(j, source));
-
   WanVAEConfig c;
+  RAINSERVE_RETURN_IF_ERROR(ReadVariant(j, source, &c));
   RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "base_dim", 1, 4096, &c.base_dim));
   if (j.contains("decoder_base_dim") && !j["decoder_base_dim"].is_null()) {
     RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "decoder_base_dim", 1, 4096, &c.decoder_base_dim));
@@ -494,13 +655,7 @@ StatusOr<WanVAEConfig> ParseWanVAEConfig(const std::string& json_text, const std
     }
     c.dropout = v.get<double>();
   }
-  // Every decoder upsampler halves its channels: decoder dim * dim_mult[i >= 1].
-  for (size_t i = 1; i < c.dim_mult.size(); ++i) {
-    if ((c.decoder_dim() * c.dim_mult[i]) % 2 != 0) {
-      return KeyError(source, c.decoder_base_dim > 0 ? "decoder_base_dim" : "base_dim",
-                      "times dim_mult[" + std::to_string(i) + "] must be even (upsamplers halve the channels)");
-    }
-  }
+  RAINSERVE_RETURN_IF_ERROR(CheckBlockChannels(c, source));
   RAINSERVE_RETURN_IF_ERROR(ReadLatentStats(j, source, &c));
   return c;
 }
@@ -517,10 +672,10 @@ std::string WanVAEConfigJson(const WanVAEConfig& c) {
             {"dropout", c.dropout},
             {"latents_mean", c.latents_mean},
             {"latents_std", c.latents_std},
-            {"is_residual", false},
-            {"in_channels", 3},
-            {"out_channels", 3},
-            {"patch_size", nullptr},
+            {"is_residual", c.is_residual},
+            {"in_channels", c.pixel_channels()},
+            {"out_channels", c.pixel_channels()},
+            {"patch_size", c.patch_size > 1 ? json(c.patch_size) : json(nullptr)},
             {"scale_factor_temporal", c.temporal_scale()},
             {"scale_factor_spatial", c.spatial_scale()}};
   return j.dump(2);
@@ -557,6 +712,10 @@ void WanVAE::Bind() {
 
 std::unique_ptr<WanVAE> WanVAE::Random(const WanVAEConfig& config, at::ScalarType dtype,
                                        at::Device device, uint64_t seed) {
+  const auto z_dim = static_cast<size_t>(config.z_dim);
+  TORCH_CHECK(config.latents_mean.size() == z_dim && config.latents_std.size() == z_dim,
+              "WanVAE::Random: latents_mean and latents_std need z_dim = ", z_dim, " values each, got ",
+              config.latents_mean.size(), " and ", config.latents_std.size());
   std::unique_ptr<WanVAE> model(new WanVAE(config, dtype, device));
   at::manual_seed(seed);
   const auto opts = at::TensorOptions().dtype(at::kFloat);
@@ -640,11 +799,9 @@ at::Tensor WanVAE::DecodeImpl(const at::Tensor& latents, const Progress& progres
     CacheCursor cursor(&caches);
     at::Tensor h = CausalConv3d(x.narrow(2, f, 1), m.dec_conv_in, cursor.Next());
     h = ApplyMidBlock(h, m.dec_mid, &cursor);
-    for (const UpBlock& block : m.up_blocks) {
-      for (const ResidualBlock& r : block.resnets) h = ApplyResidualBlock(h, r, &cursor);
-      if (block.has_upsampler) h = ApplyResample(h, block.upsampler, &cursor);
-    }
-    h = ApplyHead(h, m.dec_norm_out, m.dec_conv_out, &cursor);  // [B, 3, 1 or temporal_scale, H, W]
+    for (const UpBlock& block : m.up_blocks) h = ApplyUpBlock(h, block, &cursor, /*first_chunk=*/f == 0);
+    // [B, 3 p^2, 1 or temporal_scale, H / p, W / p] -> [B, 3, ..., H, W]
+    h = Unpatchify(ApplyHead(h, m.dec_norm_out, m.dec_conv_out, &cursor), config_.patch_size);
     video.narrow(2, frame, h.size(2)).copy_(h.clamp_(-1.0, 1.0));
     frame += h.size(2);
     if (progress) progress(f + 1, F);
@@ -685,11 +842,9 @@ at::Tensor WanVAE::EncodeImpl(const at::Tensor& video, const Progress& progress)
     CacheCursor cursor(&caches);
     // Frame 0 alone, then ts frames at a time: one latent frame each.
     const at::Tensor chunk = i == 0 ? x.narrow(2, 0, 1) : x.narrow(2, 1 + ts * (i - 1), ts);
-    at::Tensor h = CausalConv3d(chunk, m.enc_conv_in, cursor.Next());
-    for (const DownLayer& layer : m.down_blocks) {
-      h = layer.is_resample ? ApplyResample(h, layer.resample, &cursor)
-                            : ApplyResidualBlock(h, layer.res, &cursor);
-    }
+    // [B, 3 p^2, frames, H / p, W / p]
+    at::Tensor h = CausalConv3d(Patchify(chunk, config_.patch_size), m.enc_conv_in, cursor.Next());
+    for (const DownBlock& block : m.down_blocks) h = ApplyDownBlock(h, block, &cursor);
     h = ApplyMidBlock(h, m.enc_mid, &cursor);
     outs.push_back(ApplyHead(h, m.enc_norm_out, m.enc_conv_out, &cursor));  // [B, 2 z_dim, 1, h, w]
     if (progress) progress(i + 1, chunks);

@@ -1,26 +1,29 @@
-// Wan2.1 video VAE (diffusers AutoencoderKLWan) in LibTorch, with the
-// published diffusers parameter names.
+// Wan video VAEs (diffusers AutoencoderKLWan) in LibTorch, with the
+// published diffusers parameter names: Wan2.1 (z_dim 16, 8x spatial) and the
+// Wan2.2 TI2V-5B VAE (z_dim 48, 16x spatial: is_residual, patch_size 2).
 //
-// Decode (latents [B, z_dim, F, h, w] -> video [B, 3, 1 + 4(F-1), 8h, 8w] for
-// the published temperal_downsample [False, True, True]):
+// Decode (latents [B, z_dim, F, h, w] -> video [B, 3, 1 + 4(F-1), s h, s w],
+// s = spatial_scale(), for the published temperal_downsample [False, True, True]):
 //   z = latents * latents_std + latents_mean        (de-normalise, as WanPipeline)
 //   z = post_quant_conv(z)                          1x1x1
 //   per latent frame f (chunk), with per-convolution causal caches:
 //     conv_in (causal 3x3x3) -> mid: res, attention, res
 //     -> up_blocks[i]: (num_res_blocks + 1) res blocks, then Resample
-//        (upsample3d: frames x2 except on chunk 0, H, W x2, channels /2;
-//         upsample2d: H, W x2, channels /2; the last block has none)
-//     -> RMS norm, SiLU, conv_out (causal 3x3x3) -> 3 channels
+//        (upsample3d: frames x2 except on chunk 0, H, W x2;
+//         upsample2d: H, W x2; the last block has none). Wan2.1 upsamplers
+//        halve the channels; Wan2.2 ones keep them and the block adds
+//        DupUp3D(block input) (on chunk 0 minus its first frame)
+//     -> RMS norm, SiLU, conv_out (causal 3x3x3) -> 3 p^2 channels
+//     -> unpatchify (Wan2.2: p = 2) -> 3 channels
 //   concatenated over chunks, clamped to [-1, 1].
 // Memory stays bounded by one chunk's activations plus 2 cached frames per
 // causal convolution, whatever F is.
 //
 // Encode (video [B, 3, 1 + 4k, H, W] -> normalised latent means
-// [B, z_dim, 1 + k, H/8, W/8]) runs the encoder chunked the same way (frame 0,
-// then 4 frames at a time) and returns (mu - latents_mean) / latents_std, the
+// [B, z_dim, 1 + k, H/s, W/s]) runs the encoder chunked the same way (frame
+// 0, then 4 frames at a time; each chunk patchified first; Wan2.2 levels add
+// AvgDown3D(level input)) and returns (mu - latents_mean) / latents_std, the
 // form the transformer consumes (as diffusers' image-to-video pipeline does).
-//
-// The Wan2.2 TI2V-5B VAE (is_residual, patch_size) is not supported.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -41,9 +44,13 @@ struct Model;  // the bound layers, defined in wan_vae.cc
 }  // namespace wan_vae
 
 // The published Wan2.1 latent statistics (16 values each), the defaults of
-// WanVAEConfig and of config.json files that leave them out.
+// WanVAEConfig and of z_dim 16 config.json files that leave them out.
 const std::vector<double>& WanVAEDefaultLatentsMean();
 const std::vector<double>& WanVAEDefaultLatentsStd();
+// The published Wan2.2 latent statistics (48 values each), the defaults of
+// z_dim 48 config.json files that leave them out.
+const std::vector<double>& WanVAE22LatentsMean();
+const std::vector<double>& WanVAE22LatentsStd();
 
 struct WanVAEConfig {
   int64_t base_dim = 96;
@@ -54,22 +61,36 @@ struct WanVAEConfig {
   std::vector<double> attn_scales;  // must be empty (as published)
   std::vector<bool> temperal_downsample = {false, true, true};  // (sic, diffusers' spelling)
   double dropout = 0.0;               // inference: unused
+  // Wan2.2: residual down/up blocks (AvgDown3D / DupUp3D shortcuts, per-level
+  // parameter names, upsamplers that keep their channels).
+  bool is_residual = false;
+  // Pixels are patchified patch_size x patch_size into channels before the
+  // encoder and back after the decoder (Wan2.2: 2; config null: 1).
+  int64_t patch_size = 1;
   // z_dim values each: video latents are normalised as (mu - mean) / std.
   std::vector<double> latents_mean = WanVAEDefaultLatentsMean();
   std::vector<double> latents_std = WanVAEDefaultLatentsStd();
 
   int64_t decoder_dim() const { return decoder_base_dim > 0 ? decoder_base_dim : base_dim; }
-  // Video pixels per latent pixel along H and W (8 as published).
-  int64_t spatial_scale() const { return int64_t{1} << temperal_downsample.size(); }
+  // Channels of encoder input and decoder output (in_channels, out_channels):
+  // RGB, patchified.
+  int64_t pixel_channels() const { return 3 * patch_size * patch_size; }
+  // Video pixels per latent pixel along H and W (Wan2.1 8, Wan2.2 16).
+  int64_t spatial_scale() const { return (int64_t{1} << temperal_downsample.size()) * patch_size; }
   // Video frames per latent frame after the first (4 as published).
   int64_t temporal_scale() const;
 };
 
-// Parses vae/config.json text. Keys are typed and range checked; errors name
-// the key and `source`. The Wan2.2 TI2V-5B VAE (is_residual true, patch_size
-// > 1, in_channels != 3) and attention inside up/down blocks (attn_scales
-// non-empty) are UNIMPLEMENTED. diffusers bookkeeping keys (_class_name,
-// _diffusers_version, scale_factor_*, ...) are accepted.
+// The published Wan2.2 TI2V-5B VAE config (base_dim 160, decoder_base_dim
+// 256, z_dim 48, is_residual, patch_size 2, the Wan2.2 statistics).
+WanVAEConfig WanVAE22Config();
+
+// Parses vae/config.json text. Keys are typed and range checked (in_channels
+// and out_channels must be 3 * patch_size^2; the channel counts must suit the
+// blocks); errors are INVALID_ARGUMENT naming the key and `source`. Attention
+// inside up/down blocks (attn_scales non-empty) is UNIMPLEMENTED. diffusers
+// bookkeeping keys (_diffusers_version, scale_factor_*, ...) are accepted and
+// ignored: the scales follow from the architecture.
 StatusOr<WanVAEConfig> ParseWanVAEConfig(const std::string& json_text, const std::string& source);
 
 // The same config written back as diffusers config.json text
@@ -89,6 +110,8 @@ class WanVAE {
                                                 at::Device device);
   // Random weights initialised as torch does (convolutions U(+-1/sqrt(fan_in)),
   // RMS norm gammas 1), for tests, benchmarks and the shipped tiny model.
+  // latents_mean and latents_std must hold z_dim values each (c10::Error
+  // otherwise; WanVAE22Config() carries the 48 Wan2.2 ones).
   static std::unique_ptr<WanVAE> Random(const WanVAEConfig& config, at::ScalarType dtype,
                                         at::Device device, uint64_t seed);
   ~WanVAE();
@@ -113,7 +136,7 @@ class WanVAE {
   StatusOr<at::Tensor> DecodeToFrames(const at::Tensor& latents, const Progress& progress = {}) const;
 
   // video: [B, 3, 1 + temporal_scale * k, H, W] in [-1, 1], H and W multiples
-  // of spatial_scale. Returns the normalised latent means
+  // of spatial_scale (Wan2.1 8, Wan2.2 16). Returns the normalised latent means
   // [B, z_dim, 1 + k, H / spatial_scale, W / spatial_scale], float32.
   StatusOr<at::Tensor> Encode(const at::Tensor& video, const Progress& progress = {}) const;
 

@@ -1,5 +1,5 @@
-// Building blocks of the Wan2.1 VAE (diffusers AutoencoderKLWan), exposed
-// for WanVAE and its tests only: not a public API.
+// Building blocks of the Wan2.1 and Wan2.2 VAEs (diffusers AutoencoderKLWan),
+// exposed for WanVAE and its tests only: not a public API.
 //
 // All activations are channels-first video tensors x: [B, C, T, H, W].
 // Causal 3D convolutions see the past only: a kernel of temporal size 3 is
@@ -92,6 +92,32 @@ struct Resample {
 };
 // caches: must be set for the 3d modes (they exist only chunked in diffusers).
 at::Tensor ApplyResample(const at::Tensor& x, const Resample& block, CacheCursor* caches);
+
+// Wan2.2 pixel patchify (diffusers' patchify): x: [B, C, T, H, W] ->
+// [B, C * p * p, T, H / p, W / p]; channel c * p * p + j * p + i holds the
+// pixel at row offset i, column offset j of each p x p patch (column offset
+// major). H and W are multiples of p; p == 1 returns x.
+at::Tensor Patchify(const at::Tensor& x, int64_t p);
+// The inverse: [B, C * p * p, T, h, w] -> [B, C, T, h * p, w * p].
+at::Tensor Unpatchify(const at::Tensor& x, int64_t p);
+
+// The parameter-free shortcuts of the Wan2.2 residual blocks; `factor` is
+// factor_t * factor_s * factor_s and the space-time offsets (it, ih, iw) of a
+// factor_t x factor_s x factor_s cell are numbered r = (it * fs + ih) * fs + iw.
+//
+// AvgDown3D: x: [B, C, T, H, W] -> [B, out_channels, ceil(T / ft), H / fs, W / fs].
+// T is first padded with zero frames in front to a multiple of ft; stacking
+// channel c's cell values gives C * factor channels k = c * factor + r, and
+// output channel o is the mean of channels [o * g, (o + 1) * g) with
+// g = C * factor / out_channels (a whole number).
+at::Tensor AvgDown3D(const at::Tensor& x, int64_t out_channels, int64_t factor_t, int64_t factor_s);
+// DupUp3D: x: [B, C, T, H, W] -> [B, out_channels, T * ft, H * fs, W * fs]:
+// output channel o, cell offset r takes input channel (o * factor + r) / n
+// with n = out_channels * factor / C (each input channel repeated n times).
+// first_chunk drops the first ft - 1 frames (the decoder's first latent
+// frame gives one video frame).
+at::Tensor DupUp3D(const at::Tensor& x, int64_t out_channels, int64_t factor_t, int64_t factor_s,
+                   bool first_chunk);
 
 }  // namespace wan_vae
 }  // namespace rainserve
