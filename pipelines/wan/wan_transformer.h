@@ -82,9 +82,9 @@ struct WanForwardOptions {
   WanStepCacheHook* step_cache = nullptr;
   // Image cross-attention input (Wan2.1 I2V): the CLIP vision encoder's
   // penultimate hidden states [B, S, image_dim], any float dtype. Required
-  // when the config sets image_dim, refused otherwise; S is free (257 for one
-  // image) unless pos_embed_seq_len is set, then S equals it (FLF2V: the
-  // first and the last frame's 257 tokens, one after the other).
+  // when the config sets image_dim, refused otherwise; S is 1..4096 (257 for
+  // one image), or pos_embed_seq_len when that is set (FLF2V: the first and
+  // the last frame's 257 tokens, one after the other).
   at::Tensor image_embeds;
 };
 
