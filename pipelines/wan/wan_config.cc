@@ -12,6 +12,42 @@ using nlohmann::json;
 using config_json::KeyError;
 using config_json::ReadInt;
 
+// An integer key that may be null (diffusers' None): absent or null leaves
+// *out unchanged.
+Status ReadNullableInt(const json& j, const std::string& source, const char* key, int64_t min,
+                       int64_t max, int64_t* out) {
+  if (j.contains(key) && j[key].is_null()) return OkStatus();
+  return ReadInt(j, source, key, min, max, out);
+}
+
+// image_dim, added_kv_proj_dim, pos_embed_seq_len: read and checked together.
+Status ReadImageKeys(const json& j, const std::string& source, WanTransformerConfig* c) {
+  const int64_t kBig = int64_t{1} << 20;
+  RAINSERVE_RETURN_IF_ERROR(ReadNullableInt(j, source, "image_dim", 1, kBig, &c->image_dim));
+  RAINSERVE_RETURN_IF_ERROR(
+      ReadNullableInt(j, source, "added_kv_proj_dim", 1, kBig, &c->added_kv_proj_dim));
+  RAINSERVE_RETURN_IF_ERROR(
+      ReadNullableInt(j, source, "pos_embed_seq_len", 1, 4096, &c->pos_embed_seq_len));
+  if (c->image_dim > 0 && c->added_kv_proj_dim == 0) {
+    return KeyError(source, "added_kv_proj_dim",
+                    "is null while image_dim is set: image tokens need their own key/value "
+                    "projections (added_kv_proj_dim = num_attention_heads * attention_head_dim)");
+  }
+  if (c->added_kv_proj_dim > 0 && c->image_dim == 0) {
+    return KeyError(source, "added_kv_proj_dim", "is set while image_dim is null");
+  }
+  if (c->added_kv_proj_dim > 0 && c->added_kv_proj_dim != c->inner_dim()) {
+    return KeyError(
+        source, "added_kv_proj_dim",
+        "must equal num_attention_heads * attention_head_dim = " + std::to_string(c->inner_dim()) +
+            " (the image embedder's output), got " + std::to_string(c->added_kv_proj_dim));
+  }
+  if (c->pos_embed_seq_len > 0 && c->image_dim == 0) {
+    return KeyError(source, "pos_embed_seq_len", "is set while image_dim is null");
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 StatusOr<WanTransformerConfig> ParseWanTransformerConfig(const std::string& json_text,
@@ -35,7 +71,7 @@ StatusOr<WanTransformerConfig> ParseWanTransformerConfig(const std::string& json
   RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "num_attention_heads", 1, 1024, &c.num_attention_heads));
   RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "attention_head_dim", 2, 512, &c.attention_head_dim));
   RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "in_channels", 1, 4096, &c.in_channels));
-  RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "out_channels", 1, 4096, &c.out_channels));
+  RAINSERVE_RETURN_IF_ERROR(ReadNullableInt(j, source, "out_channels", 1, 4096, &c.out_channels));
   RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "text_dim", 1, kBig, &c.text_dim));
   RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "freq_dim", 2, kBig, &c.freq_dim));
   RAINSERVE_RETURN_IF_ERROR(ReadInt(j, source, "ffn_dim", 1, kBig, &c.ffn_dim));
@@ -58,17 +94,23 @@ StatusOr<WanTransformerConfig> ParseWanTransformerConfig(const std::string& json
     }
     c.eps = j["eps"].get<double>();
   }
-  for (const char* key : {"image_dim", "added_kv_proj_dim", "pos_embed_seq_len"}) {
-    if (j.contains(key) && !j[key].is_null()) {
-      return UnimplementedError(source + ": " + key +
-                                " is set: image-conditioned Wan models are not supported yet");
-    }
-  }
   if (c.attention_head_dim % 2 != 0) {
     return KeyError(source, "attention_head_dim", "must be even (rotary embedding pairs)");
   }
   if (c.freq_dim % 2 != 0) return KeyError(source, "freq_dim", "must be even");
+  RAINSERVE_RETURN_IF_ERROR(ReadImageKeys(j, source, &c));
   return c;
+}
+
+StatusOr<WanLatentInput> WanLatentInputOf(const WanTransformerConfig& c,
+                                          const std::string& source) {
+  if (c.in_channels == c.out_channels) return WanLatentInput::kLatents;
+  if (c.in_channels == 2 * c.out_channels + 4) return WanLatentInput::kMaskAndCondition;
+  return KeyError(source, "in_channels",
+                  std::to_string(c.in_channels) + " with out_channels " +
+                      std::to_string(c.out_channels) +
+                      ": a pipeline drives in_channels == out_channels (latents) or "
+                      "2 * out_channels + 4 (latents, frame mask, conditioning latents)");
 }
 
 std::string WanTransformerConfigJson(const WanTransformerConfig& c) {
@@ -85,9 +127,13 @@ std::string WanTransformerConfigJson(const WanTransformerConfig& c) {
             {"cross_attn_norm", c.cross_attn_norm},
             {"qk_norm", c.qk_norm},
             {"eps", c.eps},
-            {"image_dim", nullptr},
-            {"added_kv_proj_dim", nullptr},
             {"rope_max_seq_len", c.rope_max_seq_len}};
+  auto nullable = [](int64_t v) { return v > 0 ? json(v) : json(nullptr); };
+  j["image_dim"] = nullable(c.image_dim);
+  j["added_kv_proj_dim"] = nullable(c.added_kv_proj_dim);
+  // Written when set only: diffusers reads an absent key as null, and the
+  // text-to-video configs stay as they were.
+  if (c.pos_embed_seq_len > 0) j["pos_embed_seq_len"] = c.pos_embed_seq_len;
   return j.dump(2);
 }
 

@@ -49,18 +49,20 @@ Status CheckDevice(const char* op, const char* name, const at::Tensor& t, const 
   return OkStatus();
 }
 
-// v: an fp32 vector per batch element of x ([B, 1, C], [B, C]) or one for
-// all ([1, 1, C], [1, C], [C]).
+// v: an fp32 vector per batch element of x ([B, 1, C], [B, C]), one for
+// all ([1, 1, C], [1, C], [C]), or one per token ([B, N, C], [1, N, C]).
 Status CheckBatchVector(const char* op, const char* name, const at::Tensor& v,
                         const at::Tensor& x) {
   if (!v.defined()) return Invalid(op, name, "is undefined");
-  const int64_t B = x.size(0), C = x.size(2);
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   const bool shape_ok = v.dim() >= 1 && v.dim() <= 3 && v.size(-1) == C &&
                         (v.dim() == 1 || v.size(0) == 1 || v.size(0) == B) &&
-                        (v.dim() < 3 || v.size(1) == 1);
+                        (v.dim() < 3 || v.size(1) == 1 || v.size(1) == N);
   if (!shape_ok) {
-    return Invalid(op, name, "must be [B, 1, C], [B, C] or [C] with B = " + std::to_string(B) +
-                                 ", C = " + std::to_string(C) + ", got " + ShapeOf(v));
+    return Invalid(op, name,
+                   "must be [B, 1, C], [B, N, C], [B, C] or [C] with B = " + std::to_string(B) +
+                       ", N = " + std::to_string(N) + ", C = " + std::to_string(C) + ", got " +
+                       ShapeOf(v));
   }
   if (v.scalar_type() != at::kFloat) {
     return Invalid(op, name, "must be float32, got " + std::string(c10::toString(v.scalar_type())));
@@ -68,9 +70,10 @@ Status CheckBatchVector(const char* op, const char* name, const at::Tensor& v,
   return CheckDevice(op, name, v, x);
 }
 
-// A per-batch vector as [B or 1, 1, C] (or [C]), broadcastable against x.
+// A per-batch vector as [B or 1, 1, C] (or [C]; per-token vectors as they
+// are), broadcastable against x.
 at::Tensor Broadcastable(const at::Tensor& v) {
-  return v.dim() == 1 ? v : v.reshape({v.size(0), 1, v.size(-1)});
+  return v.dim() != 2 ? v : v.reshape({v.size(0), 1, v.size(-1)});
 }
 
 // ATen reference path: the original WanTransformer code, unchanged.
@@ -268,6 +271,10 @@ at::Tensor AtenResidual(const at::Tensor& x, const at::Tensor& y, const at::Tens
 #if RAINSERVE_WITH_CUDA
 // The fused kernels scale the normalised row by (scale_offset + a).
 float ScaleOffset(NormKind kind) { return kind == NormKind::kModulated ? 1.0f : 0.0f; }
+
+// True for a vector with one row per token ([B, N, C], N > 1): the fused
+// kernels read per-batch vectors only, so such ops run the ATen path.
+bool PerToken(const at::Tensor& v) { return v.defined() && v.dim() == 3 && v.size(1) > 1; }
 #endif
 
 StatusOr<at::Tensor> PlainLayerNorm(const char* op, NormKind kind, const at::Tensor& x,
@@ -276,7 +283,7 @@ StatusOr<at::Tensor> PlainLayerNorm(const char* op, NormKind kind, const at::Ten
   RAINSERVE_RETURN_IF_ERROR(CheckActivations(op, "x", x));
   RAINSERVE_RETURN_IF_ERROR(CheckNormVectors(op, kind, a, b, x));
 #if RAINSERVE_WITH_CUDA
-  if (impl == ElementwiseImpl::kFused && FusedKernelsApply(x)) {
+  if (impl == ElementwiseImpl::kFused && FusedKernelsApply(x) && !PerToken(a) && !PerToken(b)) {
     RAINSERVE_ASSIGN_OR_RETURN(ResidualNorm r, FusedLayerNorm(x, {}, {}, a, b, ScaleOffset(kind), eps));
     return r.norm;
   }
@@ -293,7 +300,8 @@ StatusOr<ResidualNorm> ResidualLayerNorm(const char* op, NormKind kind, const at
   RAINSERVE_RETURN_IF_ERROR(CheckNormVectors(op, kind, a, b, x));
 #if RAINSERVE_WITH_CUDA
   if (impl == ElementwiseImpl::kFused && FusedKernelsApply(x) &&
-      kernels::SupportsRows(x.size(2), {y.data_ptr()})) {
+      kernels::SupportsRows(x.size(2), {y.data_ptr()}) && !PerToken(gate) && !PerToken(a) &&
+      !PerToken(b)) {
     return FusedLayerNorm(x, y, gate, a, b, ScaleOffset(kind), eps);
   }
 #endif
@@ -388,7 +396,7 @@ StatusOr<at::Tensor> GatedResidual(const at::Tensor& x, const at::Tensor& y,
   RAINSERVE_RETURN_IF_ERROR(CheckBatchVector(kOp, "gate", gate, x));
 #if RAINSERVE_WITH_CUDA
   if (impl == ElementwiseImpl::kFused && FusedKernelsApply(x) &&
-      kernels::SupportsRows(x.size(2), {y.data_ptr()})) {
+      kernels::SupportsRows(x.size(2), {y.data_ptr()}) && !PerToken(gate)) {
     return FusedGatedResidual(x, y, gate);
   }
 #endif

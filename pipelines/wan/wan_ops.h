@@ -9,7 +9,8 @@
 //
 // Dispatch: CUDA bf16/fp16 activations whose rows the kernels take
 // (FusedKernelsApply) run fused unless ElementwiseImpl::kAten is asked for;
-// everything else (CPU, fp32, odd widths) runs the ATen ops. Inputs are
+// everything else (CPU, fp32, odd widths, per-token modulation vectors) runs
+// the ATen ops. Inputs are
 // checked here on every path; errors are INVALID_ARGUMENT naming the op and
 // the tensor; a failed kernel launch is INTERNAL.
 #pragma once
@@ -37,7 +38,8 @@ bool FusedKernelsApply(const at::Tensor& x);
 // LayerNorm(x) * (1 + scale) + shift, the DiT modulation (norm1, norm3,
 // norm_out), LayerNorm without affine and eps, in fp32; returns x's dtype.
 // x: [B, N, C] contiguous; scale, shift: fp32 [B, 1, C], [B, C], [1, C] or [C]
-// (views with a unit channel stride, e.g. chunks of the modulation table).
+// (views with a unit channel stride, e.g. chunks of the modulation table),
+// or per token [B, N, C] (per-frame timesteps; always the ATen path).
 StatusOr<at::Tensor> ModulatedLayerNorm(const at::Tensor& x, const at::Tensor& scale,
                                         const at::Tensor& shift, double eps,
                                         ElementwiseImpl impl = ElementwiseImpl::kFused);

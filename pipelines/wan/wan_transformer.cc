@@ -81,13 +81,14 @@ std::unique_ptr<WanTransformer> WanTransformer::Random(const WanTransformerConfi
     at::Tensor t;
     const std::string layer = name.substr(0, name.rfind('.'));
     const auto opts = at::TensorOptions().dtype(at::kFloat).device(device);
+    const std::string module = layer.substr(layer.rfind('.') + 1);
+    const bool is_norm = module.rfind("norm", 0) == 0;  // norm1, norm2, norm_q, norm_added_k, ...
     if (name.find("scale_shift_table") != std::string::npos) {
       t = at::randn(shape, opts) / std::sqrt(static_cast<double>(inner));
-    } else if (name.find("norm_q") != std::string::npos || name.find("norm_k") != std::string::npos ||
-               name.find("norm2.weight") != std::string::npos) {
+    } else if (is_norm && name.compare(name.size() - 7, 7, ".weight") == 0) {
       t = at::ones(shape, opts);
-    } else if (name.find("norm2.bias") != std::string::npos) {
-      t = at::zeros(shape, opts);
+    } else if (is_norm || name.find("pos_embed") != std::string::npos) {
+      t = at::zeros(shape, opts);  // norm biases; pos_embed starts at zero as in diffusers
     } else {
       // nn.Linear / nn.Conv3d default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
       const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in[layer]));
@@ -174,29 +175,53 @@ Status WanTransformer::Resolve() {
   return OkStatus();
 }
 
-WanTransformer::Conditioning WanTransformer::Condition(const at::Tensor& timestep,
-                                                       const at::Tensor& text) const {
-  const WanWeights& w = weights_;
-  const int64_t B = timestep.size(0), inner = config_.inner_dim();
-  // t -> sinusoid -> fp32 MLP -> temb (rounded to the model dtype, as diffusers).
-  const at::Tensor ts = TimestepEmbedding(timestep.to(device_), config_.freq_dim);
-  const at::Tensor temb =
-      Linear(at::silu(Linear(ts, w.time_linear_1)), w.time_linear_2).to(dtype_);
-  const at::Tensor tproj = Linear(at::silu(temb), w.time_proj).view({B, 6, inner});
-  const at::Tensor context =
-      Linear(GeluTanh(Linear(text.to(device_, dtype_), w.text_linear_1)), w.text_linear_2);
-  return {temb.to(at::kFloat), tproj.to(at::kFloat), context};
+StatusOr<at::Tensor> WanTransformer::ImageEmbedding(const at::Tensor& image_embeds,
+                                                    ElementwiseImpl ew) const {
+  const WanImageEmbedderWeights& w = weights_.image_embedder;
+  constexpr double kEps = 1e-5;  // nn.LayerNorm's default, as the reference's FP32LayerNorm
+  at::Tensor x = image_embeds.to(device_, dtype_);  // [B, S, image_dim]
+  if (w.pos_embed.defined()) x = x + w.pos_embed;
+  RAINSERVE_ASSIGN_OR_RETURN(
+      x, wan_ops::AffineLayerNorm(x.contiguous(), w.norm1_weight, w.norm1_bias, kEps, ew));
+  x = Linear(at::gelu(Linear(x, w.ff_in)), w.ff_out);  // [B, S, inner]
+  return wan_ops::AffineLayerNorm(x, w.norm2_weight, w.norm2_bias, kEps, ew);
 }
 
-// mod: this block's shift, scale, gate, c_shift, c_scale, c_gate, each
-// [B, 1, inner] fp32. Entry: s->h = norm1(x) * (1 + scale) + shift.
-Status WanTransformer::Block(const WanBlockWeights& w, const std::vector<at::Tensor>& mod,
-                             const std::vector<at::Tensor>& next_mod, const at::Tensor& context,
+StatusOr<WanTransformer::Conditioning> WanTransformer::Condition(const at::Tensor& timestep,
+                                                                 const at::Tensor& text,
+                                                                 const at::Tensor& image_embeds,
+                                                                 ElementwiseImpl ew) const {
+  const WanWeights& w = weights_;
+  const int64_t inner = config_.inner_dim();
+  // t [B] or [B, F] -> sinusoid -> fp32 MLP -> temb (rounded to the model
+  // dtype, as diffusers), one row per entry.
+  const at::Tensor ts = TimestepEmbedding(timestep.to(device_).flatten(), config_.freq_dim);
+  const at::Tensor temb =
+      Linear(at::silu(Linear(ts, w.time_linear_1)), w.time_linear_2).to(dtype_);
+  const at::Tensor tproj = Linear(at::silu(temb), w.time_proj);
+  std::vector<int64_t> shape = timestep.sizes().vec();  // [B] or [B, F]
+  shape.push_back(inner);
+  Conditioning cond;
+  cond.temb = temb.view(shape).to(at::kFloat);
+  shape.insert(shape.end() - 1, 6);
+  cond.tproj = tproj.view(shape).to(at::kFloat);
+  cond.context =
+      Linear(GeluTanh(Linear(text.to(device_, dtype_), w.text_linear_1)), w.text_linear_2);
+  if (image_embeds.defined()) {
+    RAINSERVE_ASSIGN_OR_RETURN(cond.image_context, ImageEmbedding(image_embeds, ew));
+  }
+  return cond;
+}
+
+// mod: this block's shift, scale, gate, c_shift, c_scale, c_gate.
+// Entry: s->h = norm1(x) * (1 + scale) + shift.
+Status WanTransformer::Block(const WanBlockWeights& w, const Modulation& mod,
+                             const Modulation& next_mod, const Conditioning& cond,
                              const at::Tensor& rope_cos, const at::Tensor& rope_sin,
                              attention::ForwardAttention& attn, ElementwiseImpl ew,
                              Stream* s) const {
   const WanTransformerConfig& c = config_;
-  const int64_t B = s->x.size(0), N = s->x.size(1), L = context.size(1);
+  const int64_t B = s->x.size(0), N = s->x.size(1);
   const int64_t heads = c.num_attention_heads, hd = c.attention_head_dim, inner = c.inner_dim();
 
   // 1. Self-attention: q, k, v [B, N, heads, hd]; q and k RMS-normed with RoPE.
@@ -220,13 +245,8 @@ Status WanTransformer::Block(const WanBlockWeights& w, const std::vector<at::Ten
     s->h = s->x;
   }
 
-  // 2. Cross-attention to the text: dense, no RoPE.
-  RAINSERVE_ASSIGN_OR_RETURN(q, wan_ops::RmsNormRope(Linear(s->h, w.attn2.to_q), w.attn2.norm_q,
-                                                     c.eps, heads, {}, {}, ew));
-  RAINSERVE_ASSIGN_OR_RETURN(k, wan_ops::RmsNormRope(Linear(context, w.attn2.to_k),
-                                                     w.attn2.norm_k, c.eps, heads, {}, {}, ew));
-  v = Linear(context, w.attn2.to_v).view({B, L, heads, hd});
-  o = Linear(attention::DenseTorchAttention(q, k, v).reshape({B, N, inner}), w.attn2.to_out);
+  // 2. Cross-attention to the text (and image): dense, no RoPE.
+  RAINSERVE_ASSIGN_OR_RETURN(o, CrossAttention(w.attn2, s->h, cond, ew));
   // x += o (plain residual), fused with norm3 * (1 + c_scale) + c_shift.
   RAINSERVE_ASSIGN_OR_RETURN(
       wan_ops::ResidualNorm r3,
@@ -242,28 +262,71 @@ Status WanTransformer::Block(const WanBlockWeights& w, const std::vector<at::Ten
   return OkStatus();
 }
 
-std::vector<at::Tensor> WanTransformer::BlockModulation(const WanBlockWeights& w,
-                                                        const Conditioning& cond) const {
-  return (w.scale_shift_table + cond.tproj).chunk(6, 1);  // 6 x [B, 1, inner] fp32
+StatusOr<at::Tensor> WanTransformer::CrossAttention(const WanAttentionWeights& w,
+                                                    const at::Tensor& h, const Conditioning& cond,
+                                                    ElementwiseImpl ew) const {
+  const WanTransformerConfig& c = config_;
+  const int64_t B = h.size(0), N = h.size(1), heads = c.num_attention_heads;
+  // q: [B, N, heads, hd]; text k, v: [B, L, heads, hd].
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor q, wan_ops::RmsNormRope(Linear(h, w.to_q), w.norm_q,
+                                                                      c.eps, heads, {}, {}, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(
+      const at::Tensor k,
+      wan_ops::RmsNormRope(Linear(cond.context, w.to_k), w.norm_k, c.eps, heads, {}, {}, ew));
+  const at::Tensor v = Linear(cond.context, w.to_v).view({B, -1, heads, c.attention_head_dim});
+  at::Tensor o = attention::DenseTorchAttention(q, k, v);  // [B, N, heads, hd]
+  if (cond.image_context.defined()) {
+    // The image tokens [B, S, inner] through their own projections; the two
+    // attention outputs are summed before to_out.
+    RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor k_img,
+                               wan_ops::RmsNormRope(Linear(cond.image_context, w.add_k_proj),
+                                                    w.norm_added_k, c.eps, heads, {}, {}, ew));
+    const at::Tensor v_img =
+        Linear(cond.image_context, w.add_v_proj).view({B, -1, heads, c.attention_head_dim});
+    o = o + attention::DenseTorchAttention(q, k_img, v_img);
+  }
+  return Linear(o.reshape({B, N, c.inner_dim()}), w.to_out);
+}
+
+namespace {
+
+// table [1, k, inner] fp32 plus the conditioning e: [B, k, inner] (per batch
+// element) or [B, F, k, inner] (per frame) -> k vectors [B, 1, inner] or
+// [B, F, inner].
+std::vector<at::Tensor> SplitModulation(const at::Tensor& table, const at::Tensor& e, int64_t k) {
+  if (e.dim() == 3) return (table + e).chunk(k, 1);
+  std::vector<at::Tensor> parts = (table.unsqueeze(1) + e).chunk(k, 2);
+  for (at::Tensor& p : parts) p = p.squeeze(2);
+  return parts;
+}
+
+}  // namespace
+
+WanTransformer::Modulation WanTransformer::BlockModulation(const WanBlockWeights& w,
+                                                           const Conditioning& cond) const {
+  return {SplitModulation(w.scale_shift_table, cond.tproj, 6), cond.token_frame};
+}
+
+WanTransformer::Modulation WanTransformer::OutputModulation(const Conditioning& cond) const {
+  return {SplitModulation(weights_.scale_shift_table, cond.temb.unsqueeze(-2), 2),
+          cond.token_frame};
 }
 
 Status WanTransformer::Blocks(size_t first, size_t end, const Conditioning& cond,
-                              const std::vector<at::Tensor>& out_mod, const at::Tensor& rope_cos,
+                              const Modulation& out_mod, const at::Tensor& rope_cos,
                               const at::Tensor& rope_sin, attention::ForwardAttention& attn,
                               ElementwiseImpl ew, Stream* s) const {
   const size_t n = weights_.blocks.size();
   for (size_t i = first; i < end; ++i) {
-    const std::vector<at::Tensor> mod = BlockModulation(weights_.blocks[i], cond);
-    const std::vector<at::Tensor> next =
-        i + 1 < n ? BlockModulation(weights_.blocks[i + 1], cond) : out_mod;
-    RAINSERVE_RETURN_IF_ERROR(Block(weights_.blocks[i], mod, next, cond.context, rope_cos,
-                                    rope_sin, attn, ew, s));
+    const Modulation mod = BlockModulation(weights_.blocks[i], cond);
+    const Modulation next = i + 1 < n ? BlockModulation(weights_.blocks[i + 1], cond) : out_mod;
+    RAINSERVE_RETURN_IF_ERROR(
+        Block(weights_.blocks[i], mod, next, cond, rope_cos, rope_sin, attn, ew, s));
   }
   return OkStatus();
 }
 
-Status WanTransformer::CachedBlocks(const Conditioning& cond,
-                                    const std::vector<at::Tensor>& out_mod,
+Status WanTransformer::CachedBlocks(const Conditioning& cond, const Modulation& out_mod,
                                     const at::Tensor& rope_cos, const at::Tensor& rope_sin,
                                     attention::ForwardAttention& attn,
                                     const WanForwardOptions& options, Stream* s) const {
@@ -299,8 +362,50 @@ Status WanTransformer::CachedBlocks(const Conditioning& cond,
 
 namespace {
 
+// timestep: [B], or [B, frames] with frames = latent frames after patching.
+Status CheckTimestep(const at::Tensor& timestep, int64_t batch, int64_t frames) {
+  if (timestep.defined() && timestep.dim() == 1 && timestep.size(0) == batch) return OkStatus();
+  if (timestep.defined() && timestep.dim() == 2 && timestep.size(0) == batch &&
+      timestep.size(1) == frames) {
+    return OkStatus();
+  }
+  const std::string got = timestep.defined() ? attention::ShapeOf(timestep) : "undefined";
+  return InvalidArgumentError(
+      "timestep must be [B] or [B, F] (one per latent frame after patching) with B = " +
+      std::to_string(batch) + ", F = " + std::to_string(frames) + ", got " + got);
+}
+
+// image_embeds: [B, S, image_dim] when the model has image cross-attention
+// (S = pos_embed_seq_len when that is set), undefined otherwise.
+Status CheckImageEmbeds(const WanTransformerConfig& c, const at::Tensor& image, int64_t batch) {
+  if (!c.has_image_attention()) {
+    if (!image.defined()) return OkStatus();
+    return InvalidArgumentError(
+        "image_embeds given, but this model has no image cross-attention (image_dim is null)");
+  }
+  if (!image.defined()) {
+    return InvalidArgumentError(
+        "image_embeds is required: this model has image cross-attention (image_dim " +
+        std::to_string(c.image_dim) + ")");
+  }
+  constexpr int64_t kMaxImageTokens = 4096;
+  const int64_t S = image.dim() == 3 ? image.size(1) : 0;
+  if (image.dim() != 3 || image.size(0) != batch || image.size(2) != c.image_dim || S < 1 ||
+      S > kMaxImageTokens || (c.pos_embed_seq_len > 0 && S != c.pos_embed_seq_len)) {
+    const std::string tokens =
+        c.pos_embed_seq_len > 0 ? std::to_string(c.pos_embed_seq_len) : "S <= 4096";
+    return InvalidArgumentError("image_embeds must be [" + std::to_string(batch) + ", " + tokens +
+                                ", " + std::to_string(c.image_dim) + "], got " +
+                                attention::ShapeOf(image));
+  }
+  if (!image.is_floating_point()) {
+    return InvalidArgumentError("image_embeds must be floating point");
+  }
+  return OkStatus();
+}
+
 Status CheckInputs(const WanTransformerConfig& c, const at::Tensor& latents,
-                   const at::Tensor& timestep, const at::Tensor& text) {
+                   const at::Tensor& timestep, const at::Tensor& text, const at::Tensor& image) {
   const auto& ps = c.patch_size;
   if (!latents.defined() || latents.dim() != 5 || latents.size(1) != c.in_channels) {
     return InvalidArgumentError("latents must be [B, " + std::to_string(c.in_channels) +
@@ -310,12 +415,11 @@ Status CheckInputs(const WanTransformerConfig& c, const at::Tensor& latents,
   if (latents.size(2) % ps[0] || latents.size(3) % ps[1] || latents.size(4) % ps[2]) {
     return InvalidArgumentError("latent F, H, W must be multiples of the patch size");
   }
-  if (!timestep.defined() || timestep.dim() != 1 || timestep.size(0) != B) {
-    return InvalidArgumentError("timestep must be [B]");
-  }
+  RAINSERVE_RETURN_IF_ERROR(CheckTimestep(timestep, B, latents.size(2) / ps[0]));
   if (!text.defined() || text.dim() != 3 || text.size(0) != B || text.size(2) != c.text_dim) {
     return InvalidArgumentError("text must be [B, L, " + std::to_string(c.text_dim) + "]");
   }
+  RAINSERVE_RETURN_IF_ERROR(CheckImageEmbeds(c, image, B));
   for (int i = 0; i < 3; ++i) {
     if (latents.size(2 + i) / ps[i] > c.rope_max_seq_len) {
       return InvalidArgumentError("latent grid exceeds rope_max_seq_len " +
@@ -332,7 +436,7 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
                                              const WanForwardOptions& options,
                                              WanForwardStats* stats) const {
   const WanTransformerConfig& c = config_;
-  RAINSERVE_RETURN_IF_ERROR(CheckInputs(c, latents, timestep, text));
+  RAINSERVE_RETURN_IF_ERROR(CheckInputs(c, latents, timestep, text, options.image_embeds));
   if (options.engine == nullptr) return InvalidArgumentError("WanForwardOptions.engine is null");
   const auto& ps = c.patch_size;
   const int64_t B = latents.size(0);
@@ -352,17 +456,21 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
   RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor rope_cos, attn->Permute(cos_raster, 0));
   RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor rope_sin, attn->Permute(sin_raster, 0));
 
-  const Conditioning cond = Condition(timestep, text);
-  // norm_out's shift, scale: [B, 1, inner] fp32.
-  const auto out_mod = (weights_.scale_shift_table + cond.temb.unsqueeze(1)).chunk(2, 1);
-  Stream s{x, {}};
-  if (!weights_.blocks.empty()) {
-    const auto mod = BlockModulation(weights_.blocks[0], cond);
-    RAINSERVE_ASSIGN_OR_RETURN(s.h, wan_ops::ModulatedLayerNorm(x, mod[1], mod[0], c.eps, ew));
-  } else {
-    RAINSERVE_ASSIGN_OR_RETURN(s.h,
-                               wan_ops::ModulatedLayerNorm(x, out_mod[1], out_mod[0], c.eps, ew));
+  // One frame: a per-frame timestep is the per-batch one (the fused path).
+  const at::Tensor t = timestep.dim() == 2 && F == 1 ? timestep.reshape({B}) : timestep;
+  RAINSERVE_ASSIGN_OR_RETURN(Conditioning cond, Condition(t, text, options.image_embeds, ew));
+  if (t.dim() == 2) {
+    // Each token's latent frame, in the forward's token order: [N] int64.
+    const at::Tensor raster =
+        at::arange(F * H * W, at::TensorOptions().dtype(at::kLong).device(device_));
+    RAINSERVE_ASSIGN_OR_RETURN(cond.token_frame, attn->Permute(at::floor_divide(raster, H * W), 0));
   }
+  const Modulation out_mod = OutputModulation(cond);
+  Stream s{x, {}};
+  const Modulation first_mod =
+      weights_.blocks.empty() ? out_mod : BlockModulation(weights_.blocks[0], cond);
+  RAINSERVE_ASSIGN_OR_RETURN(s.h,
+                             wan_ops::ModulatedLayerNorm(x, first_mod[1], first_mod[0], c.eps, ew));
   RAINSERVE_RETURN_IF_ERROR(CachedBlocks(cond, out_mod, rope_cos, rope_sin, *attn, options, &s));
 
   // s.h = norm_out(x) (token-wise, so before the unpermute) -> proj_out.

@@ -1,26 +1,35 @@
-// WanTransformer3DModel (Wan2.1 / Wan2.2 text-to-video DiT) in LibTorch, with
-// the published diffusers parameter names, and RainFusion2.0 sparse
-// self-attention inside.
+// WanTransformer3DModel (Wan2.1 / Wan2.2 DiT: text-to-video, image-to-video,
+// TI2V-5B) in LibTorch, with the published diffusers parameter names, and
+// RainFusion2.0 sparse self-attention inside.
 //
 // Forward (shapes for batch B, latent [C, F, H, W], patch (pt, ph, pw),
 // N = F/pt * H/ph * W/pw tokens, inner = heads * head_dim):
 //   x = Conv3d patch embedding                         [B, N, inner]
-//   t -> sinusoid(freq_dim) -> MLP -> temb [B, inner] -> 6 modulations per block
+//   t -> sinusoid(freq_dim) -> MLP -> temb -> 6 modulations per block; t is
+//        one per batch element [B], or one per latent frame [B, F/pt]
+//        (Wan2.2 TI2V): each token then takes its frame's modulation
 //   text [B, L, text_dim] -> Linear, tanh-GELU, Linear  [B, L, inner]
+//   image (I2V) [B, S, image_dim] (+ pos_embed) -> LN, Linear, GELU, Linear,
+//        LN                                            [B, S, inner]
 //   per block: LN(x)*(1+scale)+shift -> self-attn (RMSNorm q, k across heads,
-//              3D RoPE) -> x += gate * out;  LN(x) -> cross-attn to text -> x +=;
+//              3D RoPE) -> x += gate * out;  LN(x) -> cross-attn to text (+
+//              a separate attention to the image tokens through add_k_proj /
+//              add_v_proj, summed before to_out) -> x +=;
 //              LN(x)*(1+c_scale)+c_shift -> FFN(tanh-GELU) -> x += c_gate * out
 //   LN(x)*(1+scale)+shift with the output table -> Linear -> unpatchify
 // Norms and modulation run in fp32, as in diffusers; the time embedder, the
 // modulation tables and the block norms are kept in fp32 whatever the dtype.
 // Norms, modulation, RoPE and gated residuals go through pipelines/wan/wan_ops.h:
-// fused CUDA kernels for bf16/fp16 on the GPU, ATen fp32 ops otherwise.
+// fused CUDA kernels for bf16/fp16 on the GPU, ATen fp32 ops otherwise (and
+// for the modulated ops of a forward with per-frame timesteps, whose
+// modulation differs per token).
 //
 // Self-attention goes through one attention::ForwardAttention per forward
 // (attention/forward.h): it permutes the tokens once after the patch embedding
-// (and the RoPE tables), runs every self-attention layer dense or block-sparse
-// as the request's settings and step say, and undoes the permutation once
-// before the output projection; every other op is token-wise, so this is exact.
+// (and the RoPE tables, and the token -> frame index of per-frame timesteps),
+// runs every self-attention layer dense or block-sparse as the request's
+// settings and step say, and undoes the permutation once before the output
+// projection; every other op is token-wise, so this is exact.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -71,6 +80,12 @@ struct WanForwardOptions {
   ElementwiseImpl elementwise = ElementwiseImpl::kFused;
   // Step caching; null runs every block.
   WanStepCacheHook* step_cache = nullptr;
+  // Image cross-attention input (Wan2.1 I2V): the CLIP vision encoder's
+  // penultimate hidden states [B, S, image_dim], any float dtype. Required
+  // when the config sets image_dim, refused otherwise; S is 1..4096 (257 for
+  // one image), or pos_embed_seq_len when that is set (FLF2V: the first and
+  // the last frame's 257 tokens, one after the other).
+  at::Tensor image_embeds;
 };
 
 using WanForwardStats = attention::ForwardStats;
@@ -100,8 +115,12 @@ class WanTransformer {
   const NamedTensors& NamedParameters() const { return params_; }
 
   // latents: [B, in_channels, F, H, W] (dims divisible by the patch size)
-  // timestep: [B] (0..1000 scale), text: [B, L, text_dim]
-  // returns the flow prediction [B, out_channels, F, H, W] in the model dtype.
+  // timestep (0..1000 scale): [B], or [B, F / pt] with one time per latent
+  //   frame after temporal patching (diffusers' per-token timesteps of
+  //   Wan2.2 TI2V, which are constant over each frame)
+  // text: [B, L, text_dim]; options.image_embeds as documented there.
+  // Returns the flow prediction [B, out_channels, F, H, W] in the model
+  // dtype. Bad shapes are INVALID_ARGUMENT naming the input.
   StatusOr<at::Tensor> Forward(const at::Tensor& latents, const at::Tensor& timestep,
                                const at::Tensor& text, const WanForwardOptions& options,
                                WanForwardStats* stats = nullptr) const;
@@ -121,11 +140,26 @@ class WanTransformer {
   Status MoveTo(at::Device device);
 
  private:
-  // The conditioning of one forward (fp32 modulation inputs, text context).
+  // The conditioning of one forward (fp32 modulation inputs, contexts).
   struct Conditioning {
-    at::Tensor temb;      // [B, inner] fp32
-    at::Tensor tproj;     // [B, 6, inner] fp32
-    at::Tensor context;   // [B, L, inner] model dtype
+    at::Tensor temb;           // [B, inner] or per frame [B, F, inner] fp32
+    at::Tensor tproj;          // [B, 6, inner] or per frame [B, F, 6, inner] fp32
+    at::Tensor context;        // [B, L, inner] model dtype
+    at::Tensor image_context;  // [B, S, inner] model dtype; undefined without images
+    at::Tensor token_frame;    // [N] int64, each token's frame in the forward's
+                               // token order; undefined for [B] timesteps
+  };
+  // Modulation vectors (shift, scale, ...) of a block or norm_out: fp32
+  // [B, 1, inner] per batch element, or [B, F, inner] per frame. operator[]
+  // gives the vector a token-wise op takes: per batch as is, per frame
+  // gathered to the tokens [B, N, inner] (one vector at a time, so a block
+  // never holds [B, N, 6, inner]).
+  struct Modulation {
+    std::vector<at::Tensor> v;
+    at::Tensor token_frame;  // Conditioning::token_frame
+    at::Tensor operator[](size_t i) const {
+      return token_frame.defined() ? v[i].index_select(1, token_frame) : v[i];
+    }
   };
   // The residual stream between blocks: x, and h = the normed, modulated x
   // that the next sublayer reads (residual + next norm are fused).
@@ -135,27 +169,35 @@ class WanTransformer {
 
   WanTransformer(WanTransformerConfig config, at::ScalarType dtype, at::Device device);
   Status Resolve();  // weights_ from params_
-  Conditioning Condition(const at::Tensor& timestep, const at::Tensor& text) const;
+  // Time embedding (once per timestep entry, not per token), text and image
+  // contexts; token_frame is set by Forward.
+  StatusOr<Conditioning> Condition(const at::Tensor& timestep, const at::Tensor& text,
+                                   const at::Tensor& image_embeds, ElementwiseImpl ew) const;
+  // condition_embedder.image_embedder: [B, S, image_dim] -> [B, S, inner].
+  StatusOr<at::Tensor> ImageEmbedding(const at::Tensor& image_embeds, ElementwiseImpl ew) const;
   // Block w's six modulation vectors (shift, scale, gate, c_shift, c_scale,
-  // c_gate), each [B, 1, inner] fp32.
-  std::vector<at::Tensor> BlockModulation(const WanBlockWeights& w,
-                                          const Conditioning& cond) const;
+  // c_gate).
+  Modulation BlockModulation(const WanBlockWeights& w, const Conditioning& cond) const;
+  // norm_out's shift and scale.
+  Modulation OutputModulation(const Conditioning& cond) const;
   // Blocks [first, end) over *s (the stream after block first - 1).
-  Status Blocks(size_t first, size_t end, const Conditioning& cond,
-                const std::vector<at::Tensor>& out_mod, const at::Tensor& rope_cos,
-                const at::Tensor& rope_sin, attention::ForwardAttention& attn,
-                ElementwiseImpl ew, Stream* s) const;
+  Status Blocks(size_t first, size_t end, const Conditioning& cond, const Modulation& out_mod,
+                const at::Tensor& rope_cos, const at::Tensor& rope_sin,
+                attention::ForwardAttention& attn, ElementwiseImpl ew, Stream* s) const;
   // Every block, through options.step_cache when set.
-  Status CachedBlocks(const Conditioning& cond, const std::vector<at::Tensor>& out_mod,
+  Status CachedBlocks(const Conditioning& cond, const Modulation& out_mod,
                       const at::Tensor& rope_cos, const at::Tensor& rope_sin,
                       attention::ForwardAttention& attn, const WanForwardOptions& options,
                       Stream* s) const;
   // One WanTransformerBlock; `next_mod` is the modulation of the norm that
   // reads its output (the next block's norm1, or norm_out after the last).
-  Status Block(const WanBlockWeights& w, const std::vector<at::Tensor>& mod,
-               const std::vector<at::Tensor>& next_mod, const at::Tensor& context,
-               const at::Tensor& rope_cos, const at::Tensor& rope_sin,
+  Status Block(const WanBlockWeights& w, const Modulation& mod, const Modulation& next_mod,
+               const Conditioning& cond, const at::Tensor& rope_cos, const at::Tensor& rope_sin,
                attention::ForwardAttention& attn, ElementwiseImpl ew, Stream* s) const;
+  // attn2 of a block on h [B, N, inner]: text attention plus, with images,
+  // the image attention (WanAttnProcessor's order), then to_out.
+  StatusOr<at::Tensor> CrossAttention(const WanAttentionWeights& w, const at::Tensor& h,
+                                      const Conditioning& cond, ElementwiseImpl ew) const;
 
   WanTransformerConfig config_;
   at::ScalarType dtype_;

@@ -62,6 +62,17 @@ ParameterShapes WanExpectedParameters(const WanTransformerConfig& c) {
   linear("condition_embedder.time_proj", 6 * inner, inner);
   linear("condition_embedder.text_embedder.linear_1", inner, c.text_dim);
   linear("condition_embedder.text_embedder.linear_2", inner, inner);
+  if (c.has_image_attention()) {
+    const std::string e = "condition_embedder.image_embedder.";
+    p.push_back({e + "norm1.weight", {c.image_dim}});
+    p.push_back({e + "norm1.bias", {c.image_dim}});
+    linear(e + "ff.net.0.proj", c.image_dim, c.image_dim);
+    linear(e + "ff.net.2", inner, c.image_dim);
+    p.push_back({e + "norm2.weight", {inner}});
+    p.push_back({e + "norm2.bias", {inner}});
+    if (c.pos_embed_seq_len > 0)
+      p.push_back({e + "pos_embed", {1, c.pos_embed_seq_len, c.image_dim}});
+  }
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string b = "blocks." + std::to_string(i) + ".";
     p.push_back({b + "scale_shift_table", {1, 6, inner}});
@@ -71,6 +82,11 @@ ParameterShapes WanExpectedParameters(const WanTransformerConfig& c) {
       }
       p.push_back({b + attn + ".norm_q.weight", {inner}});
       p.push_back({b + attn + ".norm_k.weight", {inner}});
+    }
+    if (c.has_image_attention()) {
+      linear(b + "attn2.add_k_proj", inner, c.added_kv_proj_dim);
+      linear(b + "attn2.add_v_proj", inner, c.added_kv_proj_dim);
+      p.push_back({b + "attn2.norm_added_k.weight", {inner}});
     }
     if (c.cross_attn_norm) {
       p.push_back({b + "norm2.weight", {inner}});
@@ -100,10 +116,16 @@ class Resolver {
     return {};
   }
   WanLinear Linear(const std::string& name) { return {Get(name + ".weight"), Get(name + ".bias")}; }
+  // to_q, to_k, to_v, to_out, norm_q, norm_k (the image projections are the caller's).
   WanAttentionWeights Attention(const std::string& name) {
-    return {Linear(name + ".to_q"),         Linear(name + ".to_k"),
-            Linear(name + ".to_v"),         Linear(name + ".to_out.0"),
-            Get(name + ".norm_q.weight"), Get(name + ".norm_k.weight")};
+    WanAttentionWeights a;
+    a.to_q = Linear(name + ".to_q");
+    a.to_k = Linear(name + ".to_k");
+    a.to_v = Linear(name + ".to_v");
+    a.to_out = Linear(name + ".to_out.0");
+    a.norm_q = Get(name + ".norm_q.weight");
+    a.norm_k = Get(name + ".norm_k.weight");
+    return a;
   }
   const std::string& missing() const { return missing_; }
 
@@ -123,12 +145,28 @@ StatusOr<WanWeights> ResolveWanWeights(const WanTransformerConfig& c, const Name
   w.time_proj = r.Linear("condition_embedder.time_proj");
   w.text_linear_1 = r.Linear("condition_embedder.text_embedder.linear_1");
   w.text_linear_2 = r.Linear("condition_embedder.text_embedder.linear_2");
+  if (c.has_image_attention()) {
+    const std::string e = "condition_embedder.image_embedder.";
+    WanImageEmbedderWeights& img = w.image_embedder;
+    img.norm1_weight = r.Get(e + "norm1.weight");
+    img.norm1_bias = r.Get(e + "norm1.bias");
+    img.ff_in = r.Linear(e + "ff.net.0.proj");
+    img.ff_out = r.Linear(e + "ff.net.2");
+    img.norm2_weight = r.Get(e + "norm2.weight");
+    img.norm2_bias = r.Get(e + "norm2.bias");
+    if (c.pos_embed_seq_len > 0) img.pos_embed = r.Get(e + "pos_embed");
+  }
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string b = "blocks." + std::to_string(i) + ".";
     WanBlockWeights block;
     block.scale_shift_table = r.Get(b + "scale_shift_table");
     block.attn1 = r.Attention(b + "attn1");
     block.attn2 = r.Attention(b + "attn2");
+    if (c.has_image_attention()) {
+      block.attn2.add_k_proj = r.Linear(b + "attn2.add_k_proj");
+      block.attn2.add_v_proj = r.Linear(b + "attn2.add_v_proj");
+      block.attn2.norm_added_k = r.Get(b + "attn2.norm_added_k.weight");
+    }
     if (c.cross_attn_norm) {
       block.norm2_weight = r.Get(b + "norm2.weight");
       block.norm2_bias = r.Get(b + "norm2.bias");

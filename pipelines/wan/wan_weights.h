@@ -19,10 +19,25 @@ struct WanLinear {
   at::Tensor bias;    // [out]
 };
 
-// attn1 (self-attention) or attn2 (cross-attention to the text).
+// attn1 (self-attention) or attn2 (cross-attention to the text, and to the
+// image tokens when the model has image cross-attention).
 struct WanAttentionWeights {
   WanLinear to_q, to_k, to_v, to_out;
   at::Tensor norm_q, norm_k;  // RMSNorm across all heads: [inner]
+  // attn2 with image cross-attention only (else undefined): the image
+  // tokens' key and value projections [inner, inner] and key RMSNorm [inner].
+  WanLinear add_k_proj, add_v_proj;
+  at::Tensor norm_added_k;
+};
+
+// condition_embedder.image_embedder: CLIP hidden states [B, S, image_dim]
+// (+ pos_embed) -> LayerNorm -> Linear, GELU (erf), Linear -> LayerNorm
+// [B, S, inner]. The LayerNorms (eps 1e-5, affine) run in fp32.
+struct WanImageEmbedderWeights {
+  at::Tensor norm1_weight, norm1_bias;  // [image_dim] fp32
+  WanLinear ff_in, ff_out;  // ff.net.0.proj [image_dim, image_dim], ff.net.2 [inner, image_dim]
+  at::Tensor norm2_weight, norm2_bias;  // [inner] fp32
+  at::Tensor pos_embed;                 // [1, pos_embed_seq_len, image_dim]; undefined when unset
 };
 
 struct WanBlockWeights {
@@ -36,6 +51,7 @@ struct WanWeights {
   WanLinear patch_embedding;
   WanLinear time_linear_1, time_linear_2, time_proj;  // fp32 time embedder, then time_proj
   WanLinear text_linear_1, text_linear_2;
+  WanImageEmbedderWeights image_embedder;  // undefined tensors without image cross-attention
   std::vector<WanBlockWeights> blocks;
   at::Tensor scale_shift_table;  // [1, 2, inner] fp32: norm_out's shift, scale
   WanLinear proj_out;

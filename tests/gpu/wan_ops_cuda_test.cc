@@ -5,7 +5,8 @@
 // 16-bit inputs. Tolerance: twice the error of rounding the float64 result to
 // the output dtype (the best any 16-bit output can do). Then the whole Wan
 // transformer on CUDA in bf16 with the fused ops against the CPU fp32 forward
-// of the same weights. Skips without a CUDA device.
+// of the same weights (text-to-video, and image cross-attention with
+// per-frame timesteps). Skips without a CUDA device.
 //
 //   ctest --test-dir build-gpu -R wan_ops_cuda_test --output-on-failure
 #include <ATen/ATen.h>
@@ -228,6 +229,27 @@ TEST_F(WanOpsCudaTest, RowsTheKernelsRefuseRunOnAten) {
   }
 }
 
+// Per-token vectors [B, N, C] (per-frame timesteps): the kernels read
+// per-batch vectors only, so kFused runs the ATen ops, bit for bit.
+TEST_F(WanOpsCudaTest, PerTokenVectorsRunOnAten) {
+  const Inputs in = MakeInputs({2, 65, 1536, at::kBFloat16}, 10);
+  ASSERT_TRUE(wan_ops::FusedKernelsApply(in.x));
+  const at::Tensor tok = at::randn({2, 65, 3, 1536}, in.table.options());
+  const at::Tensor scale = tok.select(2, 0), shift = tok.select(2, 1), gate = tok.select(2, 2);
+  for (ElementwiseImpl impl : {ElementwiseImpl::kFused, ElementwiseImpl::kAten}) {
+    auto norm =
+        wan_ops::GatedResidualModulatedLayerNorm(in.x, in.y, gate, scale, shift, 1e-6, impl);
+    auto plain = wan_ops::ModulatedLayerNorm(in.x, scale, shift, 1e-6, impl);
+    auto residual = wan_ops::GatedResidual(in.x, in.y, gate, impl);
+    ASSERT_TRUE(norm.ok() && plain.ok() && residual.ok()) << norm.status().ToString();
+    const at::Tensor ref = Cpu64(in.x) + Cpu64(in.y) * Cpu64(gate);
+    ExpectWithinRounding(norm->sum, ref, at::kBFloat16, "per-token gated residual");
+    ExpectWithinRounding(*plain, LayerNorm64(in.x, 1e-6) * (1 + Cpu64(scale)) + Cpu64(shift),
+                         at::kBFloat16, "per-token modulated layer norm");
+    EXPECT_TRUE(at::equal(norm->sum, *residual));
+  }
+}
+
 TEST_F(WanOpsCudaTest, MismatchedInputsAreErrorsNotLaunches) {
   const Inputs in = MakeInputs({2, 7, 64, at::kBFloat16}, 6);
   auto cpu_gate = wan_ops::GatedResidual(in.x, in.y, in.table.chunk(6, 1)[2].cpu());
@@ -242,19 +264,12 @@ TEST_F(WanOpsCudaTest, MismatchedInputsAreErrorsNotLaunches) {
       << bad_cos.status().ToString();
 }
 
-// The Wan transformer with RainFusion (dense) on CUDA in bf16, fused ops on
-// and off, against the CPU fp32 forward of the same bf16-representable
+// The Wan transformer `config` with RainFusion (dense) on CUDA in bf16, fused
+// ops on and off, against the CPU fp32 forward of the same bf16-representable
 // weights: the fused forward errs at most twice as much as the unfused one.
-TEST_F(WanOpsCudaTest, TransformerForwardOnCudaMatchesCpu) {
-  WanTransformerConfig config;
-  config.num_attention_heads = 2;
-  config.attention_head_dim = 64;  // the CUDA attention kernel takes 64 and 128
-  config.in_channels = 4;
-  config.out_channels = 4;
-  config.text_dim = 16;
-  config.freq_dim = 32;
-  config.ffn_dim = 256;
-  config.num_layers = 2;
+void ExpectCudaForwardMatchesCpu(const WanTransformerConfig& config, const at::Tensor& lat,
+                                 const at::Tensor& t, const at::Tensor& text,
+                                 const at::Tensor& image) {
   char tmpl[] = "/tmp/rainserve-wan-ops-XXXXXX";
   const std::string dir = mkdtemp(tmpl);
   ASSERT_TRUE(WanTransformer::Random(config, at::kBFloat16, at::kCPU, 3)->Save(dir, 1 << 30).ok());
@@ -263,20 +278,19 @@ TEST_F(WanOpsCudaTest, TransformerForwardOnCudaMatchesCpu) {
   ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
   ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
 
-  at::manual_seed(9);
-  const at::Tensor lat = at::randn({2, 4, 5, 12, 16});  // 5 x 6 x 8 tokens: partial windows
-  const at::Tensor text = at::randn({2, 7, 16});
-  const at::Tensor t = at::tensor({900.0f, 250.0f});
   attention::AttentionEngine engine(2);
   WanForwardOptions options;
   options.engine = &engine;  // dense (the default)
+  options.image_embeds = image;
   auto ref = (*cpu)->Forward(lat, t, text, options);
   ASSERT_TRUE(ref.ok()) << ref.status().ToString();
   const auto bf16_cuda = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
   ASSERT_TRUE(wan_ops::FusedKernelsApply(at::zeros({2, 240, config.inner_dim()}, bf16_cuda)));
-  auto fused = (*gpu)->Forward(lat.cuda(), t.cuda(), text.cuda(), options);
+  WanForwardOptions gpu_options = options;
+  if (image.defined()) gpu_options.image_embeds = image.cuda();
+  auto fused = (*gpu)->Forward(lat.cuda(), t.cuda(), text.cuda(), gpu_options);
   ASSERT_TRUE(fused.ok()) << fused.status().ToString();
-  WanForwardOptions unfused_options = options;
+  WanForwardOptions unfused_options = gpu_options;
   unfused_options.elementwise = ElementwiseImpl::kAten;
   auto unfused = (*gpu)->Forward(lat.cuda(), t.cuda(), text.cuda(), unfused_options);
   ASSERT_TRUE(unfused.ok()) << unfused.status().ToString();
@@ -297,6 +311,41 @@ TEST_F(WanOpsCudaTest, TransformerForwardOnCudaMatchesCpu) {
     std::remove((dir + file).c_str());
   }
   rmdir(dir.c_str());
+}
+
+WanTransformerConfig SmallCudaConfig() {
+  WanTransformerConfig config;
+  config.num_attention_heads = 2;
+  config.attention_head_dim = 64;  // the CUDA attention kernel takes 64 and 128
+  config.in_channels = 4;
+  config.out_channels = 4;
+  config.text_dim = 16;
+  config.freq_dim = 32;
+  config.ffn_dim = 256;
+  config.num_layers = 2;
+  return config;
+}
+
+TEST_F(WanOpsCudaTest, TransformerForwardOnCudaMatchesCpu) {
+  at::manual_seed(9);
+  const at::Tensor lat = at::randn({2, 4, 5, 12, 16});  // 5 x 6 x 8 tokens: partial windows
+  ExpectCudaForwardMatchesCpu(SmallCudaConfig(), lat, at::tensor({900.0f, 250.0f}),
+                              at::randn({2, 7, 16}), {});
+}
+
+// Image cross-attention (I2V: 12 = 4 + 4 + 4 input channels) with per-frame
+// timesteps (TI2V image mode: frame 0 at 0), whose modulation runs on ATen.
+TEST_F(WanOpsCudaTest, ImageAttentionAndPerFrameTimestepsOnCudaMatchCpu) {
+  WanTransformerConfig config = SmallCudaConfig();
+  config.in_channels = 12;
+  config.image_dim = 32;
+  config.added_kv_proj_dim = config.inner_dim();
+  at::manual_seed(10);
+  const at::Tensor lat = at::randn({2, 12, 5, 12, 16});
+  const at::Tensor t = at::tensor({0.0f, 900.0f, 900.0f, 900.0f, 900.0f,  //
+                                   0.0f, 250.0f, 250.0f, 250.0f, 250.0f})
+                           .view({2, 5});
+  ExpectCudaForwardMatchesCpu(config, lat, t, at::randn({2, 7, 16}), at::randn({2, 9, 32}));
 }
 
 }  // namespace

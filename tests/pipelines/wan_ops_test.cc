@@ -1,6 +1,6 @@
 // The ATen (CPU) path of the Wan block's element-wise ops (pipelines/wan/wan_ops.h):
 // accuracy against float64 in fp32 and bf16, the accepted shapes of the
-// per-batch vectors, and input errors that name the tensor at fault. The
+// per-batch and per-token vectors, and input errors that name the tensor at fault. The
 // CUDA kernels' rows are in tests/gpu/wan_ops_cuda_test.cc.
 #include "pipelines/wan/wan_ops.h"
 
@@ -126,6 +126,28 @@ TEST_P(WanOpsTest, ResidualLayerNormsAreTheResidualThenTheNorm) {
   EXPECT_LE(ErrorRatio(plain->norm, LayerNorm64(x_ + y_) * F64(w) + F64(b)), 2.0);
 }
 
+// Per-token vectors [B, N, C] (per-frame timesteps gathered to the tokens):
+// each token's row uses its own vector, as accurate as the per-batch form.
+TEST_P(WanOpsTest, PerTokenVectorsApplyRowByRow) {
+  const at::Tensor tok = at::randn({B, N, 3, C}) * 0.5;
+  const at::Tensor scale = tok.select(2, 0), shift = tok.select(2, 1), gate = tok.select(2, 2);
+  auto norm = wan_ops::ModulatedLayerNorm(x_, scale, shift, kEps);
+  ASSERT_TRUE(norm.ok()) << norm.status().ToString();
+  EXPECT_LE(ErrorRatio(*norm, LayerNorm64(x_) * (1 + F64(scale)) + F64(shift)), 2.0);
+  auto fused = wan_ops::GatedResidualModulatedLayerNorm(x_, y_, gate, scale, shift, kEps);
+  ASSERT_TRUE(fused.ok()) << fused.status().ToString();
+  EXPECT_LE(ErrorRatio(fused->sum, F64(x_) + F64(y_) * F64(gate)), 2.0);
+  auto residual = wan_ops::GatedResidual(x_, y_, gate);
+  ASSERT_TRUE(residual.ok());
+  EXPECT_TRUE(at::equal(fused->sum, *residual));
+  // Token 5 of batch element 1 with its own vectors equals the per-batch op
+  // given those vectors.
+  auto one = wan_ops::ModulatedLayerNorm(x_, scale.select(1, 5).unsqueeze(1),
+                                         shift.select(1, 5).unsqueeze(1), kEps);
+  ASSERT_TRUE(one.ok());
+  EXPECT_TRUE(at::equal((*norm)[1][5], (*one)[1][5]));
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, WanOpsTest, ::testing::Values(at::kFloat, at::kBFloat16));
 
 void ExpectInvalid(const StatusOr<at::Tensor>& r, const std::string& text) {
@@ -164,6 +186,8 @@ TEST(WanOpsErrorsTest, BadInputsNameTheTensor) {
   };
   ExpectInvalid(residual_norm(at::randn({2, 4, 16}), v, w), "y must have x's shape");
   ExpectInvalid(residual_norm(y, at::randn({3, 16}), w), "gate must be [B, 1, C]");
+  ExpectInvalid(wan_ops::GatedResidual(x, y, at::randn({2, 4, 16})),
+                "gate must be [B, 1, C], [B, N, C]");
   ExpectInvalid(residual_norm(y, v, v), "weight must be [C]");
   auto modulated = wan_ops::GatedResidualModulatedLayerNorm(x, y.to(at::kBFloat16), v, v, v, kEps);
   ASSERT_FALSE(modulated.ok());
