@@ -3,7 +3,9 @@
 #include <sys/stat.h>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -244,14 +246,18 @@ StatusOr<std::unique_ptr<ClipVisionEncoder>> ClipVisionEncoder::Load(const std::
   RAINSERVE_ASSIGN_OR_RETURN(ClipVisionConfig config, ParseClipVisionConfig(text, dir + "/config.json"));
   RAINSERVE_ASSIGN_OR_RETURN(SafetensorsCheckpoint ckpt, SafetensorsCheckpoint::Open(dir, "model"));
   const auto expected = ExpectedParameters(config);
+  // transformers 5 saves a CLIPVisionModel without the vision_model. prefix.
+  std::map<std::string, std::string> unprefixed;
+  for (const auto& [name, shape] : expected) unprefixed[name] = name.substr(std::strlen(kPrefix));
   // What CLIPVisionModelWithProjection / CLIPModel checkpoints add, unused here.
   static const std::set<std::string> kUnused = {"visual_projection.weight", "text_projection.weight",
-                                                "logit_scale", "vision_model.embeddings.position_ids"};
+                                                "logit_scale", "vision_model.embeddings.position_ids",
+                                                "embeddings.position_ids"};
   auto unused = [](const std::string& name) {
     return kUnused.count(name) != 0 || name.rfind("text_model.", 0) == 0;
   };
   RAINSERVE_ASSIGN_OR_RETURN(const std::vector<std::string> source_names,
-                             MatchCheckpoint(ckpt, dir, expected, {}, unused));
+                             MatchCheckpoint(ckpt, dir, expected, unprefixed, unused));
   std::unique_ptr<ClipVisionEncoder> model(new ClipVisionEncoder(config, dtype, device));
   for (size_t i = 0; i < expected.size(); ++i) {
     RAINSERVE_ASSIGN_OR_RETURN(at::Tensor t, ckpt.Get(source_names[i], dtype, device));

@@ -77,11 +77,13 @@ std::string ClipVisionConfigJson(const ClipVisionConfig& config);
 class ClipVisionEncoder {
  public:
   // Reads <dir>/config.json and <dir>/model.safetensors (or the shards named
-  // by model.safetensors.index.json). Besides the vision tower the
-  // checkpoint may hold what a CLIPVisionModelWithProjection or a CLIPModel
-  // saves and this encoder does not use, which is skipped: exactly
+  // by model.safetensors.index.json). Parameter names carry the
+  // vision_model. prefix (the published layout, transformers 4) or not
+  // (CLIPVisionModel.save_pretrained in transformers 5). Besides the vision
+  // tower the checkpoint may hold what a CLIPVisionModelWithProjection or a
+  // CLIPModel saves and this encoder does not use, which is skipped: exactly
   // visual_projection.weight, text_projection.weight, logit_scale,
-  // vision_model.embeddings.position_ids (older transformers) and the
+  // [vision_model.]embeddings.position_ids (older transformers) and the
   // text_model.* tower. Missing, mis-shaped and any other parameters are
   // INVALID_ARGUMENT listing them. Called once at model load, from the
   // loading thread.

@@ -382,6 +382,29 @@ TEST(ClipVisionEncoderTest, LoadSkipsOnlyTheNamedExtrasAndReportsTheRest) {
   EXPECT_NE(r.status().message().find("position_embedding"), std::string::npos) << r.status().ToString();
 }
 
+// transformers 5's save_pretrained drops the vision_model. prefix: the
+// same weights under the short names load the same; a name missing under
+// both is reported with both spellings.
+TEST(ClipVisionEncoderTest, LoadsNamesWithoutTheVisionModelPrefix) {
+  const ClipVisionConfig c = TinyConfig();
+  auto model = ClipVisionEncoder::Random(c, at::kFloat, at::kCPU, 8);
+  std::vector<std::pair<std::string, at::Tensor>> renamed;
+  for (const auto& [name, t] : model->NamedParameters()) {
+    renamed.push_back({name.substr(std::string("vision_model.").size()), t});
+  }
+  const std::string dir = testing::MakeTempDir("clip-vision-v5");
+  ASSERT_TRUE(WriteModelFolder(dir, ClipVisionConfigJson(c), "model", renamed, int64_t{1} << 30).ok());
+  auto loaded = ClipVisionEncoder::Load(dir, at::kFloat, at::kCPU);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_TRUE(at::equal(*(*loaded)->Forward(Pixels(1, c, 5)), *model->Forward(Pixels(1, c, 5))));
+  renamed.erase(renamed.begin());
+  ASSERT_TRUE(WriteModelFolder(dir, ClipVisionConfigJson(c), "model", renamed, int64_t{1} << 30).ok());
+  auto r = ClipVisionEncoder::Load(dir, at::kFloat, at::kCPU);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("vision_model.embeddings.class_embedding (or embeddings.class_embedding)"),
+            std::string::npos) << r.status().ToString();
+}
+
 // ---------------------------------------------------------------------------
 // CLIPImageProcessor
 
@@ -557,6 +580,57 @@ TEST(ClipImageProcessorTest, ExtremeAspectRatioIsRefusedNamingTheImage) {
   EXPECT_EQ(out.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(out.status().message().find("image"), std::string::npos) << out.status().ToString();
   EXPECT_FALSE(processor.Preprocess(InputImage{}).ok());
+}
+
+// ---------------------------------------------------------------------------
+// Parity with transformers: tests/pipelines/data/clip_parity, written by
+// tools/reference/clip_tiny_reference.py with transformers 5.17.0, PyTorch
+// 2.11 and Pillow 12.3 (the versions are in the reference's metadata): a
+// random CLIPVisionModel transformers saved itself, the PIL image
+// processor's settings, a 90x61 image, and transformers' outputs for it.
+
+TEST(ClipParityTest, PreprocessingAndEncoderMatchTransformers) {
+  const std::string dir = testing::SourceDir() + "/tests/pipelines/data/clip_parity";
+  auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
+  ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+  auto get = [&](const std::string& name) {
+    auto t = (*ref)->Get(name);
+    EXPECT_TRUE(t.ok()) << name;
+    return t.ok() ? t->clone() : at::Tensor();
+  };
+  // The decoded image, [H, W, 3] as floats of its bytes.
+  const at::Tensor rgb = get("image_rgb");
+  InputImage image;
+  image.height = rgb.size(0);
+  image.width = rgb.size(1);
+  const at::Tensor bytes = rgb.to(at::kByte).contiguous();
+  image.rgb.assign(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel());
+
+  auto processor = ClipImageProcessor::Load(dir + "/image_processor");
+  ASSERT_TRUE(processor.ok()) << processor.status().ToString();
+  auto pixels = processor->Preprocess(image);
+  ASSERT_TRUE(pixels.ok()) << pixels.status().ToString();
+  const at::Tensor want_pixels = get("pixel_values");
+  ASSERT_EQ(pixels->sizes(), want_pixels.sizes());
+  // Bit-identical: Pillow's resize, the crop, float64 rescale, float32 normalise.
+  EXPECT_TRUE(at::equal(*pixels, want_pixels))
+      << "max |diff| " << (*pixels - want_pixels).abs().max().item<double>();
+
+  auto model = ClipVisionEncoder::Load(dir + "/image_encoder", at::kFloat, at::kCPU);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  const int64_t layers = (*model)->config().num_hidden_layers;
+  const std::vector<std::pair<std::string, int64_t>> states = {
+      {"hidden_states_0", 0}, {"hidden_states_penultimate", layers - 1}, {"last_hidden_state", layers}};
+  for (const auto& [name, index] : states) {
+    const at::Tensor want = get(name);
+    auto got = (*model)->HiddenState(want_pixels, index);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_EQ(got->sizes(), want.sizes()) << name;
+    const double scale = want.abs().max().item<double>();
+    // fp32 against fp32: round-off only (attention and GEMM order differ).
+    EXPECT_LT((*got - want).abs().max().item<double>(), 1e-5 * std::max(scale, 1.0)) << name;
+  }
+  EXPECT_TRUE(at::equal(*(*model)->Forward(*pixels), *(*model)->HiddenState(want_pixels, layers - 1)));
 }
 
 }  // namespace
