@@ -152,13 +152,16 @@ void ResampleColumns(const uint8_t* in, int64_t width, int64_t row_offset, const
   }
 }
 
+// The input's sides are bounded like the output's: the horizontal pass keeps
+// out_width x (input rows) pixels, as Pillow's does.
 Status CheckImage(const InputImage& image) {
-  if (image.width < 1 || image.height < 1 || image.width > (int64_t{1} << 20) ||
-      image.height > (int64_t{1} << 20) ||
+  if (image.width < 1 || image.height < 1 || image.width > kMaxImageSide ||
+      image.height > kMaxImageSide ||
       static_cast<int64_t>(image.rgb.size()) != image.width * image.height * 3) {
-    return InvalidArgumentError("image: expected width x height x 3 bytes with width and height >= 1, got " +
-                                std::to_string(image.width) + "x" + std::to_string(image.height) +
-                                " with " + std::to_string(image.rgb.size()) + " bytes");
+    return InvalidArgumentError("image: expected width x height x 3 bytes with width and height in [1, " +
+                                std::to_string(kMaxImageSide) + "], got " + std::to_string(image.width) +
+                                "x" + std::to_string(image.height) + " with " +
+                                std::to_string(image.rgb.size()) + " bytes");
   }
   return OkStatus();
 }

@@ -12,8 +12,9 @@
 //                floor((size - crop) / 2); a crop larger than the image pads
 //                with black, the image placed ceil((crop - size) / 2) in).
 //
-// Used by the CLIP image processor (pipelines/text/clip_vision.h, bicubic)
-// and by image-to-video conditioning (diffusers' VideoProcessor: Lanczos).
+// The CLIP image processor (pipelines/text/clip_vision.h) resizes with
+// bicubic; diffusers' VideoProcessor, which prepares the image-to-video
+// conditioning frame, with Lanczos.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +24,7 @@
 
 namespace rainserve {
 
-// Largest width or height ResizeImage and CenterCrop produce.
+// Largest width or height ResizeImage and CenterCrop take and produce.
 inline constexpr int64_t kMaxImageSide = 8192;
 
 // Pillow's convolution resampling filters, with Pillow's numbering (the
@@ -44,8 +45,8 @@ const char* ResampleFilterName(ResampleFilter filter);
 
 // `image` resampled to width x height as Pillow's Image.resize((width,
 // height), filter) does, to the byte. Same size returns a copy. INVALID_ARGUMENT
-// naming the argument for an empty or inconsistent image or a width / height
-// outside [1, kMaxImageSide].
+// naming the argument for an empty or inconsistent image, an image side or a
+// width / height outside [1, kMaxImageSide].
 StatusOr<InputImage> ResizeImage(const InputImage& image, int64_t width, int64_t height,
                                  ResampleFilter filter);
 

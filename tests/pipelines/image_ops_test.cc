@@ -183,6 +183,16 @@ TEST(ResizeImageTest, RefusesBadSizesNamingTheArgument) {
   ASSERT_FALSE(out.ok());
   EXPECT_NE(out.status().message().find("image"), std::string::npos);
   EXPECT_FALSE(ResizeImage(InputImage{}, 2, 2, ResampleFilter::kBicubic).ok());
+  // A tall sliver within any pixel budget still has a side beyond the limit.
+  InputImage sliver;
+  sliver.width = 1;
+  sliver.height = kMaxImageSide + 1;
+  sliver.rgb.assign(sliver.height * 3, 9);
+  auto tall = ResizeImage(sliver, 832, 480, ResampleFilter::kLanczos);
+  ASSERT_FALSE(tall.ok());
+  EXPECT_EQ(tall.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(tall.status().message().find("image"), std::string::npos) << tall.status().ToString();
+  EXPECT_FALSE(CenterCrop(sliver, 1, 1).ok());
 }
 
 TEST(ResampleFilterTest, PillowNumbersMapToFiltersAndNearestIsRefused) {
