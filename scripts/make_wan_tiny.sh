@@ -3,6 +3,8 @@
 # (deterministic: the committed files are exactly what this writes):
 #   models/wan-tiny     preset tiny        Wan2.1 text-to-video (the default model)
 #   models/wan22-tiny   preset wan22-tiny  Wan2.2 A14B layout: two experts
+#   models/ti2v-tiny    preset ti2v-tiny   Wan2.2 TI2V-5B layout: Wan2.2 VAE, image mode
+#   models/i2v-tiny     preset i2v-tiny    Wan2.1 I2V layout: CLIP image encoder
 #
 #   scripts/make_wan_tiny.sh            rewrite every tiny model
 #   scripts/make_wan_tiny.sh --check    regenerate in a temporary folder and
@@ -11,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-models=(wan-tiny:tiny wan22-tiny:wan22-tiny)
+models=(wan-tiny:tiny wan22-tiny:wan22-tiny ti2v-tiny:ti2v-tiny i2v-tiny:i2v-tiny)
 tool=${RAINSERVE_BUILD_DIR:-build}/tools/make_wan_checkpoint
 case "$tool" in /*) ;; *) tool="$root/$tool" ;; esac
 [ -x "$tool" ] || RAINSERVE_BUILD_TARGET=make_wan_checkpoint scripts/build.sh >/dev/null

@@ -28,6 +28,8 @@
 
 #include "common/status.h"
 #include "pipelines/text/sentencepiece_library.h"
+#include "pipelines/core/image_ops.h"
+#include "pipelines/text/clip_vision.h"
 #include "pipelines/text/umt5.h"
 #include "pipelines/wan/wan_transformer.h"
 #include "pipelines/wan/wan_vae.h"
@@ -49,6 +51,11 @@ struct Preset {
   // Wan2.2 A14B: a second (low-noise) expert and the switch point.
   bool two_experts = false;
   double boundary_ratio = 0.875;
+  // Wan2.2 TI2V: per-frame timesteps (model_index expand_timesteps).
+  bool expand_timesteps = false;
+  // Wan2.1 I2V: WanImageToVideoPipeline with a CLIP vision encoder.
+  bool image_encoder = false;
+  ClipVisionConfig clip;
 };
 
 // The tiny text encoder and transformer of every tiny preset.
@@ -91,7 +98,38 @@ StatusOr<Preset> MakePreset(const std::string& name) {
     p.dtype = at::kBFloat16;
     return p;
   }
-  return InvalidArgumentError("unknown preset '" + name + "' (tiny, wan22-tiny, 1.3b)");
+  if (name == "ti2v-tiny") {
+    // Wan2.2 TI2V-5B's layout: the Wan2.2 VAE (z 48, 16x space), a 48-channel
+    // transformer, per-frame timesteps.
+    TinyBase(&p);
+    p.dtype = p.vae_dtype = at::kBFloat16;
+    p.vae = WanVAE22Config();
+    p.vae.base_dim = 8;
+    p.vae.decoder_base_dim = 8;
+    p.transformer.in_channels = p.transformer.out_channels = 48;
+    p.expand_timesteps = true;
+    return p;
+  }
+  if (name == "i2v-tiny") {
+    // Wan2.1-I2V-14B's layout: 36 input channels (latents, mask, image
+    // latents), image cross-attention fed by a tiny CLIP ViT (224 px, patch 14).
+    TinyBase(&p);
+    p.dtype = p.vae_dtype = at::kBFloat16;
+    p.image_encoder = true;
+    p.clip.hidden_size = 32;
+    p.clip.intermediate_size = 64;
+    p.clip.num_hidden_layers = 2;
+    p.clip.num_attention_heads = 2;
+    p.clip.patch_size = 14;
+    p.clip.hidden_act = "gelu";
+    p.clip.projection_dim = 32;
+    p.transformer.in_channels = 36;
+    p.transformer.image_dim = p.clip.hidden_size;
+    p.transformer.added_kv_proj_dim = p.transformer.inner_dim();
+    return p;
+  }
+  return InvalidArgumentError("unknown preset '" + name +
+                              "' (tiny, wan22-tiny, ti2v-tiny, i2v-tiny, 1.3b)");
 }
 
 Status WriteText(const std::string& path, const std::string& text) {
@@ -111,7 +149,14 @@ Status MakeDir(const std::string& path) {
 
 // model_index.json naming the components this preset writes.
 std::string ModelIndexJson(const Preset& p) {
-  std::string json = "{\n  \"_class_name\": \"WanPipeline\",\n  \"_diffusers_version\": \"0.33.0\",\n";
+  std::string json = std::string("{\n  \"_class_name\": \"") +
+                     (p.image_encoder ? "WanImageToVideoPipeline" : "WanPipeline") +
+                     "\",\n  \"_diffusers_version\": \"0.33.0\",\n";
+  if (p.expand_timesteps) json += "  \"expand_timesteps\": true,\n";
+  if (p.image_encoder) {
+    json += "  \"image_encoder\": [\"transformers\", \"CLIPVisionModel\"],\n"
+            "  \"image_processor\": [\"transformers\", \"CLIPImageProcessor\"],\n";
+  }
   if (p.two_experts) {
     char ratio[32];
     std::snprintf(ratio, sizeof(ratio), "%g", p.boundary_ratio);
@@ -134,6 +179,16 @@ Status MakeCheckpoint(const std::string& out, const std::string& corpus, const P
     RAINSERVE_RETURN_IF_ERROR(MakeDir(out + "/" + sub));
   }
   if (p.two_experts) RAINSERVE_RETURN_IF_ERROR(MakeDir(out + "/transformer_2"));
+  if (p.image_encoder) {
+    RAINSERVE_RETURN_IF_ERROR(MakeDir(out + "/image_encoder"));
+    RAINSERVE_RETURN_IF_ERROR(MakeDir(out + "/image_processor"));
+    RAINSERVE_RETURN_IF_ERROR(ClipVisionEncoder::Random(p.clip, p.dtype, device, 5)
+                                  ->Save(out + "/image_encoder", p.shard_bytes));
+    ClipImageProcessorConfig processor;  // OpenAI CLIP's 224 pipeline (as published)
+    processor.resample = ResampleFilter::kBicubic;
+    RAINSERVE_RETURN_IF_ERROR(
+        ClipImageProcessor(processor).SavePreprocessorConfig(out + "/image_processor"));
+  }
 
   // Tokenizer: tokenizer/spiece.model (+ the small JSON files transformers reads).
   RAINSERVE_RETURN_IF_ERROR(

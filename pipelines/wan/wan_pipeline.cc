@@ -39,7 +39,9 @@
 #include "common/clock.h"
 #include "common/files.h"
 #include "pipelines/text/umt5.h"
+#include "pipelines/text/clip_vision.h"
 #include "pipelines/wan/wan_experts.h"
+#include "pipelines/wan/wan_image_conditioning.h"
 #include "pipelines/wan/wan_model_index.h"
 #include "pipelines/wan/wan_transformer.h"
 #include "pipelines/wan/wan_vae.h"
@@ -169,6 +171,7 @@ class WanPipeline final : public Pipeline {
   // Noise from the seed, then every denoising step; fills the step statistics
   // and timings of *out. Returns the final latents [1, z, F, h, w] fp32.
   StatusOr<at::Tensor> Denoise(const GenerationRequest& request, const at::Tensor& text,
+                               const WanImageConditioning& image,
                                const std::function<void(int64_t)>& step_done,
                                const CancelToken& cancel, GenerationOutput* out);
   // The latents themselves, or the decoded frames, into *out.
@@ -182,7 +185,10 @@ class WanPipeline final : public Pipeline {
   std::unique_ptr<UMT5Tokenizer> tokenizer_;
   std::unique_ptr<UMT5Encoder> text_encoder_;
   WanModelIndex index_;
+  WanImageMode image_mode_ = WanImageMode::kNone;  // how an input image conditions
   std::unique_ptr<WanExperts> experts_;
+  std::unique_ptr<ClipVisionEncoder> image_encoder_;   // Wan2.1 I2V only
+  std::unique_ptr<ClipImageProcessor> image_processor_;
   std::unique_ptr<WanVAE> vae_;
   SchedulerConfig scheduler_config_;
   // LibTorch intra-op threads of this model, set on the thread that runs
@@ -196,9 +202,9 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   RAINSERVE_ASSIGN_OR_RETURN(p->device_, ParseDevice(entry.device));
   RAINSERVE_ASSIGN_OR_RETURN(p->dtype_, ParseDtype(entry.dtype));
   RAINSERVE_ASSIGN_OR_RETURN(p->index_, ReadWanModelIndex(dir));
-  if (p->index_.image_to_video()) {
-    return UnimplementedError(dir + "/model_index.json: WanImageToVideoPipeline is not supported");
-  }
+  p->image_mode_ = p->index_.expand_timesteps  ? WanImageMode::kFirstFrame
+                   : p->index_.image_to_video() ? WanImageMode::kConcat
+                                                : WanImageMode::kNone;
 
   const int threads = entry.threads > 0 ? static_cast<int>(entry.threads)
                                         : static_cast<int>(std::thread::hardware_concurrency());
@@ -219,6 +225,14 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
                                     p->dtype_, p->device_, entry.offload_idle_expert,
                                     entry.loras));
   RAINSERVE_ASSIGN_OR_RETURN(p->vae_, WanVAE::Load(dir + "/vae", at::kFloat, p->device_));
+  if (p->index_.has_image_encoder) {
+    // fp32 like the VAE: one encoding per request.
+    RAINSERVE_ASSIGN_OR_RETURN(p->image_encoder_, ClipVisionEncoder::Load(dir + "/image_encoder",
+                                                                          at::kFloat, p->device_));
+    RAINSERVE_ASSIGN_OR_RETURN(ClipImageProcessor processor,
+                               ClipImageProcessor::Load(dir + "/image_processor"));
+    p->image_processor_ = std::make_unique<ClipImageProcessor>(std::move(processor));
+  }
 
   RAINSERVE_RETURN_IF_ERROR(p->CheckComponentsMatch(dir));
   const WanTransformerConfig& tc = p->experts_->expert(0).config();
@@ -226,7 +240,13 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   PipelineDescription& d = p->description_;
   d.name = entry.name;
   d.pipeline = "wan";
-  d.tasks = {Task::kTextToVideo, Task::kTextToImage};
+  switch (p->image_mode_) {
+    case WanImageMode::kNone: d.tasks = {Task::kTextToVideo, Task::kTextToImage}; break;
+    case WanImageMode::kConcat: d.tasks = {Task::kImageToVideo}; break;
+    case WanImageMode::kFirstFrame:
+      d.tasks = {Task::kTextToVideo, Task::kTextToImage, Task::kTextImageToVideo};
+      break;
+  }
   d.experts = p->experts_->count();
   d.boundary_timestep = p->experts_->boundary_timestep();
   d.device = entry.device;
@@ -235,12 +255,24 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   d.limits.size_multiple = p->vae_->spatial_scale() * tc.patch_size[1];
   d.limits.frame_multiple = p->vae_->temporal_scale();
   d.memory = p->SizeMemoryModel(d.limits.size_multiple);
+  if (p->image_mode_ == WanImageMode::kFirstFrame) {
+    // Wan2.2 TI2V-5B's published defaults: 1280 x 704, 121 frames at 24 fps.
+    d.defaults.width = 1280;
+    d.defaults.height = 704;
+    d.defaults.num_frames = 121;
+    d.defaults.fps = 24;
+    d.limits.max_frames = std::max<int64_t>(d.limits.max_frames, 121);
+  }
   d.defaults.scheduler = scheduler_kind;
   d.defaults.flow_shift = p->scheduler_config_.flow_shift;
   ApplyOverrides(entry, &d.defaults, &d.limits);
   // The defaults must themselves be a valid request.
   GenerationRequest probe = DefaultRequest(d.defaults);
   probe.prompt = "defaults";
+  if (p->image_mode_ == WanImageMode::kConcat) {  // image-only models: any image
+    probe.image.width = probe.image.height = 1;
+    probe.image.rgb.assign(3, 0);
+  }
   const Status ok = ValidateGenerationRequest(d, probe);
   if (!ok.ok()) {
     return InvalidArgumentError("model '" + entry.name + "': its defaults are invalid: " +
@@ -256,9 +288,28 @@ Status WanPipeline::CheckComponentsMatch(const std::string& dir) const {
                                 std::to_string(text_encoder_->config().d_model) +
                                 " != transformer text_dim " + std::to_string(tc.text_dim));
   }
-  if (vae_->config().z_dim != tc.in_channels || vae_->config().z_dim != tc.out_channels) {
-    return InvalidArgumentError(dir + ": vae z_dim " + std::to_string(vae_->config().z_dim) +
-                                " does not match the transformer's in/out channels");
+  // Image-to-video concatenates the mask and the image's latents to the noise.
+  const int64_t z = vae_->config().z_dim;
+  const int64_t in = image_mode_ == WanImageMode::kConcat ? 2 * z + vae_->temporal_scale() : z;
+  if (tc.in_channels != in || tc.out_channels != z) {
+    return InvalidArgumentError(dir + ": transformer in/out channels " +
+                                std::to_string(tc.in_channels) + "/" +
+                                std::to_string(tc.out_channels) + " do not fit vae z_dim " +
+                                std::to_string(z) + " (expected " + std::to_string(in) + "/" +
+                                std::to_string(z) + ")");
+  }
+  const bool image_attention = tc.image_dim > 0;
+  if (image_attention != (image_encoder_ != nullptr)) {
+    return InvalidArgumentError(dir + (image_attention
+                                           ? ": the transformer has image_dim but the folder has "
+                                             "no image_encoder"
+                                           : ": image_encoder is set but the transformer has no "
+                                             "image_dim"));
+  }
+  if (image_attention && image_encoder_->config().hidden_size != tc.image_dim) {
+    return InvalidArgumentError(dir + ": image_encoder hidden_size " +
+                                std::to_string(image_encoder_->config().hidden_size) +
+                                " != transformer image_dim " + std::to_string(tc.image_dim));
   }
   return OkStatus();
 }
@@ -373,10 +424,25 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
   out.text_encode_seconds = SecondsSince(stage_start);
   if (cancel.cancelled()) return CancelledError("cancelled before denoising");
 
-  // 2-3. Noise, then the denoising loop.
+  // 2. The input image, encoded (image-to-video).
+  WanImageConditioning image;
+  if (!request.image.empty()) {
+    *stage = "image encode";
+    report("image_encode", 0, request.steps);
+    const auto image_start = Clock::now();
+    RAINSERVE_ASSIGN_OR_RETURN(
+        image, WanImageConditioning::Prepare(image_mode_, request.image, request.width,
+                                             request.height, request.num_frames, *vae_,
+                                             image_encoder_.get(), image_processor_.get()));
+    Synchronize(device_);
+    out.image_encode_seconds = SecondsSince(image_start);
+    if (cancel.cancelled()) return CancelledError("cancelled before denoising");
+  }
+
+  // 3-4. Noise, then the denoising loop.
   *stage = "denoise";
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor latents,
-                             Denoise(request, text, [&](int64_t i) {
+                             Denoise(request, text, image, [&](int64_t i) {
                                report("denoise", i, request.steps);
                              }, cancel, &out));
   if (cancel.cancelled()) return CancelledError("cancelled before decoding");
@@ -388,6 +454,7 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
 }
 
 StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, const at::Tensor& text,
+                                          const WanImageConditioning& image,
                                           const std::function<void(int64_t)>& step_done,
                                           const CancelToken& cancel, GenerationOutput* out) {
   // Latents: [1, z, F, h, w] fp32, the noise drawn on the CPU so that a seed
@@ -408,6 +475,7 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
   options.sparse = request.sparse;
   const bool cfg = request.guidance_scale > 1.0;
   const int64_t B = cfg ? 2 : 1;
+  options.image_embeds = image.ImageEmbeds(B);
   attention::SparsityTally tally;
   StepCacheRun cache(request.step_cache, request.steps,
                      experts_->expert(0).config().inner_dim());
@@ -433,9 +501,8 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
                                         : request.guidance_scale;
     options.step = i;
     options.step_cache = cache.Hook(i);
-    const at::Tensor t = at::full({B}, timestep,
-                                  at::TensorOptions().dtype(at::kFloat).device(device_));
-    const at::Tensor x = latents.to(dtype_).expand({B, -1, -1, -1, -1});
+    const at::Tensor t = image.Timesteps(timestep, B, F, device_);
+    const at::Tensor x = image.ModelInput(latents, B, dtype_);
     WanForwardStats stats;
     RAINSERVE_ASSIGN_OR_RETURN(at::Tensor v, transformer->Forward(x, t, text, options, &stats));
     v = v.to(at::kFloat);
@@ -451,6 +518,7 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
   }
   out->denoise_seconds = SecondsSince(start);
   out->realized_sparsity = tally.Mean();
+  latents = image.Finish(latents);
   out->cache_skipped_steps = cache.skipped_steps();
   return latents;
 }
