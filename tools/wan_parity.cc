@@ -45,6 +45,7 @@
 #include "pipelines/core/safetensors.h"
 #include "pipelines/core/schedulers.h"
 #include "pipelines/text/tokenizer.h"
+#include "pipelines/text/clip_vision.h"
 #include "pipelines/text/umt5.h"
 #include "pipelines/wan/wan_pipeline.h"
 #include "pipelines/wan/wan_transformer.h"
@@ -115,6 +116,7 @@ class Reference {
   }
 
   StatusOr<at::Tensor> Get(const std::string& name) const { return f32_->Get(name); }
+  bool Has(const std::string& name) const { return f32_->entries().count(name) > 0; }
   // The float64 run of `name`, or an undefined tensor.
   at::Tensor Get64(const std::string& name) const {
     if (f64_ == nullptr || f64_->entries().count(name) == 0) return at::Tensor();
@@ -146,6 +148,7 @@ class Parity {
     Try("transformer", [&] { return Transformer("transformer"); });
     Try("transformer_2", [&] { return Transformer("transformer_2"); });
     Try("vae", [&] { return Vae(); });
+    Try("image_encoder", [&] { return ImageEncoder(); });
     Try("scheduler", [&] { return Schedules(); }, "scheduler");
     Try("scheduler.sequences", [&] { return Sequences(); }, "scheduler");
     Try("pipeline", [&] { return Pipelines(); });
@@ -210,6 +213,7 @@ class Parity {
   Status Umt5();
   Status Transformer(const std::string& folder);
   Status Vae();
+  Status ImageEncoder();
   Status Schedules();
   Status Sequences();
   Status Pipelines();
@@ -286,6 +290,9 @@ Status Parity::Transformer(const std::string& folder) {
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor text, ref_.Get("umt5.prompt_embeds"));
   WanForwardOptions options;  // dense
   options.engine = &engine_;
+  if (ref_.Has(folder + ".image_embeds")) {
+    RAINSERVE_ASSIGN_OR_RETURN(options.image_embeds, ref_.Get(folder + ".image_embeds"));
+  }
   for (auto kernel : {attention::DenseKernel::kOurs, attention::DenseKernel::kTorch}) {
     options.attention.dense_kernel = kernel;
     RAINSERVE_ASSIGN_OR_RETURN(at::Tensor out, model->Forward(x, t, text, options));
@@ -294,7 +301,12 @@ Status Parity::Transformer(const std::string& folder) {
                                                    : ".dense_kernel"),
                                      out, folder + ".output"));
   }
-  return OkStatus();
+  if (!ref_.Has(folder + ".frame_timesteps")) return OkStatus();
+  // Per-frame timesteps (TI2V image mode) against the reference's per-token ones.
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor frame_t, ref_.Get(folder + ".frame_timesteps"));
+  options.attention.dense_kernel = attention::DenseKernel::kOurs;
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor out, model->Forward(x, frame_t, text, options));
+  return AddRow(folder + ".frame_timesteps", out, folder + ".expanded_output");
 }
 
 Status Parity::Vae() {
@@ -306,6 +318,33 @@ Status Parity::Vae() {
   RAINSERVE_RETURN_IF_ERROR(AddRow("vae.decode", decoded, "vae.decoded"));
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor encoded, vae->Encode(video));
   return AddRow("vae.encode", encoded, "vae.encoded");
+}
+
+// A reference image tensor [H, W, 3] (stored as int64) as an InputImage.
+StatusOr<InputImage> ImageOf(const at::Tensor& t) {
+  if (t.dim() != 3 || t.size(2) != 3) return InvalidArgumentError("reference image: not [H, W, 3]");
+  const at::Tensor bytes = t.to(at::kByte).contiguous();
+  InputImage image;
+  image.height = t.size(0);
+  image.width = t.size(1);
+  image.rgb.assign(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel());
+  return image;
+}
+
+// CLIP: the processor's pixel values, then hidden_states[-2].
+Status Parity::ImageEncoder() {
+  RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<ClipVisionEncoder> encoder,
+                             ClipVisionEncoder::Load(model_ + "/image_encoder", at::kFloat,
+                                                     at::kCPU));
+  RAINSERVE_ASSIGN_OR_RETURN(ClipImageProcessor processor,
+                             ClipImageProcessor::Load(model_ + "/image_processor"));
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor raw, ref_.Get("image_encoder.image"));
+  RAINSERVE_ASSIGN_OR_RETURN(InputImage image, ImageOf(raw));
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor pixels, processor.Preprocess(image));
+  RAINSERVE_RETURN_IF_ERROR(
+      AddRow("image_encoder.pixel_values", pixels, "image_encoder.pixel_values"));
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor hidden, encoder->Forward(pixels));
+  return AddRow("image_encoder.hidden_states", hidden, "image_encoder.hidden_states");
 }
 
 StatusOr<SchedulerConfig> ModelSchedulerConfig(const std::string& model) {
@@ -403,6 +442,10 @@ Status Parity::PipelineRun(Pipeline& pipeline, const json& s, const json& run) {
   r.num_frames = s.value("num_frames", 0);
   r.scheduler = run.value("scheduler", "");
   r.sparse.mode = AttentionMode::kDense;
+  if (run.value("image", false)) {
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor raw, ref_.Get("pipeline.image"));
+    RAINSERVE_ASSIGN_OR_RETURN(r.image, ImageOf(raw));
+  }
   const std::string name = run.value("name", "");
   CancelToken cancel;
   RAINSERVE_ASSIGN_OR_RETURN(GenerationOutput frames, pipeline.Generate(r, nullptr, cancel));

@@ -39,15 +39,16 @@ import traceback
 import types
 
 import numpy as np
+import PIL.Image
 import torch
 import transformers
 from safetensors.torch import save_file
 
 import diffusers
 from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
-                       WanPipeline, WanTransformer3DModel)
+                       WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel)
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
-from transformers import AutoTokenizer, UMT5EncoderModel
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
 
 MAX_TOKENS = 512  # WanPipeline's max_sequence_length default
 PROMPTS = [
@@ -127,20 +128,40 @@ def umt5_part(rec, pipe, encoder):
     return {"prompts": PROMPTS, "max_length": MAX_TOKENS}
 
 
-def transformer_part(rec, transformer, name="transformer"):
+def transformer_part(rec, transformer, name="transformer", expand_timesteps=False):
     text = rec.f32["umt5.prompt_embeds"]  # [2, 512, d]
     hidden = randn((2, transformer.config.in_channels, 2, 8, 8), 1)
     timestep = torch.tensor([999.0, 602.15], dtype=torch.float32)
+    image = None
+    if transformer.config.image_dim is not None:
+        image = randn((2, 257, transformer.config.image_dim), 3)
+        rec.put(name + ".image_embeds", image)
+    t64 = copy.deepcopy(transformer).double()
+
+    def run(model, ts, dtype):
+        return model(hidden_states=hidden.to(dtype), timestep=ts.to(dtype),
+                     encoder_hidden_states=text.to(dtype),
+                     encoder_hidden_states_image=None if image is None else image.to(dtype),
+                     return_dict=False)[0]
+
     with torch.no_grad():
-        out = transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=text,
-                          return_dict=False)[0]
-        t64 = copy.deepcopy(transformer).double()
-        out64 = t64(hidden_states=hidden.double(), timestep=timestep.double(),
-                    encoder_hidden_states=text.double(), return_dict=False)[0]
+        out, out64 = run(transformer, timestep, torch.float32), run(t64, timestep, torch.float64)
     rec.put(name + ".hidden_states", hidden)
     rec.put(name + ".timestep", timestep)
     rec.put(name + ".output", out, out64)
-    return {"encoder_hidden_states": "umt5.prompt_embeds", "folder": name}
+    info = {"encoder_hidden_states": "umt5.prompt_embeds", "folder": name}
+    if expand_timesteps:
+        # Wan2.2 TI2V image mode: per-token timesteps, 0 on latent frame 0.
+        frames, tokens = hidden.shape[2], hidden.shape[2] * 4 * 4  # patch (1, 2, 2) of 8 x 8
+        per_frame = timestep[:, None].expand(2, frames).clone()
+        per_frame[:, 0] = 0
+        per_token = per_frame.repeat_interleave(tokens // frames, dim=1)
+        with torch.no_grad():
+            out, out64 = run(transformer, per_token, torch.float32), run(t64, per_token, torch.float64)
+        rec.put(name + ".frame_timesteps", per_frame)
+        rec.put(name + ".expanded_output", out, out64)
+        info["expanded"] = True
+    return info
 
 
 def vae_part(rec, vae):
@@ -202,30 +223,57 @@ def scheduler_part(rec, unipc_config):
     return {"schedules": schedules, "sequences": sequences}
 
 
-def pipeline_part(rec, pipe, unipc_config):
+def test_image(width=72, height=56):
+    """A deterministic RGB image (gradients and a checker) unlike the output size."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // width, y * 255 // height, ((x // 5 + y // 3) % 2) * 200], axis=-1)
+    return rgb.astype(np.uint8)
+
+
+def pipeline_part(rec, pipes, unipc_config):
+    """Whole generations: `pipes` maps "text" / "image" to the pipeline of each mode."""
     p = dict(PIPELINE)
-    if pipe.transformer_2 is not None:
+    text_pipe = pipes.get("text")
+    any_pipe = text_pipe or pipes["image"]
+    if any_pipe.transformer_2 is not None:
         p.update(guidance_scale=4.0, guidance_scale_2=3.0)
+    image = test_image()
+    rec.put("pipeline.image", torch.from_numpy(image))
     runs = []
-    for kind in ("unipc", "euler"):
-        pipe.scheduler = make_scheduler(kind, unipc_config, shift=p["flow_shift"])
-        outputs = {}
-        for output_type in ("np", "latent"):
-            gen = torch.Generator("cpu").manual_seed(p["seed"])
-            with torch.no_grad():
-                out = pipe(prompt=p["prompt"], negative_prompt=p["negative_prompt"],
-                           height=p["height"], width=p["width"], num_frames=p["num_frames"],
-                           num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
-                           guidance_scale_2=p.get("guidance_scale_2"), generator=gen, output_type=output_type,
-                           max_sequence_length=MAX_TOKENS).frames
-            outputs[output_type] = torch.as_tensor(np.asarray(out)) if output_type == "np" else out
-        key = f"pipeline.{kind}"
-        rec.put(key + ".frames", outputs["np"])  # [1, F, H, W, 3] in [0, 1]
-        rec.put(key + ".latents", outputs["latent"])  # [1, z, f, h, w]
-        runs.append({"name": key, "scheduler": kind})
-    latent_shape = tuple(rec.f32["pipeline.unipc.latents"].shape)
+    for mode, pipe in pipes.items():
+        for kind in ("unipc", "euler"):
+            pipe.scheduler = make_scheduler(kind, unipc_config, shift=p["flow_shift"])
+            extra = {"image": PIL.Image.fromarray(image)} if mode == "image" else {}
+            outputs = {}
+            for output_type in ("np", "latent"):
+                gen = torch.Generator("cpu").manual_seed(p["seed"])
+                with torch.no_grad():
+                    out = pipe(prompt=p["prompt"], negative_prompt=p["negative_prompt"],
+                               height=p["height"], width=p["width"], num_frames=p["num_frames"],
+                               num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
+                               guidance_scale_2=p.get("guidance_scale_2"), generator=gen,
+                               output_type=output_type, max_sequence_length=MAX_TOKENS,
+                               **extra).frames
+                outputs[output_type] = torch.as_tensor(np.asarray(out)) if output_type == "np" else out
+            key = f"pipeline.{kind}" + (".image" if mode == "image" else "")
+            rec.put(key + ".frames", outputs["np"])  # [1, F, H, W, 3] in [0, 1]
+            rec.put(key + ".latents", outputs["latent"])  # [1, z, f, h, w]
+            runs.append({"name": key, "scheduler": kind, "image": mode == "image"})
+    latent_shape = tuple(rec.f32[runs[0]["name"] + ".latents"].shape)
     rec.put("pipeline.noise", randn(latent_shape, p["seed"]))  # prepare_latents' draw
     return dict(p, runs=runs, max_sequence_length=MAX_TOKENS)
+
+
+def image_encoder_part(rec, pipe):
+    """CLIP hidden_states[-2] of the test image, as WanImageToVideoPipeline.encode_image."""
+    image = PIL.Image.fromarray(test_image())
+    pixels = pipe.image_processor(images=image, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        embeds = pipe.encode_image(image, torch.device("cpu"))
+    rec.put("image_encoder.image", torch.from_numpy(test_image()))
+    rec.put("image_encoder.pixel_values", pixels)
+    rec.put("image_encoder.hidden_states", embeds)
+    return {"processor_class": type(pipe.image_processor).__name__}
 
 
 def write_checkpoint(out, tokenizer_dir):
@@ -295,24 +343,42 @@ def main():
     vae = AutoencoderKLWan.from_pretrained(os.path.join(m, "vae")).float().eval()
     unipc_config = UniPCMultistepScheduler.load_config(os.path.join(m, "scheduler"))
     transformer.eval()
-    pipe = WanPipeline(tokenizer=tok, text_encoder=encoder, vae=vae,
-                       scheduler=make_scheduler("unipc", unipc_config), transformer=transformer,
-                       transformer_2=transformer_2, boundary_ratio=index.get("boundary_ratio"),
-                       expand_timesteps=bool(index.get("expand_timesteps", False)))
-    pipe.set_progress_bar_config(disable=True)
+    expand = bool(index.get("expand_timesteps", False))
+    common = dict(tokenizer=tok, text_encoder=encoder, vae=vae,
+                  scheduler=make_scheduler("unipc", unipc_config), transformer=transformer,
+                  transformer_2=transformer_2, boundary_ratio=index.get("boundary_ratio"),
+                  expand_timesteps=expand)
+    pipes = {}
+    if index.get("_class_name", "WanPipeline") == "WanPipeline":
+        pipes["text"] = WanPipeline(**common)
+    if expand or index.get("_class_name") == "WanImageToVideoPipeline":
+        image_encoder = image_processor = None
+        if (index.get("image_encoder") or [None])[0] is not None:
+            image_encoder = CLIPVisionModel.from_pretrained(
+                os.path.join(m, "image_encoder")).float().eval()
+            image_processor = CLIPImageProcessor.from_pretrained(os.path.join(m, "image_processor"))
+        pipes["image"] = WanImageToVideoPipeline(image_encoder=image_encoder,
+                                                 image_processor=image_processor, **common)
+    for p in pipes.values():
+        p.set_progress_bar_config(disable=True)
+    pipe = pipes.get("text") or pipes["image"]
 
     parts = set(args.parts.split(","))
     rec = Recorder()
     steps = [("tokenizer", lambda: tokenizer_part(rec, tok)),
              ("umt5", lambda: umt5_part(rec, pipe, encoder)),
-             ("transformer", lambda: transformer_part(rec, transformer)),
+             ("transformer", lambda: transformer_part(rec, transformer, expand_timesteps=expand)),
              ("transformer_2", lambda: transformer_part(rec, transformer_2, "transformer_2")),
              ("vae", lambda: vae_part(rec, vae)),
              ("scheduler", lambda: scheduler_part(rec, unipc_config)),
-             ("pipeline", lambda: pipeline_part(rec, pipe, unipc_config))]
+             ("image_encoder", lambda: image_encoder_part(rec, pipes["image"])),
+             ("pipeline", lambda: pipeline_part(rec, pipes, unipc_config))]
     for name, fn in steps:
         if name == "transformer_2":
             if two_experts and "transformer" in parts:
+                rec.run(name, fn)
+        elif name == "image_encoder":
+            if "image" in pipes and pipes["image"].image_encoder is not None and "pipeline" in parts:
                 rec.run(name, fn)
         elif name in parts or (name == "umt5" and ("transformer" in parts)):
             rec.run(name, fn)
