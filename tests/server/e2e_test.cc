@@ -945,11 +945,14 @@ TEST_F(SecurityE2eTest, DisabledModelManagementIsDeniedEvenToAdmins) {
 // No model is loaded: gRPC refuses the request before any RainServe code
 // runs, and the next call on the connection reaches the service again.
 TEST_F(SecurityE2eTest, OversizeRequestIsResourceExhaustedAndTheServerKeepsServing) {
+  // The receive limit is the larger of max_message_bytes and the model's
+  // image limit + 1 MiB (ReceiveMessageBytes): 1 MiB + 1 KiB here.
   ServerConfig config = Config(/*load_at_startup=*/false);
   config.server.max_message_bytes = 4096;
+  config.models.at(0).limits.max_image_bytes = 1024;
   ASSERT_NO_FATAL_FAILURE(StartServer(config));
   Client client(*app_);
-  const v1::GenerateRequest huge = Request(std::string(8192, 'a'), 64, 64, 1, 1);
+  const v1::GenerateRequest huge = Request(std::string(2 << 20, 'a'), 64, 64, 1, 1);
   const Stream streamed = client.Generate(huge);
   EXPECT_EQ(streamed.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << streamed.status.error_message();
