@@ -56,6 +56,62 @@ std::vector<uint8_t> ToRgb(std::vector<uint8_t> pixels, int channels, int64_t co
   return rgb;
 }
 
+// ---------------------------------------------------------------- EXIF
+
+// The EXIF orientation (1..8) in a TIFF structure (the body of a JPEG's
+// "Exif\0\0" APP1 segment, or a PNG eXIf chunk): IFD0's tag 0x0112. 1 (as
+// stored) when absent or malformed.
+int ExifOrientation(const uint8_t* tiff, size_t size) {
+  if (size < 8) return 1;
+  const bool little = tiff[0] == 'I' && tiff[1] == 'I';
+  if (!little && !(tiff[0] == 'M' && tiff[1] == 'M')) return 1;
+  auto u16 = [&](size_t at) -> uint32_t {
+    return little ? tiff[at] | tiff[at + 1] << 8 : tiff[at] << 8 | tiff[at + 1];
+  };
+  auto u32 = [&](size_t at) -> uint32_t {
+    return little ? u16(at) | u16(at + 2) << 16 : u16(at) << 16 | u16(at + 2);
+  };
+  const size_t ifd = u32(4);
+  if (ifd > size - 2) return 1;
+  const size_t entries = u16(ifd);
+  for (size_t i = 0; i < entries && ifd + 2 + 12 * (i + 1) <= size; ++i) {
+    const size_t entry = ifd + 2 + 12 * i;
+    if (u16(entry) != 0x0112) continue;
+    const uint32_t value = u16(entry + 8);  // a SHORT, left-justified in the value field
+    return u16(entry + 2) == 3 && value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
+  }
+  return 1;
+}
+
+// Turns `image` upright as PIL's ImageOps.exif_transpose does (which the
+// reference's load_image applies): 2 mirror, 3 rotate 180, 4 flip, 5
+// transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise.
+void ApplyOrientation(int orientation, DecodedImage* image) {
+  if (orientation <= 1 || orientation > 8) return;
+  const int64_t w = image->width, h = image->height;
+  const bool swap = orientation >= 5;
+  const int64_t out_w = swap ? h : w, out_h = swap ? w : h;
+  std::vector<uint8_t> out(image->rgb.size());
+  for (int64_t y = 0; y < out_h; ++y) {
+    for (int64_t x = 0; x < out_w; ++x) {
+      int64_t sx = x, sy = y;  // the source pixel of output (x, y)
+      switch (orientation) {
+        case 2: sx = w - 1 - x; break;
+        case 3: sx = w - 1 - x, sy = h - 1 - y; break;
+        case 4: sy = h - 1 - y; break;
+        case 5: sx = y, sy = x; break;
+        case 6: sx = y, sy = h - 1 - x; break;
+        case 7: sx = w - 1 - y, sy = h - 1 - x; break;
+        case 8: sx = w - 1 - y, sy = x; break;
+      }
+      std::memcpy(&out[(y * out_w + x) * 3], &image->rgb[(sy * w + sx) * 3], 3);
+    }
+  }
+  image->rgb = std::move(out);
+  image->width = out_w;
+  image->height = out_h;
+}
+
 // ---------------------------------------------------------------- PNG
 
 struct PngState {
@@ -69,6 +125,7 @@ struct PngState {
   int64_t width = 0, height = 0;
   int channels = 0;
   bool over_limit = false;  // the header asked for too many pixels
+  int orientation = 1;      // an eXIf chunk before the image data
   std::vector<uint8_t> pixels;
   std::vector<png_bytep> rows;
 
@@ -108,6 +165,11 @@ bool RunPng(PngState* s) {
     s->over_limit = true;
     return false;
   }
+  png_uint_32 exif_size = 0;
+  png_bytep exif = nullptr;
+  if (png_get_eXIf_1(s->png, s->info, &exif_size, &exif) != 0 && exif != nullptr) {
+    s->orientation = ExifOrientation(exif, exif_size);
+  }
   if (depth == 16) png_set_strip_16(s->png);  // the high byte, as PIL keeps
   if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(s->png);
   if (color == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(s->png);
@@ -141,6 +203,7 @@ StatusOr<DecodedImage> DecodePng(std::string_view bytes, const ImageLimits& limi
   out.height = s.height;
   out.rgb = ToRgb(std::move(s.pixels), s.channels, s.width * s.height);
   out.mime_type = "image/png";
+  ApplyOrientation(s.orientation, &out);
   return out;
 }
 
@@ -158,6 +221,7 @@ struct JpegState {
   bool damaged = false;  // a warning that means lost image data
   bool over_limit = false;
   bool cmyk = false;
+  int orientation = 1;  // from an EXIF APP1 segment
   std::vector<uint8_t> rgb;
 
   ~JpegState() {
@@ -207,7 +271,16 @@ bool RunJpeg(JpegState* s) {
   s->cinfo.progress = &s->progress;
   jpeg_mem_src(&s->cinfo, reinterpret_cast<const unsigned char*>(s->bytes.data()),
                static_cast<unsigned long>(s->bytes.size()));
+  jpeg_save_markers(&s->cinfo, JPEG_APP0 + 1, 0xffff);  // EXIF
   jpeg_read_header(&s->cinfo, TRUE);
+  // Saved markers live until the decompression ends: read EXIF now.
+  for (jpeg_saved_marker_ptr m = s->cinfo.marker_list; m != nullptr; m = m->next) {
+    if (m->marker == JPEG_APP0 + 1 && m->data_length > 6 &&
+        std::memcmp(m->data, "Exif\0\0", 6) == 0) {
+      s->orientation = ExifOrientation(m->data + 6, m->data_length - 6);
+      break;
+    }
+  }
   const int64_t width = s->cinfo.image_width, height = s->cinfo.image_height;
   if (!CheckPixels(width, height, s->limits).ok()) {
     s->over_limit = true;
@@ -247,6 +320,7 @@ StatusOr<DecodedImage> DecodeJpeg(std::string_view bytes, const ImageLimits& lim
   out.height = s.cinfo.image_height;
   out.rgb = std::move(s.rgb);
   out.mime_type = "image/jpeg";
+  ApplyOrientation(s.orientation, &out);
   return out;
 }
 

@@ -10,8 +10,10 @@
 // transparency) is dropped without compositing, 16-bit PNG channels keep
 // their high byte, PNG gamma chunks are ignored. JPEG goes through
 // libjpeg-turbo's default decoder (integer IDCT, fancy upsampling), as PIL
-// does; any libjpeg warning (a truncated or damaged stream) fails the image.
-// EXIF orientation is not applied.
+// does; warnings about lost data (a truncated or damaged stream) fail the
+// image. An EXIF orientation (JPEG APP1, or a PNG eXIf chunk before the
+// image data) turns the image upright, as PIL's ImageOps.exif_transpose in
+// the reference's load_image does; width and height are the upright image's.
 #pragma once
 
 #include <cstdint>

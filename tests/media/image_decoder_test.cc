@@ -185,6 +185,56 @@ TEST(ImageDecoderTest, CmykJpegIsRefusedByName) {
   ExpectRefused(EncodeTestJpeg(Gradient(8, 8), 8, 8, 90, JpegKind::kCmyk), "CMYK");
 }
 
+// 3x2 image, pixel i (row-major) has red = 'a' + i: "abc" over "def".
+std::string Oriented(int orientation, bool big_endian) {
+  std::vector<uint8_t> rgb(3 * 2 * 3, 0);
+  for (int i = 0; i < 6; ++i) rgb[3 * i] = static_cast<uint8_t>('a' + i);
+  PngSpec spec = MakePng(3, 2, 8, 2, rgb);
+  spec.exif = testing::ExifOrientation(orientation, big_endian);
+  const DecodedImage image = Decode(EncodeTestPng(spec));
+  std::string rows;
+  for (int64_t y = 0; y < image.height; ++y) {
+    if (y > 0) rows += "/";
+    for (int64_t x = 0; x < image.width; ++x) {
+      rows += static_cast<char>(image.rgb[(y * image.width + x) * 3]);
+    }
+  }
+  return rows;
+}
+
+TEST(ImageDecoderTest, ExifOrientationTurnsThePngUprightAsExifTransposeDoes) {
+  for (bool big_endian : {false, true}) {
+    EXPECT_EQ(Oriented(1, big_endian), "abc/def");
+    EXPECT_EQ(Oriented(2, big_endian), "cba/fed");     // mirrored
+    EXPECT_EQ(Oriented(3, big_endian), "fed/cba");     // rotated 180
+    EXPECT_EQ(Oriented(4, big_endian), "def/abc");     // flipped
+    EXPECT_EQ(Oriented(5, big_endian), "ad/be/cf");    // transposed
+    EXPECT_EQ(Oriented(6, big_endian), "da/eb/fc");    // rotated 90 clockwise
+    EXPECT_EQ(Oriented(7, big_endian), "fc/eb/da");    // transversed
+    EXPECT_EQ(Oriented(8, big_endian), "cf/be/ad");    // rotated 90 anticlockwise
+  }
+  EXPECT_EQ(Oriented(9, false), "abc/def");  // out of range: as stored
+}
+
+TEST(ImageDecoderTest, ExifOrientationTurnsTheJpegUprightToo) {
+  const std::vector<uint8_t> rgb = Gradient(32, 16);
+  const DecodedImage plain = Decode(EncodeTestJpeg(rgb, 32, 16, 90));
+  const DecodedImage turned =
+      Decode(EncodeTestJpeg(rgb, 32, 16, 90, JpegKind::kRgb, testing::ExifOrientation(6)));
+  ASSERT_EQ(turned.width, 16);
+  ASSERT_EQ(turned.height, 32);
+  // Rotated 90 clockwise: output (x, y) is input (y, 15 - x), pixel for pixel
+  // (the same compressed data decodes to the same pixels).
+  for (int y = 0; y < 32; ++y) {
+    for (int x = 0; x < 16; ++x) {
+      for (int c = 0; c < 3; ++c) {
+        ASSERT_EQ(turned.rgb[(y * 16 + x) * 3 + c], plain.rgb[((15 - x) * 32 + y) * 3 + c])
+            << x << "," << y;
+      }
+    }
+  }
+}
+
 TEST(ImageDecoderTest, SniffLooksOnlyAtMagicBytes) {
   EXPECT_EQ(SniffImageType(std::string("\x89PNG\r\n\x1a\n", 8)), "image/png");
   EXPECT_EQ(SniffImageType("\xff\xd8\xff\xe0"), "image/jpeg");

@@ -65,6 +65,10 @@ std::string EncodeTestPng(const PngSpec& spec) {
     png_set_tRNS(png, info, spec.alpha.data(), static_cast<int>(spec.alpha.size()), nullptr);
   }
   if (spec.gamma > 0) png_set_gAMA(png, info, spec.gamma);
+  if (!spec.exif.empty()) {
+    png_set_eXIf_1(png, info, static_cast<png_uint_32>(spec.exif.size()),
+                   reinterpret_cast<png_bytep>(const_cast<char*>(spec.exif.data())));
+  }
   png_write_info(png, info);
   const size_t row_bytes = png_get_rowbytes(png, info);
   std::vector<png_bytep> rows(spec.height);
@@ -78,7 +82,7 @@ std::string EncodeTestPng(const PngSpec& spec) {
 }
 
 std::string EncodeTestJpeg(const std::vector<uint8_t>& rgb, int width, int height, int quality,
-                           JpegKind kind) {
+                           JpegKind kind, const std::string& exif) {
   jpeg_compress_struct cinfo;
   jpeg_error_mgr errors;
   cinfo.err = jpeg_std_error(&errors);  // exits the test binary on an error
@@ -96,6 +100,11 @@ std::string EncodeTestJpeg(const std::vector<uint8_t>& rgb, int width, int heigh
   jpeg_set_quality(&cinfo, quality, TRUE);
   if (kind == JpegKind::kProgressive) jpeg_simple_progression(&cinfo);
   jpeg_start_compress(&cinfo, TRUE);
+  if (!exif.empty()) {
+    const std::string app1 = std::string("Exif\0\0", 6) + exif;
+    jpeg_write_marker(&cinfo, JPEG_APP0 + 1, reinterpret_cast<const JOCTET*>(app1.data()),
+                      static_cast<unsigned int>(app1.size()));
+  }
   std::vector<uint8_t> row(static_cast<size_t>(width) * components);
   while (cinfo.next_scanline < cinfo.image_height) {
     const uint8_t* in = &rgb[static_cast<size_t>(cinfo.next_scanline) * width * 3];
@@ -113,6 +122,22 @@ std::string EncodeTestJpeg(const std::vector<uint8_t>& rgb, int width, int heigh
   std::string out(reinterpret_cast<char*>(buffer), size);
   std::free(buffer);
   return out;
+}
+
+std::string ExifOrientation(int orientation, bool big_endian) {
+  auto u16 = [big_endian](uint32_t v) {
+    std::string out(2, '\0');
+    out[big_endian ? 1 : 0] = static_cast<char>(v & 0xff);
+    out[big_endian ? 0 : 1] = static_cast<char>((v >> 8) & 0xff);
+    return out;
+  };
+  auto u32 = [&](uint32_t v) {
+    return big_endian ? u16(v >> 16) + u16(v & 0xffff) : u16(v & 0xffff) + u16(v >> 16);
+  };
+  // Header, IFD0 at offset 8: one entry (tag 0x0112, SHORT, count 1, value
+  // left-justified), then the next-IFD offset 0.
+  return std::string(big_endian ? "MM" : "II") + u16(42) + u32(8) + u16(1) + u16(0x0112) +
+         u16(3) + u32(1) + u16(orientation) + u16(0) + u32(0);
 }
 
 std::string PngClaimingSize(uint32_t width, uint32_t height) {

@@ -22,6 +22,7 @@ struct PngSpec {
   std::vector<uint8_t> alpha;    // tRNS: one alpha per palette entry
   bool interlaced = false;       // Adam7
   double gamma = 0;              // > 0 writes a gAMA chunk
+  std::string exif;              // non-empty: an eXIf chunk (TIFF bytes) before IDAT
 };
 // The plain fields of a PngSpec (no palette, transparency, interlace or gamma).
 PngSpec MakePng(int width, int height, int bit_depth, int color_type,
@@ -31,8 +32,12 @@ std::string EncodeTestPng(const PngSpec& spec);
 enum class JpegKind { kRgb, kGrey, kProgressive, kCmyk };
 // rgb: [height, width, 3] (kGrey takes the first channel, kCmyk writes
 // C = 255 - R, M = 255 - G, Y = 255 - B, K = 0).
+// `exif` non-empty: an APP1 "Exif\0\0" segment with these TIFF bytes.
 std::string EncodeTestJpeg(const std::vector<uint8_t>& rgb, int width, int height, int quality,
-                           JpegKind kind = JpegKind::kRgb);
+                           JpegKind kind = JpegKind::kRgb, const std::string& exif = "");
+
+// EXIF TIFF bytes whose IFD0 holds one entry, Orientation = `orientation`.
+std::string ExifOrientation(int orientation, bool big_endian = false);
 
 // A PNG whose IHDR claims width x height (CRC fixed up) over a 1x1 image's
 // data: a small file that asks the decoder for a huge allocation.
