@@ -656,6 +656,15 @@ TEST_F(WanTinyE2eTest, ModelsListAndDescribeShowReadyWithLimitsAndDefaults) {
   EXPECT_EQ(m.defaults().fps(), 8u);
   EXPECT_DOUBLE_EQ(m.defaults().guidance_scale(), 5.0);
   EXPECT_DOUBLE_EQ(m.defaults().sparse_attention().sparsity(), 0.5);
+  // A one-expert text-to-video model: its tasks, no second guidance scale,
+  // the default image limits.
+  ASSERT_EQ(m.tasks_size(), 2);
+  EXPECT_EQ(m.tasks(0), "t2v");
+  EXPECT_EQ(m.tasks(1), "t2i");
+  EXPECT_EQ(m.experts(), 1u);
+  EXPECT_FALSE(m.defaults().has_guidance_scale_2());
+  EXPECT_EQ(m.limits().max_image_bytes(), 16u << 20);
+  EXPECT_EQ(m.limits().max_image_pixels(), 4096u * 4096);
 
   v1::ModelInfo described;
   ASSERT_TRUE(client_->Describe(kModel, &described).ok());
