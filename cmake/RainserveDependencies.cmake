@@ -56,4 +56,6 @@ if(RAINSERVE_WITH_VIDEO)
     libavcodec libavformat libavutil libswscale)
 endif()
 pkg_check_modules(RainservePng REQUIRED IMPORTED_TARGET libpng)
+# Input images (media/image_decoder.cc): libjpeg-turbo's libjpeg API.
+pkg_check_modules(RainserveJpeg REQUIRED IMPORTED_TARGET libjpeg)
 find_package(OpenSSL REQUIRED)

@@ -15,6 +15,7 @@
 #include "common/status.h"
 #include "media/mp4_encoder.h"
 #include "media/png_encoder.h"
+#include "media/sha256.h"
 
 namespace rainserve::media {
 
@@ -39,9 +40,6 @@ struct Artifact {
   std::vector<int64_t> shape;  // latents only: [C, F, H, W]
   std::string dtype;           // latents only: "float32"
 };
-
-// Lowercase hex SHA-256 of `bytes` (OpenSSL). Thread-safe.
-std::string Sha256Hex(const std::string& bytes);
 
 // rgb: [frames, height, width, 3] uint8. Encodes the frames as `format` says
 // (kMp4 with its default Mp4Options). fps must be in [1, 240] when the result

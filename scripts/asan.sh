@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds the common, attention and server test suites (and rainserve-server,
-# which the server suites start as a child process) and the SentencePiece
-# tokenizer suite with AddressSanitizer and UndefinedBehaviorSanitizer
-# (-DRAINSERVE_SANITIZE=ON) into ./build-asan and runs them with ctest. The
-# server suites run the embedded wan-tiny model end to end (tokenizer, text
-# encoder, transformer, VAE), so the model code runs instrumented too. Any
-# sanitizer report fails the test it occurs in: UBSan aborts
-# (-fno-sanitize-recover), ASan halts on the first error, and LeakSanitizer
-# checks every process at exit, the server children included.
+# which the server suites start as a child process), the input-image decoder
+# suite and the SentencePiece tokenizer suite with AddressSanitizer and
+# UndefinedBehaviorSanitizer (-DRAINSERVE_SANITIZE=ON) into ./build-asan and
+# runs them with ctest. The server suites run the embedded wan-tiny model end
+# to end (tokenizer, text encoder, transformer, VAE), so the model code runs
+# instrumented too. Any sanitizer report fails the test it occurs in: UBSan
+# aborts (-fno-sanitize-recover), ASan halts on the first error, and
+# LeakSanitizer checks every process at exit, the server children included.
 # docs/security.md ("Sanitizers") says what this covers and what it leaves out.
 #
 #   scripts/asan.sh                  build, then ctest -L 'common|attention|server|tokenizer|image'
@@ -24,8 +24,8 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DRAINSERVE_SANITIZE=ON -DRAINSERVE_BUILD_BENCH=OFF
 targets=(common_test server_config_test attention_core_test attention_parity_test attention_torch_test
          rainserve-server server_test job_manager_test generation_service_test
-         model_manager_test metrics_http_test e2e_test cli_process_test
-         rainserve_python_stubs sentencepiece_test image_ops_test)
+         model_manager_test metrics_http_test e2e_test cli_process_test image_request_test
+         rainserve_python_stubs sentencepiece_test image_ops_test image_decoder_test)
 cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:halt_on_error=1}

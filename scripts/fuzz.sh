@@ -16,7 +16,7 @@ seconds=${RAINSERVE_FUZZ_SECONDS:-30}
 jobs=${RAINSERVE_JOBS:-$(nproc)}
 fuzzers=("$@")
 if [ ${#fuzzers[@]} -eq 0 ]; then
-  fuzzers=(config request mask tokenizer safetensors safetensors_index)
+  fuzzers=(config request mask image tokenizer safetensors safetensors_index)
 fi
 
 # clang and libFuzzer are in the package list.

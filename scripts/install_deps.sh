@@ -19,7 +19,7 @@ packages=(
   libgtest-dev libgmock-dev googletest openssl
   # tokenizer training (tools/make_wan_checkpoint and the tokenizer tests;
   # the server reads spiece.model itself), images, video
-  libsentencepiece-dev sentencepiece libpng-dev
+  libsentencepiece-dev sentencepiece libpng-dev libjpeg62-turbo-dev
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev
   # artifact checksums (SHA-256)
   libssl-dev

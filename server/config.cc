@@ -1,5 +1,6 @@
 #include "server/config.h"
 
+#include <algorithm>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -8,6 +9,7 @@
 #include "attention/settings.h"
 #include "common/files.h"
 #include "common/yaml_reader.h"
+#include "pipelines/core/pipeline.h"
 
 namespace rainserve {
 namespace {
@@ -97,6 +99,7 @@ Status ReadModelDefaults(YamlMap& d, ModelDefaultsOverride* o) {
   RAINSERVE_RETURN_IF_ERROR(OptionalInt(d, "fps", 1, 240, &o->fps));
   RAINSERVE_RETURN_IF_ERROR(OptionalInt(d, "steps", 1, 1000, &o->steps));
   RAINSERVE_RETURN_IF_ERROR(OptionalDouble(d, "guidance_scale", 0, 50, &o->guidance_scale));
+  RAINSERVE_RETURN_IF_ERROR(OptionalDouble(d, "guidance_scale_2", 0, 50, &o->guidance_scale_2));
   RAINSERVE_RETURN_IF_ERROR(OptionalDouble(d, "flow_shift", 0.001, 100, &o->flow_shift));
   RAINSERVE_RETURN_IF_ERROR(OptionalEnum(d, "scheduler", {"unipc", "euler"}, &o->scheduler));
   RAINSERVE_RETURN_IF_ERROR(d.Map("step_cache", [&](YamlMap& s) {
@@ -181,6 +184,7 @@ Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
   RAINSERVE_RETURN_IF_ERROR(m.Enum("dtype", {"fp32", "bf16", "fp16"}, &e->dtype));
   RAINSERVE_RETURN_IF_ERROR(m.Int("threads", 0, 1024, &e->threads));
   RAINSERVE_RETURN_IF_ERROR(m.Bool("load_at_startup", &e->load_at_startup));
+  RAINSERVE_RETURN_IF_ERROR(m.Bool("offload_idle_expert", &e->offload_idle_expert));
   RAINSERVE_RETURN_IF_ERROR(m.MapList("loras", [&](size_t i, YamlMap& l) {
     if (i >= kMaxLoraFiles) {
       return InvalidArgumentError(m.KeyPath("loras") + ": at most " +
@@ -204,6 +208,10 @@ Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
     RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_frames", 1, 1025, &o->max_frames));
     RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_steps", 1, 1000, &o->max_steps));
     RAINSERVE_RETURN_IF_ERROR(OptionalInt(l, "max_prompt_tokens", 1, 4096, &o->max_prompt_tokens));
+    RAINSERVE_RETURN_IF_ERROR(
+        OptionalInt(l, "max_image_bytes", 1024, kMaxImageBytesLimit, &o->max_image_bytes));
+    RAINSERVE_RETURN_IF_ERROR(
+        OptionalInt(l, "max_image_pixels", 1, kMaxImagePixelsLimit, &o->max_image_pixels));
     return OptionalDouble(l, "max_memory_gb", 0, 1e6, &o->max_memory_gb);
   });
 }
@@ -252,6 +260,15 @@ StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, const std
   }));
   RAINSERVE_RETURN_IF_ERROR(root.Finish());
   return cfg;
+}
+
+int64_t ReceiveMessageBytes(const ServerConfig& config) {
+  int64_t bytes = config.server.max_message_bytes;
+  for (const ModelEntry& model : config.models) {
+    const int64_t image = model.limits.max_image_bytes.value_or(PipelineLimits().max_image_bytes);
+    bytes = std::max(bytes, image + kRequestBytesBesideImage);
+  }
+  return bytes;
 }
 
 StatusOr<ServerConfig> LoadServerConfig(const std::string& path) {

@@ -33,12 +33,21 @@ struct RetentionConfig {
 // Longest model name (configuration and requests).
 constexpr size_t kMaxModelNameBytes = 128;
 
+// Bounds of models[].limits.max_image_bytes and max_image_pixels.
+constexpr int64_t kMaxImageBytesLimit = int64_t{1} << 30;
+constexpr int64_t kMaxImagePixelsLimit = int64_t{1} << 28;
+// What a request needs beside its image: prompts (PipelineLimits::
+// max_prompt_bytes each) and every other field, with room to spare.
+constexpr int64_t kRequestBytesBesideImage = 1 << 20;
+
 struct ServerSection {
   std::string listen_address = "127.0.0.1:50051";   // gRPC, "host:port" (port 0 = any free)
   std::string metrics_address = "127.0.0.1:9464";   // Prometheus exposer, "host:port"
   std::string log_level = "info";
   double drain_timeout_seconds = 30;                // SIGTERM: time running jobs get to finish
-  int64_t max_message_bytes = 4 << 20;              // largest request accepted
+  // Largest request accepted, raised where a model's input images need more
+  // (ReceiveMessageBytes); also the bound of each ListJobs response.
+  int64_t max_message_bytes = 4 << 20;
   int64_t max_concurrent_streams = 100;             // open calls per client connection
   QueueConfig queue;
   JobsConfig jobs;
@@ -79,6 +88,12 @@ struct ServerConfig {
 // `base_dir` resolves relative model paths ("" leaves them as written).
 StatusOr<ServerConfig> ParseServerConfig(const std::string& yaml_text, const std::string& source,
                                          const std::string& base_dir);
+
+// The gRPC server's receive limit: server.max_message_bytes, or each model's
+// limits.max_image_bytes (the pipeline default when unset) plus
+// kRequestBytesBesideImage where that is more, so that an image request
+// within a model's limits always arrives and gets the model's own answer.
+int64_t ReceiveMessageBytes(const ServerConfig& config);
 
 // Reads and parses a file; NOT_FOUND when it cannot be read.
 StatusOr<ServerConfig> LoadServerConfig(const std::string& path);

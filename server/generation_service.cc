@@ -154,10 +154,15 @@ class EventStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
 // Idempotency identity of a request: everything the client asked for except
 // the key itself and how it waits for the result.
-std::string Fingerprint(const v1::GenerateRequest& request) {
+// What a client_request_id is compared by: the request without its
+// transport fields, its image's bytes replaced by their SHA-256 (so that a
+// retained job does not keep a copy of the image).
+std::string Fingerprint(const v1::GenerateRequest& request, const std::string& image_sha256) {
   v1::GenerateRequest copy = request;
   copy.clear_client_request_id();
   copy.clear_detached();
+  copy.clear_input_image();
+  if (!copy.image().empty()) copy.set_image("sha256:" + image_sha256);
   return copy.SerializeAsString();
 }
 
@@ -214,7 +219,7 @@ StatusOr<v1::Job> GenerationService::QueueJob(const v1::GenerateRequest& request
   SubmitOptions options = base;
   options.client_request_id = request.client_request_id();
   options.priority = request.priority();
-  options.fingerprint = Fingerprint(request);
+  options.fingerprint = Fingerprint(request, r.resolved.input_image().sha256());
   RAINSERVE_ASSIGN_OR_RETURN(v1::Job job,
                              jobs_->Submit(r.resolved, r.generation, options, created));
   RAINSERVE_LOG(DEBUG) << "job " << job.job_id() << " for model '" << r.resolved.model() << "': "

@@ -837,6 +837,7 @@ void JobManager::FinishLocked(const std::shared_ptr<Job>& job, const Status& sta
   job->finished = SteadyClock::now();
   job->finished_wall = WallClock::now();
   job->worker = nullptr;
+  job->request.image = InputImage();  // the decoded pixels go; input_image stays in `resolved`
   v1::GenerateEvent event;
   if (status.ok()) {
     job->state = v1::JOB_STATE_SUCCEEDED;

@@ -1,7 +1,11 @@
 #include "server/request_mapping.h"
 
 #include <cmath>
+#include <optional>
 #include <string>
+
+#include "media/image_decoder.h"
+#include "media/sha256.h"
 
 namespace rainserve {
 namespace {
@@ -113,6 +117,78 @@ Status CheckLength(const std::string& field, const std::string& value, size_t ma
                               " bytes (got " + std::to_string(value.size()) + ")");
 }
 
+bool TakesImage(const PipelineDescription& model) {
+  for (Task t : model.tasks) {
+    if (t == Task::kImageToVideo || t == Task::kTextImageToVideo) return true;
+  }
+  return false;
+}
+
+// The input image, decoded within the model's limits. A model that takes no
+// image gets a one-pixel stand-in instead of a decode, so that the validator
+// refuses the request for what it is (the task) whatever the bytes hold.
+Status ResolveImage(const v1::GenerateRequest& request, const PipelineDescription& model,
+                    GenerationRequest* g, v1::InputImageInfo* info) {
+  if (request.image().empty()) return OkStatus();
+  if (!TakesImage(model)) {
+    g->image = {1, 1, {0, 0, 0}};
+    return OkStatus();
+  }
+  RAINSERVE_ASSIGN_OR_RETURN(
+      media::DecodedImage image,
+      media::DecodeImage(request.image(),
+                         {model.limits.max_image_bytes, model.limits.max_image_pixels}));
+  info->set_mime_type(image.mime_type);
+  info->set_width(static_cast<uint32_t>(image.width));
+  info->set_height(static_cast<uint32_t>(image.height));
+  info->set_size_bytes(request.image().size());
+  info->set_sha256(media::Sha256Hex(request.image()));
+  g->image = {image.width, image.height, std::move(image.rgb)};
+  return OkStatus();
+}
+
+// Width and height: as given, else the model's defaults; an image request
+// that sets neither is sized from the image (SizeForImage with max_area,
+// returned in *max_area), one that sets only one is refused naming the other.
+Status ResolveSize(const v1::GenerateRequest& request, const PipelineDescription& model,
+                   GenerationRequest* g, std::optional<int64_t>* max_area) {
+  const PipelineLimits& l = model.limits;
+  const PipelineDefaults& d = model.defaults;
+  if (request.has_max_area()) {
+    const int64_t lo = l.size_multiple * l.size_multiple;
+    if (request.max_area() < lo || request.max_area() > l.max_pixels) {
+      return InvalidArgumentError("max_area must be in [" + std::to_string(lo) + ", " +
+                                  std::to_string(l.max_pixels) + "] (got " +
+                                  std::to_string(request.max_area()) + ")");
+    }
+  }
+  g->width = request.has_width() ? request.width() : d.width;
+  g->height = request.has_height() ? request.height() : d.height;
+  if (g->image.empty() || !TakesImage(model)) return OkStatus();
+  if (request.has_width() != request.has_height()) {
+    return InvalidArgumentError(
+        std::string(request.has_width() ? "height" : "width") +
+        ": an image request sets width and height together, or neither (then the size "
+        "follows the image's aspect ratio and max_area)");
+  }
+  if (request.has_width()) return OkStatus();
+  *max_area = request.has_max_area() ? request.max_area() : d.width * d.height;
+  const ImageSize size = SizeForImage(g->image.width, g->image.height, **max_area, l.size_multiple);
+  g->width = size.width;
+  g->height = size.height;
+  if (size.width > l.max_width || size.height > l.max_height ||
+      size.width * size.height > l.max_pixels) {
+    return InvalidArgumentError(
+        "image: a " + std::to_string(g->image.width) + "x" + std::to_string(g->image.height) +
+        " image at max_area " + std::to_string(**max_area) + " gives " +
+        std::to_string(size.width) + "x" + std::to_string(size.height) +
+        ", beyond the model's limits (max_width " + std::to_string(l.max_width) +
+        ", max_height " + std::to_string(l.max_height) + ", max_pixels " +
+        std::to_string(l.max_pixels) + "): set width and height");
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 Status CheckRequestStrings(const v1::GenerateRequest& request) {
@@ -148,10 +224,19 @@ StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
   g.seed = request.has_seed() ? request.seed() : random_seed;
   g.steps = request.has_steps() ? request.steps() : d.steps;
   g.guidance_scale = request.has_guidance_scale() ? request.guidance_scale() : d.guidance_scale;
+  // Two experts: the request's, else the model's default, else the first
+  // expert's. One expert: only a request's (which the validator refuses).
+  if (request.has_guidance_scale_2()) {
+    g.guidance_scale_2 = request.guidance_scale_2();
+  } else if (model.experts >= 2) {
+    g.guidance_scale_2 = d.guidance_scale_2.value_or(g.guidance_scale);
+  }
   g.flow_shift = request.has_flow_shift() ? request.flow_shift() : d.flow_shift;
   g.scheduler = SchedulerName(request.scheduler(), d.scheduler);
-  g.width = request.has_width() ? request.width() : d.width;
-  g.height = request.has_height() ? request.height() : d.height;
+  v1::InputImageInfo image_info;
+  RAINSERVE_RETURN_IF_ERROR(ResolveImage(request, model, &g, &image_info));
+  std::optional<int64_t> max_area;
+  RAINSERVE_RETURN_IF_ERROR(ResolveSize(request, model, &g, &max_area));
   g.num_frames = request.has_num_frames() ? request.num_frames() : d.num_frames;
   RAINSERVE_ASSIGN_OR_RETURN(g.sparse, ResolveSparse(request.sparse_attention(), d.sparse));
   // Text-to-image: a single latent frame has nothing to sink.
@@ -167,6 +252,15 @@ StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
 
   v1::GenerateRequest& r = out.resolved;
   r = request;
+  // The image's bytes stay out of everything echoed (Accepted, Job,
+  // ListJobs, results); what was decoded is summarised instead.
+  r.clear_image();
+  r.clear_input_image();
+  if (!image_info.mime_type().empty()) *r.mutable_input_image() = std::move(image_info);
+  r.clear_max_area();
+  if (max_area) r.set_max_area(static_cast<uint32_t>(*max_area));
+  r.clear_guidance_scale_2();
+  if (g.guidance_scale_2) r.set_guidance_scale_2(*g.guidance_scale_2);
   r.set_model(model.name);
   r.set_seed(g.seed);
   r.set_steps(static_cast<uint32_t>(g.steps));
@@ -188,7 +282,10 @@ StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
 void FillModelInfo(const PipelineDescription& model, v1::ModelInfo* info) {
   info->set_name(model.name);
   info->set_pipeline(model.pipeline);
-  info->set_task(model.tasks.empty() ? "" : TaskName(model.tasks.front()));
+  info->clear_tasks();
+  for (Task task : model.tasks) info->add_tasks(TaskName(task));
+  info->set_experts(static_cast<uint32_t>(model.experts));
+  info->set_boundary_timestep(model.experts >= 2 ? model.boundary_timestep : 0.0);
   info->set_device(model.device);
   info->set_dtype(model.dtype);
   info->clear_attention_backends();
@@ -205,6 +302,8 @@ void FillModelInfo(const PipelineDescription& model, v1::ModelInfo* info) {
   limits->set_max_steps(static_cast<uint32_t>(l.max_steps));
   limits->set_max_prompt_tokens(static_cast<uint32_t>(l.max_prompt_tokens));
   limits->set_max_memory_bytes(l.max_memory_bytes);
+  limits->set_max_image_bytes(static_cast<uint64_t>(l.max_image_bytes));
+  limits->set_max_image_pixels(static_cast<uint64_t>(l.max_image_pixels));
 
   const PipelineDefaults& d = model.defaults;
   v1::Defaults* defaults = info->mutable_defaults();
@@ -214,6 +313,10 @@ void FillModelInfo(const PipelineDescription& model, v1::ModelInfo* info) {
   defaults->set_fps(static_cast<uint32_t>(d.fps));
   defaults->set_steps(static_cast<uint32_t>(d.steps));
   defaults->set_guidance_scale(d.guidance_scale);
+  defaults->clear_guidance_scale_2();
+  if (model.experts >= 2) {
+    defaults->set_guidance_scale_2(d.guidance_scale_2.value_or(d.guidance_scale));
+  }
   defaults->set_flow_shift(d.flow_shift);
   defaults->set_scheduler(d.scheduler);
   SparseToProto(d.sparse, defaults->mutable_sparse_attention());
@@ -233,10 +336,13 @@ void FillResultFromOutput(const GenerationOutput& output, const v1::GenerateRequ
     step->set_realized_sparsity(s.realized_sparsity);
     *step->mutable_duration() = SecondsToDuration(s.seconds);
     step->set_cache_skipped(s.cache_skipped);
+    step->set_expert(static_cast<uint32_t>(s.expert));
   }
   result->set_cache_skipped_steps(static_cast<uint32_t>(output.cache_skipped_steps));
   v1::StageTimings* t = result->mutable_timings();
   *t->mutable_text_encode() = SecondsToDuration(output.text_encode_seconds);
+  *t->mutable_image_encode() = SecondsToDuration(output.image_encode_seconds);
+  *t->mutable_expert_switch() = SecondsToDuration(output.expert_switch_seconds);
   *t->mutable_denoise() = SecondsToDuration(output.denoise_seconds);
   *t->mutable_decode() = SecondsToDuration(output.decode_seconds);
   result->set_peak_memory_bytes(output.peak_memory_bytes);

@@ -47,18 +47,28 @@ struct ResolvedRequest {
 // when the request has none. The resolved request names the model by
 // `model.name`; priority, client_request_id and detached are copied as given.
 // Errors: INVALID_ARGUMENT naming the field ("scheduler", "width",
-// "sparse_attention.sparsity", ...). One-frame requests (text-to-image) run
-// with sparse_attention.sink_frames = 0 whatever was asked.
+// "sparse_attention.sparsity", "image", ...). One-frame requests
+// (text-to-image) run with sparse_attention.sink_frames = 0 whatever was asked.
+//
+// Images: decoded here with the model's max_image_bytes / max_image_pixels
+// (a model without an image task refuses any image, undecoded). The resolved
+// request drops the image's bytes and carries input_image (type, size,
+// SHA-256) instead; an image request that sets neither width nor height is
+// sized by SizeForImage from max_area (echoed). Two-expert models echo
+// guidance_scale_2 resolved (request, model default, else guidance_scale);
+// one-expert models refuse it.
 StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
                                          const PipelineDescription& model, uint64_t random_seed);
 
-// Name, pipeline, task, device, dtype, attention backends, limits and
-// defaults (every sparse_attention field set). State is left to the caller.
+// Name, pipeline, tasks, experts, device, dtype, attention backends, limits
+// and defaults (every sparse_attention field set; guidance_scale_2 for
+// two-expert models). State is left to the caller.
 void FillModelInfo(const PipelineDescription& model, v1::ModelInfo* info);
 
 // The parts of a result a pipeline output determines: the applied request,
-// requested and realized sparsity, per-step stats, the text-encode / denoise /
-// decode timings and peak memory. Artifacts, device and the queue / encode /
+// requested and realized sparsity, per-step stats (with the expert), the
+// text-encode / image-encode / denoise / expert-switch / decode timings and
+// peak memory. Artifacts, device and the queue / encode /
 // total timings are the job's to fill.
 void FillResultFromOutput(const GenerationOutput& output, const v1::GenerateRequest& applied,
                           v1::GenerateResult* result);

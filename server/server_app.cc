@@ -153,7 +153,7 @@ StatusOr<std::unique_ptr<ServerApp>> ServerApp::Start(const ServerConfig& config
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(sc.listen_address, credentials, &st->grpc_port);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(sc.max_message_bytes));
+  builder.SetMaxReceiveMessageSize(static_cast<int>(ReceiveMessageBytes(config)));
   // Calls open at once on one client connection (HTTP/2 SETTINGS); gRPC
   // clients queue the calls beyond it until one ends (docs/security.md).
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,

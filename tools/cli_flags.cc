@@ -32,7 +32,12 @@ const std::vector<FlagSpec>& Flags() {
       {"negative-prompt", "TEXT", "what to steer away from"},
       {"seed", "N", "random seed, 0..2^64-1 (default: the server picks one and reports it)"},
       {"steps", "N", "denoising steps"},
-      {"guidance", "X", "classifier-free guidance scale"},
+      {"guidance", "X", "classifier-free guidance scale (two-expert models: the high-noise "
+                        "expert's)"},
+      {"guidance-scale-2", "X", "two-expert models: the low-noise expert's guidance scale"},
+      {"image", "FILE", "input image, PNG or JPEG (image-to-video models)"},
+      {"max-area", "N", "with --image and no --width/--height: the output's area in pixels "
+                        "(the image's aspect ratio is kept)"},
       {"flow-shift", "X", "flow-matching timestep shift"},
       {"scheduler", "unipc|euler", "sampler"},
       {"width", "N", "width in pixels (a multiple of the model's size multiple)"},
@@ -68,7 +73,8 @@ const std::vector<FlagSpec>& Flags() {
 
 std::vector<std::string> RequestFlags() {
   return {"model",    "prompt",     "negative-prompt", "seed",        "steps",
-          "guidance", "flow-shift", "scheduler",       "width",       "height",
+          "guidance", "guidance-scale-2", "image",     "max-area",
+          "flow-shift", "scheduler",       "width",       "height",
           "frames",   "fps",        "format",          "priority",    "request-id",
           "attention", "sparsity",  "sink-frames",     "window",      "dense-warmup-steps",
           "mask-refresh", "step-cache", "step-cache-threshold", "step-cache-warmup"};

@@ -175,20 +175,31 @@ std::string ModelText(const v1::ModelInfo& m) {
   static const char* kStates[] = {"?", "NOT_LOADED", "LOADING", "READY", "FAILED"};
   const int st = m.state();
   std::ostringstream s;
-  s << m.name() << "  " << (st >= 0 && st <= 4 ? kStates[st] : "?") << "  " << m.pipeline() << "/"
-    << m.task() << "  " << m.device() << " " << m.dtype();
+  std::string tasks;
+  for (const std::string& t : m.tasks()) tasks += (tasks.empty() ? "" : ",") + t;
+  s << m.name() << "  " << (st >= 0 && st <= 4 ? kStates[st] : "?") << "  " << m.pipeline()
+    << (tasks.empty() ? "" : "/" + tasks) << "  " << m.device() << " " << m.dtype();
+  if (m.experts() >= 2) {
+    s << "  " << m.experts() << " experts (switch at timestep " << Number(m.boundary_timestep())
+      << ")";
+  }
   if (!m.state_reason().empty()) s << "  (" << m.state_reason() << ")";
   s << "\n";
   if (m.state() != v1::MODEL_STATE_READY) return s.str();
   const auto& d = m.defaults();
   const auto& l = m.limits();
   s << "  defaults: " << d.width() << "x" << d.height() << "x" << d.num_frames() << " @" << d.fps()
-    << "fps, " << d.steps() << " steps, guidance " << d.guidance_scale() << ", shift "
+    << "fps, " << d.steps() << " steps, guidance " << d.guidance_scale()
+    << (d.has_guidance_scale_2() ? " / " + Number(d.guidance_scale_2()) : "") << ", shift "
     << d.flow_shift() << ", " << d.scheduler() << ", sparsity " << d.sparse_attention().sparsity()
     << ", sink " << d.sparse_attention().sink_frames() << "\n  limits: sizes multiple of "
     << l.size_multiple() << " up to " << l.max_width() << "x" << l.max_height() << ", frames "
-    << l.frame_multiple() << "k+1 up to " << l.max_frames() << ", steps up to " << l.max_steps()
-    << "\n";
+    << l.frame_multiple() << "k+1 up to " << l.max_frames() << ", steps up to " << l.max_steps();
+  if (tasks.find("i2v") != std::string::npos) {  // "i2v" or "ti2v"
+    s << ", images up to " << l.max_image_bytes() << " bytes and " << l.max_image_pixels()
+      << " pixels";
+  }
+  s << "\n";
   return s.str();
 }
 
@@ -305,11 +316,20 @@ void EventPrinter::Completed(const v1::GenerateResult& r) {
     return;
   }
   const auto& t = r.timings();
+  if (r.applied().has_input_image()) {
+    const v1::InputImageInfo& image = r.applied().input_image();
+    out_ << "input image: " << image.mime_type() << ", " << image.width() << "x"
+         << image.height() << ", " << image.size_bytes() << " bytes -> " << r.applied().width()
+         << "x" << r.applied().height() << "\n";
+  }
   out_ << "model " << r.applied().model() << " on " << r.device() << ": seed "
        << r.applied().seed() << ", " << r.applied().steps() << " steps, " << SparsityText(r)
        << "\n"
        << "timings: queue " << FormatSeconds(Seconds(t.queue())) << ", text "
-       << FormatSeconds(Seconds(t.text_encode())) << ", denoise "
+       << FormatSeconds(Seconds(t.text_encode()))
+       << (r.applied().has_input_image() ? ", image " + FormatSeconds(Seconds(t.image_encode()))
+                                         : "")
+       << ", denoise "
        << FormatSeconds(Seconds(t.denoise())) << ", decode " << FormatSeconds(Seconds(t.decode()))
        << ", encode " << FormatSeconds(Seconds(t.encode())) << ", total "
        << FormatSeconds(Seconds(t.total())) << "; peak memory "

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "attention/settings.h"
+#include "common/files.h"
 
 namespace rainserve::cli {
 namespace {
@@ -130,6 +131,15 @@ StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
   RAINSERVE_RETURN_IF_ERROR(Uint32(args, "frames", [p](uint32_t v) { p->set_num_frames(v); }));
   RAINSERVE_RETURN_IF_ERROR(Uint32(args, "fps", [p](uint32_t v) { p->set_fps(v); }));
   RAINSERVE_RETURN_IF_ERROR(Double(args, "guidance", [p](double v) { p->set_guidance_scale(v); }));
+  RAINSERVE_RETURN_IF_ERROR(
+      Double(args, "guidance-scale-2", [p](double v) { p->set_guidance_scale_2(v); }));
+  RAINSERVE_RETURN_IF_ERROR(Uint32(args, "max-area", [p](uint32_t v) { p->set_max_area(v); }));
+  if (args.Has("image")) {
+    // The server decodes and checks it (type, size, pixels).
+    if (Status read = ReadFile(args.Get("image"), r.mutable_image()); !read.ok()) {
+      return InvalidArgumentError("--image: " + read.message());
+    }
+  }
   RAINSERVE_RETURN_IF_ERROR(Double(args, "flow-shift", [p](double v) { p->set_flow_shift(v); }));
   if (args.Has("scheduler")) {
     RAINSERVE_ASSIGN_OR_RETURN(

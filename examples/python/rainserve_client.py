@@ -5,6 +5,7 @@ Generates one video (or image) and writes it to a file, or lists the models:
 
     scripts/python-client.sh --prompt "a lighthouse in a storm" --frames 17 \\
         --sparsity 0.5 --out storm
+    scripts/python-client.sh --model wan-i2v --image boat.jpg --prompt "it sails away"
     scripts/python-client.sh --list-models
 
 scripts/python-client.sh picks a python3 that has grpcio and puts the stubs
@@ -65,6 +66,14 @@ def build_request(args):
         request.num_frames = args.frames
     if args.guidance is not None:
         request.guidance_scale = args.guidance
+    if args.guidance_scale_2 is not None:
+        request.guidance_scale_2 = args.guidance_scale_2
+    if args.max_area is not None:
+        request.max_area = args.max_area
+    if args.image:
+        # PNG or JPEG bytes as they are: the server decodes and checks them.
+        with open(args.image, "rb") as f:
+            request.image = f.read()
     formats = {
         "png": generation_pb2.OUTPUT_FORMAT_PNG,
         "mp4": generation_pb2.OUTPUT_FORMAT_MP4,
@@ -224,7 +233,13 @@ def parse_args(argv=None):
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--seed", type=unsigned(64))
     parser.add_argument("--steps", type=unsigned(32))
-    parser.add_argument("--guidance", type=number)
+    parser.add_argument("--guidance", type=number,
+                        help="guidance scale (two-expert models: the high-noise expert's)")
+    parser.add_argument("--guidance-scale-2", type=number,
+                        help="two-expert models: the low-noise expert's guidance scale")
+    parser.add_argument("--image", help="input image, PNG or JPEG (image-to-video models)")
+    parser.add_argument("--max-area", type=unsigned(32),
+                        help="with --image and no --width/--height: the output's area in pixels")
     parser.add_argument("--width", type=unsigned(32))
     parser.add_argument("--height", type=unsigned(32))
     parser.add_argument("--frames", type=unsigned(32))
@@ -251,13 +266,17 @@ def main(argv=None):
                 models = models_pb2_grpc.ModelsStub(channel).List(
                     models_pb2.ListModelsRequest(), metadata=metadata, timeout=args.timeout)
                 for m in models.models:
-                    print(m.name, models_pb2.ModelState.Name(m.state), m.device, m.dtype)
+                    print(m.name, models_pb2.ModelState.Name(m.state), ",".join(m.tasks) or "-",
+                          m.device, m.dtype)
                 return 0
             stub = generation_pb2_grpc.GenerationStub(channel)
             artifacts, result, _ = generate(stub, build_request(args), metadata, args.timeout)
     except grpc.RpcError as e:
         print(status_text(e.code(), e.details()), file=sys.stderr)
         return 1
+    except OSError as e:
+        print(f"--image: {e}", file=sys.stderr)
+        return 2
     except JobFailed as e:
         print(f"job failed: {e}", file=sys.stderr)
         return 1

@@ -18,7 +18,8 @@ namespace rainserve {
 struct ModelDefaultsOverride {
   std::optional<int64_t> width, height, num_frames, fps, steps;
   std::optional<double> guidance_scale, flow_shift;
-  std::optional<double> guidance_scale_2;  // two-expert models
+  // Two-expert models only: the low-noise expert's guidance scale.
+  std::optional<double> guidance_scale_2;
   std::optional<std::string> scheduler;  // "unipc" | "euler"
   // sparse_attention:
   std::optional<attention::AttentionMode> attention_mode;
@@ -37,6 +38,8 @@ struct ModelLimitsOverride {
   std::optional<int64_t> max_width, max_height, max_pixels, max_frames, max_steps,
       max_prompt_tokens;
   std::optional<double> max_memory_gb;  // per-request peak-memory budget on the device
+  // Input images: the encoded file's bytes, and its width * height.
+  std::optional<int64_t> max_image_bytes, max_image_pixels;
 };
 
 // One LoRA file merged into the model's weights at load (models[].loras):
@@ -58,8 +61,10 @@ struct ModelOptions {
   ModelDefaultsOverride defaults;
   ModelLimitsOverride limits;
   std::vector<LoraFile> loras;  // merged in this order; at most kMaxLoraFiles
-  // Two-expert models: keep the idle expert in host memory and move it to the
-  // device at the switch (one expert's weights on the device instead of two).
+  // Two-expert models: keep the expert that is not running in host memory
+  // and move it to the device at the switch (and the other one out), instead
+  // of both staying resident. Saves one expert's weights of device memory at
+  // the cost of two host-device copies per request.
   bool offload_idle_expert = false;
 };
 

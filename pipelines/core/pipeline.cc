@@ -208,6 +208,20 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
   return OkStatus();
 }
 
+Status ApplyImageAndExpertOverrides(const ModelOptions& entry, PipelineDescription* d) {
+  if (entry.defaults.guidance_scale_2) {
+    if (d->experts < 2) {
+      return InvalidArgumentError("defaults.guidance_scale_2: model '" + entry.name +
+                                  "' has one transformer (only two-expert models take it)");
+    }
+    d->defaults.guidance_scale_2 = *entry.defaults.guidance_scale_2;
+  }
+  const ModelLimitsOverride& m = entry.limits;
+  if (m.max_image_bytes) d->limits.max_image_bytes = *m.max_image_bytes;
+  if (m.max_image_pixels) d->limits.max_image_pixels = *m.max_image_pixels;
+  return OkStatus();
+}
+
 GenerationRequest DefaultRequest(const PipelineDefaults& d) {
   GenerationRequest r;
   r.steps = d.steps;

@@ -156,6 +156,14 @@ struct GenerationRequest {
   bool decode_frames = true;
 };
 
+// Applies a model entry's overrides that the image and expert fields have
+// (models[].defaults.guidance_scale_2, models[].limits.max_image_bytes and
+// max_image_pixels) to `description`, whose `experts` must already be set.
+// Called by a pipeline's Load next to its other overrides; INVALID_ARGUMENT
+// naming the key when guidance_scale_2 is set for a one-expert model (the
+// load fails with that reason).
+Status ApplyImageAndExpertOverrides(const ModelOptions& entry, PipelineDescription* description);
+
 // The request every unset field gives: the model's defaults, no prompt,
 // seed 0, and the sink off for one frame (text-to-image has nothing to sink).
 GenerationRequest DefaultRequest(const PipelineDefaults& defaults);

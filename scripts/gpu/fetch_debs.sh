@@ -20,8 +20,8 @@ packages=(
   libyaml-cpp0.7 libyaml-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev
   # SentencePiece training (tools, tests; the server reads spiece.model itself)
   libsentencepiece0 libsentencepiece-dev
-  # PNG artifacts (video encoding is off on the GPU machine)
-  libpng16-16 libpng-dev
+  # PNG artifacts (video encoding is off on the GPU machine), PNG/JPEG input images
+  libpng16-16 libpng-dev libjpeg62-turbo libjpeg62-turbo-dev
 )
 
 missing=()

@@ -1,7 +1,9 @@
 // Fuzzes request validation and mapping: arbitrary bytes parsed as a
 // rainserve.v1.GenerateRequest, then ResolveRequest (server/request_mapping.h)
-// against two fixed models. Any request resolves or is INVALID_ARGUMENT; a
-// resolved request passes ValidateGenerationRequest, has every field set, and
+// against three fixed models (text-to-video, a small one, and a two-expert
+// image-to-video one). Any request resolves or is INVALID_ARGUMENT; a
+// resolved request passes ValidateGenerationRequest, has every field set,
+// echoes no image bytes, and (without an image, which the echo drops)
 // resolves again to itself.
 //
 //   build-fuzz/tests/fuzz/fuzz_request tests/fuzz/corpus/request
@@ -47,6 +49,18 @@ PipelineDescription SmallModel() {
   return d;
 }
 
+// Two experts, image-to-video, small image limits.
+PipelineDescription ImageModel() {
+  PipelineDescription d = SmallModel();
+  d.name = "wan-i2v";
+  d.tasks = {Task::kImageToVideo};
+  d.experts = 2;
+  d.boundary_timestep = 900;
+  d.limits.max_image_bytes = 4096;
+  d.limits.max_image_pixels = 64 * 64;
+  return d;
+}
+
 void CheckResolved(const v1::GenerateRequest& request, const PipelineDescription& model,
                    const ResolvedRequest& out, uint64_t random_seed) {
   const GenerationRequest& g = out.generation;
@@ -64,6 +78,16 @@ void CheckResolved(const v1::GenerateRequest& request, const PipelineDescription
   RAINSERVE_FUZZ_CHECK(r.width() == g.width && r.height() == g.height &&
                        r.num_frames() == g.num_frames && r.steps() == g.steps);
   RAINSERVE_FUZZ_CHECK(g.num_frames != 1 || g.sparse.sink_frames == 0);
+  RAINSERVE_FUZZ_CHECK(r.image().empty());
+  RAINSERVE_FUZZ_CHECK(r.has_guidance_scale_2() == (model.experts >= 2));
+  RAINSERVE_FUZZ_CHECK(g.guidance_scale_2.has_value() == (model.experts >= 2));
+  RAINSERVE_FUZZ_CHECK(request.image().empty() == g.image.empty());
+  if (!request.image().empty()) {
+    RAINSERVE_FUZZ_CHECK(r.input_image().width() == g.image.width &&
+                         r.input_image().height() == g.image.height);
+    RAINSERVE_FUZZ_CHECK(r.input_image().size_bytes() == request.image().size());
+    return;  // the echo has no image to resolve again with
+  }
 
   // The applied settings, sent back as a request, mean the same thing.
   auto again = ResolveRequest(r, model, random_seed + 1);
@@ -84,7 +108,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace rainserve;
-  static const PipelineDescription models[] = {VideoModel(), SmallModel()};
+  static const PipelineDescription models[] = {VideoModel(), SmallModel(), ImageModel()};
   v1::GenerateRequest request;
   if (!request.ParseFromArray(data, static_cast<int>(size))) return 0;
   const uint64_t random_seed = size * 2654435761u;

@@ -207,6 +207,61 @@ models:
                  "models[0].limits.max_height");
 }
 
+TEST(ConfigTest, ImageAndExpertKeysAreReadAndBounded) {
+  auto cfg = ParseServerConfig(R"(
+models:
+  - name: a14b
+    path: ckpt
+    offload_idle_expert: true
+    defaults: {guidance_scale: 4, guidance_scale_2: 3}
+    limits: {max_image_bytes: 8388608, max_image_pixels: 1000000}
+  - name: plain
+    path: ckpt
+)", "test.yaml", "/base");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  const ModelEntry& e = cfg->models.at(0);
+  EXPECT_TRUE(e.offload_idle_expert);
+  EXPECT_EQ(e.defaults.guidance_scale_2, 3.0);
+  EXPECT_EQ(e.limits.max_image_bytes, 8388608);
+  EXPECT_EQ(e.limits.max_image_pixels, 1000000);
+  const ModelEntry& plain = cfg->models.at(1);
+  EXPECT_FALSE(plain.offload_idle_expert);
+  EXPECT_FALSE(plain.defaults.guidance_scale_2.has_value());
+  EXPECT_FALSE(plain.limits.max_image_bytes.has_value());
+
+  ExpectRejected("models: [{name: m, path: p, defaults: {guidance_scale_2: -1}}]",
+                 "models[0].defaults.guidance_scale_2");
+  ExpectRejected("models: [{name: m, path: p, limits: {max_image_bytes: 10}}]",
+                 "models[0].limits.max_image_bytes: expected integer in [1024, 1073741824]");
+  ExpectRejected("models: [{name: m, path: p, limits: {max_image_pixels: 0}}]",
+                 "models[0].limits.max_image_pixels");
+  ExpectRejected("models: [{name: m, path: p, offload_idle_expert: sometimes}]",
+                 "models[0].offload_idle_expert");
+}
+
+TEST(ConfigTest, ReceiveLimitAdmitsEveryModelsLargestImageRequest) {
+  // No models: server.max_message_bytes as configured.
+  auto none = ParseServerConfig("server: {max_message_bytes: 2048}\n", "test.yaml", "");
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(ReceiveMessageBytes(*none), 2048);
+  // A model with the pipeline's default image limit (16 MiB) raises it.
+  auto dflt = ParseServerConfig("models: [{name: m, path: p}]\n", "test.yaml", "");
+  ASSERT_TRUE(dflt.ok());
+  EXPECT_EQ(ReceiveMessageBytes(*dflt), (16 << 20) + kRequestBytesBesideImage);
+  // The largest model limit wins; a larger max_message_bytes stays.
+  auto two = ParseServerConfig(R"(
+models:
+  - {name: a, path: p, limits: {max_image_bytes: 1048576}}
+  - {name: b, path: p, limits: {max_image_bytes: 33554432}}
+)", "test.yaml", "");
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(ReceiveMessageBytes(*two), (32 << 20) + kRequestBytesBesideImage);
+  auto big = ParseServerConfig(
+      "server: {max_message_bytes: 104857600}\nmodels: [{name: m, path: p}]\n", "test.yaml", "");
+  ASSERT_TRUE(big.ok());
+  EXPECT_EQ(ReceiveMessageBytes(*big), 100 << 20);
+}
+
 TEST(ConfigTest, LorasAreReadWithPathsResolvedAndStrengthsDefaultingToOne) {
   auto cfg = ParseServerConfig(R"(
 models:

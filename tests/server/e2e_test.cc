@@ -656,6 +656,15 @@ TEST_F(WanTinyE2eTest, ModelsListAndDescribeShowReadyWithLimitsAndDefaults) {
   EXPECT_EQ(m.defaults().fps(), 8u);
   EXPECT_DOUBLE_EQ(m.defaults().guidance_scale(), 5.0);
   EXPECT_DOUBLE_EQ(m.defaults().sparse_attention().sparsity(), 0.5);
+  // A one-expert text-to-video model: its tasks, no second guidance scale,
+  // the default image limits.
+  ASSERT_EQ(m.tasks_size(), 2);
+  EXPECT_EQ(m.tasks(0), "t2v");
+  EXPECT_EQ(m.tasks(1), "t2i");
+  EXPECT_EQ(m.experts(), 1u);
+  EXPECT_FALSE(m.defaults().has_guidance_scale_2());
+  EXPECT_EQ(m.limits().max_image_bytes(), 16u << 20);
+  EXPECT_EQ(m.limits().max_image_pixels(), 4096u * 4096);
 
   v1::ModelInfo described;
   ASSERT_TRUE(client_->Describe(kModel, &described).ok());
@@ -945,11 +954,14 @@ TEST_F(SecurityE2eTest, DisabledModelManagementIsDeniedEvenToAdmins) {
 // No model is loaded: gRPC refuses the request before any RainServe code
 // runs, and the next call on the connection reaches the service again.
 TEST_F(SecurityE2eTest, OversizeRequestIsResourceExhaustedAndTheServerKeepsServing) {
+  // The receive limit is the larger of max_message_bytes and the model's
+  // image limit + 1 MiB (ReceiveMessageBytes): 1 MiB + 1 KiB here.
   ServerConfig config = Config(/*load_at_startup=*/false);
   config.server.max_message_bytes = 4096;
+  config.models.at(0).limits.max_image_bytes = 1024;
   ASSERT_NO_FATAL_FAILURE(StartServer(config));
   Client client(*app_);
-  const v1::GenerateRequest huge = Request(std::string(8192, 'a'), 64, 64, 1, 1);
+  const v1::GenerateRequest huge = Request(std::string(2 << 20, 'a'), 64, 64, 1, 1);
   const Stream streamed = client.Generate(huge);
   EXPECT_EQ(streamed.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
       << streamed.status.error_message();

@@ -2,7 +2,9 @@
 // tests, plus a trivial artifact encoder.
 //
 // Frames are a pseudo-random function of (seed, prompt, size), so equal
-// requests give equal bytes. Generate reports "text_encode", one "denoise"
+// requests give equal bytes. FakeImageDescription declares an image-to-video
+// model with two experts; the fake then reports expert 1 for the second half
+// of the steps and keeps the last request it ran (image included). Generate reports "text_encode", one "denoise"
 // progress per step and "decode", sleeps `step_seconds` per step, checks the
 // cancel token before every step, can be held at its start (Hold/Release) to
 // line up a queue, and can be told to fail or throw.
@@ -47,6 +49,18 @@ inline PipelineDescription FakeDescription(const std::string& name = "fake") {
   d.defaults.steps = 4;
   d.defaults.sparse.sparsity = 0.5;
   d.defaults.sparse.dense_warmup_steps = 1;
+  return d;
+}
+
+// An image-to-video model with two experts (like Wan2.2-I2V-A14B), the fake
+// limits above and small image limits.
+inline PipelineDescription FakeImageDescription(const std::string& name = "fake-i2v") {
+  PipelineDescription d = FakeDescription(name);
+  d.tasks = {Task::kImageToVideo};
+  d.experts = 2;
+  d.boundary_timestep = 900;
+  d.limits.max_image_bytes = 64 << 10;
+  d.limits.max_image_pixels = 256 * 256;
   return d;
 }
 
@@ -106,6 +120,7 @@ class FakePipeline final : public Pipeline {
     {
       std::unique_lock<std::mutex> lock(mu_);
       prompts_.push_back(request.prompt);
+      last_request_ = request;
       ++calls_;
       changed_.notify_all();
       while (held_ && !cancel.cancelled()) changed_.wait_for(lock, std::chrono::milliseconds(2));
@@ -121,7 +136,9 @@ class FakePipeline final : public Pipeline {
         std::this_thread::sleep_for(std::chrono::duration<double>(step_seconds_));
       }
       const bool sparse = step > request.sparse.dense_warmup_steps;
-      out.steps.push_back({step, sparse, sparse ? request.sparse.sparsity : 0.0, step_seconds_});
+      StepStat stat{step, sparse, sparse ? request.sparse.sparsity : 0.0, step_seconds_};
+      if (description_.experts >= 2 && 2 * step > request.steps) stat.expert = 1;
+      out.steps.push_back(stat);
       progress({"denoise", step, request.steps, elapsed()});
     }
     progress({"decode", 0, request.steps, elapsed()});
@@ -143,6 +160,7 @@ class FakePipeline final : public Pipeline {
                                 ? request.sparse.sparsity
                                 : 0.0;
     out.denoise_seconds = step_seconds_ * static_cast<double>(request.steps);
+    if (!request.image.empty()) out.image_encode_seconds = 0.25;
     out.peak_memory_bytes = out.rgb.size();
     return out;
   }
@@ -168,6 +186,11 @@ class FakePipeline final : public Pipeline {
     std::lock_guard<std::mutex> lock(mu_);
     return calls_;
   }
+  // The request Generate saw last.
+  GenerationRequest last_request() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_request_;
+  }
   // Prompts in the order Generate saw them.
   std::vector<std::string> prompts() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -184,6 +207,7 @@ class FakePipeline final : public Pipeline {
   bool device_fault_ = false;
   int calls_ = 0;
   std::vector<std::string> prompts_;
+  GenerationRequest last_request_;
 };
 
 }  // namespace rainserve::testing

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import unittest
+import zlib
 
 import grpc
 
@@ -61,7 +62,8 @@ def client_args(**fields):
     """What rainserve_client's argument parser would produce."""
     args = dict(model="wan-tiny", prompt="a paper boat", negative_prompt="", seed=11,
                 steps=None, guidance=None, width=None, height=None, frames=None, fps=None,
-                format=None, sparsity=None, sink_frames=None)
+                format=None, sparsity=None, sink_frames=None, image=None, guidance_scale_2=None,
+                max_area=None)
     args.update(fields)
     return argparse.Namespace(**args)
 
@@ -213,7 +215,36 @@ class PythonClientTest(unittest.TestCase):
         self.assertIn("unrecognized arguments: --spars", err)
         code, out, err = self.run_main("--list-models")
         self.assertEqual(code, 0, err)
-        self.assertEqual(out, "wan-tiny MODEL_STATE_READY cpu fp32\n")
+        self.assertEqual(out, "wan-tiny MODEL_STATE_READY t2v,t2i cpu fp32\n")
+
+    def test_7b_image_and_expert_flags_reach_the_server(self):
+        # A 1x1 PNG (zlib and struct only).
+        def chunk(kind, data):
+            body = kind + data
+            return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+        png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+               + chunk(b"IDAT", zlib.compress(b"\x00\x01\x02\x03")) + chunk(b"IEND", b""))
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "one.png")
+            with open(path, "wb") as f:
+                f.write(png)
+            request = rainserve_client.build_request(
+                client_args(image=path, guidance_scale_2=3.5, max_area=4096))
+            self.assertEqual(request.image, png)
+            self.assertEqual(request.guidance_scale_2, 3.5)
+            self.assertEqual(request.max_area, 4096)
+            # wan-tiny is text-to-video: the server refuses the image by name.
+            code, _, err = self.run_main("--prompt", "a boat", "--image", path)
+            self.assertEqual(code, 1)
+            self.assertIn("INVALID_ARGUMENT: image: model 'wan-tiny' does not take an input image",
+                          err)
+            code, _, err = self.run_main("--prompt", "a boat", "--image", os.path.join(d, "no.png"))
+            self.assertEqual(code, 2)
+            self.assertIn("--image: ", err)
+        code, _, err = self.run_main("--prompt", "a boat", "--guidance-scale-2", "3")
+        self.assertEqual(code, 1)
+        self.assertIn("INVALID_ARGUMENT: guidance_scale_2: model 'wan-tiny' has one transformer",
+                      err)
 
     def test_8_wrapper_runs_with_a_python3_without_grpc_first_on_path(self):
         with tempfile.TemporaryDirectory() as d:
@@ -229,7 +260,7 @@ class PythonClientTest(unittest.TestCase):
                  "--target", self.target, "--list-models"],
                 env=env, capture_output=True, text=True, timeout=60)
         self.assertEqual(run.returncode, 0, run.stderr)
-        self.assertEqual(run.stdout, "wan-tiny MODEL_STATE_READY cpu fp32\n")
+        self.assertEqual(run.stdout, "wan-tiny MODEL_STATE_READY t2v,t2i cpu fp32\n")
 
     def test_9_sigterm_exits_zero(self):
         self.channel.close()

@@ -414,6 +414,38 @@ TEST_F(WanTinyProcessTest, StalledReaderBlocksNeitherTheWorkerNorTheConnection) 
   EXPECT_LT(peak_rss, idle_rss + (int64_t{512} << 20)) << rss;
 }
 
+// server.max_message_bytes stays at its 4 MiB default; the model allows 8 MiB
+// images, so the server accepts requests up to 9 MiB.
+constexpr char kLargeImages[] = R"(
+models:
+  - name: broken
+    path: no-such-checkpoint
+    limits: {max_image_bytes: 8388608}
+)";
+
+TEST(ServerProcessImageTest, ReceiveLimitAdmitsTheModelsLargestImage) {
+  ServerProcess server(kLargeImages);
+  ASSERT_TRUE(server.Start()) << server.error();
+  auto channel = grpc::CreateChannel(server.grpc_target(), grpc::InsecureChannelCredentials());
+  auto stub = v1::Generation::NewStub(channel);
+  auto submit = [&](size_t image_bytes) {
+    v1::GenerateRequest req;
+    req.set_model("broken");
+    req.set_prompt("a boat");
+    req.set_image(std::string(image_bytes, 'x'));
+    grpc::ClientContext ctx;
+    v1::SubmitResponse response;
+    return stub->Submit(&ctx, req, &response);
+  };
+  // 6 MB passes gRPC and reaches the model lookup (not loaded: UNAVAILABLE).
+  const grpc::Status within = submit(6 << 20);
+  EXPECT_EQ(within.error_code(), grpc::StatusCode::UNAVAILABLE) << within.error_message();
+  // 10 MB is past 8 MiB + 1 MiB: gRPC refuses it before RainServe sees it.
+  const grpc::Status over = submit(10 << 20);
+  EXPECT_EQ(over.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << over.error_message();
+  EXPECT_EQ(submit(16).error_code(), grpc::StatusCode::UNAVAILABLE);  // still serving
+}
+
 TEST(ServerStartupTest, BadConfigExitsNonZeroWithKeyPath) {
   std::string err;
   const int code = testing::RunServerToExit("server: {queue: {max_pending: 0}}\n", "", &err);

@@ -4,6 +4,8 @@
 // job table and the event printer.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <fstream>
 #include <sstream>
 #include <vector>
 
@@ -139,6 +141,28 @@ TEST(CliFlagsTest, StepCacheFlagsReachTheRequest) {
             "--step-cache expects first_block|off|teacache, got 'magcache'");
 }
 
+TEST(CliFlagsTest, ImageAndExpertFlagsReachTheRequest) {
+  char path[] = "/tmp/rainserve-cli-image-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const std::string bytes("\x89PNG\r\n\x1a\n\0any bytes", 18);
+  { std::ofstream(path, std::ios::binary) << bytes; }
+  const auto args = ParseArgs({"generate", "--prompt", "p", "--image", path,
+                               "--guidance-scale-2", "3.5", "--max-area", "399360"});
+  ASSERT_TRUE(args.ok()) << args.status().ToString();
+  const auto r = BuildRequest(*args);
+  std::remove(path);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->image(), bytes);  // as read: the server decodes and checks it
+  EXPECT_DOUBLE_EQ(r->guidance_scale_2(), 3.5);
+  EXPECT_EQ(r->max_area(), 399360u);
+  EXPECT_FALSE(r->has_width());
+  EXPECT_EQ(BuildError({"generate", "--image", "/no/such/image.png"}).rfind("--image: ", 0), 0u);
+  EXPECT_EQ(BuildError({"generate", "--max-area", "-1"}).rfind("--max-area", 0), 0u);
+  EXPECT_EQ(BuildError({"generate", "--guidance-scale-2", "x"}),
+            "--guidance-scale-2 expects a number, got 'x'");
+}
+
 TEST(CliOutTest, ExtensionIsAddedOnlyWhenMissing) {
   EXPECT_EQ(ArtifactPath("named.mp4", ".mp4", 0, 1), "named.mp4");
   EXPECT_EQ(ArtifactPath("named", ".mp4", 0, 1), "named.mp4");
@@ -229,6 +253,38 @@ TEST(CliOutputTest, ZeroRealizedSparsityIsExplained) {
             "for sparse attention)");
   EXPECT_EQ(SparsityText(Result(0.8, 0.61, 1, {false, true, true})),
             "sparsity requested 0.8, realized 0.61 over 2 of 3 steps (1 dense warm-up)");
+}
+
+TEST(CliOutputTest, ModelTextShowsTasksExpertsAndImageLimits) {
+  v1::ModelInfo m;
+  m.set_name("a14b");
+  m.set_pipeline("wan");
+  m.add_tasks("i2v");
+  m.set_experts(2);
+  m.set_boundary_timestep(900);
+  m.set_state(v1::MODEL_STATE_READY);
+  m.mutable_defaults()->set_guidance_scale(3.5);
+  m.mutable_defaults()->set_guidance_scale_2(2);
+  m.mutable_limits()->set_max_image_bytes(1 << 20);
+  m.mutable_limits()->set_max_image_pixels(1000);
+  const std::string text = ModelText(m);
+  EXPECT_NE(text.find("a14b  READY  wan/i2v  "), std::string::npos) << text;
+  EXPECT_NE(text.find("2 experts (switch at timestep 900)"), std::string::npos) << text;
+  EXPECT_NE(text.find("guidance 3.5 / 2, "), std::string::npos) << text;
+  EXPECT_NE(text.find("images up to 1048576 bytes and 1000 pixels"), std::string::npos) << text;
+  // A one-expert text-to-video model says neither.
+  v1::ModelInfo t2v;
+  t2v.set_name("wan-tiny");
+  t2v.set_pipeline("wan");
+  t2v.add_tasks("t2v");
+  t2v.add_tasks("t2i");
+  t2v.set_experts(1);
+  t2v.set_state(v1::MODEL_STATE_READY);
+  const std::string plain = ModelText(t2v);
+  EXPECT_NE(plain.find("wan/t2v,t2i  "), std::string::npos) << plain;
+  EXPECT_EQ(plain.find("experts"), std::string::npos) << plain;
+  EXPECT_EQ(plain.find(" / "), std::string::npos) << plain;
+  EXPECT_EQ(plain.find("images"), std::string::npos) << plain;
 }
 
 TEST(CliOutputTest, JobTableHasAHeaderOrSaysItIsEmpty) {
