@@ -119,7 +119,6 @@ void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimi
   if (o.fps) d->fps = *o.fps;
   if (o.steps) d->steps = *o.steps;
   if (o.guidance_scale) d->guidance_scale = *o.guidance_scale;
-  if (o.guidance_scale_2) d->guidance_scale_2 = *o.guidance_scale_2;
   if (o.flow_shift) d->flow_shift = *o.flow_shift;
   if (o.scheduler) d->scheduler = *o.scheduler;
   if (o.attention_mode) d->sparse.mode = *o.attention_mode;
@@ -266,6 +265,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   d.defaults.scheduler = scheduler_kind;
   d.defaults.flow_shift = p->scheduler_config_.flow_shift;
   ApplyOverrides(entry, &d.defaults, &d.limits);
+  RAINSERVE_RETURN_IF_ERROR(ApplyImageAndExpertOverrides(entry, &d));
   // The defaults must themselves be a valid request.
   GenerationRequest probe = DefaultRequest(d.defaults);
   probe.prompt = "defaults";
