@@ -3,10 +3,11 @@
 // extra keys, which hidden state the Wan pipeline gets, a float64 hand-written
 // reference of the embeddings and one layer, the preprocessing numbers of
 // both processor backends, ATen's own resize kernels against
-// ResizeImageAten, and transformers' outputs (clip_parity).
+// ResizeImageAten, and transformers' outputs (clip_parity, clip_fast_parity).
 #include "pipelines/text/clip_vision.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <torch/version.h>
 
 #include <cmath>
@@ -870,6 +871,47 @@ TEST(ClipParityTest, PreprocessingAndEncoderMatchTransformers) {
     EXPECT_LT((*got - want).abs().max().item<double>(), 1e-5 * std::max(scale, 1.0)) << name;
   }
   EXPECT_TRUE(at::equal(*(*model)->Forward(*pixels), *(*model)->HiddenState(pipeline_pixels, layers - 1)));
+}
+
+// tests/pipelines/data/clip_fast_parity, written by
+// tools/reference/clip_fast_reference.py on the GPU machine: for each
+// processor variant under processors/ and each image, the pixel values of
+// the CLIPImageProcessor class transformers.from_pretrained returns there
+// (recorded in the metadata). ClipImageProcessor's default backend must
+// reproduce every one bit for bit.
+TEST(ClipFastParityTest, DefaultBackendMatchesTransformersCLIPImageProcessor) {
+  const std::string dir = testing::SourceDir() + "/tests/pipelines/data/clip_fast_parity";
+  struct stat st;
+  if (::stat((dir + "/reference.safetensors").c_str(), &st) != 0) {
+    GTEST_SKIP() << dir << "/reference.safetensors is absent: write it with "
+                 << "tools/reference/clip_fast_reference.py (see its header)";
+  }
+  auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
+  ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+  const auto& meta = (*ref)->metadata();
+  const std::string versions = (meta.count("processor_class") ? meta.at("processor_class") : "?") +
+                               ", transformers " + (meta.count("transformers") ? meta.at("transformers") : "?");
+  int cases = 0;
+  const std::string suffix = "/pixel_values";
+  for (const auto& [name, entry] : (*ref)->entries()) {
+    if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+      continue;
+    }
+    // name: <variant>/<image>/pixel_values
+    const std::string variant = name.substr(0, name.find('/'));
+    const std::string image_name = name.substr(variant.size() + 1, name.size() - suffix.size() - variant.size() - 1);
+    auto rgb = (*ref)->Get(image_name + "/image_rgb");
+    ASSERT_TRUE(rgb.ok()) << image_name;
+    auto processor = ClipImageProcessor::Load(dir + "/processors/" + variant);
+    ASSERT_TRUE(processor.ok()) << processor.status().ToString();
+    auto got = processor->Preprocess(ImageFromRgb(*rgb));
+    ASSERT_TRUE(got.ok()) << name << ": " << got.status().ToString();
+    const at::Tensor want = (*ref)->Get(name)->clone();
+    EXPECT_TRUE(got->sizes() == want.sizes() && at::equal(*got, want))
+        << name << " (" << versions << "): " << DiffText(*got, want);
+    ++cases;
+  }
+  EXPECT_GT(cases, 0);
 }
 
 }  // namespace
