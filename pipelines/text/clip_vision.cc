@@ -425,41 +425,52 @@ ImageSize ShortestEdgeSize(int64_t width, int64_t height, int64_t shortest_edge)
   return {new_long, shortest_edge};
 }
 
-StatusOr<ClipImageProcessor> ClipImageProcessor::Load(const std::string& dir) {
-  std::string text;
-  const std::string path = dir + "/preprocessor_config.json";
-  RAINSERVE_RETURN_IF_ERROR(ReadFile(path, &text));
-  RAINSERVE_ASSIGN_OR_RETURN(ClipImageProcessorConfig config, ParseClipImageProcessorConfig(text, path));
-  return ClipImageProcessor(std::move(config));
+namespace {
+
+// transformers' torchvision processors: pil_torch_interpolation_mapping, with
+// LANCZOS replaced by bicubic (TorchvisionBackend.resize). torch's
+// interpolate has no box or hamming mode.
+StatusOr<AtenInterpolation> TorchvisionMode(ResampleFilter filter) {
+  switch (filter) {
+    case ResampleFilter::kBicubic:
+    case ResampleFilter::kLanczos: return AtenInterpolation::kBicubic;
+    case ResampleFilter::kBilinear: return AtenInterpolation::kBilinear;
+    case ResampleFilter::kBox:
+    case ResampleFilter::kHamming: break;
+  }
+  return UnimplementedError(std::string("resample: ") + ResampleFilterName(filter) + " (" +
+                            std::to_string(static_cast<int>(filter)) +
+                            ") has no torchvision tensor kernel, so transformers' torchvision "
+                            "CLIPImageProcessor cannot run it; use 1, 2 or 3");
 }
 
-StatusOr<InputImage> ClipImageProcessor::ResizeAndCrop(const InputImage& image) const {
-  const ClipImageProcessorConfig& c = config_;
-  InputImage out = image;
-  if (c.do_resize) {
-    ImageSize size{c.resize_width, c.resize_height};
-    if (c.shortest_edge > 0) size = ShortestEdgeSize(image.width, image.height, c.shortest_edge);
-    if (size.width > kMaxImageSide || size.height > kMaxImageSide) {
-      return InvalidArgumentError(
-          "image: resizing a " + std::to_string(image.width) + "x" + std::to_string(image.height) +
-          " image to a shortest edge of " + std::to_string(c.shortest_edge) + " gives " +
-          std::to_string(size.width) + "x" + std::to_string(size.height) + ", beyond " +
-          std::to_string(kMaxImageSide) + " pixels a side (the aspect ratio is too extreme)");
+// pixel_values [1, 3, H, W] float32 from the cropped bytes, as the torchvision
+// backend computes them: x float32; with rescale and normalise, mean and std
+// are float32 tensors times 1 / rescale_factor and (x - mean) / std runs in
+// float32; rescale alone is x * rescale_factor in float32.
+at::Tensor TorchvisionPixelValues(const InputImage& img, const ClipImageProcessorConfig& c) {
+  // bytes: [1, H, W, 3] uint8 -> x: [1, 3, H, W] float32.
+  const at::Tensor bytes = at::from_blob(const_cast<uint8_t*>(img.rgb.data()),
+                                         {1, img.height, img.width, 3}, at::kByte);
+  const at::Tensor x = bytes.permute({0, 3, 1, 2}).to(at::kFloat).contiguous();
+  if (c.do_normalize) {
+    // torch.tensor(list of Python floats): float32.
+    at::Tensor mean = at::tensor(std::vector<float>(c.image_mean.begin(), c.image_mean.end()));
+    at::Tensor std_dev = at::tensor(std::vector<float>(c.image_std.begin(), c.image_std.end()));
+    if (c.do_rescale) {  // float32 tensor * Python float: the factor as float32
+      mean = mean * (1.0 / c.rescale_factor);
+      std_dev = std_dev * (1.0 / c.rescale_factor);
     }
-    RAINSERVE_ASSIGN_OR_RETURN(out, ResizeImage(image, size.width, size.height, c.resample));
+    return (x - mean.view({1, 3, 1, 1})) / std_dev.view({1, 3, 1, 1});
   }
-  if (c.do_center_crop) {
-    RAINSERVE_ASSIGN_OR_RETURN(out, CenterCrop(out, c.crop_width, c.crop_height));
-  }
-  return out;
+  if (c.do_rescale) return x * c.rescale_factor;
+  return x;
 }
 
-StatusOr<at::Tensor> ClipImageProcessor::Preprocess(const InputImage& image) const {
-  RAINSERVE_ASSIGN_OR_RETURN(const InputImage img, ResizeAndCrop(image));
-  const ClipImageProcessorConfig& c = config_;
+// pixel_values as the PIL backend computes them: rescale in float64 then
+// float32; normalise in float32 with the mean and std as float32.
+at::Tensor PilPixelValues(const InputImage& img, const ClipImageProcessorConfig& c) {
   const int64_t H = img.height, W = img.width;
-  // transformers: rescale in float64 then float32; normalise in float32
-  // with the mean and std as float32.
   std::array<float, 3> mean{}, std_dev{};
   for (int ch = 0; ch < 3; ++ch) {
     mean[ch] = static_cast<float>(c.image_mean[ch]);
@@ -478,6 +489,55 @@ StatusOr<at::Tensor> ClipImageProcessor::Preprocess(const InputImage& image) con
     }
   }
   return out;
+}
+
+}  // namespace
+
+StatusOr<ClipImageProcessor> ClipImageProcessor::Load(const std::string& dir, ClipImageBackend backend) {
+  std::string text;
+  const std::string path = dir + "/preprocessor_config.json";
+  RAINSERVE_RETURN_IF_ERROR(ReadFile(path, &text));
+  RAINSERVE_ASSIGN_OR_RETURN(ClipImageProcessorConfig config, ParseClipImageProcessorConfig(text, path));
+  config.backend = backend;
+  if (backend == ClipImageBackend::kTorchvision) {
+    const auto mode = TorchvisionMode(config.resample);
+    if (!mode.ok()) return Status(mode.status().code(), path + ": " + mode.status().message());
+  }
+  return ClipImageProcessor(std::move(config));
+}
+
+StatusOr<InputImage> ClipImageProcessor::ResizeAndCrop(const InputImage& image) const {
+  const ClipImageProcessorConfig& c = config_;
+  const bool torchvision = c.backend == ClipImageBackend::kTorchvision;
+  InputImage out = image;
+  if (c.do_resize) {
+    ImageSize size{c.resize_width, c.resize_height};
+    if (c.shortest_edge > 0) size = ShortestEdgeSize(image.width, image.height, c.shortest_edge);
+    if (size.width > kMaxImageSide || size.height > kMaxImageSide) {
+      return InvalidArgumentError(
+          "image: resizing a " + std::to_string(image.width) + "x" + std::to_string(image.height) +
+          " image to a shortest edge of " + std::to_string(c.shortest_edge) + " gives " +
+          std::to_string(size.width) + "x" + std::to_string(size.height) + ", beyond " +
+          std::to_string(kMaxImageSide) + " pixels a side (the aspect ratio is too extreme)");
+    }
+    if (torchvision) {
+      RAINSERVE_ASSIGN_OR_RETURN(const AtenInterpolation mode, TorchvisionMode(c.resample));
+      RAINSERVE_ASSIGN_OR_RETURN(out, ResizeImageAten(image, size.width, size.height, mode));
+    } else {
+      RAINSERVE_ASSIGN_OR_RETURN(out, ResizeImage(image, size.width, size.height, c.resample));
+    }
+  }
+  if (c.do_center_crop) {
+    const PadOffset pad = torchvision ? PadOffset::kFloor : PadOffset::kCeil;
+    RAINSERVE_ASSIGN_OR_RETURN(out, CenterCrop(out, c.crop_width, c.crop_height, pad));
+  }
+  return out;
+}
+
+StatusOr<at::Tensor> ClipImageProcessor::Preprocess(const InputImage& image) const {
+  RAINSERVE_ASSIGN_OR_RETURN(const InputImage img, ResizeAndCrop(image));
+  if (config_.backend == ClipImageBackend::kTorchvision) return TorchvisionPixelValues(img, config_);
+  return PilPixelValues(img, config_);
 }
 
 Status ClipImageProcessor::SavePreprocessorConfig(const std::string& dir) const {

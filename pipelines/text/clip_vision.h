@@ -1,6 +1,6 @@
 // CLIP vision encoder (transformers' CLIPVisionModel: the Wan2.1 I2V image
 // encoder, ViT-H/14) in LibTorch with the published parameter names, and
-// transformers' CLIPImageProcessor (the PIL one) that prepares its input.
+// transformers' CLIPImageProcessor that prepares its input.
 //
 // Forward (batch B, channels C, image S, patch p, grid g = S / p, tokens
 // N = 1 + g^2, hidden D, heads H, head dim K = D / H, layers L):
@@ -17,12 +17,19 @@
 // which is the input of the last layer; post_layernorm is not applied. Every
 // op runs in the model dtype, as transformers does.
 //
-// Image preprocessing (CLIPImageProcessor.preprocess, one image):
-//   resize (Pillow, `resample`) so that the shortest edge is shortest_edge,
-//   the long edge int(shortest_edge * long / short); centre crop to
-//   crop_size (pipelines/core/image_ops.h); rescale (x * rescale_factor in
-//   float64, then float32); normalise ((x - mean) / std in float32);
-//   channels first. Bit-identical with transformers given Pillow's resize.
+// Image preprocessing (CLIPImageProcessor.preprocess, one image), as the
+// class diffusers loads for image_processor/ computes it: in transformers 5
+// the torchvision backend, in transformers 4 the PIL one (ClipImageBackend):
+//   resize so that the shortest edge is shortest_edge, the long edge
+//   int(shortest_edge * long / short): ATen's uint8 antialiased kernel
+//   (torchvision) or Pillow's resize (PIL), pipelines/core/image_ops.h;
+//   centre crop to crop_size; then
+//   torchvision: (x - mean / rescale_factor) / (std / rescale_factor) in
+//     float32, mean and std float32 tensors scaled by the float32 of
+//     1 / rescale_factor (transformers fuses rescale into normalise);
+//   PIL: x * rescale_factor in float64 stored as float32, then
+//     (x - mean) / std in float32;
+//   channels first. Bit-identical with transformers for both.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -146,14 +153,31 @@ class ClipVisionEncoder {
   std::vector<LayerWeights> layers_;
 };
 
+// Which implementation of transformers' CLIP image processor ClipImageProcessor
+// reproduces. The preprocessor_config.json is the same for both; the library
+// version picks the class.
+enum class ClipImageBackend {
+  // transformers 5's CLIPImageProcessor (TorchvisionBackend), the class
+  // diffusers' Wan I2V pipeline loads: torchvision's antialiased resize of the
+  // uint8 tensor on the CPU, fused rescale and normalise in float32.
+  kTorchvision,
+  // CLIPImageProcessorPil (transformers 5), transformers 4's
+  // CLIPImageProcessor: Pillow's resize, float64 rescale.
+  kPil,
+};
+
 // transformers' CLIPImageProcessor settings (image_processor/preprocessor_config.json);
 // unset keys take its defaults (OpenAI CLIP's 224 pipeline).
 struct ClipImageProcessorConfig {
+  ClipImageBackend backend = ClipImageBackend::kTorchvision;  // not in the JSON
   bool do_resize = true;
   // size: {"shortest_edge": n} (or a bare n), or {"height": h, "width": w}
   // (resize_height / resize_width set, shortest_edge 0).
   int64_t shortest_edge = 224;
   int64_t resize_height = 0, resize_width = 0;
+  // Pillow's numbering. The torchvision backend resizes BICUBIC and LANCZOS
+  // (which transformers replaces by bicubic) with torchvision's bicubic,
+  // BILINEAR with its bilinear, and has no kernel for BOX and HAMMING.
   ResampleFilter resample = ResampleFilter::kBicubic;
   bool do_center_crop = true;
   int64_t crop_height = 224, crop_width = 224;  // crop_size (or a bare n)
@@ -166,7 +190,8 @@ struct ClipImageProcessorConfig {
 };
 
 // Errors name the key and `source`; sizes must be in [1, kMaxImageSide],
-// image_std positive, resample a Pillow convolution filter.
+// image_std positive, resample a Pillow convolution filter. `backend` is left
+// at its default.
 StatusOr<ClipImageProcessorConfig> ParseClipImageProcessorConfig(const std::string& json_text,
                                                                  const std::string& source);
 std::string ClipImageProcessorConfigJson(const ClipImageProcessorConfig& config);
@@ -179,15 +204,20 @@ ImageSize ShortestEdgeSize(int64_t width, int64_t height, int64_t shortest_edge)
 class ClipImageProcessor {
  public:
   explicit ClipImageProcessor(ClipImageProcessorConfig config) : config_(std::move(config)) {}
-  // Reads <dir>/preprocessor_config.json.
-  static StatusOr<ClipImageProcessor> Load(const std::string& dir);
+  // Reads <dir>/preprocessor_config.json for `backend`. A resample filter the
+  // backend has no kernel for (BOX, HAMMING with kTorchvision) is
+  // UNIMPLEMENTED naming the key and the file. Called at model load.
+  static StatusOr<ClipImageProcessor> Load(const std::string& dir,
+                                           ClipImageBackend backend = ClipImageBackend::kTorchvision);
 
   // The resized and centre-cropped image (uint8), as far as the steps are
   // enabled. An image whose resize would exceed kMaxImageSide on a side (an
-  // extreme aspect ratio) is INVALID_ARGUMENT naming `image`.
+  // extreme aspect ratio) is INVALID_ARGUMENT naming `image`; a filter the
+  // backend lacks is UNIMPLEMENTED naming `resample`.
   StatusOr<InputImage> ResizeAndCrop(const InputImage& image) const;
   // pixel_values [1, 3, H, W] float32 on the CPU (H, W the crop size when
   // cropping). With neither rescale nor normalise, the byte values as floats.
+  // Const: any thread may call it.
   StatusOr<at::Tensor> Preprocess(const InputImage& image) const;
 
   // Writes <dir>/preprocessor_config.json (made if missing).

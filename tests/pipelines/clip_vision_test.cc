@@ -1,10 +1,13 @@
 // CLIP vision encoder and image processor (pipelines/text/clip_vision.h):
 // config parsing, published parameter names, checkpoint round trips and
 // extra keys, which hidden state the Wan pipeline gets, a float64 hand-written
-// reference of the embeddings and one layer, and the preprocessing numbers.
+// reference of the embeddings and one layer, the preprocessing numbers of
+// both processor backends, ATen's own resize kernels against
+// ResizeImageAten, and transformers' outputs (clip_parity, clip_fast_parity).
 #include "pipelines/text/clip_vision.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <torch/version.h>
 
 #include <cmath>
@@ -502,23 +505,91 @@ InputImage Solid(int64_t width, int64_t height, std::array<uint8_t, 3> rgb) {
   return image;
 }
 
+ClipImageProcessorConfig PilConfig() {
+  ClipImageProcessorConfig c;
+  c.backend = ClipImageBackend::kPil;
+  return c;
+}
+
+// What each backend computes for one byte of channel `ch` with both rescale
+// and normalise on. torchvision: mean and std as float32 tensors times the
+// float32 of 1 / rescale_factor, then (x - mean) / std in float32. PIL:
+// float32(v * rescale_factor in float64), then (x - float32(mean)) /
+// float32(std) in float32.
+float TorchvisionValue(const ClipImageProcessorConfig& c, uint8_t v, int ch) {
+  const float inv = static_cast<float>(1.0 / c.rescale_factor);
+  const float mean = static_cast<float>(c.image_mean[ch]) * inv;
+  const float std_dev = static_cast<float>(c.image_std[ch]) * inv;
+  return (static_cast<float>(v) - mean) / std_dev;
+}
+
+float PilValue(const ClipImageProcessorConfig& c, uint8_t v, int ch) {
+  const float x = static_cast<float>(v * c.rescale_factor);
+  return (x - static_cast<float>(c.image_mean[ch])) / static_cast<float>(c.image_std[ch]);
+}
+
 TEST(ClipImageProcessorTest, ConstantImageGivesItsNormalisedValueEverywhere) {
-  const ClipImageProcessor processor{ClipImageProcessorConfig{}};
   const std::array<uint8_t, 3> rgb = {200, 17, 96};
-  auto out = processor.Preprocess(Solid(50, 30, rgb));
-  ASSERT_TRUE(out.ok()) << out.status().ToString();
-  EXPECT_EQ(out->sizes().vec(), (std::vector<int64_t>{1, 3, 224, 224}));
-  EXPECT_EQ(out->scalar_type(), at::kFloat);
-  const ClipImageProcessorConfig c;
+  for (const ClipImageProcessorConfig& c : {ClipImageProcessorConfig{}, PilConfig()}) {
+    const bool tv = c.backend == ClipImageBackend::kTorchvision;
+    auto out = ClipImageProcessor(c).Preprocess(Solid(50, 30, rgb));
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    EXPECT_EQ(out->sizes().vec(), (std::vector<int64_t>{1, 3, 224, 224}));
+    EXPECT_EQ(out->scalar_type(), at::kFloat);
+    for (int ch = 0; ch < 3; ++ch) {
+      const float want = tv ? TorchvisionValue(c, rgb[ch], ch) : PilValue(c, rgb[ch], ch);
+      const at::Tensor plane = (*out)[0][ch];
+      EXPECT_EQ(plane.min().item<float>(), want) << ch << " torchvision " << tv;
+      EXPECT_EQ(plane.max().item<float>(), want) << ch << " torchvision " << tv;
+      EXPECT_NEAR(want, (rgb[ch] / 255.0 - c.image_mean[ch]) / c.image_std[ch], 1e-5);
+    }
+  }
+}
+
+// Every byte value through both backends' arithmetic (no resize, no crop):
+// each matches its own formula, and the two differ in the last bit for some
+// values, so the backend choice is visible in pixel_values.
+TEST(ClipImageProcessorTest, BackendsRescaleAndNormaliseInTheirOwnOrder) {
+  InputImage ramp;
+  ramp.width = 256;
+  ramp.height = 1;
+  for (int v = 0; v < 256; ++v) ramp.rgb.insert(ramp.rgb.end(), {uint8_t(v), uint8_t(255 - v), uint8_t(v * 7)});
+  ClipImageProcessorConfig tv_config;
+  tv_config.do_resize = tv_config.do_center_crop = false;
+  ClipImageProcessorConfig pil_config = tv_config;
+  pil_config.backend = ClipImageBackend::kPil;
+  auto tv = ClipImageProcessor(tv_config).Preprocess(ramp);
+  auto pil = ClipImageProcessor(pil_config).Preprocess(ramp);
+  ASSERT_TRUE(tv.ok() && pil.ok());
+  int differ = 0;
   for (int ch = 0; ch < 3; ++ch) {
-    // transformers' arithmetic: float32(v * (1/255) in float64), then
-    // (x - float32(mean)) / float32(std) in float32.
-    const float x = static_cast<float>(rgb[ch] * (1.0 / 255.0));
-    const float want = (x - static_cast<float>(c.image_mean[ch])) / static_cast<float>(c.image_std[ch]);
-    const at::Tensor plane = (*out)[0][ch];
-    EXPECT_EQ(plane.min().item<float>(), want) << ch;
-    EXPECT_EQ(plane.max().item<float>(), want) << ch;
-    EXPECT_NEAR(want, (rgb[ch] / 255.0 - c.image_mean[ch]) / c.image_std[ch], 1e-5);
+    for (int64_t x = 0; x < 256; ++x) {
+      const uint8_t v = ramp.rgb[x * 3 + ch];
+      const float got_tv = (*tv)[0][ch][0][x].item<float>(), got_pil = (*pil)[0][ch][0][x].item<float>();
+      ASSERT_EQ(got_tv, TorchvisionValue(tv_config, v, ch)) << ch << " " << int(v);
+      ASSERT_EQ(got_pil, PilValue(pil_config, v, ch)) << ch << " " << int(v);
+      differ += got_tv != got_pil;
+    }
+  }
+  EXPECT_GT(differ, 0);
+  // One step alone: rescale is x * float32(rescale_factor) (torchvision) or
+  // float32(x * rescale_factor) (PIL); normalise alone uses float32 mean / std.
+  for (ClipImageProcessorConfig c : {tv_config, pil_config}) {
+    c.do_normalize = false;
+    auto rescaled = ClipImageProcessor(c).Preprocess(ramp);
+    c.do_normalize = true;
+    c.do_rescale = false;
+    auto normalised = ClipImageProcessor(c).Preprocess(ramp);
+    ASSERT_TRUE(rescaled.ok() && normalised.ok());
+    const bool is_tv = c.backend == ClipImageBackend::kTorchvision;
+    for (int64_t x = 0; x < 256; ++x) {
+      const float want = is_tv ? static_cast<float>(x) * static_cast<float>(c.rescale_factor)
+                               : static_cast<float>(x * c.rescale_factor);
+      ASSERT_EQ((*rescaled)[0][0][0][x].item<float>(), want) << x;
+      const float norm = (static_cast<float>(x) - static_cast<float>(c.image_mean[0])) /
+                         static_cast<float>(c.image_std[0]);
+      ASSERT_EQ((*normalised)[0][0][0][x].item<float>(), norm) << x;
+    }
   }
 }
 
@@ -534,43 +605,108 @@ TEST(ClipImageProcessorTest, ShortestEdgeResizeTruncatesTheLongSide) {
 }
 
 TEST(ClipImageProcessorTest, NonSquareImagesComeOutAtTheCropSize) {
-  ClipImageProcessorConfig c;
-  c.crop_height = 224;
-  c.crop_width = 200;
-  const ClipImageProcessor processor(c);
-  for (const auto& [w, h] : std::vector<std::pair<int64_t, int64_t>>{{320, 240}, {181, 403}, {64, 64}, {1000, 90}}) {
-    auto img = processor.ResizeAndCrop(Solid(w, h, {1, 2, 3}));
-    ASSERT_TRUE(img.ok()) << img.status().ToString();
-    EXPECT_EQ(img->width, 200);
-    EXPECT_EQ(img->height, 224);
-    auto out = processor.Preprocess(Solid(w, h, {1, 2, 3}));
-    ASSERT_TRUE(out.ok());
-    EXPECT_EQ(out->sizes().vec(), (std::vector<int64_t>{1, 3, 224, 200}));
-  }
-  // The crop is the centre of the resized image: resize and crop by hand.
-  InputImage image;
+  InputImage image;  // the crop is the centre of the resized image
   image.width = 90;
   image.height = 40;
   for (int64_t i = 0; i < 90 * 40 * 3; ++i) image.rgb.push_back(static_cast<uint8_t>(i * 37 % 251));
-  auto got = processor.ResizeAndCrop(image);
-  auto resized = ResizeImage(image, 504, 224, ResampleFilter::kBicubic);  // int(224 * 90 / 40) = 504
-  ASSERT_TRUE(got.ok() && resized.ok());
-  auto want = CenterCrop(*resized, 200, 224);
-  ASSERT_TRUE(want.ok());
-  EXPECT_EQ(got->rgb, want->rgb);
+  for (ClipImageProcessorConfig c : {ClipImageProcessorConfig{}, PilConfig()}) {
+    c.crop_height = 224;
+    c.crop_width = 200;
+    const ClipImageProcessor processor(c);
+    for (const auto& [w, h] : std::vector<std::pair<int64_t, int64_t>>{{320, 240}, {181, 403}, {64, 64}, {1000, 90}}) {
+      auto img = processor.ResizeAndCrop(Solid(w, h, {1, 2, 3}));
+      ASSERT_TRUE(img.ok()) << img.status().ToString();
+      EXPECT_EQ(img->width, 200);
+      EXPECT_EQ(img->height, 224);
+      auto out = processor.Preprocess(Solid(w, h, {1, 2, 3}));
+      ASSERT_TRUE(out.ok());
+      EXPECT_EQ(out->sizes().vec(), (std::vector<int64_t>{1, 3, 224, 200}));
+    }
+    // Resize and crop by hand: int(224 * 90 / 40) = 504.
+    const bool tv = c.backend == ClipImageBackend::kTorchvision;
+    auto got = processor.ResizeAndCrop(image);
+    auto resized = tv ? ResizeImageAten(image, 504, 224, AtenInterpolation::kBicubic)
+                      : ResizeImage(image, 504, 224, ResampleFilter::kBicubic);
+    ASSERT_TRUE(got.ok() && resized.ok());
+    auto want = CenterCrop(*resized, 200, 224);
+    ASSERT_TRUE(want.ok());
+    EXPECT_EQ(got->rgb, want->rgb) << "torchvision " << tv;
+  }
+}
+
+// transformers' torchvision processors pad a small image at floor((crop -
+// size) / 2), the PIL ones at the ceil: 5 x 3 into 8 x 6 starts at (1, 1)
+// and (2, 2).
+TEST(ClipImageProcessorTest, TorchvisionCropPadsAtTheFloorOffset) {
+  for (ClipImageProcessorConfig c : {ClipImageProcessorConfig{}, PilConfig()}) {
+    c.do_resize = false;
+    c.crop_width = 8;
+    c.crop_height = 6;
+    auto out = ClipImageProcessor(c).ResizeAndCrop(Solid(5, 3, {9, 8, 7}));
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    const int64_t at = c.backend == ClipImageBackend::kTorchvision ? 1 : 2;
+    auto pixel = [&](int64_t x, int64_t y) { return out->rgb[(y * 8 + x) * 3]; };
+    EXPECT_EQ(pixel(at, at), 9);
+    EXPECT_EQ(pixel(at + 4, at + 2), 9);
+    EXPECT_EQ(pixel(at - 1, at), 0);
+    EXPECT_EQ(pixel(at + 5, at + 2), 0);
+    EXPECT_EQ(pixel(at, at + 3), 0);
+  }
+}
+
+// The torchvision backend resizes LANCZOS with bicubic (as transformers
+// does) and has no kernel for BOX or HAMMING: UNIMPLEMENTED naming
+// `resample`, at Load (with the file) and at Preprocess; the PIL backend runs all.
+TEST(ClipImageProcessorTest, TorchvisionResampleModesFollowTransformers) {
+  InputImage image;
+  image.width = 37;
+  image.height = 29;
+  for (int64_t i = 0; i < 37 * 29 * 3; ++i) image.rgb.push_back(static_cast<uint8_t>(i * 53 % 256));
+  ClipImageProcessorConfig c;
+  c.shortest_edge = 20;
+  c.crop_width = c.crop_height = 16;
+  auto bicubic = ClipImageProcessor(c).Preprocess(image);
+  c.resample = ResampleFilter::kLanczos;
+  auto lanczos = ClipImageProcessor(c).Preprocess(image);
+  ASSERT_TRUE(bicubic.ok() && lanczos.ok());
+  EXPECT_TRUE(at::equal(*bicubic, *lanczos));
+  c.resample = ResampleFilter::kBilinear;
+  auto bilinear = ClipImageProcessor(c).Preprocess(image);
+  ASSERT_TRUE(bilinear.ok());
+  EXPECT_FALSE(at::equal(*bicubic, *bilinear));
+  const std::string dir = testing::MakeTempDir("clip-processor-box");
+  for (ResampleFilter f : {ResampleFilter::kBox, ResampleFilter::kHamming}) {
+    c.resample = f;
+    auto out = ClipImageProcessor(c).Preprocess(image);
+    ASSERT_FALSE(out.ok()) << ResampleFilterName(f);
+    EXPECT_EQ(out.status().code(), StatusCode::kUnimplemented);
+    EXPECT_NE(out.status().message().find("resample"), std::string::npos) << out.status().ToString();
+    ASSERT_TRUE(ClipImageProcessor(c).SavePreprocessorConfig(dir).ok());
+    auto loaded = ClipImageProcessor::Load(dir);
+    ASSERT_FALSE(loaded.ok());
+    EXPECT_EQ(loaded.status().code(), StatusCode::kUnimplemented);
+    EXPECT_NE(loaded.status().message().find("preprocessor_config.json: resample"), std::string::npos)
+        << loaded.status().ToString();
+    auto pil = ClipImageProcessor::Load(dir, ClipImageBackend::kPil);
+    ASSERT_TRUE(pil.ok()) << pil.status().ToString();
+    EXPECT_EQ(pil->config().backend, ClipImageBackend::kPil);
+    EXPECT_TRUE(pil->Preprocess(image).ok());
+  }
 }
 
 TEST(ClipImageProcessorTest, DisabledStepsAreSkipped) {
-  ClipImageProcessorConfig c;
-  c.do_resize = false;
-  c.do_center_crop = false;
-  c.do_normalize = false;
-  c.do_rescale = false;
-  auto out = ClipImageProcessor(c).Preprocess(Solid(5, 3, {9, 8, 7}));
-  ASSERT_TRUE(out.ok());
-  EXPECT_EQ(out->sizes().vec(), (std::vector<int64_t>{1, 3, 3, 5}));
-  EXPECT_EQ((*out)[0][0][2][4].item<float>(), 9.0f);
-  EXPECT_EQ((*out)[0][2][0][0].item<float>(), 7.0f);
+  for (ClipImageProcessorConfig c : {ClipImageProcessorConfig{}, PilConfig()}) {
+    c.do_resize = false;
+    c.do_center_crop = false;
+    c.do_normalize = false;
+    c.do_rescale = false;
+    auto out = ClipImageProcessor(c).Preprocess(Solid(5, 3, {9, 8, 7}));
+    ASSERT_TRUE(out.ok());
+    EXPECT_EQ(out->sizes().vec(), (std::vector<int64_t>{1, 3, 3, 5}));
+    EXPECT_EQ(out->scalar_type(), at::kFloat);
+    EXPECT_EQ((*out)[0][0][2][4].item<float>(), 9.0f);
+    EXPECT_EQ((*out)[0][2][0][0].item<float>(), 7.0f);
+  }
 }
 
 TEST(ClipImageProcessorTest, ExtremeAspectRatioIsRefusedNamingTheImage) {
@@ -583,11 +719,110 @@ TEST(ClipImageProcessorTest, ExtremeAspectRatioIsRefusedNamingTheImage) {
 }
 
 // ---------------------------------------------------------------------------
+// ResizeImageAten against ATen's own kernels.
+
+// An image of gradients, noise-like values and hard 0 / 255 edges.
+InputImage Busy(int64_t width, int64_t height, int64_t seed) {
+  InputImage image;
+  image.width = width;
+  image.height = height;
+  for (int64_t y = 0; y < height; ++y) {
+    for (int64_t x = 0; x < width; ++x) {
+      for (int64_t c = 0; c < 3; ++c) {
+        int64_t v = (x * 255 / width + ((x * 31 + y * 17 + c * 7 + seed) * 2654435761u >> 13) % 61) % 256;
+        if (c == 2 && x > 2 * width / 3) v = (x / 3 + y / 2) % 2 ? 255 : 0;
+        image.rgb.push_back(static_cast<uint8_t>(v));
+      }
+    }
+  }
+  return image;
+}
+
+// [1, 3, H, W] tensor of the image's bytes, and back.
+at::Tensor ToTensor(const InputImage& image) {
+  return at::from_blob(const_cast<uint8_t*>(image.rgb.data()), {1, image.height, image.width, 3}, at::kByte)
+      .permute({0, 3, 1, 2})
+      .contiguous();
+}
+
+at::Tensor AtenResize(const at::Tensor& x, int64_t width, int64_t height, AtenInterpolation mode) {
+  const std::vector<int64_t> size = {height, width};
+  return mode == AtenInterpolation::kBicubic ? at::_upsample_bicubic2d_aa(x, size, false)
+                                             : at::_upsample_bilinear2d_aa(x, size, false);
+}
+
+const std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t>> kResizeCases = {
+    {90, 61, 94, 64}, {17, 23, 64, 86}, {300, 170, 112, 64}, {90, 61, 71, 45}, {40, 40, 7, 93}};
+
+// ATen's float kernel with the same filters, run one axis at a time with
+// the uint8 kernel's rounding and clipping between the passes (the negative
+// bicubic lobes overshoot at hard edges, and the uint8 kernel clips that
+// before the vertical pass). What remains is the int16 weights' quantisation
+// (up to ksize / 2 * 255 / 2^P, a few hundredths of a step at P = 14): it
+// moves values that lie near halfway by one step in either pass, so about 1%
+// of the outputs move by one and a handful by two (measured: at most 1.5%
+// and 0.03%). A wrong support, centre or filter moves most values by many steps.
+TEST(AtenResizeTest, WithinOneStepOfAtensFloatKernelPassByPass) {
+  auto to_bytes = [](const at::Tensor& t) { return t.clamp(0, 255).round(); };
+  for (AtenInterpolation mode : {AtenInterpolation::kBilinear, AtenInterpolation::kBicubic}) {
+    for (const auto& [w, h, ow, oh] : kResizeCases) {
+      const InputImage image = Busy(w, h, ow);
+      auto ours = ResizeImageAten(image, ow, oh, mode);
+      ASSERT_TRUE(ours.ok()) << ours.status().ToString();
+      const at::Tensor rows = to_bytes(AtenResize(ToTensor(image).to(at::kFloat), ow, h, mode));
+      const at::Tensor want = to_bytes(AtenResize(rows, ow, oh, mode));
+      const at::Tensor diff = (ToTensor(*ours).to(at::kFloat) - want).abs();
+      const std::string what = std::to_string(w) + "x" + std::to_string(h) + " -> " + std::to_string(ow) +
+                               "x" + std::to_string(oh) + (mode == AtenInterpolation::kBicubic ? " bicubic" : " bilinear");
+      EXPECT_LE(diff.max().item<float>(), 2.0f) << what;
+      EXPECT_LT(diff.gt(0).to(at::kFloat).mean().item<float>(), 0.03f) << what;
+      EXPECT_LT(diff.gt(1).to(at::kFloat).mean().item<float>(), 0.001f) << what;
+    }
+  }
+}
+
+// The uint8 kernel itself, where this LibTorch has it (2.1 and later; 1.13
+// computes antialiased resizes in floating point only): byte for byte.
+TEST(AtenResizeTest, MatchesAtensUint8KernelByteForByte) {
+  try {
+    AtenResize(ToTensor(Busy(4, 4, 0)), 2, 2, AtenInterpolation::kBicubic);
+  } catch (const c10::Error&) {
+    GTEST_SKIP() << "LibTorch " << TORCH_VERSION << " has no uint8 antialiased resize";
+  }
+  for (AtenInterpolation mode : {AtenInterpolation::kBilinear, AtenInterpolation::kBicubic}) {
+    for (const auto& [w, h, ow, oh] : kResizeCases) {
+      const InputImage image = Busy(w, h, oh);
+      auto ours = ResizeImageAten(image, ow, oh, mode);
+      ASSERT_TRUE(ours.ok()) << ours.status().ToString();
+      EXPECT_TRUE(at::equal(ToTensor(*ours), AtenResize(ToTensor(image), ow, oh, mode)))
+          << w << "x" << h << " -> " << ow << "x" << oh;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Parity with transformers: tests/pipelines/data/clip_parity, written by
 // tools/reference/clip_tiny_reference.py with transformers 5.17.0, PyTorch
 // 2.11 and Pillow 12.3 (the versions are in the reference's metadata): a
-// random CLIPVisionModel transformers saved itself, the PIL image
-// processor's settings, a 90x61 image, and transformers' outputs for it.
+// random CLIPVisionModel transformers saved itself, the image processor's
+// settings, a 90x61 image, and transformers' outputs for it: pixel_values
+// from the PIL processor, pixel_values_pipeline from CLIPImageProcessor (the
+// torchvision one in transformers 5).
+
+InputImage ImageFromRgb(const at::Tensor& rgb) {  // [H, W, 3], any dtype holding bytes
+  InputImage image;
+  image.height = rgb.size(0);
+  image.width = rgb.size(1);
+  const at::Tensor bytes = rgb.to(at::kByte).contiguous();
+  image.rgb.assign(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel());
+  return image;
+}
+
+std::string DiffText(const at::Tensor& got, const at::Tensor& want) {
+  if (got.sizes() != want.sizes()) return "shapes differ";
+  return std::to_string(got.ne(want).sum().item<int64_t>()) + " of " + std::to_string(want.numel()) +
+         " values differ, max |diff| " + std::to_string((got - want).abs().max().item<double>());
+}
 
 TEST(ClipParityTest, PreprocessingAndEncoderMatchTransformers) {
   const std::string dir = testing::SourceDir() + "/tests/pipelines/data/clip_parity";
@@ -598,39 +833,85 @@ TEST(ClipParityTest, PreprocessingAndEncoderMatchTransformers) {
     EXPECT_TRUE(t.ok()) << name;
     return t.ok() ? t->clone() : at::Tensor();
   };
-  // The decoded image, [H, W, 3] as floats of its bytes.
-  const at::Tensor rgb = get("image_rgb");
-  InputImage image;
-  image.height = rgb.size(0);
-  image.width = rgb.size(1);
-  const at::Tensor bytes = rgb.to(at::kByte).contiguous();
-  image.rgb.assign(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel());
+  const InputImage image = ImageFromRgb(get("image_rgb"));  // stored as floats of its bytes
 
+  // Bit-identical, each backend with its transformers class.
+  auto pil = ClipImageProcessor::Load(dir + "/image_processor", ClipImageBackend::kPil);
+  ASSERT_TRUE(pil.ok()) << pil.status().ToString();
+  auto pil_pixels = pil->Preprocess(image);
+  ASSERT_TRUE(pil_pixels.ok()) << pil_pixels.status().ToString();
+  const at::Tensor want_pixels = get("pixel_values");
+  EXPECT_TRUE(pil_pixels->sizes() == want_pixels.sizes() && at::equal(*pil_pixels, want_pixels))
+      << DiffText(*pil_pixels, want_pixels);
   auto processor = ClipImageProcessor::Load(dir + "/image_processor");
   ASSERT_TRUE(processor.ok()) << processor.status().ToString();
   auto pixels = processor->Preprocess(image);
   ASSERT_TRUE(pixels.ok()) << pixels.status().ToString();
-  const at::Tensor want_pixels = get("pixel_values");
-  ASSERT_EQ(pixels->sizes(), want_pixels.sizes());
-  // Bit-identical: Pillow's resize, the crop, float64 rescale, float32 normalise.
-  EXPECT_TRUE(at::equal(*pixels, want_pixels))
-      << "max |diff| " << (*pixels - want_pixels).abs().max().item<double>();
+  const at::Tensor pipeline_pixels = get("pixel_values_pipeline");
+  // The two classes' outputs differ, so these comparisons tell them apart.
+  EXPECT_FALSE(at::equal(want_pixels, pipeline_pixels));
+  EXPECT_TRUE(pixels->sizes() == pipeline_pixels.sizes() && at::equal(*pixels, pipeline_pixels))
+      << DiffText(*pixels, pipeline_pixels);
 
   auto model = ClipVisionEncoder::Load(dir + "/image_encoder", at::kFloat, at::kCPU);
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   const int64_t layers = (*model)->config().num_hidden_layers;
-  const std::vector<std::pair<std::string, int64_t>> states = {
-      {"hidden_states_0", 0}, {"hidden_states_penultimate", layers - 1}, {"last_hidden_state", layers}};
-  for (const auto& [name, index] : states) {
+  const std::vector<std::tuple<std::string, at::Tensor, int64_t>> states = {
+      {"hidden_states_0", want_pixels, 0},
+      {"hidden_states_penultimate", want_pixels, layers - 1},
+      {"last_hidden_state", want_pixels, layers},
+      {"hidden_states_penultimate_pipeline", pipeline_pixels, layers - 1}};
+  for (const auto& [name, input, index] : states) {
     const at::Tensor want = get(name);
-    auto got = (*model)->HiddenState(want_pixels, index);
+    auto got = (*model)->HiddenState(input, index);
     ASSERT_TRUE(got.ok()) << got.status().ToString();
     ASSERT_EQ(got->sizes(), want.sizes()) << name;
     const double scale = want.abs().max().item<double>();
     // fp32 against fp32: round-off only (attention and GEMM order differ).
     EXPECT_LT((*got - want).abs().max().item<double>(), 1e-5 * std::max(scale, 1.0)) << name;
   }
-  EXPECT_TRUE(at::equal(*(*model)->Forward(*pixels), *(*model)->HiddenState(want_pixels, layers - 1)));
+  EXPECT_TRUE(at::equal(*(*model)->Forward(*pixels), *(*model)->HiddenState(pipeline_pixels, layers - 1)));
+}
+
+// tests/pipelines/data/clip_fast_parity, written by
+// tools/reference/clip_fast_reference.py on the GPU machine: for each
+// processor variant under processors/ and each image, the pixel values of
+// the CLIPImageProcessor class transformers.from_pretrained returns there
+// (recorded in the metadata). ClipImageProcessor's default backend must
+// reproduce every one bit for bit.
+TEST(ClipFastParityTest, DefaultBackendMatchesTransformersCLIPImageProcessor) {
+  const std::string dir = testing::SourceDir() + "/tests/pipelines/data/clip_fast_parity";
+  struct stat st;
+  if (::stat((dir + "/reference.safetensors").c_str(), &st) != 0) {
+    GTEST_SKIP() << dir << "/reference.safetensors is absent: write it with "
+                 << "tools/reference/clip_fast_reference.py (see its header)";
+  }
+  auto ref = SafetensorsFile::Open(dir + "/reference.safetensors");
+  ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+  const auto& meta = (*ref)->metadata();
+  const std::string versions = (meta.count("processor_class") ? meta.at("processor_class") : "?") +
+                               ", transformers " + (meta.count("transformers") ? meta.at("transformers") : "?");
+  int cases = 0;
+  const std::string suffix = "/pixel_values";
+  for (const auto& [name, entry] : (*ref)->entries()) {
+    if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+      continue;
+    }
+    // name: <variant>/<image>/pixel_values
+    const std::string variant = name.substr(0, name.find('/'));
+    const std::string image_name = name.substr(variant.size() + 1, name.size() - suffix.size() - variant.size() - 1);
+    auto rgb = (*ref)->Get(image_name + "/image_rgb");
+    ASSERT_TRUE(rgb.ok()) << image_name;
+    auto processor = ClipImageProcessor::Load(dir + "/processors/" + variant);
+    ASSERT_TRUE(processor.ok()) << processor.status().ToString();
+    auto got = processor->Preprocess(ImageFromRgb(*rgb));
+    ASSERT_TRUE(got.ok()) << name << ": " << got.status().ToString();
+    const at::Tensor want = (*ref)->Get(name)->clone();
+    EXPECT_TRUE(got->sizes() == want.sizes() && at::equal(*got, want))
+        << name << " (" << versions << "): " << DiffText(*got, want);
+    ++cases;
+  }
+  EXPECT_GT(cases, 0);
 }
 
 }  // namespace

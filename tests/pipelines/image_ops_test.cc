@@ -1,7 +1,9 @@
-// Pillow-exact resizing and transformers' centre crop (pipelines/core/image_ops.h):
-// hand-computed one-row cases from Pillow's formulas, invariants, bounds, and
-// Pillow's own bytes for 2-D resizes (tests/pipelines/data/pillow_resize.json,
-// written by tools/reference/pillow_resize_reference.py).
+// Pillow-exact and ATen-exact resizing and transformers' centre crops
+// (pipelines/core/image_ops.h): hand-computed one-row cases from Pillow's and
+// ATen's formulas, invariants, bounds, and Pillow's own bytes for 2-D resizes
+// (tests/pipelines/data/pillow_resize.json, written by
+// tools/reference/pillow_resize_reference.py). ATen's kernel itself is
+// compared in clip_vision_test, which links LibTorch.
 #include "pipelines/core/image_ops.h"
 
 #include <gtest/gtest.h>
@@ -262,6 +264,121 @@ TEST(CenterCropTest, LargerCropPadsWithBlackAtTheCeilOffset) {
   EXPECT_EQ(tall->rgb[(2 * 3 + 0) * 3 + 2], 7);  // row 2 is image row 0 (ceil(3 / 2) = 2)
   EXPECT_EQ(tall->rgb[(1 * 3 + 0) * 3 + 2], 0);
   EXPECT_EQ(tall->rgb[(6 * 3 + 0) * 3 + 2], 0);
+}
+
+// ---------------------------------------------------------------------------
+// ResizeImageAten: ATen's uint8 antialiased kernels.
+
+constexpr AtenInterpolation kAtenModes[] = {AtenInterpolation::kBilinear, AtenInterpolation::kBicubic};
+
+// 4 -> 2 bicubic: the weights of Pillow's case above, 111/242, 111/242,
+// 29/242, -9/242, in ATen's int16 fixed point: round(111/242 * 2^17) =
+// 60120 >= 2^15 while 30060 < 2^15, so 16 fractional bits: 30060, 30060,
+// 7853, -2437 (sum 65536). [228, 86, 182, 251] is exactly halfway at output 0
+// (37873 / 242 = 156.5): (2^15 + 30060 * 314 + 7853 * 182 - 2437 * 251) =
+// 10289167 >= 157 * 2^16 = 10289152 gives 157, where Pillow's 22-bit
+// weights (1923834, 502623, -155987) fall 51 short of 156.5 and give 156.
+// Output 1 (48505 / 242 = 200.43) is 200 for both.
+TEST(ResizeImageAtenTest, BicubicReductionUsesSixteenBitWeightsByHand) {
+  const InputImage row = GreyRow({228, 86, 182, 251});
+  auto aten = ResizeImageAten(row, 2, 1, AtenInterpolation::kBicubic);
+  ASSERT_TRUE(aten.ok()) << aten.status().ToString();
+  EXPECT_EQ(RedRow(*aten), (std::vector<int>{157, 200}));
+  auto pillow = ResizeImage(row, 2, 1, ResampleFilter::kBicubic);
+  ASSERT_TRUE(pillow.ok());
+  EXPECT_EQ(RedRow(*pillow), (std::vector<int>{156, 200}));
+  // Away from halfway both agree (Pillow's hand case above).
+  auto plain = ResizeImageAten(GreyRow({10, 20, 30, 40}), 2, 1, AtenInterpolation::kBicubic);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(RedRow(*plain), (std::vector<int>{16, 34}));
+}
+
+// 2 -> 4 bicubic enlarges: weights 37/34, -3/34 (outputs 0, 3 mirrored) and
+// 111/140, 29/140 (outputs 1, 2); the largest, 37/34, allows 14 fractional
+// bits: 17830, -1446, 12990, 3394. [0, 70] has two halfway outputs, 14.5 and
+// 55.5: 2^13 + 70 * 3394 = 245772 >= 15 * 2^14 gives 15 and 2^13 + 70 *
+// 12990 = 917492 < 56 * 2^14 gives 55; Pillow gives 14 and 56. The negative
+// lobe still clips: [255, 0] -> 255 (278.0), 202, 53, 0 (-22.5).
+TEST(ResizeImageAtenTest, BicubicEnlargementPicksItsPrecisionFromTheLargestWeight) {
+  auto a = ResizeImageAten(GreyRow({0, 70}), 4, 1, AtenInterpolation::kBicubic);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  EXPECT_EQ(RedRow(*a), (std::vector<int>{0, 15, 55, 76}));
+  auto pillow = ResizeImage(GreyRow({0, 70}), 4, 1, ResampleFilter::kBicubic);
+  ASSERT_TRUE(pillow.ok());
+  EXPECT_EQ(RedRow(*pillow), (std::vector<int>{0, 14, 56, 76}));
+  auto clipped = ResizeImageAten(GreyRow({255, 0}), 4, 1, AtenInterpolation::kBicubic);
+  ASSERT_TRUE(clipped.ok());
+  EXPECT_EQ(RedRow(*clipped), (std::vector<int>{255, 202, 53, 0}));
+}
+
+// 4 -> 2 bilinear: 3/7, 3/7, 1/7 at 16 bits: 28087, 28087, 9362;
+// (2^15 + 28087 * 30 + 9362 * 30) >> 16 = 17, output 1 33.
+TEST(ResizeImageAtenTest, BilinearReductionByHand) {
+  auto out = ResizeImageAten(GreyRow({10, 20, 30, 40}), 2, 1, AtenInterpolation::kBilinear);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(RedRow(*out), (std::vector<int>{17, 33}));
+}
+
+TEST(ResizeImageAtenTest, ConstantImagesStayConstantAndSameSizeIsACopy) {
+  for (uint8_t value : {0, 1, 77, 128, 254, 255}) {
+    InputImage image;
+    image.width = 90;
+    image.height = 61;
+    image.rgb.assign(90 * 61 * 3, value);
+    for (AtenInterpolation mode : kAtenModes) {
+      for (const auto& [w, h] : std::vector<std::pair<int64_t, int64_t>>{
+               {64, 43}, {224, 151}, {3, 2}, {1, 1}, {90, 7}, {13, 61}, {500, 300}}) {
+        auto out = ResizeImageAten(image, w, h, mode);
+        ASSERT_TRUE(out.ok()) << out.status().ToString();
+        ASSERT_EQ(out->rgb.size(), static_cast<size_t>(w * h * 3));
+        for (uint8_t v : out->rgb) ASSERT_EQ(v, value) << w << "x" << h;
+      }
+    }
+  }
+  const InputImage image = Pattern(11, 7, 2);
+  for (AtenInterpolation mode : kAtenModes) {
+    auto out = ResizeImageAten(image, 11, 7, mode);
+    ASSERT_TRUE(out.ok());
+    EXPECT_EQ(out->rgb, image.rgb);
+  }
+}
+
+TEST(ResizeImageAtenTest, RefusesBadSizesNamingTheArgument) {
+  auto wide = ResizeImageAten(Pattern(4, 4, 0), kMaxImageSide + 1, 4, AtenInterpolation::kBicubic);
+  ASSERT_FALSE(wide.ok());
+  EXPECT_EQ(wide.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(wide.status().message().find("width"), std::string::npos) << wide.status().ToString();
+  auto empty = ResizeImageAten(InputImage{}, 2, 2, AtenInterpolation::kBilinear);
+  ASSERT_FALSE(empty.ok());
+  EXPECT_NE(empty.status().message().find("image"), std::string::npos);
+}
+
+// transformers' torchvision processors pad at floor((crop - size) / 2): 3
+// wide into 6 at column 1, 4 tall into 7 at row 1 (kCeil: 2 and 2).
+TEST(CenterCropTest, FloorPaddingPlacesTheImageOneEarlierOnOddDifferences) {
+  auto out = CenterCrop(Coordinates(3, 4), 6, 2, PadOffset::kFloor);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  for (int64_t y = 0; y < 2; ++y) {
+    for (int64_t x = 0; x < 6; ++x) {
+      const uint8_t* px = &out->rgb[(y * 6 + x) * 3];
+      if (x < 1 || x >= 4) {
+        EXPECT_EQ(px[0] + px[1] + px[2], 0) << x << "," << y;
+      } else {
+        EXPECT_EQ(px[0], x - 1);
+        EXPECT_EQ(px[1], y + 1);  // cropping is unchanged: (4 - 2) // 2 = 1
+      }
+    }
+  }
+  auto tall = CenterCrop(Coordinates(3, 4), 3, 7, PadOffset::kFloor);
+  ASSERT_TRUE(tall.ok());
+  EXPECT_EQ(tall->rgb[(1 * 3 + 0) * 3 + 2], 7);  // row 1 is image row 0
+  EXPECT_EQ(tall->rgb[(0 * 3 + 0) * 3 + 2], 0);
+  EXPECT_EQ(tall->rgb[(5 * 3 + 0) * 3 + 2], 0);
+  // Even differences and plain crops place the same under both rules.
+  EXPECT_EQ(CenterCrop(Coordinates(4, 4), 6, 2, PadOffset::kFloor)->rgb,
+            CenterCrop(Coordinates(4, 4), 6, 2, PadOffset::kCeil)->rgb);
+  EXPECT_EQ(CenterCrop(Coordinates(10, 7), 5, 4, PadOffset::kFloor)->rgb,
+            CenterCrop(Coordinates(10, 7), 5, 4, PadOffset::kCeil)->rgb);
 }
 
 }  // namespace

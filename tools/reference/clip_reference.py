@@ -24,7 +24,8 @@ transformers 5 it is the torchvision backend), its output and the embedding
 of it are written too, as pixel_values_pipeline and
 hidden_states_penultimate_pipeline. The safetensors metadata records the
 versions of torch, transformers and Pillow and the pipeline's processor
-class. RainServe's ClipImageProcessor::Preprocess and
+class. RainServe's ClipImageProcessor::Preprocess (its PIL backend with
+pixel_values, its default torchvision backend with pixel_values_pipeline) and
 ClipVisionEncoder::Forward / HiddenState (pipelines/text/clip_vision.h) are
 compared with these.
 """
