@@ -238,3 +238,40 @@ TEST(ConfigTest, SparsityAndCountsAreValidated) {
 
 }  // namespace
 }  // namespace rainserve::attention
+
+namespace rainserve::attention {
+namespace {
+
+// The grids of the Wan2.2 / image-to-video models with the default window:
+// TI2V-5B at 1280 x 704, 121 frames (31 x 22 x 40 after its 16x VAE and 2x2
+// patches), 14B at 720p (21 x 45 x 80, 45 not a multiple of the window) and
+// I2V-480P (21 x 30 x 52): each plan is a permutation of every token, the
+// sink frame is forced and every block holds tokens.
+TEST(BlockTableTest, Wan22AndImageToVideoGridsPlanWithTheDefaultWindow) {
+  struct Grid {
+    int64_t f, h, w;
+  } grids[] = {{31, 22, 40}, {21, 45, 80}, {21, 30, 52}, {31, 45, 80}};
+  for (const Grid& g : grids) {
+    const TokenLayout l = VideoLayout(g.f, g.h, g.w, 1);
+    auto plan = AttentionPlan::Build(l, WindowShape{}, 128);
+    ASSERT_TRUE(plan.ok()) << g.f << "x" << g.h << "x" << g.w << ": " << plan.status().ToString();
+    const int64_t n = g.f * g.h * g.w;
+    ASSERT_EQ(plan->tokens(), n);
+    std::vector<int> seen(n, 0);
+    for (int64_t p = 0; p < n; ++p) {
+      const int64_t o = plan->permutation.gather[p];
+      ASSERT_TRUE(o >= 0 && o < n);
+      ++seen[o];
+      ASSERT_EQ(plan->permutation.scatter[o], p);
+    }
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), n);
+    const int64_t frame = g.h * g.w;
+    EXPECT_EQ(plan->blocks.num_forced(), (frame + 127) / 128);  // the sink frame
+    for (int64_t b = 0; b < plan->num_blocks(); ++b) {
+      EXPECT_GT(plan->blocks.starts[b + 1], plan->blocks.starts[b]);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace rainserve::attention
