@@ -47,8 +47,15 @@ from safetensors.torch import save_file
 import diffusers
 from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
                        WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel)
+from diffusers.pipelines.wan import pipeline_wan_i2v
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
+
+# WanImageToVideoPipeline's prompt cleaning calls ftfy unconditionally, while
+# WanPipeline skips it when ftfy is not installed; without ftfy both clean
+# prompts the same way (RainServe's tokenizer does what WanPipeline does).
+if not hasattr(pipeline_wan_i2v, "ftfy"):
+    pipeline_wan_i2v.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
 
 MAX_TOKENS = 512  # WanPipeline's max_sequence_length default
 PROMPTS = [
