@@ -53,7 +53,8 @@ struct Preset {
   double boundary_ratio = 0.875;
   // Wan2.2 TI2V: per-frame timesteps (model_index expand_timesteps).
   bool expand_timesteps = false;
-  // Wan2.1 I2V: WanImageToVideoPipeline with a CLIP vision encoder.
+  // WanImageToVideoPipeline (Wan2.1 I2V also with a CLIP vision encoder).
+  bool image_to_video = false;
   bool image_encoder = false;
   ClipVisionConfig clip;
 };
@@ -115,7 +116,7 @@ StatusOr<Preset> MakePreset(const std::string& name) {
     // latents), image cross-attention fed by a tiny CLIP ViT (224 px, patch 14).
     TinyBase(&p);
     p.dtype = p.vae_dtype = at::kBFloat16;
-    p.image_encoder = true;
+    p.image_to_video = p.image_encoder = true;
     p.clip.hidden_size = 32;
     p.clip.intermediate_size = 64;
     p.clip.num_hidden_layers = 2;
@@ -128,8 +129,19 @@ StatusOr<Preset> MakePreset(const std::string& name) {
     p.transformer.added_kv_proj_dim = p.transformer.inner_dim();
     return p;
   }
+  if (name == "i2v22-tiny") {
+    // Wan2.2-I2V-A14B's layout: two experts (boundary 0.9), 36 input
+    // channels, no CLIP (not embedded; the parity check writes it).
+    TinyBase(&p);
+    p.dtype = p.vae_dtype = at::kBFloat16;
+    p.two_experts = true;
+    p.boundary_ratio = 0.9;
+    p.image_to_video = true;
+    p.transformer.in_channels = 36;
+    return p;
+  }
   return InvalidArgumentError("unknown preset '" + name +
-                              "' (tiny, wan22-tiny, ti2v-tiny, i2v-tiny, 1.3b)");
+                              "' (tiny, wan22-tiny, ti2v-tiny, i2v-tiny, i2v22-tiny, 1.3b)");
 }
 
 Status WriteText(const std::string& path, const std::string& text) {
@@ -150,7 +162,7 @@ Status MakeDir(const std::string& path) {
 // model_index.json naming the components this preset writes.
 std::string ModelIndexJson(const Preset& p) {
   std::string json = std::string("{\n  \"_class_name\": \"") +
-                     (p.image_encoder ? "WanImageToVideoPipeline" : "WanPipeline") +
+                     (p.image_to_video ? "WanImageToVideoPipeline" : "WanPipeline") +
                      "\",\n  \"_diffusers_version\": \"0.33.0\",\n";
   if (p.expand_timesteps) json += "  \"expand_timesteps\": true,\n";
   if (p.image_encoder) {

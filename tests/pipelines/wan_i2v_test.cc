@@ -6,9 +6,14 @@
 
 #include <ATen/ATen.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
 
+#include "common/files.h"
+#include "pipelines/wan/wan_config.h"
 #include "pipelines/wan/wan_image_conditioning.h"
+#include "pipelines/wan/wan_transformer.h"
 #include "pipelines/wan/wan_pipeline.h"
 #include "pipelines/wan/wan_vae.h"
 #include "tests/test_files.h"
@@ -188,6 +193,58 @@ TEST(WanI2VPipelineTest, TextImageToVideoKeepsTheImageAsLatentFrameZero) {
   auto t2v = Generate(*p, r);
   ASSERT_TRUE(t2v.ok()) << t2v.status().ToString();
   EXPECT_FALSE(at::equal(LatentsOf(*t2v).narrow(1, 0, 1), first[0]));
+}
+
+// Wan2.2-I2V-A14B's layout: WanImageToVideoPipeline with two experts of 36
+// input channels and no CLIP, built from wan22-tiny's components.
+std::string MakeI2V22Folder() {
+  namespace fs = std::filesystem;
+  const std::string dir = testing::MakeTempDir("i2v22");
+  fs::copy(Model("wan22-tiny"), dir, fs::copy_options::recursive);
+  std::string text;
+  EXPECT_TRUE(ReadFile(dir + "/transformer/config.json", &text).ok());
+  auto config = ParseWanTransformerConfig(text, "config.json");
+  EXPECT_TRUE(config.ok());
+  config->in_channels = 36;
+  for (const char* name : {"transformer", "transformer_2"}) {
+    fs::remove_all(dir + "/" + name);
+    auto model = WanTransformer::Random(*config, at::kFloat, at::kCPU, std::string(name) == "transformer_2" ? 9 : 8);
+    EXPECT_TRUE(model->Save(dir + "/" + name, int64_t{1} << 40).ok());
+  }
+  std::ofstream(dir + "/model_index.json", std::ios::trunc) << R"({
+    "_class_name": "WanImageToVideoPipeline", "boundary_ratio": 0.9,
+    "image_encoder": [null, null], "image_processor": [null, null],
+    "transformer": ["diffusers", "WanTransformer3DModel"],
+    "transformer_2": ["diffusers", "WanTransformer3DModel"]})";
+  return dir;
+}
+
+TEST(WanI2VPipelineTest, TwoExpertImageToVideoWithoutClipSwitchesAtItsBoundary) {
+  const std::string dir = MakeI2V22Folder();
+  ModelOptions e;
+  e.name = "i2v22";
+  e.path = dir;
+  e.threads = 2;
+  e.limits.max_prompt_tokens = 32;
+  auto p = LoadWanPipeline(e);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ((*p)->Describe().tasks, (std::vector<Task>{Task::kImageToVideo}));
+  EXPECT_EQ((*p)->Describe().experts, 2);
+  EXPECT_DOUBLE_EQ((*p)->Describe().boundary_timestep, 900.0);
+  GenerationRequest r = Small(32, 32);
+  r.steps = 4;
+  r.guidance_scale_2 = 2.0;
+  r.image = TestImage(40, 40);
+  auto a = Generate(**p, r);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_EQ(a->steps.size(), 4u);
+  EXPECT_EQ(a->steps.front().expert, 0);
+  EXPECT_EQ(a->steps.back().expert, 1);
+  r.image = TestImage(40, 40, /*seed=*/1);
+  auto b = Generate(**p, r);
+  ASSERT_TRUE(b.ok());
+  EXPECT_FALSE(at::equal(LatentsOf(*a), LatentsOf(*b)));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
