@@ -6,7 +6,9 @@
 # - the diffusers reference (bench/parity/wan_reference.py, fp32 on the CPU)
 #   on each embedded model (default: wan22-tiny ti2v-tiny i2v-tiny) and on a
 #   two-expert checkpoint written by diffusers' own save_pretrained
-#   (MODEL "diffusers-written"), each compared by tools/wan_parity;
+#   (MODEL "diffusers-written"), and on presets of tools/make_wan_checkpoint
+#   that are not embedded (e.g. i2v22-tiny, written there), each compared by
+#   tools/wan_parity;
 # - the expert-switch benchmark (14B experts, resident vs offloaded) when
 #   RAINSERVE_EXPERT_BENCH=1.
 # $OUT (default gpu-out) gets parity_<model>.json, fixtures.tar (the
@@ -33,6 +35,12 @@ for m in "${models[@]}"; do
   if [ "$m" = diffusers-written ]; then
     args=(--model models/wan22-tiny --write-checkpoint "$work/diffusers-written")
     model_dir="$work/diffusers-written"
+  elif [ ! -d "models/$m" ]; then  # a preset that is not embedded (i2v22-tiny)
+    (mkdir -p "$work/models/tools" && ln -sfn "$PWD/tools/data" "$work/models/tools/data" &&
+     cd "$work/models" && "$OLDPWD/build-gpu/tools/make_wan_checkpoint" --out "$m" --preset "$m" \
+       > /dev/null)
+    args=(--model "$work/models/$m")
+    model_dir="$work/models/$m"
   fi
   python3 bench/parity/wan_reference.py "${args[@]}" --out "$work/fixtures/$m" \
     --diffusers-commit "${DIFFUSERS_COMMIT:-}" --threads 8 > "$work/logs/ref_$m.log" 2>&1

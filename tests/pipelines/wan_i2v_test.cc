@@ -208,7 +208,8 @@ std::string MakeI2V22Folder() {
   config->in_channels = 36;
   for (const char* name : {"transformer", "transformer_2"}) {
     fs::remove_all(dir + "/" + name);
-    auto model = WanTransformer::Random(*config, at::kFloat, at::kCPU, std::string(name) == "transformer_2" ? 9 : 8);
+    const uint64_t seed = std::string(name) == "transformer_2" ? 9 : 8;
+    auto model = WanTransformer::Random(*config, at::kFloat, at::kCPU, seed);
     EXPECT_TRUE(model->Save(dir + "/" + name, int64_t{1} << 40).ok());
   }
   std::ofstream(dir + "/model_index.json", std::ios::trunc) << R"({
