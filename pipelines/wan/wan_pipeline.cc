@@ -158,6 +158,9 @@ class WanPipeline final : public Pipeline {
 
  private:
   WanPipeline() = default;
+  // Load's description of the model: tasks, limits, defaults (checkpoint,
+  // then the entry's overrides), validated as a request.
+  Status FillDescription(const ModelOptions& entry, const std::string& scheduler_kind);
   // Load's checks that the text encoder, transformer and VAE fit together.
   Status CheckComponentsMatch(const std::string& dir) const;
   // The memory model of a request, sized from the loaded components.
@@ -234,27 +237,32 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   }
 
   RAINSERVE_RETURN_IF_ERROR(p->CheckComponentsMatch(dir));
-  const WanTransformerConfig& tc = p->experts_->expert(0).config();
+  RAINSERVE_RETURN_IF_ERROR(p->FillDescription(entry, scheduler_kind));
+  return p;
+}
 
-  PipelineDescription& d = p->description_;
+Status WanPipeline::FillDescription(const ModelOptions& entry, const std::string& scheduler_kind) {
+  const WanTransformerConfig& tc = experts_->expert(0).config();
+
+  PipelineDescription& d = description_;
   d.name = entry.name;
   d.pipeline = "wan";
-  switch (p->image_mode_) {
+  switch (image_mode_) {
     case WanImageMode::kNone: d.tasks = {Task::kTextToVideo, Task::kTextToImage}; break;
     case WanImageMode::kConcat: d.tasks = {Task::kImageToVideo}; break;
     case WanImageMode::kFirstFrame:
       d.tasks = {Task::kTextToVideo, Task::kTextToImage, Task::kTextImageToVideo};
       break;
   }
-  d.experts = p->experts_->count();
-  d.boundary_timestep = p->experts_->boundary_timestep();
+  d.experts = experts_->count();
+  d.boundary_timestep = experts_->boundary_timestep();
   d.device = entry.device;
   d.dtype = entry.dtype;
-  d.attention_backends = {p->device_.is_cuda() ? "cuda" : "cpu"};
-  d.limits.size_multiple = p->vae_->spatial_scale() * tc.patch_size[1];
-  d.limits.frame_multiple = p->vae_->temporal_scale();
-  d.memory = p->SizeMemoryModel(d.limits.size_multiple);
-  if (p->image_mode_ == WanImageMode::kFirstFrame) {
+  d.attention_backends = {device_.is_cuda() ? "cuda" : "cpu"};
+  d.limits.size_multiple = vae_->spatial_scale() * tc.patch_size[1];
+  d.limits.frame_multiple = vae_->temporal_scale();
+  d.memory = SizeMemoryModel(d.limits.size_multiple);
+  if (image_mode_ == WanImageMode::kFirstFrame) {
     // Wan2.2 TI2V-5B's published defaults: 1280 x 704, 121 frames at 24 fps.
     d.defaults.width = 1280;
     d.defaults.height = 704;
@@ -263,13 +271,13 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
     d.limits.max_frames = std::max<int64_t>(d.limits.max_frames, 121);
   }
   d.defaults.scheduler = scheduler_kind;
-  d.defaults.flow_shift = p->scheduler_config_.flow_shift;
+  d.defaults.flow_shift = scheduler_config_.flow_shift;
   ApplyOverrides(entry, &d.defaults, &d.limits);
   RAINSERVE_RETURN_IF_ERROR(ApplyImageAndExpertOverrides(entry, &d));
   // The defaults must themselves be a valid request.
   GenerationRequest probe = DefaultRequest(d.defaults);
   probe.prompt = "defaults";
-  if (p->image_mode_ == WanImageMode::kConcat) {  // image-only models: any image
+  if (image_mode_ == WanImageMode::kConcat) {  // image-only models: any image
     probe.image.width = probe.image.height = 1;
     probe.image.rgb.assign(3, 0);
   }
@@ -278,7 +286,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
     return InvalidArgumentError("model '" + entry.name + "': its defaults are invalid: " +
                                 ok.message());
   }
-  return p;
+  return OkStatus();
 }
 
 Status WanPipeline::CheckComponentsMatch(const std::string& dir) const {
