@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <set>
 #include <sstream>
 
 #include "attention/settings.h"
+#include "media/ffmpeg_log.h"
 #include "media/mp4_encoder.h"
 #include "media/png_encoder.h"
 #include "tools/cli_flags.h"
@@ -126,7 +128,10 @@ std::string Fixed(double v, int decimals) {
 // A JSON number (shortest text that round-trips).
 std::string JsonNumber(double v) {
   char buf[48];
-  std::snprintf(buf, sizeof(buf), "%.17g", v);
+  for (const int digits : {15, 16, 17}) {
+    std::snprintf(buf, sizeof(buf), "%.*g", digits, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
   return buf;
 }
 
@@ -324,6 +329,7 @@ StatusOr<std::string> EncodeGrid(const Grid& grid, int fps, std::string* extensi
     return media::EncodePng(grid.rgb.data(), grid.width, grid.height);
   }
   *extension = ".mp4";
+  media::ForwardFfmpegLogs();  // libx264's banner goes to the debug log, not the terminal
   return media::EncodeMp4(grid.rgb.data(), grid.width, grid.height, grid.frames, fps);
 }
 

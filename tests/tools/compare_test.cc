@@ -323,6 +323,11 @@ TEST(CompareRowsTest, RowsCompareEveryRunWithTheFirst) {
   EXPECT_NE(json.find("\"setting\": \"sparsity=0.8\", \"psnr_db\": 34.15"), std::string::npos)
       << json;
   EXPECT_NE(json.find("\"grid\": \"compare.mp4\""), std::string::npos) << json;
+  // Numbers in their shortest round-trip form.
+  EXPECT_NE(json.find("\"requested_sparsity\": 0.8, \"realized_sparsity\": 0.6, "
+                      "\"denoise_seconds\": 0.5,"),
+            std::string::npos)
+      << json;
 
   runs[1].clip.height = 11;
   runs[1].clip.rgb.resize(12 * 11 * 2 * 3);
