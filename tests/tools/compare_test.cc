@@ -10,6 +10,7 @@
 
 #include "media/image_decoder.h"
 #include "tools/cli_compare.h"
+#include "tools/cli_flags.h"
 #include "tools/label_font.h"
 #include "tools/quality_metrics.h"
 
@@ -182,6 +183,18 @@ TEST(CompareSettingsTest, ErrorsNameTheSettingAndTheKey) {
     EXPECT_NE(s.status().message().find(message), std::string::npos)
         << text << " -> " << s.status().message();
   }
+}
+
+TEST(CompareSettingsTest, CompareTakesSettingsInsteadOfTheAttentionFlags) {
+  const std::string help = cli::CommandHelp(*cli::FindCommand("compare"));
+  EXPECT_NE(help.find("--settings LIST"), std::string::npos) << help;
+  EXPECT_NE(help.find("--seed N"), std::string::npos) << help;
+  EXPECT_NE(help.find("--width N"), std::string::npos) << help;
+  for (const char* flag : {"--sparsity", "--sink-frames", "--attention", "--format",
+                           "--request-id", "--dense-warmup-steps"}) {
+    EXPECT_EQ(help.find(std::string(flag) + " "), std::string::npos) << flag;
+  }
+  EXPECT_NE(cli::MainHelp().find("  compare "), std::string::npos);
 }
 
 // ------------------------------------------------------------ font and grid
