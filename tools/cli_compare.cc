@@ -228,7 +228,8 @@ Grid ComposeGrid(const std::vector<std::string>& labels, const std::vector<const
   for (size_t c = 0; c < clips.size(); ++c) {
     const std::vector<std::string> lines = WrapLabel(labels[c], tw, scale);
     for (size_t i = 0; i < lines.size(); ++i) {
-      quality::DrawText(g.rgb.data(), static_cast<int>(c + 1) * tw, g.strip_height,
+      // WrapLabel's lines fit the tile, so drawing never crosses into the next one.
+      quality::DrawText(g.rgb.data(), g.width, g.strip_height,
                         static_cast<int>(c) * tw + scale,
                         scale + static_cast<int>(i) * (quality::kGlyphHeight + 2) * scale,
                         lines[i], scale, white);

@@ -266,10 +266,24 @@ TEST(CompareGridTest, TilesSideBySideUnderAnEvenLabelStrip) {
   EXPECT_EQ(px(0, 15, g.height - 1), 0x10);
   EXPECT_EQ(px(0, 16, g.strip_height), 0x20);
   EXPECT_EQ(px(1, 16, g.strip_height), 0x21);
-  // The label is drawn in white on black, the same on every frame: the 'D'
-  // of "dense" starts at (1, 1) with its top row set.
-  EXPECT_EQ(px(0, 1, 1), 255);
-  EXPECT_EQ(px(0, 0, 0), 0);
+  // Each tile's strip is its wrapped label in white on black, drawn at
+  // (1, 1) one line every 9 rows, the same on every frame.
+  const std::vector<std::string> labels = {"dense", "s=0.8"};
+  for (int tile = 0; tile < 2; ++tile) {
+    std::vector<uint8_t> expected(16 * g.strip_height * 3, 0);
+    const std::vector<std::string> lines = cli::WrapLabel(labels[tile], 16, 1);
+    const uint8_t white[3] = {255, 255, 255};
+    for (size_t i = 0; i < lines.size(); ++i) {
+      quality::DrawText(expected.data(), 16, g.strip_height, 1, 1 + 9 * static_cast<int>(i),
+                        lines[i], 1, white);
+    }
+    for (int y = 0; y < g.strip_height; ++y) {
+      for (int x = 0; x < 16; ++x) {
+        EXPECT_EQ(px(0, tile * 16 + x, y), expected[(y * 16 + x) * 3]) << tile << " " << x << "," << y;
+      }
+    }
+  }
+  EXPECT_EQ(px(0, 1, 1), 255);  // the top of the 'D'
   for (int y = 0; y < g.strip_height; ++y) {
     for (int x = 0; x < g.width; ++x) EXPECT_EQ(px(0, x, y), px(1, x, y));
   }
