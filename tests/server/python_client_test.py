@@ -311,6 +311,28 @@ class PythonClientTest(unittest.TestCase):
         self.assertAlmostEqual(rainserve_client.psnr(b"\x00" * 12, b"\x05" * 12),
                                20 * math.log10(255 / 5), places=12)
 
+    def test_8d_ssim_closed_form_and_without_numpy(self):
+        flat_a, flat_b = b"\x64" * (12 * 11 * 3), b"\x6e" * (12 * 11 * 3)  # 100 and 110
+        c1 = (0.01 * 255) ** 2
+        ssim = rainserve_client.ssim_luma(flat_a, flat_b, 12, 11)
+        if ssim is not None:  # numpy present: flat images give the luminance term alone
+            self.assertAlmostEqual(ssim, (2 * 100 * 110 + c1) / (100 ** 2 + 110 ** 2 + c1),
+                                   places=5)
+        saved = sys.modules.get("numpy")
+        sys.modules["numpy"] = None  # makes `import numpy` fail
+        try:
+            self.assertIsNone(rainserve_client.ssim_luma(flat_a, flat_b, 12, 11))
+            q = rainserve_client.compare_clips(flat_a, flat_b, 12, 11, 1)
+        finally:
+            if saved is None:
+                del sys.modules["numpy"]
+            else:
+                sys.modules["numpy"] = saved
+        self.assertIsNone(q["ssim"])
+        row = dict(setting="s", psnr_db=q["psnr_db"], ssim=None, requested_sparsity=0.8,
+                   realized_sparsity=0.5, denoise_seconds=1, total_seconds=2)
+        self.assertIn(" n/a ", rainserve_client.compare_table([row]))
+
     def test_9_sigterm_exits_zero(self):
         self.channel.close()
         self.__class__.channel = None

@@ -3,6 +3,7 @@
 // font, the grid's layout, the table, the JSON and the raw-artifact collector.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -106,6 +107,49 @@ TEST(QualityMetricsTest, SsimOfAnImageAgainstItsNegativeIsTheContrastTermOnly) {
       (2 * m * (255 - m) + c1) * (c2 - 2 * v) / ((m * m + (255 - m) * (255 - m) + c1) * (2 * v + c2));
   EXPECT_NEAR(quality::SsimLuma(x.data(), y.data(), n, n), expected, 1e-9);
   EXPECT_LT(expected, 0);  // anti-correlated structure scores below zero
+}
+
+TEST(QualityMetricsTest, SsimEqualsTheMeanOfTheFormulaOverEveryWholeWindow) {
+  // Straight from the definition: for each 11x11 window inside a 19x14
+  // plane, Gaussian-weighted means, variances and covariance, then the
+  // SSIM formula; the mean over the 9 x 4 windows.
+  const int w = 19, h = 14;
+  std::vector<float> x(w * h), y(w * h);
+  uint32_t s = 7;
+  for (int i = 0; i < w * h; ++i) {
+    s = s * 1664525u + 1013904223u;
+    x[i] = static_cast<float>(s >> 24);
+    y[i] = std::min(255.0f, x[i] * 0.7f + static_cast<float>((s >> 8) % 60));
+  }
+  double g[11][11], gsum = 0;
+  for (int r = 0; r < 11; ++r) {
+    for (int c = 0; c < 11; ++c) {
+      gsum += g[r][c] = std::exp(-((r - 5) * (r - 5) + (c - 5) * (c - 5)) / 4.5);
+    }
+  }
+  const double c1 = 2.55 * 2.55, c2 = 7.65 * 7.65;
+  double total = 0;
+  for (int oy = 0; oy + 11 <= h; ++oy) {
+    for (int ox = 0; ox + 11 <= w; ++ox) {
+      double mx = 0, my = 0, sxx = 0, syy = 0, sxy = 0;
+      for (int r = 0; r < 11; ++r) {
+        for (int c = 0; c < 11; ++c) {
+          const double k = g[r][c] / gsum, a = x[(oy + r) * w + ox + c], b = y[(oy + r) * w + ox + c];
+          mx += k * a;
+          my += k * b;
+          sxx += k * a * a;
+          syy += k * b * b;
+          sxy += k * a * b;
+        }
+      }
+      const double vx = sxx - mx * mx, vy = syy - my * my, cov = sxy - mx * my;
+      total += (2 * mx * my + c1) * (2 * cov + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2));
+    }
+  }
+  const double expected = total / (9 * 4);
+  EXPECT_NEAR(quality::SsimLuma(x.data(), y.data(), w, h), expected, 1e-9);
+  EXPECT_LT(expected, 0.99);
+  EXPECT_GT(expected, 0.0);
 }
 
 TEST(QualityMetricsTest, LumaIsBt601) {
