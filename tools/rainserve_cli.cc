@@ -8,7 +8,9 @@
 // call or the job failed (printed as "CODE: message"); 2 bad usage.
 //
 // Files: cli_flags.* (command line), cli_request.* (the request and --out),
-// cli_output.* (what is printed); this file connects and runs the commands.
+// cli_output.* (what is printed), cli_compare.* (compare's settings, grid and
+// table; PSNR/SSIM in quality_metrics.*, the label font in label_font.*);
+// this file connects and runs the commands.
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
