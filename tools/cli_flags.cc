@@ -58,6 +58,9 @@ const std::vector<FlagSpec>& Flags() {
                                                  "whose input barely changed"},
       {"step-cache-threshold", "X", "step-cache threshold, in [0, 10] (0 never skips)"},
       {"step-cache-warmup", "N", "first denoising steps that always compute"},
+      {"settings", "LIST", "compare: settings separated by ';', each key=value pairs "
+                           "separated by ',' (keys: mode, sparsity, sink, warmup, window "
+                           "TxHxW, mask_refresh), e.g. \"sparsity=0.8,sink=1;sparsity=0.9\""},
       // Output and listing.
       {"out", "PATH", "where to write the artifact (default \"output\"); the format's "
                       "extension is added when PATH lacks it, \"-<index>\" before it when "
@@ -78,6 +81,19 @@ std::vector<std::string> RequestFlags() {
           "frames",   "fps",        "format",          "priority",    "request-id",
           "attention", "sparsity",  "sink-frames",     "window",      "dense-warmup-steps",
           "mask-refresh", "step-cache", "step-cache-threshold", "step-cache-warmup"};
+}
+
+// The request flags compare takes: it sets the attention and the format itself.
+std::vector<std::string> CompareFlags() {
+  const std::set<std::string> own = {"attention", "sparsity", "sink-frames", "window",
+                                     "dense-warmup-steps", "mask-refresh", "format",
+                                     "request-id"};
+  std::vector<std::string> flags;
+  for (const std::string& f : RequestFlags()) {
+    if (own.count(f) == 0) flags.push_back(f);
+  }
+  flags.insert(flags.end(), {"settings", "out"});
+  return flags;
 }
 
 std::vector<std::string> Concat(std::vector<std::string> a, const std::vector<std::string>& b) {
@@ -191,6 +207,16 @@ const std::vector<CommandSpec>& Commands() {
        "event when stderr is not a terminal), then writes the artifact to --out and prints\n"
        "a summary. Closing the call (Ctrl-C) cancels the job unless --detached.",
        Concat(RequestFlags(), {"detached", "out", "json"})},
+      {"compare", "", 0, 0,
+       "run one prompt and seed at dense and at each --settings; table of PSNR/SSIM",
+       "Runs the prompt at dense attention (the baseline) and once per setting of\n"
+       "--settings, with one seed (--seed, else the one the server picks for the dense\n"
+       "run), as raw RGB frames. Prints a table of each setting's PSNR and SSIM against\n"
+       "dense (mean over frames; SSIM on luma), requested and realized sparsity and\n"
+       "stage times, and writes it to OUT/compare.json with a labelled side-by-side grid\n"
+       "(OUT/compare.mp4, or OUT/compare.png for one frame). --out is a folder here\n"
+       "(default \"compare\"). docs/quality.md explains the numbers.",
+       CompareFlags()},
       {"submit", "", 0, 0, "queue a detached job and print its id",
        "The job runs whether or not anyone watches; follow it with `watch JOB_ID`.",
        RequestFlags()},

@@ -8,11 +8,14 @@
 // call or the job failed (printed as "CODE: message"); 2 bad usage.
 //
 // Files: cli_flags.* (command line), cli_request.* (the request and --out),
-// cli_output.* (what is printed); this file connects and runs the commands.
+// cli_output.* (what is printed), cli_compare.* (compare's settings, grid and
+// table; PSNR/SSIM in quality_metrics.*, the label font in label_font.*);
+// this file connects and runs the commands.
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -24,6 +27,7 @@
 #include "rainserve/v1/generation.grpc.pb.h"
 #include "rainserve/v1/models.grpc.pb.h"
 #include "server/build_info.h"
+#include "tools/cli_compare.h"
 #include "tools/cli_flags.h"
 #include "tools/cli_output.h"
 #include "tools/cli_request.h"
@@ -119,6 +123,92 @@ int Generate(const Args& a, v1::Generation::Stub* gen, const Calls& calls) {
   auto ctx = calls.Context();
   auto reader = gen->Generate(ctx.get(), *request);
   return Stream(reader.get(), a);
+}
+
+// Runs one job of `compare` to completion and returns its clip and result.
+StatusOr<CompareRun> RunRaw(const v1::GenerateRequest& request, const std::string& label,
+                            v1::Generation::Stub* gen, const Calls& calls) {
+  std::cerr << label << ": running...\n";
+  auto ctx = calls.Context();
+  auto reader = gen->Generate(ctx.get(), request);
+  RawCollector collector;
+  v1::GenerateEvent e;
+  while (reader->Read(&e)) collector.On(e);
+  const grpc::Status s = reader->Finish();
+  if (!s.ok()) return Status(static_cast<StatusCode>(s.error_code()), s.error_message());
+  CompareRun run;
+  run.label = label;
+  RAINSERVE_ASSIGN_OR_RETURN(run.clip, collector.TakeClip());
+  run.result = collector.result();
+  return run;
+}
+
+Status WriteBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary);
+  f << bytes;
+  f.close();
+  return f ? OkStatus() : InternalError("cannot write " + path);
+}
+
+// compare.json, the grid and the table, once every run is in.
+Status WriteComparison(const std::string& dir, const std::vector<CompareRun>& runs,
+                       const v1::GenerateRequest& base) {
+  RAINSERVE_ASSIGN_OR_RETURN(const std::vector<CompareRow> rows, CompareRuns(runs));
+  std::vector<std::string> labels;
+  std::vector<const Clip*> clips;
+  for (const CompareRun& r : runs) {
+    labels.push_back(r.label);
+    clips.push_back(&r.clip);
+  }
+  const v1::GenerateRequest& applied = runs[0].result.applied();
+  std::string extension;
+  RAINSERVE_ASSIGN_OR_RETURN(
+      const std::string grid,
+      EncodeGrid(ComposeGrid(labels, clips), static_cast<int>(applied.fps()), &extension));
+  CompareInfo info{base.model(), base.prompt(), applied.seed(), runs[0].clip.width,
+                   runs[0].clip.height, runs[0].clip.frames, applied.steps(),
+                   "compare" + extension};
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return InternalError("cannot create " + dir + ": " + ec.message());
+  RAINSERVE_RETURN_IF_ERROR(WriteBytes(dir + "/" + info.grid_file, grid));
+  RAINSERVE_RETURN_IF_ERROR(WriteBytes(dir + "/compare.json", CompareJson(info, rows)));
+  std::cout << CompareTable(rows) << "wrote " << dir << "/compare.json and " << dir << "/"
+            << info.grid_file << "\n";
+  return OkStatus();
+}
+
+int Compare(const Args& a, v1::Generation::Stub* gen, const Calls& calls) {
+  if (!a.Has("prompt")) return UsageError(InvalidArgumentError("compare needs --prompt"));
+  if (!a.Has("settings")) return UsageError(InvalidArgumentError("compare needs --settings"));
+  auto settings = ParseSettings(a.Get("settings"));
+  if (!settings.ok()) return UsageError(settings.status());
+  auto base = BuildRequest(a);
+  if (!base.ok()) return UsageError(base.status());
+  base->set_output_format(v1::OUTPUT_FORMAT_RAW_RGB);
+  std::vector<CompareRun> runs;
+  v1::GenerateRequest request = *base;
+  request.mutable_sparse_attention()->set_mode(v1::ATTENTION_MODE_DENSE);
+  for (size_t i = 0; i <= settings->size(); ++i) {
+    if (i > 0) {
+      request = *base;
+      // Every setting runs with the dense run's seed.
+      request.set_seed(runs[0].result.applied().seed());
+      *request.mutable_sparse_attention() = (*settings)[i - 1].sparse_attention;
+    }
+    auto run = RunRaw(request, i == 0 ? "dense" : (*settings)[i - 1].label, gen, calls);
+    if (!run.ok()) {
+      std::cerr << StatusText(static_cast<int>(run.status().code()), run.status().message())
+                << "\n";
+      return kExitFailed;
+    }
+    runs.push_back(*std::move(run));
+  }
+  if (Status s = WriteComparison(a.Get("out", "compare"), runs, *base); !s.ok()) {
+    std::cerr << StatusText(static_cast<int>(s.code()), s.message()) << "\n";
+    return kExitFailed;
+  }
+  return 0;
 }
 
 int Submit(const Args& a, v1::Generation::Stub* gen, const Calls& calls) {
@@ -223,6 +313,7 @@ int Run(const Args& a) {
   auto models = v1::Models::NewStub(*channel);
   const std::string& cmd = a.command;
   if (cmd == "generate") return Generate(a, gen.get(), *calls);
+  if (cmd == "compare") return Compare(a, gen.get(), *calls);
   if (cmd == "submit") return Submit(a, gen.get(), *calls);
   if (cmd == "watch") return Watch(a, gen.get(), *calls);
   if (cmd == "cancel") return Cancel(a, gen.get(), *calls);

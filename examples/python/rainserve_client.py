@@ -7,6 +7,8 @@ Generates one video (or image) and writes it to a file, or lists the models:
         --sparsity 0.5 --out storm
     scripts/python-client.sh --model wan-i2v --image boat.jpg --prompt "it sails away"
     scripts/python-client.sh --list-models
+    scripts/python-client.sh compare --prompt "a lighthouse" --seed 7 \\
+        --settings "sparsity=0.8,sink=1;sparsity=0.9" --out cmp
 
 scripts/python-client.sh picks a python3 that has grpcio and puts the stubs
 (rainserve/v1/*_pb2*.py, generated from proto/ at build time into
@@ -15,11 +17,19 @@ extension (.mp4, .png, ...) is added when it is missing, "-<index>" before it
 when there are several artifacts, as in rainserve-cli. Progress is a bar on a
 terminal and one line per event otherwise. Exit codes: 0 success, 1 the call
 or the job failed (printed as CODE: message), 2 bad usage.
+
+`compare` runs one prompt and seed at dense attention and at each setting of
+--settings and prints the table rainserve-cli compare prints (PSNR and SSIM
+against dense, requested and realized sparsity, stage times), also written to
+OUT/compare.json. PSNR is pure Python; SSIM needs numpy (without it the SSIM
+column says n/a). The labelled side-by-side video is rainserve-cli's alone.
 """
 
 import argparse
 import hashlib
+import json
 import math
+import os
 import sys
 import time
 
@@ -256,7 +266,243 @@ def parse_args(argv=None):
     return args
 
 
+# ---------------------------------------------------------------- compare
+
+SETTING_KEYS = "mode, sparsity, sink, warmup, window, mask_refresh"
+
+
+def _setting_value(key, value, sa):
+    """Applies one key=value of a --settings entry to the SparseAttention `sa`."""
+    def uint(text):
+        if not text.isdigit() or int(text) > 2 ** 32 - 1:
+            raise ValueError(f"{key} expects an integer in [0, 4294967295], got '{text}'")
+        return int(text)
+    if key == "mode":
+        modes = {"dense": sparse_attention_pb2.ATTENTION_MODE_DENSE,
+                 "rainfusion": sparse_attention_pb2.ATTENTION_MODE_RAINFUSION}
+        if value not in modes:
+            raise ValueError(f"mode must be one of dense|rainfusion, got '{value}'")
+        sa.mode = modes[value]
+    elif key == "sparsity":
+        try:
+            sa.sparsity = number(value)
+        except argparse.ArgumentTypeError:
+            raise ValueError(f"sparsity expects a number, got '{value}'") from None
+    elif key == "sink":
+        sa.sink_frames = uint(value)
+    elif key == "warmup":
+        sa.dense_warmup_steps = uint(value)
+    elif key == "window":
+        sides = value.split("x")
+        if len(sides) != 3 or not all(p.isdigit() and int(p) < 2 ** 32 for p in sides):
+            raise ValueError(f"window expects TxHxW (three integers), got '{value}'")
+        sa.window.t, sa.window.h, sa.window.w = (int(p) for p in sides)
+    elif key == "mask_refresh":
+        refresh = {"every_layer": sparse_attention_pb2.MASK_REFRESH_EVERY_LAYER,
+                   "per_step": sparse_attention_pb2.MASK_REFRESH_PER_STEP}
+        if value not in refresh:
+            raise ValueError(f"mask_refresh must be one of every_layer|per_step, got '{value}'")
+        sa.mask_refresh = refresh[value]
+    else:
+        raise ValueError(f"unknown key '{key}' (keys: {SETTING_KEYS})")
+
+
+def parse_settings(text, limit=8):
+    """--settings as rainserve-cli reads it: [(label, SparseAttention)]; ValueError
+    naming the setting and the key."""
+    if not text.strip():
+        raise ValueError("--settings is empty")
+    parts = [p.strip() for p in text.split(";")]
+    if len(parts) > limit:
+        raise ValueError(f"--settings lists {len(parts)} settings, at most {limit}")
+    settings = []
+    for i, part in enumerate(parts, 1):
+        sa = sparse_attention_pb2.SparseAttention()
+        try:
+            if not part:
+                raise ValueError("empty (expected key=value pairs)")
+            seen = set()
+            for pair in (p.strip() for p in part.split(",")):
+                if "=" not in pair:
+                    raise ValueError(f"expected key=value, got '{pair}' (keys: {SETTING_KEYS})")
+                key, value = (x.strip() for x in pair.split("=", 1))
+                if key in seen:
+                    raise ValueError(f"{key} given twice")
+                seen.add(key)
+                _setting_value(key, value, sa)
+        except ValueError as e:
+            raise ValueError(f"--settings: setting {i} '{part}': {e}") from None
+        if sa.mode == sparse_attention_pb2.ATTENTION_MODE_UNSPECIFIED:
+            sa.mode = sparse_attention_pb2.ATTENTION_MODE_RAINFUSION
+        settings.append((part, sa))
+    return settings
+
+
+def psnr(ref, test):
+    """PSNR in dB of two equal-length byte strings; inf when equal (pure Python)."""
+    total = sum((a - b) * (a - b) for a, b in zip(ref, test))
+    return math.inf if total == 0 else 10 * math.log10(255.0 ** 2 / (total / len(ref)))
+
+
+def ssim_luma(ref, test, width, height):
+    """SSIM of two RGB frames on BT.601 luma, 11x11 Gaussian window (sigma 1.5),
+    C1 = (0.01*255)^2, C2 = (0.03*255)^2, over the windows inside the frame, as
+    rainserve-cli computes it. Needs numpy; None without it."""
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+    def luma(rgb):
+        a = np.frombuffer(rgb, dtype=np.uint8).reshape(height, width, 3).astype(np.float64)
+        y = 0.299 * a[..., 0] + 0.587 * a[..., 1] + 0.114 * a[..., 2]
+        return y.astype(np.float32).astype(np.float64)
+    taps = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5 ** 2))
+    taps /= taps.sum()
+    def blur(p):  # "valid" separable filter: rows, then columns
+        rows = sum(taps[k] * p[:, k:k + width - 10] for k in range(11))
+        return sum(taps[k] * rows[k:k + height - 10, :] for k in range(11))
+    x, y = luma(ref), luma(test)
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def compare_clips(ref, test, width, height, frames):
+    """Per-clip PSNR (mean over differing frames; inf when all are equal) and SSIM
+    (mean over frames; None without numpy)."""
+    size = width * height * 3
+    psnrs, ssims, identical = [], [], 0
+    for f in range(frames):
+        a, b = ref[f * size:(f + 1) * size], test[f * size:(f + 1) * size]
+        p = psnr(a, b)
+        if math.isinf(p):
+            identical += 1
+        else:
+            psnrs.append(p)
+        ssims.append(ssim_luma(a, b, width, height))
+    return {"psnr_db": sum(psnrs) / len(psnrs) if psnrs else math.inf,
+            "ssim": None if None in ssims else sum(ssims) / len(ssims),
+            "identical_frames": identical}
+
+
+def compare_table(rows):
+    """rainserve-cli compare's table."""
+    cells = [["SETTING", "PSNR_DB", "SSIM", "SPARSITY", "REALIZED", "DENOISE", "TOTAL"]]
+    for r in rows:
+        p = r["psnr_db"]
+        cells.append([r["setting"], "inf" if p == "inf" else f"{p:.2f}",
+                      "n/a" if r["ssim"] is None else f"{r['ssim']:.4f}",
+                      f"{r['requested_sparsity']:.3f}", f"{r['realized_sparsity']:.3f}",
+                      format_seconds(r["denoise_seconds"]), format_seconds(r["total_seconds"])])
+    widths = [max(len(row[c]) for row in cells) for c in range(len(cells[0]))]
+    return "".join("  ".join(v.ljust(widths[c]) if c == 0 else v.rjust(widths[c])
+                             for c, v in enumerate(row)) + "\n" for row in cells)
+
+
+def parse_compare_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="rainserve_client.py compare", allow_abbrev=False,
+        description="Runs one prompt and seed at dense attention and at each --settings entry "
+                    "(raw RGB frames) and prints PSNR and SSIM against dense (SSIM needs numpy: "
+                    "n/a without it), sparsity and times; writes OUT/compare.json.")
+    parser.add_argument("--target", default="127.0.0.1:50051", help="server address")
+    parser.add_argument("--token", help="bearer token")
+    parser.add_argument("--model", default="wan-tiny")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--seed", type=unsigned(64))
+    for flag in ("--steps", "--width", "--height", "--frames", "--fps"):
+        parser.add_argument(flag, type=unsigned(32))
+    parser.add_argument("--guidance", type=number)
+    parser.add_argument("--settings", required=True,
+                        help="';'-separated settings of ','-separated key=value "
+                             f"(keys: {SETTING_KEYS}), e.g. \"sparsity=0.8,sink=1;sparsity=0.9\"")
+    parser.add_argument("--out", default="compare", help="folder for compare.json")
+    parser.add_argument("--timeout", type=number, help="deadline for each call in seconds")
+    args = parser.parse_args(argv)
+    try:
+        args.parsed_settings = parse_settings(args.settings)
+    except ValueError as e:
+        parser.error(str(e))
+    return args
+
+
+def compare_main(argv):
+    args = parse_compare_args(argv)
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+    base = generation_pb2.GenerateRequest(model=args.model, prompt=args.prompt,
+                                          negative_prompt=args.negative_prompt,
+                                          output_format=generation_pb2.OUTPUT_FORMAT_RAW_RGB)
+    for field in ("seed", "steps", "width", "height", "fps"):
+        if getattr(args, field) is not None:
+            setattr(base, field, getattr(args, field))
+    if args.frames is not None:
+        base.num_frames = args.frames
+    if args.guidance is not None:
+        base.guidance_scale = args.guidance
+    dense = sparse_attention_pb2.SparseAttention(mode=sparse_attention_pb2.ATTENTION_MODE_DENSE)
+    runs = []
+    try:
+        with grpc.insecure_channel(args.target) as channel:
+            stub = generation_pb2_grpc.GenerationStub(channel)
+            for label, sa in [("dense", dense)] + args.parsed_settings:
+                request = generation_pb2.GenerateRequest()
+                request.CopyFrom(base)
+                if runs:  # every setting runs with the dense run's seed
+                    request.seed = runs[0][2].applied.seed
+                request.sparse_attention.CopyFrom(sa)
+                print(f"{label}: running...", file=sys.stderr)
+                artifacts, result, _ = generate(stub, request, metadata, args.timeout)
+                info, blob = artifacts[0]
+                runs.append((label, (info.width, info.height, info.frames), result, blob))
+    except grpc.RpcError as e:
+        print(status_text(e.code(), e.details()), file=sys.stderr)
+        return 1
+    except JobFailed as e:
+        print(f"job failed: {e}", file=sys.stderr)
+        return 1
+    return write_comparison(args, runs)
+
+
+def write_comparison(args, runs):
+    """The rows against runs[0], the table on stdout and OUT/compare.json."""
+    (width, height, frames), ref = runs[0][1], runs[0][3]
+    rows = []
+    for label, size, result, blob in runs:
+        if size != (width, height, frames):
+            print(f"'{label}' returned {size}, the dense run {(width, height, frames)}",
+                  file=sys.stderr)
+            return 1
+        q = compare_clips(ref, blob, width, height, frames)
+        rows.append({"setting": label,
+                     "psnr_db": "inf" if math.isinf(q["psnr_db"]) else q["psnr_db"],
+                     "ssim": q["ssim"], "identical_frames": q["identical_frames"],
+                     "requested_sparsity": result.requested_sparsity,
+                     "realized_sparsity": result.realized_sparsity,
+                     "denoise_seconds": result.timings.denoise.ToTimedelta().total_seconds(),
+                     "total_seconds": result.timings.total.ToTimedelta().total_seconds()})
+    applied = runs[0][2].applied
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "compare.json"), "w") as f:
+        json.dump({"model": args.model, "prompt": args.prompt, "seed": applied.seed,
+                   "width": width, "height": height, "frames": frames, "steps": applied.steps,
+                   "rows": rows}, f, indent=2)
+    print(compare_table(rows) + f"wrote {os.path.join(args.out, 'compare.json')}")
+    return 0
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `compare` may follow the connection flags: [--target T] [--token X] compare ...
+    connection = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    connection.add_argument("--target")
+    connection.add_argument("--token")
+    _, rest = connection.parse_known_args(argv)
+    if rest and rest[0] == "compare":
+        at = argv.index("compare")
+        return compare_main(argv[:at] + argv[at + 1:])
     args = parse_args(argv)
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
     start = time.monotonic()

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import signal
 import struct
@@ -261,6 +262,76 @@ class PythonClientTest(unittest.TestCase):
                 env=env, capture_output=True, text=True, timeout=60)
         self.assertEqual(run.returncode, 0, run.stderr)
         self.assertEqual(run.stdout, "wan-tiny MODEL_STATE_READY t2v,t2i cpu fp32\n")
+
+    def test_8b_compare_matches_rainserve_cli(self):
+        settings = "sparsity=0.8,sink=0;mode=dense"
+        flags = ["--prompt", "a boat", "--seed", "7", "--steps", "2", "--width", "256",
+                 "--height", "256", "--frames", "5", "--settings", settings]
+        with tempfile.TemporaryDirectory() as d:
+            code, out, err = self.run_main("compare", *flags, "--out", f"{d}/py")
+            self.assertEqual(code, 0, err)
+            with open(f"{d}/py/compare.json") as f:
+                py = json.load(f)
+            cli = os.path.join(os.environ.get("RAINSERVE_BUILD_DIR", "build"), "tools",
+                               "rainserve-cli")
+            run = subprocess.run([cli, "--target", self.target, "compare", *flags,
+                                  "--out", f"{d}/cli"], capture_output=True, text=True,
+                                 timeout=120)
+            self.assertEqual(run.returncode, 0, run.stderr)
+            with open(f"{d}/cli/compare.json") as f:
+                cc = json.load(f)
+        self.assertEqual([r["setting"] for r in py["rows"]], ["dense", "sparsity=0.8,sink=0",
+                                                              "mode=dense"])
+        self.assertEqual(py["rows"][0]["psnr_db"], "inf")
+        self.assertEqual(py["rows"][2]["psnr_db"], "inf")
+        self.assertIsInstance(py["rows"][1]["psnr_db"], float)
+        self.assertGreater(py["rows"][1]["realized_sparsity"], 0)
+        # The same pixels (same seed) give the C++ figures.
+        for p_row, c_row in zip(py["rows"], cc["rows"]):
+            if p_row["psnr_db"] == "inf":
+                self.assertEqual(c_row["psnr_db"], "inf")
+            else:
+                self.assertAlmostEqual(p_row["psnr_db"], c_row["psnr_db"], places=9)
+            if p_row["ssim"] is not None:  # None where numpy is missing
+                self.assertAlmostEqual(p_row["ssim"], c_row["ssim"], places=9)
+            self.assertEqual(p_row["realized_sparsity"], c_row["realized_sparsity"])
+        # The tables agree except for the times.
+        self.assertEqual([line.split()[:5] for line in out.splitlines()[:4]],
+                         [line.split()[:5] for line in run.stdout.splitlines()[:4]])
+
+    def test_8c_compare_rejects_bad_settings_naming_the_key(self):
+        code, _, err = self.run_main("compare", "--prompt", "x", "--settings",
+                                     "sparsity=0.8;spars=0.9")
+        self.assertEqual(code, 2)
+        self.assertIn("--settings: setting 2 'spars=0.9': unknown key 'spars'", err)
+        code, _, err = self.run_main("compare", "--prompt", "x", "--settings", "window=2x8")
+        self.assertEqual(code, 2)
+        self.assertIn("--settings: setting 1 'window=2x8': window expects TxHxW", err)
+        self.assertTrue(math.isinf(rainserve_client.psnr(b"\x01\x02", b"\x01\x02")))
+        self.assertAlmostEqual(rainserve_client.psnr(b"\x00" * 12, b"\x05" * 12),
+                               20 * math.log10(255 / 5), places=12)
+
+    def test_8d_ssim_closed_form_and_without_numpy(self):
+        flat_a, flat_b = b"\x64" * (12 * 11 * 3), b"\x6e" * (12 * 11 * 3)  # 100 and 110
+        c1 = (0.01 * 255) ** 2
+        ssim = rainserve_client.ssim_luma(flat_a, flat_b, 12, 11)
+        if ssim is not None:  # numpy present: flat images give the luminance term alone
+            self.assertAlmostEqual(ssim, (2 * 100 * 110 + c1) / (100 ** 2 + 110 ** 2 + c1),
+                                   places=5)
+        saved = sys.modules.get("numpy")
+        sys.modules["numpy"] = None  # makes `import numpy` fail
+        try:
+            self.assertIsNone(rainserve_client.ssim_luma(flat_a, flat_b, 12, 11))
+            q = rainserve_client.compare_clips(flat_a, flat_b, 12, 11, 1)
+        finally:
+            if saved is None:
+                del sys.modules["numpy"]
+            else:
+                sys.modules["numpy"] = saved
+        self.assertIsNone(q["ssim"])
+        row = dict(setting="s", psnr_db=q["psnr_db"], ssim=None, requested_sparsity=0.8,
+                   realized_sparsity=0.5, denoise_seconds=1, total_seconds=2)
+        self.assertIn(" n/a ", rainserve_client.compare_table([row]))
 
     def test_9_sigterm_exits_zero(self):
         self.channel.close()

@@ -18,8 +18,14 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "common/files.h"
+#include "media/image_decoder.h"
 #include "rainserve/v1/generation.grpc.pb.h"
+#include "tests/media/test_frames.h"
 #include "tests/server/test_server.h"
+#include "tools/cli_compare.h"
 
 namespace rainserve {
 namespace {
@@ -136,6 +142,13 @@ TEST(CliBinaryTest, UsageErrorsExitTwoWithAMessageAndSendNothing) {
       {{"generate"}, "generate needs --prompt"},
       {{"jobs", "--all", "extra"}, "unexpected argument 'extra'"},
       {{"nonsense"}, "unknown command 'nonsense'"},
+      {{"compare", "--prompt", "x", "--settings", "sparsity=0.8;spars=0.9"},
+       "--settings: setting 2 'spars=0.9': unknown key 'spars'"},
+      {{"compare", "--prompt", "x", "--settings", "sparsity=0.8,sink=x"},
+       "--settings: setting 1 'sparsity=0.8,sink=x': sink expects an integer"},
+      {{"compare", "--prompt", "x"}, "compare needs --settings"},
+      {{"compare", "--prompt", "x", "--settings", "sparsity=0.8", "--sparsity", "0.5"},
+       "--sparsity is not a flag of 'compare'"},
   };
   for (const auto& [args, message] : cases) {
     std::vector<std::string> argv = {"--target", "127.0.0.1:1"};
@@ -278,6 +291,74 @@ TEST_F(CliServerTest, SummaryExplainsARealizedSparsityOfZero) {
     ASSERT_EQ(r.exit_code, 0) << Describe(r);
     EXPECT_NE(r.out.find(summary), std::string::npos) << r.out;
   }
+}
+
+// compare.json of `dir`, parsed.
+nlohmann::json ReadCompareJson(const std::string& dir) {
+  std::string text;
+  EXPECT_TRUE(ReadFile(dir + "/compare.json", &text).ok());
+  return nlohmann::json::parse(text);
+}
+
+TEST_F(CliServerTest, CompareWritesOneRowPerSettingAndALabelledSideBySideVideo) {
+  // 256x256x5 is 4 blocks of tokens: enough for sparse attention without a sink.
+  const std::string settings = "sparsity=0.8,sink=0;sparsity=0.5,sink=0,warmup=1;mode=dense";
+  const CliRun r = Cli({"compare", "--prompt", "a boat", "--seed", "7", "--steps", "2",
+                        "--width", "256", "--height", "256", "--frames", "5", "--settings",
+                        settings, "--out", dir_ + "/cmp"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  EXPECT_EQ(r.out.rfind("SETTING ", 0), 0u) << r.out;
+  const nlohmann::json j = ReadCompareJson(dir_ + "/cmp");
+  EXPECT_EQ(j["seed"], 7);
+  EXPECT_EQ(j["grid"], "compare.mp4");
+  const nlohmann::json& rows = j["rows"];
+  ASSERT_EQ(rows.size(), 4u) << j.dump();
+  const std::vector<std::string> labels = {"dense", "sparsity=0.8,sink=0",
+                                           "sparsity=0.5,sink=0,warmup=1", "mode=dense"};
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(rows[i]["setting"], labels[i]);
+    EXPECT_GT(rows[i]["total_seconds"].get<double>(), 0);
+    EXPECT_GT(rows[i]["denoise_seconds"].get<double>(), 0);
+  }
+  // Dense against itself, and the second dense run (same seed) reproduces it.
+  for (const size_t i : {0u, 3u}) {
+    EXPECT_EQ(rows[i]["psnr_db"], "inf") << rows[i];
+    EXPECT_EQ(rows[i]["ssim"].get<double>(), 1.0) << rows[i];
+    EXPECT_EQ(rows[i]["realized_sparsity"].get<double>(), 0.0) << rows[i];
+  }
+  // The sparse runs skip blocks and change the pixels.
+  for (const size_t i : {1u, 2u}) {
+    ASSERT_TRUE(rows[i]["psnr_db"].is_number()) << rows[i];
+    EXPECT_GT(rows[i]["psnr_db"].get<double>(), 0) << rows[i];
+    EXPECT_LT(rows[i]["ssim"].get<double>(), 1.0) << rows[i];
+    EXPECT_GT(rows[i]["ssim"].get<double>(), -1.0) << rows[i];
+    EXPECT_GT(rows[i]["realized_sparsity"].get<double>(), 0) << rows[i];
+  }
+  EXPECT_NEAR(rows[1]["requested_sparsity"].get<double>(), 0.8, 1e-12);
+
+  std::string mp4;
+  ASSERT_TRUE(ReadFile(dir_ + "/cmp/compare.mp4", &mp4).ok());
+  const auto video = media::testing::DecodeMp4(mp4);
+  ASSERT_TRUE(video.ok()) << video.status().ToString();
+  EXPECT_EQ(video->width, 4 * 256);
+  EXPECT_EQ(video->height, 256 + cli::LabelStripHeight(labels, 256));
+  EXPECT_EQ(video->rgb_frames.size(), 5u);
+}
+
+TEST_F(CliServerTest, CompareOfOneFrameWritesAPngGrid) {
+  const CliRun r = Cli({"compare", "--prompt", "a boat", "--steps", "2", "--frames", "1",
+                        "--settings", "sparsity=0.9", "--out", dir_ + "/still"});
+  ASSERT_EQ(r.exit_code, 0) << Describe(r);
+  const nlohmann::json j = ReadCompareJson(dir_ + "/still");
+  ASSERT_EQ(j["rows"].size(), 2u);
+  EXPECT_EQ(j["grid"], "compare.png");
+  EXPECT_EQ(j["rows"][0]["psnr_db"], "inf");
+  std::string png;
+  ASSERT_TRUE(ReadFile(dir_ + "/still/compare.png", &png).ok());
+  const auto image = media::DecodeImage(png, {});
+  ASSERT_TRUE(image.ok()) << image.status().ToString();
+  EXPECT_EQ(image->width, 2 * 64);
+  EXPECT_EQ(image->height, 64 + cli::LabelStripHeight({"dense", "sparsity=0.9"}, 64));
 }
 
 // ------------------------------------------------------------ ListJobs pages
