@@ -60,19 +60,20 @@ StatusOr<std::unique_ptr<ForwardAttention>> ForwardAttention::Create(
   if (dense == DenseKernel::kAuto) {
     dense = ChooseDenseKernel(BackendName(engine, device), plan.num_blocks());
   }
-  auto attn = std::unique_ptr<ForwardAttention>(new ForwardAttention(
-      engine, std::move(plan), sparse, sparsity, settings.mask_refresh, dense, options));
-  attn->step_ = step;
+  std::vector<int64_t> probe_layers;
   if (sparse && ProbeStep(options.probe_seed, step, settings.quality_probe_rate)) {
-    attn->probe_layers_ = ProbeLayers(options.probe_seed, step,
-                                      options.layers > 0 ? options.layers : kProbeLayersPerStep);
+    probe_layers = ProbeLayers(options.probe_seed, step,
+                               options.layers > 0 ? options.layers : kProbeLayersPerStep);
   }
-  return attn;
+  return std::unique_ptr<ForwardAttention>(
+      new ForwardAttention(engine, std::move(plan), sparse, sparsity, settings.mask_refresh, dense,
+                           options, step, std::move(probe_layers)));
 }
 
 ForwardAttention::ForwardAttention(AttentionEngine& engine, AttentionPlan plan, bool sparse,
                                    double sparsity, MaskRefresh refresh, DenseKernel dense_kernel,
-                                   const ForwardOptions& options)
+                                   const ForwardOptions& options, int64_t step,
+                                   std::vector<int64_t> probe_layers)
     : engine_(engine),
       plan_(std::move(plan)),
       sparse_(sparse),
@@ -80,7 +81,8 @@ ForwardAttention::ForwardAttention(AttentionEngine& engine, AttentionPlan plan, 
       options_(options),
       dense_kernel_(dense_kernel),
       permuted_(sparse || dense_kernel == DenseKernel::kOurs),
-      step_(0) {
+      step_(step),
+      probe_layers_(std::move(probe_layers)) {
   config_.sparsity = sparse ? sparsity : 0.0;
   config_.min_sparse_blocks = options.min_sparse_blocks;
   stats_.tokens = plan_.tokens();

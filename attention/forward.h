@@ -126,7 +126,8 @@ class ForwardAttention {
 
  private:
   ForwardAttention(AttentionEngine& engine, AttentionPlan plan, bool sparse, double sparsity,
-                   MaskRefresh refresh, DenseKernel dense_kernel, const ForwardOptions& options);
+                   MaskRefresh refresh, DenseKernel dense_kernel, const ForwardOptions& options,
+                   int64_t step, std::vector<int64_t> probe_layers);
   // Probes this call when its layer is one of probe_layers_.
   Status MaybeProbe(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const at::Tensor& out, const TorchBlockMask& mask);
@@ -148,8 +149,8 @@ class ForwardAttention {
   at::Tensor kept_sum_;         // kept block pairs, summed on the mask's device
   int64_t pairs_total_ = 0;
   int64_t step_;
-  int64_t layer_ = 0;                 // self-attention calls so far
   std::vector<int64_t> probe_layers_;  // empty: this forward is not probed
+  int64_t layer_ = 0;                 // self-attention calls so far
   struct PendingProbe {
     int64_t layer, rows;
     at::Tensor sums;  // ProbeAttention's, read in Stats()
