@@ -60,20 +60,29 @@ StatusOr<std::unique_ptr<ForwardAttention>> ForwardAttention::Create(
   if (dense == DenseKernel::kAuto) {
     dense = ChooseDenseKernel(BackendName(engine, device), plan.num_blocks());
   }
-  return std::unique_ptr<ForwardAttention>(new ForwardAttention(
-      engine, std::move(plan), sparse, sparsity, settings.mask_refresh, dense, options));
+  std::vector<int64_t> probe_layers;
+  if (sparse && ProbeStep(options.probe_seed, step, settings.quality_probe_rate)) {
+    probe_layers = ProbeLayers(options.probe_seed, step,
+                               options.layers > 0 ? options.layers : kProbeLayersPerStep);
+  }
+  return std::unique_ptr<ForwardAttention>(
+      new ForwardAttention(engine, std::move(plan), sparse, sparsity, settings.mask_refresh, dense,
+                           options, step, std::move(probe_layers)));
 }
 
 ForwardAttention::ForwardAttention(AttentionEngine& engine, AttentionPlan plan, bool sparse,
                                    double sparsity, MaskRefresh refresh, DenseKernel dense_kernel,
-                                   const ForwardOptions& options)
+                                   const ForwardOptions& options, int64_t step,
+                                   std::vector<int64_t> probe_layers)
     : engine_(engine),
       plan_(std::move(plan)),
       sparse_(sparse),
       refresh_(refresh),
       options_(options),
       dense_kernel_(dense_kernel),
-      permuted_(sparse || dense_kernel == DenseKernel::kOurs) {
+      permuted_(sparse || dense_kernel == DenseKernel::kOurs),
+      step_(step),
+      probe_layers_(std::move(probe_layers)) {
   config_.sparsity = sparse ? sparsity : 0.0;
   config_.min_sparse_blocks = options.min_sparse_blocks;
   stats_.tokens = plan_.tokens();
@@ -140,6 +149,7 @@ StatusOr<at::Tensor> ForwardAttention::SelfAttention(const at::Tensor& q, const 
     kept_sum_ = kept_sum_.defined() ? kept_sum_ + mask.kept_tensor : mask.kept_tensor;
     pairs_total_ += r.stats.total_blocks;
     out = std::move(r.out);
+    RAINSERVE_RETURN_IF_ERROR(MaybeProbe(q, k, v, out, mask));
   } else {
     Sync();
     const auto start = Clock::now();
@@ -147,7 +157,23 @@ StatusOr<at::Tensor> ForwardAttention::SelfAttention(const at::Tensor& q, const 
     Sync();
     stats_.attention_seconds += SecondsSince(start);
   }
+  ++layer_;
   return out;
+}
+
+// Outside the attention timing: the probe's cost shows in the step time only.
+Status ForwardAttention::MaybeProbe(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor& out, const TorchBlockMask& mask) {
+  if (!sparse_ ||
+      std::find(probe_layers_.begin(), probe_layers_.end(), layer_) == probe_layers_.end()) {
+    return OkStatus();
+  }
+  const ProbeSample sample =
+      SampleProbeRows(plan_.blocks, q.size(0), q.size(2), options_.probe_seed, step_, layer_);
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor sums,
+                             ProbeAttention(q, k, v, out, plan_, mask, sample));
+  probes_.push_back({layer_, sample.rows.numel(), std::move(sums)});
+  return OkStatus();
 }
 
 ForwardStats ForwardAttention::Stats() {
@@ -155,6 +181,9 @@ ForwardStats ForwardAttention::Stats() {
   st.sparse = sparse_ && pairs_total_ > 0;
   if (st.sparse) {
     st.realized_sparsity = 1.0 - double(kept_sum_.item<int64_t>()) / double(pairs_total_);
+  }
+  for (const PendingProbe& p : probes_) {
+    st.probes.push_back(ProbeRecordFromSums(p.layer, p.rows, p.sums));
   }
   return st;
 }

@@ -11,7 +11,9 @@
 // It owns the decisions: dense or sparse (mode, warm-up steps, sparsity 0,
 // sequences of fewer than min_sparse_blocks blocks), which dense kernel runs
 // on the device (ChooseDenseKernel), the plan and the permutation, mask
-// refresh (per layer, or once per forward), and the statistics. Settings were
+// refresh (per layer, or once per forward), the quality probe (which sparse
+// forwards and layers are compared with dense attention, attention/probe.h),
+// and the statistics. Settings were
 // validated at the edge (ValidateSettings); the sink is clamped here only to
 // the grid (a one-frame forward has no sink).
 #pragma once
@@ -22,9 +24,11 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "attention/config.h"
 #include "attention/engine.h"
+#include "attention/probe.h"
 #include "attention/settings.h"
 #include "attention/torch_adapter.h"
 #include "common/status.h"
@@ -59,6 +63,11 @@ struct ForwardOptions {
   // Benchmarks set a device synchronisation so that the mask, attention and
   // permutation times are device times (at some cost in speed).
   std::function<void()> synchronize;
+  // The quality probe (attention/probe.h): the request seed its draws start
+  // from, and the self-attention layers of one forward (the probe samples
+  // among them; 0 = unknown: the first kProbeLayersPerStep calls).
+  uint64_t probe_seed = 0;
+  int64_t layers = 0;
 };
 
 struct ForwardStats {
@@ -68,6 +77,9 @@ struct ForwardStats {
   double attention_seconds = 0.0;  // self-attention kernels, mask excluded
   double permute_seconds = 0.0;
   int64_t tokens = 0;
+  // The quality probe's records, one per probed layer (empty when the forward
+  // was not probed; dense forwards never are).
+  std::vector<ProbeRecord> probes;
 };
 
 // A request's realized sparsity: the mean over its forwards that ran sparse
@@ -114,7 +126,11 @@ class ForwardAttention {
 
  private:
   ForwardAttention(AttentionEngine& engine, AttentionPlan plan, bool sparse, double sparsity,
-                   MaskRefresh refresh, DenseKernel dense_kernel, const ForwardOptions& options);
+                   MaskRefresh refresh, DenseKernel dense_kernel, const ForwardOptions& options,
+                   int64_t step, std::vector<int64_t> probe_layers);
+  // Probes this call when its layer is one of probe_layers_.
+  Status MaybeProbe(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                    const at::Tensor& out, const TorchBlockMask& mask);
   StatusOr<at::Tensor> Reorder(const at::Tensor& x, int64_t token_dim, bool inverse);
   StatusOr<TorchBlockMask> MaskFor(const at::Tensor& q, const at::Tensor& k);
   void Sync() const;
@@ -132,6 +148,14 @@ class ForwardAttention {
   bool have_shared_mask_ = false;
   at::Tensor kept_sum_;         // kept block pairs, summed on the mask's device
   int64_t pairs_total_ = 0;
+  int64_t step_;
+  std::vector<int64_t> probe_layers_;  // empty: this forward is not probed
+  int64_t layer_ = 0;                 // self-attention calls so far
+  struct PendingProbe {
+    int64_t layer, rows;
+    at::Tensor sums;  // ProbeAttention's, read in Stats()
+  };
+  std::vector<PendingProbe> probes_;
   ForwardStats stats_;
 };
 

@@ -53,7 +53,16 @@ Status ValidateSettings(const SparseSettings& s, const SettingsBounds& bounds,
   for (int i = 0; i < 3; ++i) {
     RAINSERVE_RETURN_IF_ERROR(CheckRange(prefix + axes[i], s.window[i], 0, kMaxWindowSide));
   }
-  return CheckRange(prefix + "dense_warmup_steps", s.dense_warmup_steps, 0, bounds.steps);
+  RAINSERVE_RETURN_IF_ERROR(
+      CheckRange(prefix + "dense_warmup_steps", s.dense_warmup_steps, 0, bounds.steps));
+  // Above the server's cap is refused, not clamped: the caller learns the cap.
+  if (!(s.quality_probe_rate >= 0.0 && s.quality_probe_rate <= bounds.max_quality_probe_rate)) {
+    std::ostringstream msg;
+    msg << prefix << "quality_probe.rate must be in [0, " << bounds.max_quality_probe_rate
+        << "] (got " << s.quality_probe_rate << ")";
+    return InvalidArgumentError(msg.str());
+  }
+  return OkStatus();
 }
 
 const char* ModeName(AttentionMode mode) {

@@ -33,16 +33,22 @@ struct SparseSettings {
   std::array<int64_t, 3> window = {0, 0, 0};  // latent (t, h, w); 0s = the layout's default
   int64_t dense_warmup_steps = 0;             // first denoising steps run dense
   MaskRefresh mask_refresh = MaskRefresh::kEveryLayer;
+  // Quality probe (attention/probe.h): the fraction of sparse forwards
+  // (denoising steps) whose sampled rows are compared with exact dense
+  // attention, [0, 1]; 0 = off.
+  double quality_probe_rate = 0.0;
 };
 
 // Largest window side a request may ask for (latent tokens).
 inline constexpr int64_t kMaxWindowSide = 64;
 
 // What the settings are checked against: the request's latent frame count
-// (sink_frames <= it) and its step count (dense_warmup_steps <= it).
+// (sink_frames <= it), its step count (dense_warmup_steps <= it) and the
+// server's cap on the probe rate (quality_probe.rate <= it).
 struct SettingsBounds {
   int64_t latent_frames = 0;
   int64_t steps = 0;
+  double max_quality_probe_rate = 1.0;
 };
 
 // The one validator. INVALID_ARGUMENT naming the field (`prefix` + name, e.g.

@@ -2,7 +2,10 @@
 // transformer (random bf16 weights) at the W1 shape (480p, 81 frames: latent
 // 21 x 60 x 104, 32,760 tokens), classifier-free guidance batch 2, on the GPU:
 // dense with LibTorch SDPA, dense with our kernel, RainFusion2.0 at 0.8 and
-// 0.9 with the first-frame sink, and 0.8 with 20% dense warm-up steps; plus
+// 0.9 with the first-frame sink, 0.8 with 20% dense warm-up steps, and 0.8
+// with the quality probe on every step (attention/probe.h: the cost of one
+// probed step; at probe rate r a request pays r times its excess over
+// rainserve_sparse_0.8_sink1, since unprobed steps run unchanged); plus
 // one block of the 14B configuration at the W2 shape (720p, 75,600 tokens).
 // The SDPA dense mode runs twice: with the fused element-wise kernels (the
 // default, as every other mode) and with the norms, modulation, RoPE and
@@ -55,6 +58,7 @@ struct Mode {
   // kAten: norms, modulation, RoPE and residuals as separate ATen ops (the
   // baseline of the fused kernels, pipelines/wan/wan_ops.h).
   ElementwiseImpl elementwise = ElementwiseImpl::kFused;
+  double probe_rate = 0.0;  // quality probe: 1 probes every (sparse) step
 };
 
 double MedianMs(std::vector<double> v) {
@@ -105,6 +109,7 @@ WanForwardOptions OptionsFor(Bench& bench, const Mode& mode) {
   o.sparse.sparsity = mode.sparsity;
   o.sparse.sink_frames = 1;
   o.sparse.dense_warmup_steps = static_cast<int64_t>(mode.warmup_fraction * steps + 0.5);
+  o.sparse.quality_probe_rate = mode.probe_rate;
   o.attention.dense_kernel = mode.dense;
   o.elementwise = mode.elementwise;
   o.step = steps;  // past the warm-up
@@ -291,6 +296,8 @@ int main(int argc, char** argv) {
       {"rainserve_sparse_0.9_sink1", attention::DenseKernel::kAuto, 0.9, 0.0},
       // Warm-up steps run dense with the kernel the service picks (kAuto).
       {"rainserve_sparse_0.8_sink1_warmup20", attention::DenseKernel::kAuto, 0.8, 0.2},
+      {"rainserve_sparse_0.8_sink1_probe", attention::DenseKernel::kAuto, 0.8, 0.0,
+       ElementwiseImpl::kFused, 1.0},
   };
   {
     WanTransformerConfig c13;  // Wan2.1-T2V-1.3B

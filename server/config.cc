@@ -115,6 +115,9 @@ Status ReadModelDefaults(YamlMap& d, ModelDefaultsOverride* o) {
     RAINSERVE_RETURN_IF_ERROR(OptionalInt(s, "dense_warmup_steps", 0, 1000, &o->dense_warmup_steps));
     RAINSERVE_RETURN_IF_ERROR(
         OptionalName(s, "mask_refresh", attention::ParseMaskRefresh, &o->mask_refresh));
+    RAINSERVE_RETURN_IF_ERROR(s.Map("quality_probe", [&](YamlMap& p) {
+      return OptionalDouble(p, "rate", 0, 1, &o->quality_probe_rate);
+    }));
     if (s.Has("window")) {
       std::vector<int64_t> w;
       RAINSERVE_RETURN_IF_ERROR(s.IntList("window", 1, 64, &w));
@@ -212,6 +215,8 @@ Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
         OptionalInt(l, "max_image_bytes", 1024, kMaxImageBytesLimit, &o->max_image_bytes));
     RAINSERVE_RETURN_IF_ERROR(
         OptionalInt(l, "max_image_pixels", 1, kMaxImagePixelsLimit, &o->max_image_pixels));
+    RAINSERVE_RETURN_IF_ERROR(
+        OptionalDouble(l, "max_quality_probe_rate", 0, 1, &o->max_quality_probe_rate));
     return OptionalDouble(l, "max_memory_gb", 0, 1e6, &o->max_memory_gb);
   });
 }

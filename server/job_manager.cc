@@ -680,6 +680,7 @@ void JobManager::RunPipeline(Worker* worker, const std::shared_ptr<Job>& job, Ru
   report.decode_seconds = output->decode_seconds;
   report.realized_sparsity = output->realized_sparsity;
   report.steps = output->steps;
+  report.quality_probes = output->quality_probes;
   report.cache_skipped_steps = output->cache_skipped_steps;
   report.mask_seconds = output->mask_seconds;
   report.frames = output->num_frames;

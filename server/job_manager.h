@@ -77,6 +77,7 @@ struct JobReport {
   double encode_seconds = 0;
   double realized_sparsity = 0;
   std::vector<StepStat> steps;  // empty unless the pipeline returned an output
+  std::vector<QualityProbeStat> quality_probes;  // the pipeline's, likewise
   double first_progress_seconds = -1;  // created -> first Progress event (-1: none)
   double requested_sparsity = 0;       // 0 for dense requests
   int64_t sink_frames = 0;             // as applied

@@ -59,6 +59,9 @@ class ServerMetrics final : public JobObserver {
   prometheus::Family<prometheus::Histogram>* density_;
   prometheus::Family<prometheus::Histogram>* mask_seconds_;
   prometheus::Family<prometheus::Histogram>* requested_sparsity_;
+  prometheus::Family<prometheus::Histogram>* probe_cosine_;
+  prometheus::Family<prometheus::Histogram>* probe_rel_l2_;
+  prometheus::Family<prometheus::Histogram>* probe_kept_mass_;
   prometheus::Family<prometheus::Counter>* frames_;
   prometheus::Family<prometheus::Counter>* cache_skipped_steps_;
   prometheus::Family<prometheus::Counter>* output_bytes_;

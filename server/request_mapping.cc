@@ -58,6 +58,7 @@ void SparseToProto(const SparseSettings& s, v1::SparseAttention* out) {
   out->mutable_window()->set_w(static_cast<uint32_t>(s.window[2]));
   out->set_dense_warmup_steps(static_cast<uint32_t>(s.dense_warmup_steps));
   out->set_mask_refresh(RefreshToProto(s.mask_refresh));
+  out->mutable_quality_probe()->set_rate(s.quality_probe_rate);
 }
 
 StatusOr<SparseSettings> ResolveSparse(const v1::SparseAttention& in, const SparseSettings& dflt) {
@@ -78,6 +79,7 @@ StatusOr<SparseSettings> ResolveSparse(const v1::SparseAttention& in, const Spar
   if (in.has_dense_warmup_steps()) s.dense_warmup_steps = in.dense_warmup_steps();
   if (in.mask_refresh() == v1::MASK_REFRESH_EVERY_LAYER) s.mask_refresh = MaskRefresh::kEveryLayer;
   if (in.mask_refresh() == v1::MASK_REFRESH_PER_STEP) s.mask_refresh = MaskRefresh::kPerStep;
+  if (in.quality_probe().has_rate()) s.quality_probe_rate = in.quality_probe().rate();
   return s;
 }
 
@@ -304,6 +306,7 @@ void FillModelInfo(const PipelineDescription& model, v1::ModelInfo* info) {
   limits->set_max_memory_bytes(l.max_memory_bytes);
   limits->set_max_image_bytes(static_cast<uint64_t>(l.max_image_bytes));
   limits->set_max_image_pixels(static_cast<uint64_t>(l.max_image_pixels));
+  limits->set_max_quality_probe_rate(l.max_quality_probe_rate);
 
   const PipelineDefaults& d = model.defaults;
   v1::Defaults* defaults = info->mutable_defaults();
@@ -339,6 +342,16 @@ void FillResultFromOutput(const GenerationOutput& output, const v1::GenerateRequ
     step->set_expert(static_cast<uint32_t>(s.expert));
   }
   result->set_cache_skipped_steps(static_cast<uint32_t>(output.cache_skipped_steps));
+  result->clear_quality_probes();
+  for (const QualityProbeStat& p : output.quality_probes) {
+    v1::QualityProbeStats* q = result->add_quality_probes();
+    q->set_step(static_cast<uint32_t>(p.step));
+    q->set_layer(static_cast<uint32_t>(p.layer));
+    q->set_rows(static_cast<uint32_t>(p.rows));
+    q->set_rel_l2(p.rel_l2);
+    q->set_cosine(p.cosine);
+    q->set_kept_mass(p.kept_mass);
+  }
   v1::StageTimings* t = result->mutable_timings();
   *t->mutable_text_encode() = SecondsToDuration(output.text_encode_seconds);
   *t->mutable_image_encode() = SecondsToDuration(output.image_encode_seconds);

@@ -54,6 +54,8 @@ const std::vector<FlagSpec>& Flags() {
       {"window", "T,H,W", "permutation window in latent frames, rows, columns"},
       {"dense-warmup-steps", "N", "first denoising steps that run dense"},
       {"mask-refresh", attention::MaskRefreshNames(), "how often the block mask is predicted"},
+      {"quality-probe", "RATE", "fraction of sparse steps whose attention is compared with "
+                                "dense, in [0, 1] (up to the model's cap)"},
       {"step-cache", "off|first_block|teacache", "reuse of the transformer's residual on steps "
                                                  "whose input barely changed"},
       {"step-cache-threshold", "X", "step-cache threshold, in [0, 10] (0 never skips)"},
@@ -80,7 +82,8 @@ std::vector<std::string> RequestFlags() {
           "flow-shift", "scheduler",       "width",       "height",
           "frames",   "fps",        "format",          "priority",    "request-id",
           "attention", "sparsity",  "sink-frames",     "window",      "dense-warmup-steps",
-          "mask-refresh", "step-cache", "step-cache-threshold", "step-cache-warmup"};
+          "mask-refresh", "quality-probe", "step-cache", "step-cache-threshold",
+          "step-cache-warmup"};
 }
 
 // The request flags compare takes: it sets the attention and the format itself.

@@ -141,6 +141,26 @@ std::string SparsityText(const v1::GenerateResult& r) {
   return s;
 }
 
+std::string ProbeText(const v1::GenerateResult& r) {
+  const int n = r.quality_probes_size();
+  if (n == 0) return "";
+  double cosine = 0, min_cosine = 1, rel_l2 = 0, max_rel_l2 = 0, mass = 0, min_mass = 1;
+  std::vector<uint32_t> steps;
+  for (const v1::QualityProbeStats& p : r.quality_probes()) {
+    cosine += p.cosine() / n;
+    rel_l2 += p.rel_l2() / n;
+    mass += p.kept_mass() / n;
+    min_cosine = std::min(min_cosine, p.cosine());
+    max_rel_l2 = std::max(max_rel_l2, p.rel_l2());
+    min_mass = std::min(min_mass, p.kept_mass());
+    if (steps.empty() || steps.back() != p.step()) steps.push_back(p.step());
+  }
+  return "quality probe: " + std::to_string(n) + " layers of " + std::to_string(steps.size()) +
+         " steps, cosine mean " + Number(cosine) + " (min " + Number(min_cosine) +
+         "), rel L2 mean " + Number(rel_l2) + " (max " + Number(max_rel_l2) +
+         "), kept mass mean " + Number(mass) + " (min " + Number(min_mass) + ")";
+}
+
 std::string JobLine(const v1::Job& j) {
   std::string line = j.job_id() + "  " + JobStateName(j.state()) + "  " + j.request().model();
   const std::string detail = JobDetail(j);
@@ -324,7 +344,9 @@ void EventPrinter::Completed(const v1::GenerateResult& r) {
   }
   out_ << "model " << r.applied().model() << " on " << r.device() << ": seed "
        << r.applied().seed() << ", " << r.applied().steps() << " steps, " << SparsityText(r)
-       << "\n"
+       << "\n";
+  if (r.quality_probes_size() > 0) out_ << ProbeText(r) << "\n";
+  out_
        << "timings: queue " << FormatSeconds(Seconds(t.queue())) << ", text "
        << FormatSeconds(Seconds(t.text_encode()))
        << (r.applied().has_input_image() ? ", image " + FormatSeconds(Seconds(t.image_encode()))

@@ -32,6 +32,10 @@ std::string ProgressText(const v1::Progress& p, bool bar);
 // (dense mode, every step a dense warm-up step, a sequence too short for
 // sparse attention).
 std::string SparsityText(const v1::GenerateResult& r);
+// The quality probe's summary ("quality probe: 4 layers of 2 steps, cosine
+// mean 0.97 (min 0.95), rel L2 mean ..., kept mass mean ..."); empty without
+// records.
+std::string ProbeText(const v1::GenerateResult& r);
 
 // The job list with a header row, or a sentence saying it is empty.
 std::string JobTable(const std::vector<v1::Job>& jobs, bool include_finished);

@@ -83,6 +83,8 @@ Status SparseAttention(const Args& args, v1::SparseAttention* sa) {
     sa->set_mask_refresh(refresh);
   }
   RAINSERVE_RETURN_IF_ERROR(Double(args, "sparsity", [sa](double v) { sa->set_sparsity(v); }));
+  RAINSERVE_RETURN_IF_ERROR(Double(
+      args, "quality-probe", [sa](double v) { sa->mutable_quality_probe()->set_rate(v); }));
   RAINSERVE_RETURN_IF_ERROR(
       Uint32(args, "sink-frames", [sa](uint32_t v) { sa->set_sink_frames(v); }));
   RAINSERVE_RETURN_IF_ERROR(

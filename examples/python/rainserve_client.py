@@ -97,7 +97,22 @@ def build_request(args):
         request.sparse_attention.sparsity = args.sparsity
     if args.sink_frames is not None:
         request.sparse_attention.sink_frames = args.sink_frames
+    if args.quality_probe is not None:
+        request.sparse_attention.quality_probe.rate = args.quality_probe
     return request
+
+
+def probe_text(result):
+    """The quality probe's summary, or None when the result has no probe records."""
+    probes = result.quality_probes
+    if not probes:
+        return None
+    n = len(probes)
+    return (f"quality probe: {n} layers of {len({p.step for p in probes})} steps, "
+            f"cosine mean {sum(p.cosine for p in probes) / n:.4f} "
+            f"(min {min(p.cosine for p in probes):.4f}), "
+            f"rel L2 mean {sum(p.rel_l2 for p in probes) / n:.4f}, "
+            f"kept mass mean {sum(p.kept_mass for p in probes) / n:.4f}")
 
 
 def format_seconds(seconds):
@@ -257,6 +272,8 @@ def parse_args(argv=None):
     parser.add_argument("--format", choices=["png", "mp4", "raw", "latents"])
     parser.add_argument("--sparsity", type=number)
     parser.add_argument("--sink-frames", type=unsigned(32))
+    parser.add_argument("--quality-probe", type=number, metavar="RATE",
+                        help="fraction of sparse steps whose attention is compared with dense")
     parser.add_argument("--out", default="output",
                         help="output path; the format's extension is added when missing")
     parser.add_argument("--timeout", type=number, help="deadline for the call in seconds")
@@ -530,6 +547,8 @@ def main(argv=None):
     print(f"realized sparsity {result.realized_sparsity:.3f}, "
           f"denoise {result.timings.denoise.ToTimedelta().total_seconds():.2f} s, "
           f"client {time.monotonic() - start:.2f} s")
+    if probe_text(result):
+        print(probe_text(result))
     return 0
 
 

@@ -27,6 +27,7 @@ struct ModelDefaultsOverride {
   std::optional<int64_t> sink_frames, dense_warmup_steps;
   std::optional<std::vector<int64_t>> window;  // [t, h, w] latent tokens
   std::optional<attention::MaskRefresh> mask_refresh;
+  std::optional<double> quality_probe_rate;  // sparse_attention.quality_probe.rate
   // step_cache:
   std::optional<StepCacheMode> step_cache_mode;
   std::optional<double> step_cache_threshold;
@@ -38,6 +39,7 @@ struct ModelLimitsOverride {
   std::optional<int64_t> max_width, max_height, max_pixels, max_frames, max_steps,
       max_prompt_tokens;
   std::optional<double> max_memory_gb;  // per-request peak-memory budget on the device
+  std::optional<double> max_quality_probe_rate;  // cap on sparse_attention.quality_probe.rate
   // Input images: the encoded file's bytes, and its width * height.
   std::optional<int64_t> max_image_bytes, max_image_pixels;
 };

@@ -193,7 +193,8 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
       CheckInt("step_cache.warmup_steps", cache.warmup_steps, 0, request.steps));
   const int64_t latent_frames = (request.num_frames - 1) / f + 1;
   RAINSERVE_RETURN_IF_ERROR(
-      attention::ValidateSettings(request.sparse, {latent_frames, request.steps}));
+      attention::ValidateSettings(request.sparse, {latent_frames, request.steps,
+                                                   limits.max_quality_probe_rate}));
   if (limits.max_memory_bytes > 0) {
     const uint64_t need = model.memory.Estimate(request.width, request.height, request.num_frames);
     if (need > limits.max_memory_bytes) {

@@ -78,6 +78,8 @@ struct PipelineLimits {
   // requests whose MemoryModel estimate exceeds it are refused up front with
   // RESOURCE_EXHAUSTED instead of failing mid-run.
   uint64_t max_memory_bytes = 0;
+  // Cap on sparse_attention.quality_probe.rate: requests above it are refused.
+  double max_quality_probe_rate = 1.0;
 };
 
 // A request's peak memory on the model's device, approximately:
@@ -188,6 +190,16 @@ struct StepStat {
   int64_t expert = 0;  // two-expert models: 0 high-noise, 1 low-noise
 };
 
+// One probed self-attention layer of one denoising step (attention/probe.h).
+struct QualityProbeStat {
+  int64_t step = 0;   // 1-based, as StepStat
+  int64_t layer = 0;  // 0-based self-attention layer
+  int64_t rows = 0;   // sampled query rows, over the CFG batch and heads
+  double rel_l2 = 0.0;
+  double cosine = 0.0;
+  double kept_mass = 0.0;
+};
+
 struct GenerationOutput {
   int64_t width = 0;
   int64_t height = 0;
@@ -198,6 +210,9 @@ struct GenerationOutput {
   std::vector<float> latents;
   std::vector<int64_t> latent_shape;
   std::vector<StepStat> steps;
+  // The quality probe's records, in step and layer order (empty unless the
+  // request's quality_probe_rate drew sparse steps).
+  std::vector<QualityProbeStat> quality_probes;
   int64_t cache_skipped_steps = 0;  // steps with cache_skipped
   double requested_sparsity = 0.0;
   double realized_sparsity = 0.0;  // mean over sparse steps (0 when none)

@@ -127,6 +127,7 @@ void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimi
   if (o.dense_warmup_steps) d->sparse.dense_warmup_steps = *o.dense_warmup_steps;
   if (o.window) d->sparse.window = {(*o.window)[0], (*o.window)[1], (*o.window)[2]};
   if (o.mask_refresh) d->sparse.mask_refresh = *o.mask_refresh;
+  if (o.quality_probe_rate) d->sparse.quality_probe_rate = *o.quality_probe_rate;
   if (o.step_cache_mode) d->step_cache.mode = *o.step_cache_mode;
   if (o.step_cache_threshold) d->step_cache.threshold = *o.step_cache_threshold;
   if (o.step_cache_warmup_steps) d->step_cache.warmup_steps = *o.step_cache_warmup_steps;
@@ -138,6 +139,7 @@ void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimi
   if (m.max_steps) l->max_steps = *m.max_steps;
   if (m.max_prompt_tokens) l->max_prompt_tokens = *m.max_prompt_tokens;
   if (m.max_memory_gb) l->max_memory_bytes = static_cast<uint64_t>(*m.max_memory_gb * 1e9);
+  if (m.max_quality_probe_rate) l->max_quality_probe_rate = *m.max_quality_probe_rate;
 }
 
 uint64_t ParameterBytes(const std::vector<std::pair<std::string, at::Tensor>>& params) {
@@ -481,6 +483,7 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
   WanForwardOptions options;
   options.engine = engine_.get();
   options.sparse = request.sparse;
+  options.attention.probe_seed = request.seed;
   const bool cfg = request.guidance_scale > 1.0;
   const int64_t B = cfg ? 2 : 1;
   options.image_embeds = image.ImageEmbeds(B);
@@ -521,6 +524,10 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
     out->steps.push_back({i + 1, stats.sparse, stats.realized_sparsity, SecondsSince(step_start),
                           cache.skipped(), expert});
     out->mask_seconds += stats.mask_seconds;
+    for (const attention::ProbeRecord& p : stats.probes) {
+      out->quality_probes.push_back(
+          {i + 1, p.layer, p.rows, p.rel_l2, p.cosine, p.kept_mass});
+    }
     tally.Add(stats);
     step_done(i + 1);
   }

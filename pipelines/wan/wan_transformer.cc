@@ -442,10 +442,12 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
   const int64_t B = latents.size(0);
   const int64_t F = latents.size(2) / ps[0], H = latents.size(3) / ps[1], W = latents.size(4) / ps[2];
   const ElementwiseImpl ew = options.elementwise;
+  attention::ForwardOptions attention_options = options.attention;
+  attention_options.layers = static_cast<int64_t>(weights_.blocks.size());
   RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<attention::ForwardAttention> attn,
                              attention::ForwardAttention::Create(
                                  *options.engine, options.sparse, {F, H, W}, options.step,
-                                 device_, options.attention));
+                                 device_, attention_options));
 
   // Patch embedding [B, C, F, H, W] -> [B, N, inner], then the forward's token
   // order (the RoPE tables [N, hd/2] follow it).

@@ -40,6 +40,22 @@ TEST(SettingsTest, DefaultsAreValidAndEachBadFieldIsNamedWithItsRange) {
             "models.m.defaults.sparse_attention.dense_warmup_steps must be in [0, 10] (got 11)");
 }
 
+TEST(SettingsTest, QualityProbeRateAboveTheServerCapOrNegativeIsRefusedNamingTheField) {
+  SettingsBounds bounds{3, 10, 0.25};
+  SparseSettings s;
+  s.quality_probe_rate = 0.25;
+  EXPECT_TRUE(ValidateSettings(s, bounds).ok());
+  s.quality_probe_rate = 0.5;
+  EXPECT_EQ(ErrorOf(s, bounds), "sparse_attention.quality_probe.rate must be in [0, 0.25] (got 0.5)");
+  s.quality_probe_rate = -0.1;
+  EXPECT_NE(ErrorOf(s, bounds).find("sparse_attention.quality_probe.rate"), std::string::npos);
+  s.quality_probe_rate = std::nan("");
+  EXPECT_NE(ErrorOf(s, bounds).find("sparse_attention.quality_probe.rate"), std::string::npos);
+  bounds.max_quality_probe_rate = 1.0;  // the default cap takes every rate
+  s.quality_probe_rate = 1.0;
+  EXPECT_TRUE(ValidateSettings(s, bounds).ok());
+}
+
 TEST(SettingsTest, ModeAndRefreshNamesRoundTripAndUnknownNamesAreErrors) {
   for (AttentionMode m : {AttentionMode::kDense, AttentionMode::kRainFusion}) {
     auto parsed = ParseMode(ModeName(m), "mode");

@@ -2,7 +2,7 @@
 // LibTorch's SDPA (also with a row max that climbs across key tiles), a
 // sparse call through the adapter against the float64 reference, the
 // permutation of activations and RoPE tables on the device, and unsupported
-// inputs as errors. The kernels themselves, both CUDA flash kernels chosen
+// inputs as errors, and the quality probe against the CPU probe. The kernels themselves, both CUDA flash kernels chosen
 // explicitly, are checked case by case in the parity suite (parity_test.cc);
 // this suite runs the engine's default kernel, the one the server runs
 // (RAINSERVE_FLASH_KERNEL=mma in the environment makes that the mma.sync one).
@@ -14,6 +14,7 @@
 #include <cmath>
 #include <vector>
 
+#include "attention/probe.h"
 #include "attention/reference.h"
 #include "attention/testing/inputs.h"
 #include "attention/torch_adapter.h"
@@ -116,6 +117,41 @@ TensorView View(const at::Tensor& t) {
 // A sparse call the way a pipeline makes it: the mask predicted on the GPU
 // (its kept count read on demand), then the forward with it, against the
 // float64 reference with that mask (at most twice the naive bf16 error).
+// The quality probe on CUDA tensors gives the CPU probe's figures for the
+// same inputs, mask and sparse output (bf16 on the device, their fp32 copies
+// on the host).
+TEST_F(TorchCudaTest, QualityProbeMatchesTheCpuProbe) {
+  auto plan = AttentionPlan::Build(Layout(5, 16, 24, 1), WindowShape{2, 8, 8});
+  ASSERT_TRUE(plan.ok());
+  const int64_t N = plan->tokens();
+  at::manual_seed(3);
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA);
+  const at::Tensor q = at::randn({2, N, 4, 64}, opts), k = at::randn({2, N, 4, 64}, opts),
+                   v = at::randn({2, N, 4, 64}, opts);
+  AttentionConfig config;
+  config.sparsity = 0.8;
+  auto mask = PredictBlockMask(engine_, q, k, *plan, config);
+  ASSERT_TRUE(mask.ok()) << mask.status().ToString();
+  auto out = BlockSparseAttention(engine_, q, k, v, *plan, *mask, false);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  const ProbeSample sample = SampleProbeRows(plan->blocks, 2, 4, 11, 0, 0);
+  auto gpu = ProbeAttention(q, k, v, out->out, *plan, *mask, sample);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+  TorchBlockMask host;
+  host.counts = mask->counts.cpu();
+  host.indices = mask->indices.cpu();
+  auto f32 = [](const at::Tensor& t) { return t.cpu().to(at::kFloat); };
+  auto cpu = ProbeAttention(f32(q), f32(k), f32(v), f32(out->out), *plan, host, sample);
+  ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
+  const ProbeRecord a = ProbeRecordFromSums(0, sample.rows.numel(), *gpu);
+  const ProbeRecord b = ProbeRecordFromSums(0, sample.rows.numel(), *cpu);
+  EXPECT_LT(a.cosine, 1.0);
+  EXPECT_LT(a.kept_mass, 1.0);
+  EXPECT_NEAR(a.cosine, b.cosine, 1e-4);
+  EXPECT_NEAR(a.rel_l2, b.rel_l2, 1e-3 * b.rel_l2 + 1e-5);
+  EXPECT_NEAR(a.kept_mass, b.kept_mass, 1e-4);
+}
+
 TEST_F(TorchCudaTest, SparseCallThroughTheAdapterMatchesTheReference) {
   const TokenLayout layout = Layout(4, 32, 32, 1, 7);  // N = 4103: partial and text blocks
   auto plan = AttentionPlan::Build(layout, DefaultWindow(layout));

@@ -129,6 +129,7 @@ class LiveMetricsTest(unittest.TestCase):
         request.sparse_attention.sparsity = 0.5
         request.sparse_attention.sink_frames = 0
         request.sparse_attention.dense_warmup_steps = 0
+        request.sparse_attention.quality_probe.rate = 1.0  # every step, both wan-tiny layers
         with cls.grpc.insecure_channel(cls.grpc_target) as channel:
             stub = generation_pb2_grpc.GenerationStub(channel)
             final = None
@@ -274,6 +275,10 @@ scrape_configs:
         self.assertIn(f'rainserve_request_duration_seconds_count{{model="{MODEL}"}} 1', text)
         self.assertIn(f'rainserve_attention_density_ratio_count{{model="{MODEL}",sink="false"}} {STEPS}',
                       text)
+        # The quality probe: wan-tiny's 2 self-attention layers in every step.
+        for name in ("rainserve_attention_probe_cosine", "rainserve_attention_probe_rel_l2",
+                     "rainserve_attention_probe_kept_mass_ratio"):
+            self.assertIn(f'{name}_count{{model="{MODEL}"}} {2 * STEPS}', text)
 
     def test_dashboard_uses_only_exported_metrics(self):
         with open(util.source_path("deploy", "grafana", "rainserve.json")) as f:
@@ -303,7 +308,9 @@ scrape_configs:
                          "rainserve_denoise_step_duration_seconds_bucket",
                          "rainserve_attention_density_ratio_sum", "rainserve_attention_mask_seconds_sum",
                          "rainserve_stage_duration_seconds_sum", "rainserve_device_memory_used_bytes",
-                         "rainserve_device_memory_total_bytes", "rainserve_model_ready"):
+                         "rainserve_device_memory_total_bytes", "rainserve_model_ready",
+                         "rainserve_attention_probe_cosine_sum",
+                         "rainserve_attention_probe_rel_l2_bucket"):
             self.assertIn(required, names)
 
     def test_alert_rules_use_only_exported_metrics(self):

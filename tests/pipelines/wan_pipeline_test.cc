@@ -184,6 +184,43 @@ TEST_F(WanPipelineTest, SparseStepsFollowTheWarmupAndRealizeSparsity) {
   EXPECT_NE(dense.rgb, out.rgb);
 }
 
+// The quality probe at rate 1 (256x256, 5 frames: 4 key blocks of 128, so
+// sparsity 0.8 keeps one block per row): every sparse step reports both
+// layers of wan-tiny with cosine < 1 and a kept mass in (0, 1); the dense
+// warm-up step and a sparsity-0 request (dense forwards) report nothing.
+TEST_F(WanPipelineTest, QualityProbeReportsEverySparseStepAndNoDenseOne) {
+  GenerationRequest r = Small(5);
+  r.width = 256;
+  r.height = 256;
+  r.steps = 3;
+  r.sparse.sparsity = 0.8;
+  r.sparse.sink_frames = 0;
+  r.sparse.dense_warmup_steps = 1;
+  r.sparse.quality_probe_rate = 1.0;
+  const GenerationOutput out = Run(r);
+  ASSERT_EQ(out.quality_probes.size(), 4u);  // steps 2 and 3, layers 0 and 1
+  for (size_t i = 0; i < out.quality_probes.size(); ++i) {
+    const QualityProbeStat& p = out.quality_probes[i];
+    EXPECT_EQ(p.step, 2 + static_cast<int64_t>(i) / 2);
+    EXPECT_EQ(p.layer, static_cast<int64_t>(i) % 2);
+    EXPECT_EQ(p.rows, 2 * 2 * 4 * 16);  // CFG batch x heads x blocks x rows
+    EXPECT_LT(p.cosine, 1.0);
+    EXPECT_GT(p.cosine, 0.0);
+    EXPECT_GT(p.rel_l2, 0.0);
+    EXPECT_GT(p.kept_mass, 0.0);
+    EXPECT_LT(p.kept_mass, 1.0);
+  }
+  // The probe only reads: the frames are those of the same request unprobed.
+  GenerationRequest off = r;
+  off.sparse.quality_probe_rate = 0.0;
+  const GenerationOutput unprobed = Run(off);
+  EXPECT_TRUE(unprobed.quality_probes.empty());
+  EXPECT_EQ(unprobed.rgb, out.rgb);
+
+  r.sparse.sparsity = 0.0;
+  EXPECT_TRUE(Run(r).quality_probes.empty());
+}
+
 struct InvalidCase {
   const char* field;
   void (*mutate)(GenerationRequest*);
@@ -234,6 +271,8 @@ TEST_F(WanPipelineTest, InvalidRequestsNameTheField) {
       {"sparse_attention.sink_frames", [](GenerationRequest* r) { r->sparse.sink_frames = 3; }},
       {"sparse_attention.dense_warmup_steps",
        [](GenerationRequest* r) { r->sparse.dense_warmup_steps = 3; }},
+      {"sparse_attention.quality_probe.rate",
+       [](GenerationRequest* r) { r->sparse.quality_probe_rate = 1.5; }},
       {"step_cache.threshold", [](GenerationRequest* r) { r->step_cache.threshold = -0.5; }},
       {"step_cache.threshold", [](GenerationRequest* r) { r->step_cache.threshold = 10.5; }},
       {"step_cache.threshold",

@@ -207,6 +207,28 @@ models:
                  "models[0].limits.max_height");
 }
 
+TEST(ConfigTest, QualityProbeDefaultAndCapAreReadAndBounded) {
+  auto cfg = ParseServerConfig(R"(
+models:
+  - name: m
+    path: ckpt
+    defaults: {sparse_attention: {quality_probe: {rate: 0.1}}}
+    limits: {max_quality_probe_rate: 0.25}
+  - name: plain
+    path: ckpt
+)", "test.yaml", "/base");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_EQ(cfg->models.at(0).defaults.quality_probe_rate, 0.1);
+  EXPECT_EQ(cfg->models.at(0).limits.max_quality_probe_rate, 0.25);
+  EXPECT_FALSE(cfg->models.at(1).defaults.quality_probe_rate.has_value());
+  EXPECT_FALSE(cfg->models.at(1).limits.max_quality_probe_rate.has_value());
+  ExpectRejected(
+      "models: [{name: m, path: p, defaults: {sparse_attention: {quality_probe: {rate: 1.5}}}}]",
+      "models[0].defaults.sparse_attention.quality_probe.rate");
+  ExpectRejected("models: [{name: m, path: p, limits: {max_quality_probe_rate: -1}}]",
+                 "models[0].limits.max_quality_probe_rate");
+}
+
 TEST(ConfigTest, ImageAndExpertKeysAreReadAndBounded) {
   auto cfg = ParseServerConfig(R"(
 models:

@@ -42,6 +42,7 @@ inline PipelineDescription FakeDescription(const std::string& name = "fake") {
   d.limits.max_frames = 9;
   d.limits.max_steps = 100;
   d.limits.max_prompt_bytes = 64;
+  d.limits.max_quality_probe_rate = 0.5;
   d.defaults.width = 32;
   d.defaults.height = 16;
   d.defaults.num_frames = 5;
@@ -139,6 +140,11 @@ class FakePipeline final : public Pipeline {
       StepStat stat{step, sparse, sparse ? request.sparse.sparsity : 0.0, step_seconds_};
       if (description_.experts >= 2 && 2 * step > request.steps) stat.expert = 1;
       out.steps.push_back(stat);
+      // A probed request: one record per sparse step, its figures from the step.
+      if (sparse && request.sparse.quality_probe_rate > 0) {
+        out.quality_probes.push_back({step, step % 2, 64, 0.01 * static_cast<double>(step),
+                                      1.0 - 0.001 * static_cast<double>(step), 0.9});
+      }
       progress({"denoise", step, request.steps, elapsed()});
     }
     progress({"decode", 0, request.steps, elapsed()});

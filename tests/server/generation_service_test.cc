@@ -122,7 +122,9 @@ TEST(RequestMappingTest, ModelInfoCarriesLimitsAndEveryDefault) {
   EXPECT_EQ(info.limits().max_width(), 64u);
   EXPECT_EQ(info.limits().frame_multiple(), 4u);
   EXPECT_EQ(info.limits().max_steps(), 100u);
+  EXPECT_DOUBLE_EQ(info.limits().max_quality_probe_rate(), 0.5);
   EXPECT_EQ(info.defaults().steps(), 4u);
+  EXPECT_TRUE(info.defaults().sparse_attention().quality_probe().has_rate());
   EXPECT_EQ(info.defaults().scheduler(), "unipc");
   EXPECT_TRUE(info.defaults().sparse_attention().has_sparsity());
   EXPECT_TRUE(info.defaults().sparse_attention().has_sink_frames());
@@ -224,6 +226,60 @@ double SkippedStepsCounter(const prometheus::Registry& registry, const std::stri
     }
   }
   return -1;  // no such series
+}
+
+// Count and sum of a histogram series with the model label, {-1, -1} when absent.
+std::pair<double, double> HistogramOf(const prometheus::Registry& registry, const std::string& name,
+                                      const std::string& model) {
+  for (const auto& family : registry.Collect()) {
+    if (family.name != name) continue;
+    for (const auto& metric : family.metric) {
+      for (const auto& l : metric.label) {
+        if (l.name == "model" && l.value == model) {
+          return {static_cast<double>(metric.histogram.sample_count), metric.histogram.sample_sum};
+        }
+      }
+    }
+  }
+  return {-1, -1};
+}
+
+TEST(ServerMetricsTest, QualityProbeHistogramsObserveEveryRecordByModel) {
+  ServerMetrics metrics(std::make_shared<prometheus::Registry>());
+  JobReport report;
+  report.model = "wan";
+  report.ran = true;
+  report.quality_probes = {{2, 0, 64, 0.1, 0.99, 0.8}, {3, 1, 64, 0.3, 0.95, 0.6}};
+  metrics.OnJobFinished(report);
+  const auto& reg = *metrics.registry();
+  const auto cosine = HistogramOf(reg, "rainserve_attention_probe_cosine", "wan");
+  EXPECT_EQ(cosine.first, 2);
+  EXPECT_DOUBLE_EQ(cosine.second, 0.99 + 0.95);
+  const auto rel_l2 = HistogramOf(reg, "rainserve_attention_probe_rel_l2", "wan");
+  EXPECT_EQ(rel_l2.first, 2);
+  EXPECT_DOUBLE_EQ(rel_l2.second, 0.1 + 0.3);
+  const auto mass = HistogramOf(reg, "rainserve_attention_probe_kept_mass_ratio", "wan");
+  EXPECT_EQ(mass.first, 2);
+  EXPECT_DOUBLE_EQ(mass.second, 0.8 + 0.6);
+  report.model = "other";  // no records: no series
+  report.quality_probes.clear();
+  metrics.OnJobFinished(report);
+  EXPECT_EQ(HistogramOf(reg, "rainserve_attention_probe_cosine", "other").first, -1);
+}
+
+TEST(RequestMappingTest, ResultCarriesQualityProbes) {
+  GenerationOutput out;
+  out.quality_probes = {{2, 1, 128, 0.25, 0.97, 0.75}};
+  v1::GenerateResult result;
+  FillResultFromOutput(out, v1::GenerateRequest(), &result);
+  ASSERT_EQ(result.quality_probes_size(), 1);
+  const v1::QualityProbeStats& p = result.quality_probes(0);
+  EXPECT_EQ(p.step(), 2u);
+  EXPECT_EQ(p.layer(), 1u);
+  EXPECT_EQ(p.rows(), 128u);
+  EXPECT_DOUBLE_EQ(p.rel_l2(), 0.25);
+  EXPECT_DOUBLE_EQ(p.cosine(), 0.97);
+  EXPECT_DOUBLE_EQ(p.kept_mass(), 0.75);
 }
 
 TEST(ServerMetricsTest, SkippedStepsCounterAddsPerModelAndMode) {
@@ -395,6 +451,41 @@ TEST_F(GenerationServiceTest, GenerateStreamsAcceptedThroughCompletedWithChunksM
   EXPECT_TRUE(progress);
   EXPECT_EQ(Artifact(s).size(), 32u * 16u * 5u * 3u);
   EXPECT_EQ(s.events.back().completed().result().artifacts_size(), 1);
+}
+
+// The pipeline's probe records reach the Completed event and the job's
+// result; an unprobed request has none.
+TEST_F(GenerationServiceTest, QualityProbeRecordsReachTheCompletedEventAndTheJob) {
+  v1::GenerateRequest req = Request("a probed boat");
+  req.mutable_sparse_attention()->mutable_quality_probe()->set_rate(0.5);
+  const Stream s = Generate(req);
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+  ASSERT_TRUE(s.events.back().has_completed());
+  const v1::GenerateResult& result = s.events.back().completed().result();
+  EXPECT_DOUBLE_EQ(result.applied().sparse_attention().quality_probe().rate(), 0.5);
+  ASSERT_EQ(result.quality_probes_size(), 3);  // 4 steps, 1 dense warm-up
+  for (int i = 0; i < 3; ++i) {
+    const v1::QualityProbeStats& p = result.quality_probes(i);
+    EXPECT_EQ(p.step(), static_cast<uint32_t>(i + 2));
+    EXPECT_EQ(p.layer(), static_cast<uint32_t>((i + 2) % 2));
+    EXPECT_EQ(p.rows(), 64u);
+    EXPECT_DOUBLE_EQ(p.rel_l2(), 0.01 * (i + 2));
+    EXPECT_DOUBLE_EQ(p.cosine(), 1.0 - 0.001 * (i + 2));
+    EXPECT_DOUBLE_EQ(p.kept_mass(), 0.9);
+  }
+  grpc::ClientContext ctx;
+  v1::GetJobRequest get;
+  get.set_job_id(s.events.front().job_id());
+  v1::Job job;
+  ASSERT_TRUE(stub_->GetJob(&ctx, get, &job).ok());
+  EXPECT_EQ(job.result().quality_probes_size(), 3);
+
+  const Stream plain = Generate(Request("a plain boat"));
+  ASSERT_TRUE(plain.events.back().has_completed());
+  EXPECT_EQ(plain.events.back().completed().result().quality_probes_size(), 0);
+  EXPECT_DOUBLE_EQ(
+      plain.events.back().completed().result().applied().sparse_attention().quality_probe().rate(),
+      0.0);
 }
 
 TEST_F(GenerationServiceTest, SameSeedGivesTheSameSha256AndAnotherSeedDoesNot) {
@@ -630,6 +721,14 @@ TEST_F(GenerationServiceTest, EveryInvalidFieldIsInvalidArgumentNamingIt) {
        }},
       {"sparse_attention.window.t",
        [](v1::GenerateRequest* r) { r->mutable_sparse_attention()->mutable_window()->set_t(65); }},
+      {"sparse_attention.quality_probe.rate",  // above the fake model's cap of 0.5
+       [](v1::GenerateRequest* r) {
+         r->mutable_sparse_attention()->mutable_quality_probe()->set_rate(0.75);
+       }},
+      {"sparse_attention.quality_probe.rate",
+       [](v1::GenerateRequest* r) {
+         r->mutable_sparse_attention()->mutable_quality_probe()->set_rate(-0.5);
+       }},
   };
   for (const InvalidCase& c : cases) {
     v1::GenerateRequest req = Request("valid prompt");

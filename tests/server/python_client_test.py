@@ -28,7 +28,7 @@ import zlib
 import grpc
 
 import rainserve_client
-from rainserve.v1 import generation_pb2_grpc, models_pb2, models_pb2_grpc
+from rainserve.v1 import generation_pb2, generation_pb2_grpc, models_pb2, models_pb2_grpc
 
 SERVER_BINARY = None  # set from the command line
 SOURCE_DIR = os.environ.get(
@@ -64,7 +64,7 @@ def client_args(**fields):
     args = dict(model="wan-tiny", prompt="a paper boat", negative_prompt="", seed=11,
                 steps=None, guidance=None, width=None, height=None, frames=None, fps=None,
                 format=None, sparsity=None, sink_frames=None, image=None, guidance_scale_2=None,
-                max_area=None)
+                max_area=None, quality_probe=None)
     args.update(fields)
     return argparse.Namespace(**args)
 
@@ -246,6 +246,22 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("INVALID_ARGUMENT: guidance_scale_2: model 'wan-tiny' has one transformer",
                       err)
+
+    def test_7c_quality_probe_flag_sets_the_rate_and_the_summary_reads_the_records(self):
+        request = rainserve_client.build_request(client_args(quality_probe=0.5))
+        self.assertEqual(request.sparse_attention.quality_probe.rate, 0.5)
+        self.assertFalse(
+            rainserve_client.build_request(client_args()).sparse_attention.HasField("quality_probe"))
+        code, _, err = self.run_main("--prompt", "a boat", "--quality-probe", "2")
+        self.assertEqual(code, 1)
+        self.assertIn("INVALID_ARGUMENT: sparse_attention.quality_probe.rate", err)
+        result = generation_pb2.GenerateResult()
+        self.assertIsNone(rainserve_client.probe_text(result))
+        for step, cosine in ((2, 0.98), (2, 0.96), (3, 0.94)):
+            result.quality_probes.add(step=step, cosine=cosine, rel_l2=0.1, kept_mass=0.5)
+        self.assertEqual(rainserve_client.probe_text(result),
+                         "quality probe: 3 layers of 2 steps, cosine mean 0.9600 (min 0.9400), "
+                         "rel L2 mean 0.1000, kept mass mean 0.5000")
 
     def test_8_wrapper_runs_with_a_python3_without_grpc_first_on_path(self):
         with tempfile.TemporaryDirectory() as d:

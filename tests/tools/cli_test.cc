@@ -242,6 +242,33 @@ v1::GenerateResult Result(double requested, double realized, uint32_t warmup,
   return r;
 }
 
+TEST(CliFlagsTest, QualityProbeFlagSetsTheRate) {
+  const auto args = ParseArgs({"generate", "--prompt", "p", "--quality-probe", "0.25"});
+  ASSERT_TRUE(args.ok()) << args.status().ToString();
+  const auto r = BuildRequest(*args);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_DOUBLE_EQ(r->sparse_attention().quality_probe().rate(), 0.25);
+  const auto plain = BuildRequest(*ParseArgs({"generate", "--prompt", "p"}));
+  ASSERT_TRUE(plain.ok());
+  EXPECT_FALSE(plain->sparse_attention().quality_probe().has_rate());
+}
+
+TEST(CliOutputTest, ProbeSummaryAveragesTheRecordsAndIsEmptyWithout) {
+  v1::GenerateResult r;
+  EXPECT_EQ(ProbeText(r), "");
+  const double rows[][4] = {{2, 0.25, 0.98, 0.75}, {2, 0.5, 0.96, 0.5}, {3, 0.75, 0.94, 0.25}};
+  for (const auto& row : rows) {
+    v1::QualityProbeStats* p = r.add_quality_probes();
+    p->set_step(static_cast<uint32_t>(row[0]));
+    p->set_rel_l2(row[1]);
+    p->set_cosine(row[2]);
+    p->set_kept_mass(row[3]);
+  }
+  EXPECT_EQ(ProbeText(r),
+            "quality probe: 3 layers of 2 steps, cosine mean 0.96 (min 0.94), rel L2 mean 0.5 "
+            "(max 0.75), kept mass mean 0.5 (min 0.25)");
+}
+
 TEST(CliOutputTest, ZeroRealizedSparsityIsExplained) {
   EXPECT_EQ(SparsityText(Result(0, 0, 0, {false, false})),
             "sparsity requested 0, realized 0 (dense attention requested)");
