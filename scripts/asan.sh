@@ -24,7 +24,7 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DRAINSERVE_SANITIZE=ON -DRAINSERVE_BUILD_BENCH=OFF
 targets=(common_test server_config_test attention_core_test attention_parity_test attention_torch_test
          rainserve-server server_test job_manager_test generation_service_test
-         model_manager_test metrics_http_test e2e_test cli_process_test image_request_test
+         model_manager_test metrics_http_test e2e_test e2e_models_test cli_process_test image_request_test
          rainserve_python_stubs sentencepiece_test image_ops_test image_decoder_test)
 cmake --build "$build_dir" -j "$jobs" --target "${targets[@]}"
 
