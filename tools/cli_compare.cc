@@ -135,22 +135,6 @@ std::string JsonNumber(double v) {
   return buf;
 }
 
-std::string JsonText(const std::string& text) {
-  std::string s = "\"";
-  for (const char c : text) {
-    if (c == '"' || c == '\\') {
-      s += '\\';
-      s += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-      s += buf;
-    } else {
-      s += c;
-    }
-  }
-  return s + "\"";
-}
 
 }  // namespace
 
@@ -272,16 +256,16 @@ std::string CompareTable(const std::vector<CompareRow>& rows) {
 
 std::string CompareJson(const CompareInfo& info, const std::vector<CompareRow>& rows) {
   std::ostringstream s;
-  s << "{\n  \"model\": " << JsonText(info.model) << ",\n  \"prompt\": " << JsonText(info.prompt)
+  s << "{\n  \"model\": " << JsonString(info.model) << ",\n  \"prompt\": " << JsonString(info.prompt)
     << ",\n  \"seed\": " << info.seed << ",\n  \"width\": " << info.width
     << ",\n  \"height\": " << info.height << ",\n  \"frames\": " << info.frames
-    << ",\n  \"steps\": " << info.steps << ",\n  \"grid\": " << JsonText(info.grid_file)
+    << ",\n  \"steps\": " << info.steps << ",\n  \"grid\": " << JsonString(info.grid_file)
     << ",\n  \"rows\": [";
   for (size_t i = 0; i < rows.size(); ++i) {
     const CompareRow& r = rows[i];
     const std::string psnr =
         std::isinf(r.quality.psnr_db) ? "\"inf\"" : JsonNumber(r.quality.psnr_db);
-    s << (i ? "," : "") << "\n    {\"setting\": " << JsonText(r.label) << ", \"psnr_db\": " << psnr
+    s << (i ? "," : "") << "\n    {\"setting\": " << JsonString(r.label) << ", \"psnr_db\": " << psnr
       << ", \"ssim\": " << JsonNumber(r.quality.ssim)
       << ", \"identical_frames\": " << r.quality.identical_frames
       << ", \"requested_sparsity\": " << JsonNumber(r.requested_sparsity)

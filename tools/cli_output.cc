@@ -46,7 +46,17 @@ std::string JobDetail(const v1::Job& j) {
   return "";
 }
 
-// A JSON string literal.
+
+std::string PromptPrefix(const v1::Job& j) {
+  constexpr size_t kShown = 32;
+  std::string p = j.request().prompt();
+  const bool cut = j.prompt_truncated() || p.size() > kShown;
+  if (p.size() > kShown) p.resize(kShown);
+  return "\"" + p + (cut ? "...\"" : "\"");
+}
+
+}  // namespace
+
 std::string JsonString(const std::string& text) {
   std::string s = "\"";
   for (const char c : text) {
@@ -63,16 +73,6 @@ std::string JsonString(const std::string& text) {
   }
   return s + "\"";
 }
-
-std::string PromptPrefix(const v1::Job& j) {
-  constexpr size_t kShown = 32;
-  std::string p = j.request().prompt();
-  const bool cut = j.prompt_truncated() || p.size() > kShown;
-  if (p.size() > kShown) p.resize(kShown);
-  return "\"" + p + (cut ? "...\"" : "\"");
-}
-
-}  // namespace
 
 std::string StatusText(int code, const std::string& message) {
   const std::string name = code >= 0 && code <= 16

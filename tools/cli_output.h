@@ -23,6 +23,10 @@ std::string StatusText(int code, const std::string& message);
 // "0.42s", "12.3s", "2m05s".
 std::string FormatSeconds(double seconds);
 
+// `text` as a JSON string literal (quotes, backslashes and control
+// characters escaped).
+std::string JsonString(const std::string& text);
+
 // One progress event: "denoise [######......] 3/8  elapsed 1.2s  eta 2.0s"
 // with a bar (terminal), or "denoise 3/8  elapsed 1.2s  eta 2.0s"; other
 // stages as "decode...".
