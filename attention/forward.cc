@@ -79,7 +79,8 @@ StatusOr<std::unique_ptr<ForwardAttention>> ForwardAttention::Create(
 }
 
 ForwardAttention::ForwardAttention(AttentionEngine& engine, AttentionPlan plan, bool sparse,
-                                   const AttentionConfig& config, MaskRefresh refresh, DenseKernel dense_kernel,
+                                   const AttentionConfig& config, MaskRefresh refresh,
+                                   DenseKernel dense_kernel,
                                    const ForwardOptions& options, int64_t step,
                                    std::vector<int64_t> probe_layers)
     : engine_(engine),

@@ -121,7 +121,10 @@ int32_t SelectRowByMass(const float* scores, int64_t nb, const uint8_t* forced, 
   const float top = *std::max_element(scores, scores + nb);
   std::vector<double> p(static_cast<size_t>(nb));
   double sum = 0.0;
-  for (int64_t j = 0; j < nb; ++j) sum += p[static_cast<size_t>(j)] = std::exp(double(scores[j]) - top);
+  for (int64_t j = 0; j < nb; ++j) {
+    p[static_cast<size_t>(j)] = std::exp(double(scores[j]) - top);
+    sum += p[static_cast<size_t>(j)];
+  }
   std::vector<uint8_t> keep(static_cast<size_t>(nb), 0);
   double mass = 0.0;
   int64_t count = 0;
@@ -145,7 +148,8 @@ int32_t SelectRowByMass(const float* scores, int64_t nb, const uint8_t* forced, 
 
 int64_t SelectBlocks(const float* pooled_q, const float* pooled_k, int64_t batch, int64_t heads,
                      int64_t head_dim, const BlockTableView& blocks, float scale,
-                     const SelectionRule& rule, int32_t* counts, int32_t* indices, ThreadPool* pool) {
+                     const SelectionRule& rule, int32_t* counts, int32_t* indices,
+                     ThreadPool* pool) {
   const int64_t nb = blocks.num_blocks, D = head_dim;
   const bool by_mass = rule.kept_mass > 0.0;
   const int64_t top_k = by_mass ? nb : TopKCount(nb, rule.sparsity);
@@ -165,8 +169,9 @@ int64_t SelectBlocks(const float* pooled_q, const float* pooled_k, int64_t batch
       }
       const int64_t row = bh * nb + qb;
       int32_t* out = indices + row * nb;
-      counts[row] = by_mass ? SelectRowByMass(scores.data(), nb, blocks.forced, forced_row, rule, out)
-                            : SelectRow(scores.data(), nb, blocks.forced, forced_row, top_k, out);
+      counts[row] =
+          by_mass ? SelectRowByMass(scores.data(), nb, blocks.forced, forced_row, rule, out)
+                  : SelectRow(scores.data(), nb, blocks.forced, forced_row, top_k, out);
     }
   };
   if (pool) {

@@ -62,7 +62,8 @@ struct SelectionRule {
 // ([B, H, nb, D]). Returns the number of kept block pairs.
 int64_t SelectBlocks(const float* pooled_q, const float* pooled_k, int64_t batch, int64_t heads,
                      int64_t head_dim, const BlockTableView& blocks, float scale,
-                     const SelectionRule& rule, int32_t* counts, int32_t* indices, ThreadPool* pool = nullptr);
+                     const SelectionRule& rule, int32_t* counts, int32_t* indices,
+                     ThreadPool* pool = nullptr);
 
 // The same selection for one (b, h): `scores` holds the logits of query row
 // qb ([nb]); writes the kept, ascending indices to `out` and returns the count.

@@ -63,7 +63,8 @@ const std::vector<FlagSpec>& Flags() {
       {"step-cache-warmup", "N", "first denoising steps that always compute"},
       {"settings", "LIST", "compare: settings separated by ';', each key=value pairs "
                            "separated by ',' (keys: mode, sparsity, kept_mass, sink, warmup, "
-                           "window TxHxW, mask_refresh), e.g. \"sparsity=0.8,sink=1;sparsity=0.9\""},
+                           "window TxHxW, mask_refresh), e.g. "
+                           "\"sparsity=0.8,sink=1;sparsity=0.9\""},
       // Output and listing.
       {"out", "PATH", "where to write the artifact (default \"output\"); the format's "
                       "extension is added when PATH lacks it, \"-<index>\" before it when "

@@ -66,8 +66,9 @@ Status CheckModeOnBackends(const PipelineDescription& model, attention::Attentio
   for (const std::string& backend : model.attention_backends) {
     if (backend.rfind("cuda", 0) == 0) {
       return InvalidArgumentError(std::string("sparse_attention.mode ") +
-                                  attention::ModeName(mode) + " is not available on cuda yet (model '" +
-                                  model.name + "' runs attention on " + backend + ")");
+                                  attention::ModeName(mode) +
+                                  " is not available on cuda yet (model '" + model.name +
+                                  "' runs attention on " + backend + ")");
     }
   }
   return OkStatus();
