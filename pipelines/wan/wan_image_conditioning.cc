@@ -33,7 +33,7 @@ StatusOr<WanImageConditioning> WanImageConditioning::Prepare(
     const int64_t F = (num_frames - 1) / vae.temporal_scale() + 1;
     c.frame_mask_ = at::ones({1, 1, F, first.size(3), first.size(4)}, first.options());
     c.frame_mask_.narrow(2, 0, 1).zero_();
-    // Frames past 0 of the condition are never read (the mask is 1 there).
+    // Frames past 0 stay zero (WithImageFrame adds the condition everywhere).
     c.condition_ = at::zeros({1, first.size(1), F, first.size(3), first.size(4)}, first.options());
     c.condition_.narrow(2, 0, 1).copy_(first);
     return c;
@@ -59,7 +59,7 @@ at::Tensor WanImageConditioning::ModelInput(const at::Tensor& latents, int64_t b
   if (mode_ == WanImageMode::kConcat) {
     x = at::cat({latents, condition_}, 1);
   } else if (mode_ == WanImageMode::kFirstFrame) {
-    x = (1 - frame_mask_) * condition_ + frame_mask_ * latents;
+    x = WithImageFrame(latents);
   }
   return x.to(dtype).expand({batch, -1, -1, -1, -1});
 }
@@ -76,7 +76,13 @@ at::Tensor WanImageConditioning::Timesteps(double t, int64_t batch, int64_t late
 
 at::Tensor WanImageConditioning::Finish(const at::Tensor& latents) const {
   if (mode_ != WanImageMode::kFirstFrame) return latents;
-  return (1 - frame_mask_) * condition_ + frame_mask_ * latents;
+  return WithImageFrame(latents);
+}
+
+at::Tensor WanImageConditioning::WithImageFrame(const at::Tensor& latents) const {
+  // The reference's (1 - mask) * condition + mask * latents: the condition is
+  // zero wherever the mask is 1, so (1 - mask) * condition is the condition.
+  return condition_ + frame_mask_ * latents;
 }
 
 at::Tensor WanImageConditioning::ImageEmbeds(int64_t batch) const {

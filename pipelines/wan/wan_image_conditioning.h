@@ -55,6 +55,9 @@ class WanImageConditioning {
   at::Tensor ImageEmbeds(int64_t batch) const;
 
  private:
+  // kFirstFrame: frame 0 from the image, the others from `latents`.
+  at::Tensor WithImageFrame(const at::Tensor& latents) const;
+
   WanImageMode mode_ = WanImageMode::kNone;
   at::Tensor condition_;    // kConcat: [1, 4 + z, F, h, w]; kFirstFrame: [1, z, F, h, w] fp32
   at::Tensor frame_mask_;   // kFirstFrame: [1, 1, F, h, w], 0 on frame 0
