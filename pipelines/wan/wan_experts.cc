@@ -1,18 +1,11 @@
 #include "pipelines/wan/wan_experts.h"
 
+#include <algorithm>
+
 #include "common/clock.h"
 #include "pipelines/core/torch_device.h"
 
 namespace rainserve {
-namespace {
-
-uint64_t ParameterBytes(const WanTransformer& t) {
-  uint64_t bytes = 0;
-  for (const auto& p : t.NamedParameters()) bytes += p.second.numel() * p.second.element_size();
-  return bytes;
-}
-
-}  // namespace
 
 StatusOr<std::unique_ptr<WanExperts>> WanExperts::Load(const std::string& dir,
                                                        const WanModelIndex& index,
@@ -69,9 +62,9 @@ StatusOr<const WanTransformer*> WanExperts::Resident(int64_t index, double* seco
 }
 
 uint64_t WanExperts::DeviceParameterBytes() const {
-  const uint64_t first = ParameterBytes(*experts_[0]);
+  const uint64_t first = ParameterBytes(experts_[0]->NamedParameters());
   if (!experts_[1]) return first;
-  const uint64_t second = ParameterBytes(*experts_[1]);
+  const uint64_t second = ParameterBytes(experts_[1]->NamedParameters());
   return offload_idle_ ? std::max(first, second) : first + second;
 }
 

@@ -142,11 +142,6 @@ void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimi
   if (m.max_quality_probe_rate) l->max_quality_probe_rate = *m.max_quality_probe_rate;
 }
 
-uint64_t ParameterBytes(const std::vector<std::pair<std::string, at::Tensor>>& params) {
-  uint64_t bytes = 0;
-  for (const auto& p : params) bytes += p.second.numel() * p.second.element_size();
-  return bytes;
-}
 
 class WanPipeline final : public Pipeline {
  public:

@@ -181,4 +181,10 @@ StatusOr<WanWeights> ResolveWanWeights(const WanTransformerConfig& c, const Name
   return w;
 }
 
+uint64_t ParameterBytes(const NamedTensors& params) {
+  uint64_t bytes = 0;
+  for (const auto& p : params) bytes += p.second.numel() * p.second.element_size();
+  return bytes;
+}
+
 }  // namespace rainserve

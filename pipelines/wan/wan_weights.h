@@ -60,6 +60,9 @@ struct WanWeights {
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 using ParameterShapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;
 
+// The bytes `params` hold (the memory models' weights term).
+uint64_t ParameterBytes(const NamedTensors& params);
+
 // Every parameter with its diffusers name and shape, in a stable order.
 ParameterShapes WanExpectedParameters(const WanTransformerConfig& config);
 
