@@ -23,6 +23,9 @@ struct MaskArgs {
   int32_t* indices = nullptr;  // out: [B, H, nb, nb]
   int64_t* kept = nullptr;     // out: total kept block pairs (one value; CUDA adds to it)
   void* stream = nullptr;      // cudaStream_t for CUDA backends
+  double kept_mass = 0.0;      // > 0: mass-targeted selection (mask.h), sparsity unused
+  int64_t min_kept_blocks = 1;
+  int64_t max_kept_blocks = 0; // 0 = no cap
 };
 
 struct ForwardArgs {

@@ -13,6 +13,16 @@ Status ValidateConfig(const AttentionConfig& config) {
     msg << "sparsity must be in [0, 1), got " << config.sparsity;
     return InvalidArgumentError(msg.str());
   }
+  if (!(config.kept_mass >= 0.0 && config.kept_mass <= 1.0)) {
+    std::ostringstream msg;
+    msg << "kept_mass must be in [0, 1], got " << config.kept_mass;
+    return InvalidArgumentError(msg.str());
+  }
+  if (config.min_kept_blocks < 1 || config.max_kept_blocks < 0) {
+    return InvalidArgumentError("min_kept_blocks must be >= 1 and max_kept_blocks >= 0, got " +
+                                std::to_string(config.min_kept_blocks) + " and " +
+                                std::to_string(config.max_kept_blocks));
+  }
   if (config.min_sparse_blocks < 1) {
     return InvalidArgumentError("min_sparse_blocks must be >= 1, got " +
                                 std::to_string(config.min_sparse_blocks));

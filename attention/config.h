@@ -12,6 +12,12 @@ namespace rainserve::attention {
 // Settings that may change from call to call (per request, per step).
 struct AttentionConfig {
   double sparsity = 0.0;           // fraction of key blocks each query row skips, [0, 1)
+  // > 0: mass-targeted selection (mask.h), the pooled-softmax mass each row
+  // keeps, (0, 1]; sparsity is then unused. Rows keep between min_kept_blocks
+  // and max_kept_blocks (0 = no cap) key blocks.
+  double kept_mass = 0.0;
+  int64_t min_kept_blocks = 1;
+  int64_t max_kept_blocks = 0;
   int64_t min_sparse_blocks = 4;   // sequences with fewer blocks run dense
   bool return_lse = false;         // also produce the log-sum-exp per query row
 };
@@ -29,7 +35,8 @@ int64_t TopKCount(int64_t k_blocks, double sparsity);
 
 // True when this call runs with every block kept.
 inline bool RunsDense(const AttentionConfig& config, int64_t num_blocks) {
-  return config.sparsity <= 0.0 || num_blocks < config.min_sparse_blocks;
+  return (config.sparsity <= 0.0 && config.kept_mass <= 0.0) ||
+         num_blocks < config.min_sparse_blocks;
 }
 
 // Everything fixed for one transformer forward: the layout, the window, the

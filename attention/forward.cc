@@ -53,9 +53,17 @@ StatusOr<std::unique_ptr<ForwardAttention>> ForwardAttention::Create(
     AttentionEngine& engine, const SparseSettings& settings, const LatentGrid& grid, int64_t step,
     const at::Device& device, const ForwardOptions& options) {
   RAINSERVE_ASSIGN_OR_RETURN(AttentionPlan plan, PlanFor(settings, grid));
-  const double sparsity = RequestedSparsity(settings);
-  const bool sparse = sparsity > 0.0 && step >= settings.dense_warmup_steps &&
+  const bool sparse = SparseMode(settings) && step >= settings.dense_warmup_steps &&
                       plan.num_blocks() >= options.min_sparse_blocks;
+  AttentionConfig config;
+  config.min_sparse_blocks = options.min_sparse_blocks;
+  if (sparse && settings.mode == AttentionMode::kRainFusionMass) {
+    config.kept_mass = settings.kept_mass;
+    config.min_kept_blocks = settings.min_kept_blocks;
+    config.max_kept_blocks = settings.max_kept_blocks;
+  } else if (sparse) {
+    config.sparsity = settings.sparsity;
+  }
   DenseKernel dense = options.dense_kernel;
   if (dense == DenseKernel::kAuto) {
     dense = ChooseDenseKernel(BackendName(engine, device), plan.num_blocks());
@@ -66,25 +74,25 @@ StatusOr<std::unique_ptr<ForwardAttention>> ForwardAttention::Create(
                                options.layers > 0 ? options.layers : kProbeLayersPerStep);
   }
   return std::unique_ptr<ForwardAttention>(
-      new ForwardAttention(engine, std::move(plan), sparse, sparsity, settings.mask_refresh, dense,
+      new ForwardAttention(engine, std::move(plan), sparse, config, settings.mask_refresh, dense,
                            options, step, std::move(probe_layers)));
 }
 
 ForwardAttention::ForwardAttention(AttentionEngine& engine, AttentionPlan plan, bool sparse,
-                                   double sparsity, MaskRefresh refresh, DenseKernel dense_kernel,
+                                   const AttentionConfig& config, MaskRefresh refresh,
+                                   DenseKernel dense_kernel,
                                    const ForwardOptions& options, int64_t step,
                                    std::vector<int64_t> probe_layers)
     : engine_(engine),
       plan_(std::move(plan)),
       sparse_(sparse),
+      config_(config),
       refresh_(refresh),
       options_(options),
       dense_kernel_(dense_kernel),
       permuted_(sparse || dense_kernel == DenseKernel::kOurs),
       step_(step),
       probe_layers_(std::move(probe_layers)) {
-  config_.sparsity = sparse ? sparsity : 0.0;
-  config_.min_sparse_blocks = options.min_sparse_blocks;
   stats_.tokens = plan_.tokens();
 }
 

@@ -125,9 +125,10 @@ class ForwardAttention {
   ForwardStats Stats();
 
  private:
-  ForwardAttention(AttentionEngine& engine, AttentionPlan plan, bool sparse, double sparsity,
-                   MaskRefresh refresh, DenseKernel dense_kernel, const ForwardOptions& options,
-                   int64_t step, std::vector<int64_t> probe_layers);
+  ForwardAttention(AttentionEngine& engine, AttentionPlan plan, bool sparse,
+                   const AttentionConfig& config, MaskRefresh refresh, DenseKernel dense_kernel,
+                   const ForwardOptions& options, int64_t step,
+                   std::vector<int64_t> probe_layers);
   // Probes this call when its layer is one of probe_layers_.
   Status MaybeProbe(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                     const at::Tensor& out, const TorchBlockMask& mask);

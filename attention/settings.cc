@@ -12,7 +12,8 @@ struct ModeEntry {
   const char* name;
 };
 constexpr ModeEntry kModes[] = {{AttentionMode::kDense, "dense"},
-                                {AttentionMode::kRainFusion, "rainfusion"}};
+                                {AttentionMode::kRainFusion, "rainfusion"},
+                                {AttentionMode::kRainFusionMass, "rainfusion_mass"}};
 
 struct RefreshEntry {
   MaskRefresh refresh;
@@ -61,6 +62,17 @@ Status ValidateSettings(const SparseSettings& s, const SettingsBounds& bounds,
     msg << prefix << "quality_probe.rate must be in [0, " << bounds.max_quality_probe_rate
         << "] (got " << s.quality_probe_rate << ")";
     return InvalidArgumentError(msg.str());
+  }
+  if (!(s.kept_mass > 0.0 && s.kept_mass <= 1.0)) {
+    std::ostringstream msg;
+    msg << prefix << "kept_mass must be in (0, 1] (got " << s.kept_mass << ")";
+    return InvalidArgumentError(msg.str());
+  }
+  RAINSERVE_RETURN_IF_ERROR(
+      CheckRange(prefix + "min_kept_blocks", s.min_kept_blocks, 1, kMaxKeptBlocks));
+  if (s.max_kept_blocks != 0) {
+    RAINSERVE_RETURN_IF_ERROR(CheckRange(prefix + "max_kept_blocks", s.max_kept_blocks,
+                                         s.min_kept_blocks, kMaxKeptBlocks));
   }
   return OkStatus();
 }

@@ -204,6 +204,9 @@ StatusOr<TorchBlockMask> PredictBlockMask(AttentionEngine& engine, const at::Ten
   args.stream = StreamFor(q);
   args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(q.size(3))));
   args.sparsity = config.sparsity;
+  args.kept_mass = config.kept_mass;
+  args.min_kept_blocks = config.min_kept_blocks;
+  args.max_kept_blocks = config.max_kept_blocks;
   args.counts = mask.counts.data_ptr<int32_t>();
   args.indices = mask.indices.data_ptr<int32_t>();
   args.kept = kept.data_ptr<int64_t>();

@@ -111,6 +111,7 @@ Status ReadModelDefaults(YamlMap& d, ModelDefaultsOverride* o) {
   return d.Map("sparse_attention", [&](YamlMap& s) {
     RAINSERVE_RETURN_IF_ERROR(OptionalName(s, "mode", attention::ParseMode, &o->attention_mode));
     RAINSERVE_RETURN_IF_ERROR(OptionalDouble(s, "sparsity", 0, 1, &o->sparsity, true));
+    RAINSERVE_RETURN_IF_ERROR(OptionalDouble(s, "kept_mass", 0, 1, &o->kept_mass));
     RAINSERVE_RETURN_IF_ERROR(OptionalInt(s, "sink_frames", 0, 1024, &o->sink_frames));
     RAINSERVE_RETURN_IF_ERROR(OptionalInt(s, "dense_warmup_steps", 0, 1000, &o->dense_warmup_steps));
     RAINSERVE_RETURN_IF_ERROR(

@@ -40,7 +40,12 @@ std::string SchedulerName(v1::Scheduler scheduler, const std::string& model_defa
 }
 
 v1::AttentionMode ModeToProto(AttentionMode mode) {
-  return mode == AttentionMode::kDense ? v1::ATTENTION_MODE_DENSE : v1::ATTENTION_MODE_RAINFUSION;
+  switch (mode) {
+    case AttentionMode::kDense: return v1::ATTENTION_MODE_DENSE;
+    case AttentionMode::kRainFusionMass: return v1::ATTENTION_MODE_RAINFUSION_MASS;
+    case AttentionMode::kRainFusion: break;
+  }
+  return v1::ATTENTION_MODE_RAINFUSION;
 }
 
 v1::MaskRefresh RefreshToProto(MaskRefresh refresh) {
@@ -59,6 +64,9 @@ void SparseToProto(const SparseSettings& s, v1::SparseAttention* out) {
   out->set_dense_warmup_steps(static_cast<uint32_t>(s.dense_warmup_steps));
   out->set_mask_refresh(RefreshToProto(s.mask_refresh));
   out->mutable_quality_probe()->set_rate(s.quality_probe_rate);
+  out->set_kept_mass(s.kept_mass);
+  out->set_min_kept_blocks(static_cast<uint32_t>(s.min_kept_blocks));
+  out->set_max_kept_blocks(static_cast<uint32_t>(s.max_kept_blocks));
 }
 
 StatusOr<SparseSettings> ResolveSparse(const v1::SparseAttention& in, const SparseSettings& dflt) {
@@ -69,6 +77,7 @@ StatusOr<SparseSettings> ResolveSparse(const v1::SparseAttention& in, const Spar
   SparseSettings s = dflt;
   if (in.mode() == v1::ATTENTION_MODE_DENSE) s.mode = AttentionMode::kDense;
   if (in.mode() == v1::ATTENTION_MODE_RAINFUSION) s.mode = AttentionMode::kRainFusion;
+  if (in.mode() == v1::ATTENTION_MODE_RAINFUSION_MASS) s.mode = AttentionMode::kRainFusionMass;
   if (in.has_sparsity()) s.sparsity = in.sparsity();
   if (in.has_sink_frames()) s.sink_frames = in.sink_frames();
   // A zero window component keeps the model's default for that axis.
@@ -80,6 +89,9 @@ StatusOr<SparseSettings> ResolveSparse(const v1::SparseAttention& in, const Spar
   if (in.mask_refresh() == v1::MASK_REFRESH_EVERY_LAYER) s.mask_refresh = MaskRefresh::kEveryLayer;
   if (in.mask_refresh() == v1::MASK_REFRESH_PER_STEP) s.mask_refresh = MaskRefresh::kPerStep;
   if (in.quality_probe().has_rate()) s.quality_probe_rate = in.quality_probe().rate();
+  if (in.has_kept_mass()) s.kept_mass = in.kept_mass();
+  if (in.has_min_kept_blocks()) s.min_kept_blocks = in.min_kept_blocks();
+  if (in.has_max_kept_blocks()) s.max_kept_blocks = in.max_kept_blocks();
   return s;
 }
 

@@ -21,7 +21,7 @@ namespace rainserve::cli {
 namespace {
 
 constexpr uint64_t kUint32Max = std::numeric_limits<uint32_t>::max();
-const char* const kKeys = "mode, sparsity, sink, warmup, window, mask_refresh";
+const char* const kKeys = "mode, sparsity, kept_mass, sink, warmup, window, mask_refresh";
 
 std::string Trim(const std::string& s) {
   const size_t b = s.find_first_not_of(" \t");
@@ -73,11 +73,13 @@ Status SetKey(const std::string& key, const std::string& value, v1::SparseAttent
     auto mode = attention::ParseMode(value, "mode");
     if (!mode.ok()) return mode.status();
     sa->set_mode(*mode == attention::AttentionMode::kDense ? v1::ATTENTION_MODE_DENSE
-                                                           : v1::ATTENTION_MODE_RAINFUSION);
-  } else if (key == "sparsity") {
+                 : *mode == attention::AttentionMode::kRainFusionMass
+                     ? v1::ATTENTION_MODE_RAINFUSION_MASS
+                     : v1::ATTENTION_MODE_RAINFUSION);
+  } else if (key == "sparsity" || key == "kept_mass") {
     auto v = ParseDouble(key, value);
     if (!v.ok()) return KeyError(v.status());
-    sa->set_sparsity(*v);
+    key == "sparsity" ? sa->set_sparsity(*v) : sa->set_kept_mass(*v);
   } else if (key == "sink") {
     RAINSERVE_ASSIGN_OR_RETURN(const uint32_t v, KeyUint(key, value));
     sa->set_sink_frames(v);

@@ -25,8 +25,8 @@ struct CompareSetting {
 
 // Parses --settings: settings separated by ';', each a ','-separated list of
 // key=value with the keys
-//   mode (dense|rainfusion), sparsity (X), sink (N), warmup (N),
-//   window (TxHxW), mask_refresh (every_layer|per_step).
+//   mode (dense|rainfusion|rainfusion_mass), sparsity (X), kept_mass (X),
+//   sink (N), warmup (N), window (TxHxW), mask_refresh (every_layer|per_step).
 // A setting that names no mode runs rainfusion. Errors name the setting (its
 // number and text) and the key, e.g.
 //   "--settings: setting 2 'sparsity=lots': sparsity expects a number, got 'lots'".

@@ -50,6 +50,7 @@ const std::vector<FlagSpec>& Flags() {
       {"detached", "", "the job keeps running if this client goes away"},
       {"attention", attention::ModeNames(), "attention mode"},
       {"sparsity", "X", "fraction of attention blocks to skip, in [0, 1)"},
+      {"kept-mass", "X", "rainfusion_mass: pooled-softmax mass each query block keeps, in (0, 1]"},
       {"sink-frames", "N", "first latent frames every query attends to (0 disables)"},
       {"window", "T,H,W", "permutation window in latent frames, rows, columns"},
       {"dense-warmup-steps", "N", "first denoising steps that run dense"},
@@ -61,8 +62,9 @@ const std::vector<FlagSpec>& Flags() {
       {"step-cache-threshold", "X", "step-cache threshold, in [0, 10] (0 never skips)"},
       {"step-cache-warmup", "N", "first denoising steps that always compute"},
       {"settings", "LIST", "compare: settings separated by ';', each key=value pairs "
-                           "separated by ',' (keys: mode, sparsity, sink, warmup, window "
-                           "TxHxW, mask_refresh), e.g. \"sparsity=0.8,sink=1;sparsity=0.9\""},
+                           "separated by ',' (keys: mode, sparsity, kept_mass, sink, warmup, "
+                           "window TxHxW, mask_refresh), e.g. "
+                           "\"sparsity=0.8,sink=1;sparsity=0.9\""},
       // Output and listing.
       {"out", "PATH", "where to write the artifact (default \"output\"); the format's "
                       "extension is added when PATH lacks it, \"-<index>\" before it when "

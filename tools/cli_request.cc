@@ -68,7 +68,9 @@ Status SparseAttention(const Args& args, v1::SparseAttention* sa) {
             args, "attention",
             {{attention::ModeName(attention::AttentionMode::kDense), v1::ATTENTION_MODE_DENSE},
              {attention::ModeName(attention::AttentionMode::kRainFusion),
-              v1::ATTENTION_MODE_RAINFUSION}}));
+              v1::ATTENTION_MODE_RAINFUSION},
+             {attention::ModeName(attention::AttentionMode::kRainFusionMass),
+              v1::ATTENTION_MODE_RAINFUSION_MASS}}));
     sa->set_mode(mode);
   }
   if (args.Has("mask-refresh")) {
@@ -83,6 +85,7 @@ Status SparseAttention(const Args& args, v1::SparseAttention* sa) {
     sa->set_mask_refresh(refresh);
   }
   RAINSERVE_RETURN_IF_ERROR(Double(args, "sparsity", [sa](double v) { sa->set_sparsity(v); }));
+  RAINSERVE_RETURN_IF_ERROR(Double(args, "kept-mass", [sa](double v) { sa->set_kept_mass(v); }));
   RAINSERVE_RETURN_IF_ERROR(Double(
       args, "quality-probe", [sa](double v) { sa->mutable_quality_probe()->set_rate(v); }));
   RAINSERVE_RETURN_IF_ERROR(

@@ -64,8 +64,10 @@ Status CpuBackend::PredictMask(const MaskArgs& args) {
   if (pooled_.size() < 2 * per) pooled_.resize(2 * per);
   PoolBlocks(args.q, args.blocks, pooled_.data(), &pool_);
   PoolBlocks(args.k, args.blocks, pooled_.data() + per, &pool_);
+  const SelectionRule rule{args.sparsity, args.kept_mass, args.min_kept_blocks,
+                           args.max_kept_blocks};
   *args.kept = SelectBlocks(pooled_.data(), pooled_.data() + per, B, H, D, args.blocks, args.scale,
-                            args.sparsity, args.counts, args.indices, &pool_);
+                            rule, args.counts, args.indices, &pool_);
   return OkStatus();
 }
 

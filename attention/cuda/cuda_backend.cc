@@ -95,6 +95,9 @@ Status CudaBackend::Supports(const ForwardArgs& args, int64_t block_size) const 
 }
 
 Status CudaBackend::PredictMask(const MaskArgs& args) {
+  if (args.kept_mass > 0.0) {
+    return UnimplementedError("cuda backend: mass-targeted selection is not available yet");
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   const int64_t nb = args.blocks.num_blocks;
   const size_t need = 2 * sizeof(float) * static_cast<size_t>(args.q.batch * args.q.heads * nb *

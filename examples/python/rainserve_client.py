@@ -95,6 +95,9 @@ def build_request(args):
     if args.sparsity is not None:
         request.sparse_attention.mode = sparse_attention_pb2.ATTENTION_MODE_RAINFUSION
         request.sparse_attention.sparsity = args.sparsity
+    if args.kept_mass is not None:
+        request.sparse_attention.mode = sparse_attention_pb2.ATTENTION_MODE_RAINFUSION_MASS
+        request.sparse_attention.kept_mass = args.kept_mass
     if args.sink_frames is not None:
         request.sparse_attention.sink_frames = args.sink_frames
     if args.quality_probe is not None:
@@ -271,6 +274,8 @@ def parse_args(argv=None):
     parser.add_argument("--fps", type=unsigned(32))
     parser.add_argument("--format", choices=["png", "mp4", "raw", "latents"])
     parser.add_argument("--sparsity", type=number)
+    parser.add_argument("--kept-mass", type=number,
+                        help="rainfusion_mass mode: pooled-softmax mass each query block keeps")
     parser.add_argument("--sink-frames", type=unsigned(32))
     parser.add_argument("--quality-probe", type=number, metavar="RATE",
                         help="fraction of sparse steps whose attention is compared with dense")
@@ -285,7 +290,7 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------- compare
 
-SETTING_KEYS = "mode, sparsity, sink, warmup, window, mask_refresh"
+SETTING_KEYS = "mode, sparsity, kept_mass, sink, warmup, window, mask_refresh"
 
 
 def _setting_value(key, value, sa):
@@ -296,15 +301,16 @@ def _setting_value(key, value, sa):
         return int(text)
     if key == "mode":
         modes = {"dense": sparse_attention_pb2.ATTENTION_MODE_DENSE,
-                 "rainfusion": sparse_attention_pb2.ATTENTION_MODE_RAINFUSION}
+                 "rainfusion": sparse_attention_pb2.ATTENTION_MODE_RAINFUSION,
+                 "rainfusion_mass": sparse_attention_pb2.ATTENTION_MODE_RAINFUSION_MASS}
         if value not in modes:
-            raise ValueError(f"mode must be one of dense|rainfusion, got '{value}'")
+            raise ValueError(f"mode must be one of dense|rainfusion|rainfusion_mass, got '{value}'")
         sa.mode = modes[value]
-    elif key == "sparsity":
+    elif key in ("sparsity", "kept_mass"):
         try:
-            sa.sparsity = number(value)
+            setattr(sa, key, number(value))
         except argparse.ArgumentTypeError:
-            raise ValueError(f"sparsity expects a number, got '{value}'") from None
+            raise ValueError(f"{key} expects a number, got '{value}'") from None
     elif key == "sink":
         sa.sink_frames = uint(value)
     elif key == "warmup":

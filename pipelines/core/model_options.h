@@ -28,6 +28,7 @@ struct ModelDefaultsOverride {
   std::optional<std::vector<int64_t>> window;  // [t, h, w] latent tokens
   std::optional<attention::MaskRefresh> mask_refresh;
   std::optional<double> quality_probe_rate;  // sparse_attention.quality_probe.rate
+  std::optional<double> kept_mass;           // sparse_attention.kept_mass (rainfusion_mass)
   // step_cache:
   std::optional<StepCacheMode> step_cache_mode;
   std::optional<double> step_cache_threshold;

@@ -128,6 +128,7 @@ void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimi
   if (o.window) d->sparse.window = {(*o.window)[0], (*o.window)[1], (*o.window)[2]};
   if (o.mask_refresh) d->sparse.mask_refresh = *o.mask_refresh;
   if (o.quality_probe_rate) d->sparse.quality_probe_rate = *o.quality_probe_rate;
+  if (o.kept_mass) d->sparse.kept_mass = *o.kept_mass;
   if (o.step_cache_mode) d->step_cache.mode = *o.step_cache_mode;
   if (o.step_cache_threshold) d->step_cache.threshold = *o.step_cache_threshold;
   if (o.step_cache_warmup_steps) d->step_cache.warmup_steps = *o.step_cache_warmup_steps;

@@ -18,6 +18,14 @@ SparseSettings Sparse(double sparsity, int64_t warmup = 0) {
   return s;
 }
 
+SparseSettings Mass(double kept_mass) {
+  SparseSettings s;
+  s.mode = AttentionMode::kRainFusionMass;
+  s.sparsity = 0.0;
+  s.kept_mass = kept_mass;
+  return s;
+}
+
 class ForwardAttentionTest : public ::testing::Test {
  protected:
   std::unique_ptr<ForwardAttention> Make(const SparseSettings& s, int64_t step = 0,
@@ -123,6 +131,47 @@ TEST_F(ForwardAttentionTest, SparseStatsCountSkippedPairsAndMaskTime) {
   other.realized_sparsity = st.realized_sparsity + 0.1;
   tally.Add(other);
   EXPECT_DOUBLE_EQ(tally.Mean(), st.realized_sparsity + 0.05);
+}
+
+TEST_F(ForwardAttentionTest, MassModeWithKeptMassOneEqualsDense) {
+  const at::Tensor q = Rand(), k = Rand(), v = Rand();
+  auto mass = Make(Mass(1.0));
+  ASSERT_TRUE(mass->sparse());
+  auto dense = Make(Sparse(0.0), 0, kGrid, DenseKernel::kOurs);
+  auto a = mass->SelfAttention(q, k, v);
+  auto b = dense->SelfAttention(q, k, v);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_LT((*a - *b).abs().max().item<double>(), 1e-6);
+  const ForwardStats st = mass->Stats();
+  EXPECT_TRUE(st.sparse);
+  EXPECT_EQ(st.realized_sparsity, 0.0);
+}
+
+// q and k in block order (the forward's): every token of block i is
+// `scale` * e_(i mod 16), so pooled logits peak on the key blocks of the same
+// residue (easy rows); scale 0 makes every row flat (hard rows).
+at::Tensor Aligned(float scale) {
+  at::Tensor x = at::zeros({2, 2304, 2, 16});
+  for (int64_t blk = 0; blk < 18; ++blk) {
+    x.slice(1, blk * 128, (blk + 1) * 128).select(3, blk % 16).fill_(scale);
+  }
+  return x;
+}
+
+TEST_F(ForwardAttentionTest, MassModeKeepsFewerBlocksOnPeakedRowsThanOnFlatRows) {
+  const at::Tensor v = Rand();
+  auto easy = Make(Mass(0.5));
+  ASSERT_TRUE(easy->SelfAttention(Aligned(10.0f), Aligned(10.0f), v).ok());
+  auto hard = Make(Mass(0.5));
+  ASSERT_TRUE(hard->SelfAttention(Aligned(0.0f), Aligned(0.0f), v).ok());
+  const double easy_sparsity = easy->Stats().realized_sparsity;
+  const double hard_sparsity = hard->Stats().realized_sparsity;
+  // Flat rows: 18 equal probabilities; the 2 forced sink blocks hold 2/18, so
+  // each of the 16 non-forced rows keeps 9 blocks; the 2 sink rows keep 18.
+  EXPECT_NEAR(hard_sparsity, 1.0 - (16.0 * 9 + 2 * 18) / (18.0 * 18), 1e-12);
+  // Peaked rows keep their peak and the 2 forced blocks: at most 3.
+  EXPECT_GE(easy_sparsity, 1.0 - (16.0 * 3 + 2 * 18) / (18.0 * 18) - 1e-12);
+  EXPECT_LT(easy_sparsity, 1.0);
 }
 
 TEST_F(ForwardAttentionTest, TextTokensFollowTheVideoAndAreAttendedDensely) {

@@ -73,6 +73,89 @@ TEST(SelectRowTest, KeepsTopKPlusForcedInAscendingOrderWithLowIndexWinningTies) 
   EXPECT_EQ(std::vector<int32_t>(out, out + 2), (std::vector<int32_t>{1, 3}));
 }
 
+// Logits whose softmax is exactly `probs` (up to rounding).
+std::vector<float> LogitsOf(const std::vector<double>& probs) {
+  std::vector<float> logits;
+  for (double p : probs) logits.push_back(static_cast<float>(std::log(p)));
+  return logits;
+}
+
+std::vector<int32_t> MassRow(const std::vector<float>& scores, const std::vector<uint8_t>& forced,
+                             double kept_mass, int64_t min_blocks = 1, int64_t max_blocks = 0) {
+  const int64_t nb = static_cast<int64_t>(scores.size());
+  std::vector<int32_t> out(scores.size(), -1);
+  SelectionRule rule;
+  rule.kept_mass = kept_mass;
+  rule.min_kept_blocks = min_blocks;
+  rule.max_kept_blocks = max_blocks;
+  const int32_t n = SelectRowByMass(scores.data(), nb, forced.data(), false, rule, out.data());
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+TEST(SelectRowByMassTest, KeepsTheFewestBlocksWhoseProbabilityReachesKeptMass) {
+  // Probabilities 0.15, 0.5, 0.05, 0.3 (ranked: 1, 3, 0, 2).
+  const std::vector<float> s = LogitsOf({0.15, 0.5, 0.05, 0.3});
+  const std::vector<uint8_t> none(4, 0);
+  EXPECT_EQ(MassRow(s, none, 0.5), (std::vector<int32_t>{1}));
+  EXPECT_EQ(MassRow(s, none, 0.8), (std::vector<int32_t>{1, 3}));
+  EXPECT_EQ(MassRow(s, none, 0.81), (std::vector<int32_t>{0, 1, 3}));
+  EXPECT_EQ(MassRow(s, none, 0.96), (std::vector<int32_t>{0, 1, 2, 3}));
+  EXPECT_EQ(MassRow(s, none, 1.0), (std::vector<int32_t>{0, 1, 2, 3}));
+  EXPECT_EQ(MassRow(s, none, 0.1), (std::vector<int32_t>{1}));  // the floor of 1
+}
+
+TEST(SelectRowByMassTest, FloorAndCapBoundTheCount) {
+  const std::vector<float> s = LogitsOf({0.15, 0.5, 0.05, 0.3});
+  const std::vector<uint8_t> none(4, 0);
+  EXPECT_EQ(MassRow(s, none, 0.5, 3), (std::vector<int32_t>{0, 1, 3}));      // floor 3
+  EXPECT_EQ(MassRow(s, none, 0.96, 1, 2), (std::vector<int32_t>{1, 3}));     // cap 2
+  EXPECT_EQ(MassRow(s, none, 0.5, 9), (std::vector<int32_t>{0, 1, 2, 3}));  // floor > nb: all
+  EXPECT_EQ(MassRow(s, none, 0.96, 1, 9).size(), 4u);                        // cap > nb
+}
+
+TEST(SelectRowByMassTest, ForcedBlocksAreAlwaysKeptAndCountTowardTheMass) {
+  const std::vector<float> s = LogitsOf({0.15, 0.5, 0.05, 0.3});
+  // Forced block 2 (0.05) plus block 1 (0.5) reach 0.55.
+  EXPECT_EQ(MassRow(s, {0, 0, 1, 0}, 0.55), (std::vector<int32_t>{1, 2}));
+  // Forced block 3 (0.3) plus 1 (0.5) reach 0.8: block 0 is not needed.
+  EXPECT_EQ(MassRow(s, {0, 0, 0, 1}, 0.8), (std::vector<int32_t>{1, 3}));
+  // A forced block alone reaching the mass keeps only it.
+  EXPECT_EQ(MassRow(s, {0, 1, 0, 0}, 0.5), (std::vector<int32_t>{1}));
+  // Forced blocks stay kept above the cap; no block is added.
+  EXPECT_EQ(MassRow(s, {1, 0, 1, 0}, 0.9, 1, 1), (std::vector<int32_t>{0, 2}));
+  // A forced row keeps everything.
+  const uint8_t forced[4] = {0, 0, 0, 0};
+  int32_t out[4];
+  SelectionRule rule;
+  rule.kept_mass = 0.1;
+  EXPECT_EQ(SelectRowByMass(s.data(), 4, forced, true, rule, out), 4);
+}
+
+TEST(SelectBlocksTest, MassRulePeakedRowsKeepFewerBlocksThanFlatRows) {
+  // 8 blocks of 16 tokens, no sink: pooled q row 0 is large and aligned with
+  // key block 0 (peaked softmax), row 1 is zero (flat softmax).
+  const int64_t nb = 8, D = 4;
+  std::vector<int32_t> starts(nb + 1);
+  for (int64_t i = 0; i <= nb; ++i) starts[i] = static_cast<int32_t>(16 * i);
+  const std::vector<uint8_t> forced(nb, 0);
+  const BlockTableView blocks{nb, starts.data(), forced.data()};
+  std::vector<float> pq(nb * D, 0.0f), pk(nb * D, 0.0f);
+  for (int64_t kb = 0; kb < nb; ++kb) pk[kb * D + kb % D] = kb == 0 ? 1.0f : 0.1f;
+  pq[0] = 20.0f;  // row 0 peaks on key block 0
+  std::vector<int32_t> counts(nb), indices(nb * nb);
+  SelectionRule rule;
+  rule.kept_mass = 0.9;
+  const int64_t kept = SelectBlocks(pq.data(), pk.data(), 1, 1, D, blocks, 1.0f, rule,
+                                    counts.data(), indices.data());
+  EXPECT_EQ(counts[0], 1);
+  EXPECT_EQ(indices[0], 0);
+  EXPECT_EQ(counts[1], 8);  // ceil(0.9 * 8) of equal probabilities
+  int64_t sum = 0;
+  for (int32_t c : counts) sum += c;
+  EXPECT_EQ(kept, sum);
+}
+
 // Predicts masks for a layout with a sink and checks every rule against a
 // direct brute-force recomputation from the pooled inputs.
 class MaskPredictionTest : public ::testing::TestWithParam<double> {};

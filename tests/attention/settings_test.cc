@@ -57,7 +57,8 @@ TEST(SettingsTest, QualityProbeRateAboveTheServerCapOrNegativeIsRefusedNamingThe
 }
 
 TEST(SettingsTest, ModeAndRefreshNamesRoundTripAndUnknownNamesAreErrors) {
-  for (AttentionMode m : {AttentionMode::kDense, AttentionMode::kRainFusion}) {
+  for (AttentionMode m : {AttentionMode::kDense, AttentionMode::kRainFusion,
+                          AttentionMode::kRainFusionMass}) {
     auto parsed = ParseMode(ModeName(m), "mode");
     ASSERT_TRUE(parsed.ok());
     EXPECT_EQ(*parsed, m);
@@ -67,12 +68,14 @@ TEST(SettingsTest, ModeAndRefreshNamesRoundTripAndUnknownNamesAreErrors) {
     ASSERT_TRUE(parsed.ok());
     EXPECT_EQ(*parsed, r);
   }
-  EXPECT_EQ(ModeNames(), "dense|rainfusion");
+  EXPECT_EQ(ModeNames(), "dense|rainfusion|rainfusion_mass");
+  EXPECT_EQ(std::string(ModeName(AttentionMode::kRainFusionMass)), "rainfusion_mass");
   EXPECT_EQ(MaskRefreshNames(), "every_layer|per_step");
   auto bad = ParseMode("sparse", "sparse_attention.mode");
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().message(),
-            "sparse_attention.mode must be one of dense|rainfusion (got \"sparse\")");
+            "sparse_attention.mode must be one of dense|rainfusion|rainfusion_mass (got "
+            "\"sparse\")");
   EXPECT_FALSE(ParseMaskRefresh("every_step", "mask_refresh").ok());
 }
 
@@ -82,6 +85,47 @@ TEST(SettingsTest, RequestedSparsityIsZeroInDenseMode) {
   EXPECT_EQ(RequestedSparsity(s), 0.7);
   s.mode = AttentionMode::kDense;
   EXPECT_EQ(RequestedSparsity(s), 0.0);
+}
+
+TEST(SettingsTest, MassModeRunsSparseWithNoRequestedSparsity) {
+  SparseSettings s;
+  s.mode = AttentionMode::kRainFusionMass;
+  s.sparsity = 0.0;
+  EXPECT_EQ(RequestedSparsity(s), 0.0);
+  EXPECT_TRUE(SparseMode(s));
+  s.mode = AttentionMode::kRainFusion;
+  EXPECT_FALSE(SparseMode(s));
+  s.mode = AttentionMode::kDense;
+  s.sparsity = 0.5;
+  EXPECT_FALSE(SparseMode(s));
+}
+
+TEST(SettingsTest, KeptMassAndBlockBoundsAreCheckedNamingTheField) {
+  const SettingsBounds bounds{4, 10, 1.0};
+  SparseSettings s;
+  s.mode = AttentionMode::kRainFusionMass;
+  s.kept_mass = 1.0;
+  EXPECT_TRUE(ValidateSettings(s, bounds).ok());
+  for (double bad : {0.0, -0.5, 1.0001, std::nan("")}) {
+    s.kept_mass = bad;
+    EXPECT_NE(ErrorOf(s, bounds).find("sparse_attention.kept_mass must be in (0, 1]"),
+              std::string::npos)
+        << bad;
+  }
+  s.kept_mass = 0.5;
+  s.min_kept_blocks = 0;
+  EXPECT_NE(ErrorOf(s, bounds).find("sparse_attention.min_kept_blocks must be in [1, "),
+            std::string::npos);
+  s.min_kept_blocks = kMaxKeptBlocks + 1;
+  EXPECT_NE(ErrorOf(s, bounds).find("sparse_attention.min_kept_blocks"), std::string::npos);
+  s.min_kept_blocks = 3;
+  s.max_kept_blocks = 2;  // below the floor
+  EXPECT_NE(ErrorOf(s, bounds).find("sparse_attention.max_kept_blocks must be in [3, "),
+            std::string::npos);
+  s.max_kept_blocks = 0;  // no cap
+  EXPECT_TRUE(ValidateSettings(s, bounds).ok());
+  s.max_kept_blocks = 3;
+  EXPECT_TRUE(ValidateSettings(s, bounds).ok());
 }
 
 }  // namespace

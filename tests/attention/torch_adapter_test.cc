@@ -86,6 +86,38 @@ TEST_F(TorchAdapterTest, SparseMatchesReferenceWithItsOwnMaskAndReportsStats) {
   EXPECT_GT((r->out.to(at::kDouble) - TorchDense(q, k, v)).abs().max().item<double>(), 1e-3);
 }
 
+// Mass-targeted masks give rows of uneven length; the kernel follows each
+// row's own count. Head 0 has q = 0 (flat pooled softmax: many blocks), head 2
+// a large q (peaked: few blocks).
+TEST_F(TorchAdapterTest, MassMaskKeepsUnevenRowsAndMatchesReference) {
+  at::Tensor q = Rand();
+  const at::Tensor k = Rand(), v = Rand();
+  q.select(2, 0).zero_();
+  q.select(2, 2).mul_(40.0);
+  AttentionConfig cfg;
+  cfg.kept_mass = 0.6;
+  auto mask = PredictBlockMask(engine_, q, k, plan_, cfg);
+  ASSERT_TRUE(mask.ok()) << mask.status().ToString();
+  EXPECT_FALSE(mask->dense);
+  const double flat = mask->counts.select(1, 0).to(at::kDouble).mean().item<double>();
+  const double peaked = mask->counts.select(1, 2).to(at::kDouble).mean().item<double>();
+  EXPECT_GT(flat, peaked + 1.0);
+  auto r = BlockSparseAttention(engine_, q, k, v, plan_, *mask, false);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->stats.kept_blocks, mask->counts.sum().item<int64_t>());
+  const int64_t nb = plan_.num_blocks(), n = plan_.tokens();
+  std::vector<double> ref;
+  const TensorView qv = TensorView::Contiguous(q.data_ptr(), DType::kFloat32, 2, n, 3, 32);
+  const TensorView kv = TensorView::Contiguous(k.data_ptr(), DType::kFloat32, 2, n, 3, 32);
+  const TensorView vv = TensorView::Contiguous(v.data_ptr(), DType::kFloat32, 2, n, 3, 32);
+  const BlockMaskView mv{2, 3, nb, nb, mask->counts.data_ptr<int32_t>(),
+                         mask->indices.data_ptr<int32_t>()};
+  ReferenceAttention(qv, kv, vv, plan_.blocks.view(), mv, 1.0 / std::sqrt(32.0), &ref, nullptr);
+  const at::Tensor ref_t = at::from_blob(ref.data(), r->out.sizes(), at::kDouble);
+  // Head 2's token logits reach about 200: fp32 rounding costs ~1e-5 there.
+  EXPECT_LT((r->out.to(at::kDouble) - ref_t).abs().max().item<double>(), 1e-4);
+}
+
 TEST_F(TorchAdapterTest, PermuteOnceIsExactForDenseAttention) {
   // Attention is permutation-equivariant: permuting tokens, attending densely
   // and unpermuting gives the same as attending in the original order.

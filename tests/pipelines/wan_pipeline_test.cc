@@ -184,6 +184,49 @@ TEST_F(WanPipelineTest, SparseStepsFollowTheWarmupAndRealizeSparsity) {
   EXPECT_NE(dense.rgb, out.rgb);
 }
 
+// Mass mode on 4 key blocks of 128 (no sink): the two highest of 4
+// probabilities hold at least half the mass, so kept_mass 0.5 keeps 1 or 2
+// blocks per row: realized sparsity in [0.5, 0.75] on every sparse step.
+TEST_F(WanPipelineTest, MassModeRealizesSparsityBetweenItsBounds) {
+  GenerationRequest r = Small(5);
+  r.width = 256;
+  r.height = 256;
+  r.steps = 2;
+  r.sparse.mode = AttentionMode::kRainFusionMass;
+  r.sparse.kept_mass = 0.5;
+  r.sparse.sink_frames = 0;
+  const GenerationOutput out = Run(r);
+  ASSERT_EQ(out.steps.size(), 2u);
+  for (const StepStat& s : out.steps) {
+    EXPECT_TRUE(s.sparse);
+    EXPECT_GE(s.realized_sparsity, 0.5);
+    EXPECT_LE(s.realized_sparsity, 0.75);
+  }
+  EXPECT_GT(out.realized_sparsity, 0.0);
+  EXPECT_LT(out.realized_sparsity, 1.0);
+  EXPECT_EQ(out.requested_sparsity, 0.0);  // mass mode has no requested sparsity
+
+  r.sparse.kept_mass = 1.0;  // keeps every block
+  const GenerationOutput all = Run(r);
+  EXPECT_EQ(all.realized_sparsity, 0.0);
+}
+
+TEST_F(WanPipelineTest, MassModeIsRefusedOnCudaAttentionBackends) {
+  GenerationRequest r = Small(1);
+  r.sparse.mode = AttentionMode::kRainFusionMass;
+  PipelineDescription d = pipeline_->Describe();
+  EXPECT_TRUE(ValidateGenerationRequest(d, r).ok());
+  d.attention_backends = {"cuda"};
+  const Status st = ValidateGenerationRequest(d, r);
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.message().rfind("sparse_attention.mode rainfusion_mass is not available on cuda yet",
+                               0),
+            0u)
+      << st.message();
+  r.sparse.mode = AttentionMode::kRainFusion;
+  EXPECT_TRUE(ValidateGenerationRequest(d, r).ok());
+}
+
 // The quality probe at rate 1 (256x256, 5 frames: 4 key blocks of 128, so
 // sparsity 0.8 keeps one block per row): every sparse step reports both
 // layers of wan-tiny with cosine < 1 and a kept mass in (0, 1); the dense
@@ -273,6 +316,15 @@ TEST_F(WanPipelineTest, InvalidRequestsNameTheField) {
        [](GenerationRequest* r) { r->sparse.dense_warmup_steps = 3; }},
       {"sparse_attention.quality_probe.rate",
        [](GenerationRequest* r) { r->sparse.quality_probe_rate = 1.5; }},
+      {"sparse_attention.kept_mass", [](GenerationRequest* r) { r->sparse.kept_mass = 0.0; }},
+      {"sparse_attention.kept_mass", [](GenerationRequest* r) { r->sparse.kept_mass = 1.5; }},
+      {"sparse_attention.min_kept_blocks",
+       [](GenerationRequest* r) { r->sparse.min_kept_blocks = 0; }},
+      {"sparse_attention.max_kept_blocks",
+       [](GenerationRequest* r) {
+         r->sparse.min_kept_blocks = 2;
+         r->sparse.max_kept_blocks = 1;
+       }},
       {"step_cache.threshold", [](GenerationRequest* r) { r->step_cache.threshold = -0.5; }},
       {"step_cache.threshold", [](GenerationRequest* r) { r->step_cache.threshold = 10.5; }},
       {"step_cache.threshold",

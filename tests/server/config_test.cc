@@ -195,6 +195,15 @@ models:
 
   ExpectRejected("models: [{name: m, path: p, defaults: {sparse_attention: {sparsity: 1.0}}}]",
                  "models[0].defaults.sparse_attention.sparsity");
+  ExpectRejected("models: [{name: m, path: p, defaults: {sparse_attention: {kept_mass: 1.5}}}]",
+                 "models[0].defaults.sparse_attention.kept_mass");
+  auto mass = ParseServerConfig(
+      "models: [{name: m, path: p, defaults: {sparse_attention: "
+      "{mode: rainfusion_mass, kept_mass: 0.8}}}]",
+      "test.yaml", "/base");
+  ASSERT_TRUE(mass.ok()) << mass.status().ToString();
+  EXPECT_EQ(mass->models.at(0).defaults.attention_mode, attention::AttentionMode::kRainFusionMass);
+  EXPECT_EQ(mass->models.at(0).defaults.kept_mass, 0.8);
   ExpectRejected("models: [{name: m, path: p, defaults: {sparse_attention: {window: [1, 2]}}}]",
                  "models[0].defaults.sparse_attention.window");
   ExpectRejected("models: [{name: m, path: p, defaults: {step_cache: {mode: magcache}}}]",

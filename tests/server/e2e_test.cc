@@ -424,6 +424,24 @@ TEST_F(WanTinyE2eTest, VideoRequestReturnsAnMp4WithTheRequestedFramesAndSize) {
   EXPECT_EQ(video->codec_name, "h264");
 }
 
+// Mass mode through gRPC: 256x256, 5 frames = 4 key blocks of 128 and no
+// sink, so kept_mass 0.5 keeps 1 or 2 blocks per row (sparsity in [0.5, 0.75]).
+TEST_F(WanTinyE2eTest, MassModeRequestRealizesSparsityAndEchoesItsSettings) {
+  v1::GenerateRequest r = Request("waves", 256, 256, 5, 2);
+  r.set_output_format(v1::OUTPUT_FORMAT_LATENTS);
+  r.mutable_sparse_attention()->set_mode(v1::ATTENTION_MODE_RAINFUSION_MASS);
+  r.mutable_sparse_attention()->set_kept_mass(0.5);
+  r.mutable_sparse_attention()->set_sink_frames(0);
+  const Stream s = client_->Generate(r);
+  ASSERT_TRUE(s.status.ok()) << s.status.error_message();
+  ASSERT_TRUE(s.events.back().has_completed());
+  const v1::GenerateResult& result = s.events.back().completed().result();
+  EXPECT_EQ(result.applied().sparse_attention().mode(), v1::ATTENTION_MODE_RAINFUSION_MASS);
+  EXPECT_DOUBLE_EQ(result.applied().sparse_attention().kept_mass(), 0.5);
+  EXPECT_GE(result.realized_sparsity(), 0.5);
+  EXPECT_LE(result.realized_sparsity(), 0.75);
+}
+
 TEST_F(WanTinyE2eTest, LatentsRequestReturnsTheUndecodedLatentsWithTheirShape) {
   v1::GenerateRequest r = Request("waves", 64, 48, 9, 2);
   r.set_output_format(v1::OUTPUT_FORMAT_LATENTS);

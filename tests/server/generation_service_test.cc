@@ -86,6 +86,42 @@ TEST(RequestMappingTest, GivenFieldsWinOverDefaults) {
   EXPECT_EQ(r->resolved.model(), "fake");
 }
 
+TEST(RequestMappingTest, MassModeAndItsFieldsResolveAndEcho) {
+  v1::GenerateRequest req;
+  req.set_prompt("p");
+  v1::SparseAttention* sa = req.mutable_sparse_attention();
+  sa->set_mode(v1::ATTENTION_MODE_RAINFUSION_MASS);
+  sa->set_kept_mass(0.75);
+  sa->set_min_kept_blocks(2);
+  sa->set_max_kept_blocks(6);
+  auto r = ResolveRequest(req, FakeDescription(), 1);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->generation.sparse.mode, AttentionMode::kRainFusionMass);
+  EXPECT_DOUBLE_EQ(r->generation.sparse.kept_mass, 0.75);
+  EXPECT_EQ(r->generation.sparse.min_kept_blocks, 2);
+  EXPECT_EQ(r->generation.sparse.max_kept_blocks, 6);
+  const v1::SparseAttention& applied = r->resolved.sparse_attention();
+  EXPECT_EQ(applied.mode(), v1::ATTENTION_MODE_RAINFUSION_MASS);
+  EXPECT_DOUBLE_EQ(applied.kept_mass(), 0.75);
+  EXPECT_EQ(applied.min_kept_blocks(), 2u);
+  EXPECT_EQ(applied.max_kept_blocks(), 6u);
+}
+
+TEST(RequestMappingTest, MassModeOnACudaModelIsInvalidNamingTheMode) {
+  v1::GenerateRequest req;
+  req.set_prompt("p");
+  req.mutable_sparse_attention()->set_mode(v1::ATTENTION_MODE_RAINFUSION_MASS);
+  PipelineDescription cuda = FakeDescription();
+  cuda.attention_backends = {"cuda"};
+  auto r = ResolveRequest(req, cuda, 1);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message().rfind("sparse_attention.mode rainfusion_mass is not available on "
+                                       "cuda yet", 0),
+            0u)
+      << r.status().message();
+}
+
 TEST(RequestMappingTest, OneFrameIsAnImageWithNoSinkFramesAndPngOutput) {
   v1::GenerateRequest req;
   req.set_prompt("still life");

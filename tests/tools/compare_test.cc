@@ -201,12 +201,22 @@ TEST(CompareSettingsTest, ParsesEveryKeyAndDefaultsTheModeToRainFusion) {
   EXPECT_EQ((*s)[4].sparse_attention.mask_refresh(), v1::MASK_REFRESH_PER_STEP);
 }
 
+TEST(CompareSettingsTest, MassModeAndKeptMassMapToTheirProtoFields) {
+  const auto s = cli::ParseSettings("mode=rainfusion_mass,kept_mass=0.9;mode=rainfusion");
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  ASSERT_EQ(s->size(), 2u);
+  EXPECT_EQ((*s)[0].sparse_attention.mode(), v1::ATTENTION_MODE_RAINFUSION_MASS);
+  EXPECT_DOUBLE_EQ((*s)[0].sparse_attention.kept_mass(), 0.9);
+  EXPECT_EQ((*s)[1].sparse_attention.mode(), v1::ATTENTION_MODE_RAINFUSION);
+  EXPECT_FALSE((*s)[1].sparse_attention.has_kept_mass());
+}
+
 TEST(CompareSettingsTest, ErrorsNameTheSettingAndTheKey) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"sparsity=0.8;sparsity=lots",
        "--settings: setting 2 'sparsity=lots': sparsity expects a number, got 'lots'"},
       {"spars=0.8", "--settings: setting 1 'spars=0.8': unknown key 'spars' (keys: mode, "
-                    "sparsity, sink, warmup, window, mask_refresh)"},
+                    "sparsity, kept_mass, sink, warmup, window, mask_refresh)"},
       {"sink=-1", "--settings: setting 1 'sink=-1': sink expects an integer in [0, 4294967295], "
                   "got '-1'"},
       {"warmup=x", "--settings: setting 1 'warmup=x': warmup expects an integer"},
