@@ -29,6 +29,7 @@ import grpc
 
 import rainserve_client
 from rainserve.v1 import generation_pb2, generation_pb2_grpc, models_pb2, models_pb2_grpc
+from rainserve.v1 import sparse_attention_pb2
 
 SERVER_BINARY = None  # set from the command line
 SOURCE_DIR = os.environ.get(
@@ -64,7 +65,7 @@ def client_args(**fields):
     args = dict(model="wan-tiny", prompt="a paper boat", negative_prompt="", seed=11,
                 steps=None, guidance=None, width=None, height=None, frames=None, fps=None,
                 format=None, sparsity=None, sink_frames=None, image=None, guidance_scale_2=None,
-                max_area=None, quality_probe=None)
+                max_area=None, quality_probe=None, kept_mass=None)
     args.update(fields)
     return argparse.Namespace(**args)
 
@@ -246,6 +247,14 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("INVALID_ARGUMENT: guidance_scale_2: model 'wan-tiny' has one transformer",
                       err)
+
+    def test_7d_kept_mass_flag_selects_the_mass_mode(self):
+        request = rainserve_client.build_request(client_args(kept_mass=0.9))
+        self.assertEqual(request.sparse_attention.mode,
+                         sparse_attention_pb2.ATTENTION_MODE_RAINFUSION_MASS)
+        self.assertAlmostEqual(request.sparse_attention.kept_mass, 0.9, places=6)
+        self.assertNotEqual(rainserve_client.build_request(client_args()).sparse_attention.mode,
+                            sparse_attention_pb2.ATTENTION_MODE_RAINFUSION_MASS)
 
     def test_7c_quality_probe_flag_sets_the_rate_and_the_summary_reads_the_records(self):
         request = rainserve_client.build_request(client_args(quality_probe=0.5))
