@@ -210,6 +210,11 @@ StatusOr<TorchBlockMask> PredictBlockMask(AttentionEngine& engine, const at::Ten
   args.counts = mask.counts.data_ptr<int32_t>();
   args.indices = mask.indices.data_ptr<int32_t>();
   args.kept = kept.data_ptr<int64_t>();
+  if (config.kept_mass > 0.0 && !q.is_cpu()) {
+    // Rows keep uneven counts: the GPU starts the longest first.
+    mask.order = at::empty({B * H * nb}, int_opts);
+    args.order = mask.order.data_ptr<int32_t>();
+  }
   RAINSERVE_RETURN_IF_ERROR(backend->PredictMask(args));
   mask.kept_tensor = kept;
   // On the CPU the count is already there; a GPU count is read only on demand.
@@ -234,6 +239,12 @@ StatusOr<AttentionResult> BlockSparseAttention(AttentionEngine& engine, const at
                                 std::to_string(H) + ", " + std::to_string(nb) +
                                 "] and indices [.., " + std::to_string(nb) + "] on q's device");
   }
+  if (mask.order.defined() &&
+      (mask.order.numel() != B * H * nb || mask.order.scalar_type() != at::kInt ||
+       mask.order.device() != q.device())) {
+    return InvalidArgumentError("mask order must hold " + std::to_string(B * H * nb) +
+                                " int32 rows on q's device");
+  }
   RAINSERVE_ASSIGN_OR_RETURN(AttentionBackend * backend, BackendFor(engine, q));
   const at::Tensor qc = DenseD(q), kc = DenseD(k), vc = DenseD(v);
   RAINSERVE_ASSIGN_OR_RETURN(DType dtype, ToDType(qc, "q"));
@@ -252,6 +263,8 @@ StatusOr<AttentionResult> BlockSparseAttention(AttentionEngine& engine, const at
   args.stream = StreamFor(q);
   const at::Tensor counts = mask.counts.contiguous(), indices = mask.indices.contiguous();
   args.mask = BlockMaskView{B, H, nb, nb, counts.data_ptr<int32_t>(), indices.data_ptr<int32_t>()};
+  const at::Tensor order = mask.order.defined() ? mask.order.contiguous() : at::Tensor();
+  if (order.defined()) args.mask.order = order.data_ptr<int32_t>();
   args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(q.size(3))));
   RAINSERVE_RETURN_IF_ERROR(backend->Supports(args, plan.blocks.block_size));
 

@@ -2,6 +2,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <string>
@@ -95,13 +96,11 @@ Status CudaBackend::Supports(const ForwardArgs& args, int64_t block_size) const 
 }
 
 Status CudaBackend::PredictMask(const MaskArgs& args) {
-  if (args.kept_mass > 0.0) {
-    return UnimplementedError("cuda backend: mass-targeted selection is not available yet");
-  }
   std::lock_guard<std::mutex> lock(mutex_);
   const int64_t nb = args.blocks.num_blocks;
-  const size_t need = 2 * sizeof(float) * static_cast<size_t>(args.q.batch * args.q.heads * nb *
-                                                              args.q.head_dim);
+  const size_t pooled_bytes =
+      2 * sizeof(float) * static_cast<size_t>(args.q.batch * args.q.heads * nb * args.q.head_dim);
+  const size_t need = pooled_bytes + 2 * sizeof(int32_t) * static_cast<size_t>(nb + 1);
   if (workspace_bytes_ < need) {
     if (workspace_ != nullptr) cudaFree(workspace_);
     workspace_ = nullptr;
@@ -124,6 +123,11 @@ Status CudaBackend::PredictMask(const MaskArgs& args) {
   p.counts = args.counts;
   p.indices = args.indices;
   p.kept = args.kept;
+  p.kept_mass = args.kept_mass;
+  p.min_kept_blocks = static_cast<int>(std::min<int64_t>(args.min_kept_blocks, nb));
+  p.max_kept_blocks = static_cast<int>(std::min<int64_t>(args.max_kept_blocks, nb));
+  p.order = args.order;
+  p.order_workspace = reinterpret_cast<int32_t*>(static_cast<char*>(workspace_) + pooled_bytes);
   return cuda::LaunchMaskPrediction(p, args.stream);
 }
 
@@ -150,6 +154,7 @@ Status CudaBackend::Forward(const ForwardArgs& args) {
   p.block_starts = args.blocks.starts;
   p.mask_counts = args.mask.counts;
   p.mask_indices = args.mask.indices;
+  p.row_order = args.mask.order;
   p.scale_log2 = args.scale * 1.4426950408889634f;
   p.dtype = args.q.dtype;
   return kernel_ == FlashKernel::kSm90 ? cuda::LaunchFlashForwardSm90(p, args.stream)

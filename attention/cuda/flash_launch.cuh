@@ -36,7 +36,8 @@ Status DispatchFlash(const FlashParams& p, const char* name, Launch&& launch) {
                             " (supported: 64, 128)");
 }
 
-// This CTA's (query block, head, batch element): FlashTileOf its launch index.
+// This CTA's (query block, head, batch element): the row the params' row
+// order gives its launch index, or else FlashTileOf that index.
 // The block index is read with volatile moves so that the compiler recomputes
 // the tile where a kernel asks for it again (a few integer instructions)
 // instead of keeping it live in registers through the main loop.
@@ -46,6 +47,7 @@ __device__ __forceinline__ FlashTile TileOf(const FlashParams& p) {
   asm volatile("mov.u32 %0, %%ctaid.y;" : "=r"(y));
   asm volatile("mov.u32 %0, %%ctaid.z;" : "=r"(z));
   const int linear = static_cast<int>(x + gridDim.x * (y + gridDim.y * z));
+  if (p.row_order != nullptr) return FlashTileOfRow(p.row_order[linear], p.num_blocks, p.heads);
   return FlashTileOf(linear, p.num_blocks, p.heavy_rows, p.heads, p.batch);
 }
 

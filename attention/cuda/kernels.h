@@ -25,6 +25,10 @@ struct FlashParams {
   const int32_t* block_starts = nullptr;  // device [nb + 1]
   const int32_t* mask_counts = nullptr;   // device [B, H, nb]
   const int32_t* mask_indices = nullptr;  // device [B, H, nb, nb]
+  // Optional device [B * H * nb]: the rows (b * H + h) * nb + qb in launch
+  // order, longest first (mass-targeted masks, whose rows keep uneven
+  // counts); replaces FlashTileOf's order when set.
+  const int32_t* row_order = nullptr;
   float scale_log2 = 0.0f;                // softmax scale * log2(e)
   DType dtype = DType::kBFloat16;
 };
@@ -60,8 +64,15 @@ Status LaunchFlashForward(const FlashParams& p, void* stream);
 // capability 9.0) only.
 Status LaunchFlashForwardSm90(const FlashParams& p, void* stream);
 
+// The tile of row (b * heads + h) * num_blocks + qb.
+RAINSERVE_HOST_DEVICE inline FlashTile FlashTileOfRow(int row, int num_blocks, int heads) {
+  const int bh = row / num_blocks;
+  return FlashTile{row % num_blocks, bh % heads, bh / heads};
+}
+
 // Mask prediction (mask.cu): pooled means, then the pooled scores, then per
-// row the top-k and forced blocks, writing the compact mask and the kept total.
+// row the top-k (or, with kept_mass > 0, the mass-targeted count) and forced
+// blocks, writing the compact mask and the kept total.
 struct MaskParams {
   TensorView q, k;                        // device, [B, N, H, D]
   int num_blocks = 0;
@@ -73,6 +84,13 @@ struct MaskParams {
   int32_t* counts = nullptr;              // device out [B, H, nb]
   int32_t* indices = nullptr;             // device out [B, H, nb, nb]; also the scores' scratch
   int64_t* kept = nullptr;                // device out, incremented (zero it first)
+  double kept_mass = 0.0;                 // > 0: mass-targeted selection (mask.h)
+  int min_kept_blocks = 1;
+  int max_kept_blocks = 0;                // 0 = no cap
+  // Optional device out [B * H * nb]: the rows longest first (FlashParams::
+  // row_order); needs `order_workspace`, device [2 * (nb + 1)] int32.
+  int32_t* order = nullptr;
+  int32_t* order_workspace = nullptr;
 };
 Status LaunchMaskPrediction(const MaskParams& p, void* stream);
 // Largest number of blocks the top-k kernel sorts in shared memory.

@@ -9,6 +9,12 @@
 //      top_k by radix select on (score desc, index asc), adds every forced
 //      block and overwrites the row with the kept indices, ascending. Forced
 //      rows keep everything. The kept count is added to *kept.
+//      Mass-targeted rows (kept_mass > 0) first count how many unforced
+//      blocks reach the mass (MassCount), then select that many by the same
+//      radix select with the forced blocks ranked last.
+//   4. With an order output, OrderOffsetsKernel and OrderScatterKernel sort
+//      the rows by kept count, longest first (a counting sort over the counts
+//      SelectKernel histogrammed), for the flash kernels' launch order.
 //      (A warp bitonic sort of the whole row costs ~10x more at W2, 592
 //      blocks; scoring inside the selection kernel, each CTA staging every
 //      pooled key for its rows, takes twice as long as the two kernels.)
@@ -17,6 +23,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <cmath>
+#include <cub/block/block_scan.cuh>
 
 #include <string>
 
@@ -213,6 +222,90 @@ __device__ uint32_t RadixSelect(const uint32_t* keys, int nb, int top_k, uint32_
   return prefix;
 }
 
+// The float whose OrderedBits are `key`.
+__device__ __forceinline__ float ScoreOf(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+// Butterfly reductions: every lane ends with the same, bitwise identical value
+// (each pairwise sum is commutative), the same on every run.
+__device__ __forceinline__ double WarpSum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+__device__ __forceinline__ int WarpSum(int v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+  return v;
+}
+
+// A kept mass within this of kept_mass reaches it (mask.cc's tolerance).
+constexpr double kMassTolerance = 1e-6;
+
+__device__ __forceinline__ bool Forced(const uint32_t* bits, int j) {
+  return (bits[j >> 5] >> (j & 31)) & 1u;
+}
+
+// How many unforced key blocks a mass-targeted row keeps (mask.h's rule):
+// the fewest, in ranking order, whose softmax mass with the forced blocks'
+// reaches kept_mass, then clamped by the floor and the cap. The unnormalised
+// masses exp(s - max) are summed in double; the last needed key T is found
+// bit by bit (the largest T whose keys >= T reach the target), and keys
+// equal to T are added one at a time, lowest index first, as on the CPU.
+// bits: the forced blocks' bitmask.
+__device__ int MassCount(const uint32_t* keys, const uint32_t* bits, int nb, const MaskParams& p,
+                         int lane) {
+  float top = -INFINITY;
+  for (int j = lane; j < nb; j += 32) top = fmaxf(top, ScoreOf(keys[j]));
+  top = WarpMax(top);
+  auto weight = [&](uint32_t key) { return exp(static_cast<double>(ScoreOf(key)) - top); };
+  double sum = 0.0, forced_sum = 0.0;
+  int forced = 0;
+  for (int j = lane; j < nb; j += 32) {
+    const double e = weight(keys[j]);
+    sum += e;
+    if (Forced(bits, j)) forced_sum += e, ++forced;
+  }
+  sum = WarpSum(sum);
+  forced_sum = WarpSum(forced_sum);
+  forced = WarpSum(forced);
+  const int unforced = nb - forced;
+  const int floor = min(p.min_kept_blocks, nb);
+  const int cap = p.max_kept_blocks > 0 ? min(p.max_kept_blocks, nb) : nb;
+  int needed = unforced;
+  const double target = (p.kept_mass - kMassTolerance) * sum;
+  if (p.kept_mass < 1.0 && forced_sum >= target) {
+    needed = 0;
+  } else if (p.kept_mass < 1.0) {
+    uint32_t last = 0;
+    for (int bit = 31; bit >= 0; --bit) {
+      const uint32_t candidate = last | (1u << bit);
+      double mass = 0.0;
+      for (int j = lane; j < nb; j += 32) {
+        if (!Forced(bits, j) && keys[j] >= candidate) mass += weight(keys[j]);
+      }
+      if (forced_sum + WarpSum(mass) >= target) last = candidate;
+    }
+    double above = 0.0;
+    int n_above = 0, n_ties = 0;
+    for (int j = lane; j < nb; j += 32) {
+      if (Forced(bits, j)) continue;
+      if (keys[j] > last) above += weight(keys[j]), ++n_above;
+      if (keys[j] == last) ++n_ties;
+    }
+    double mass = forced_sum + WarpSum(above);
+    needed = WarpSum(n_above);
+    n_ties = WarpSum(n_ties);
+    const double tie_weight = weight(last);
+    for (int t = 0; t < n_ties && mass < target; ++t) mass += tie_weight, ++needed;
+  }
+  if (forced >= cap) return 0;
+  return max(0, min(min(max(needed, floor - forced), cap - forced), unforced));
+}
+
 // One CTA of 8 warps per (8 query blocks, head, batch); warp w owns query
 // block blockIdx.x * 8 + w. The warp copies its row of keys (ScoreKernel) to
 // shared memory, finds the top_k threshold by radix select, keeps every key
@@ -238,6 +331,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams 
     if (lane == 0) {
       p.counts[row] = nb;
       atomicAdd(reinterpret_cast<unsigned long long*>(p.kept), static_cast<unsigned long long>(nb));
+      if (p.order != nullptr) atomicAdd(&p.order_workspace[nb], 1);
     }
     return;
   }
@@ -249,7 +343,16 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams 
     bits[w] = m;
   }
   __syncwarp();
-  const int top_k = min(p.top_k, nb);
+  int top_k = min(p.top_k, nb);
+  if (p.kept_mass > 0.0) {
+    top_k = MassCount(keys, bits, nb, p, lane);
+    // Forced blocks rank last (key 0 is below every score's key), so that
+    // the top_k come from the others; they are kept through the bitmask.
+    for (int j = lane; j < nb; j += 32) {
+      if (Forced(bits, j)) keys[j] = 0u;
+    }
+    __syncwarp();
+  }
   if (top_k > 0) {
     int above = 0;
     const uint32_t threshold = RadixSelect(keys, nb, top_k, hist, lane, &above);
@@ -285,7 +388,39 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams 
   if (lane == 0) {
     p.counts[row] = base;
     atomicAdd(reinterpret_cast<unsigned long long*>(p.kept), static_cast<unsigned long long>(base));
+    if (p.order != nullptr) atomicAdd(&p.order_workspace[base], 1);
   }
+}
+
+constexpr int kOrderThreads = 1024;
+
+// One CTA: offsets[c] = the number of rows keeping more than c blocks, an
+// exclusive scan of the count histogram from the largest count down.
+// order_workspace: histogram [nb + 1] | offsets [nb + 1].
+__global__ void __launch_bounds__(kOrderThreads) OrderOffsetsKernel(const MaskParams p) {
+  using Scan = cub::BlockScan<int, kOrderThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  const int nb = p.num_blocks, slots = nb + 1;
+  const int per = (slots + kOrderThreads - 1) / kOrderThreads;
+  const int first = threadIdx.x * per;  // positions from the largest count down
+  int local = 0;
+  for (int r = first; r < min(first + per, slots); ++r) local += p.order_workspace[nb - r];
+  int before = 0;
+  Scan(scan).ExclusiveSum(local, before);
+  int32_t* offsets = p.order_workspace + slots;
+  for (int r = first; r < min(first + per, slots); ++r) {
+    offsets[nb - r] = before;
+    before += p.order_workspace[nb - r];
+  }
+}
+
+// Each row takes the next place of its count's range (the order within one
+// count varies from run to run; the attention result does not depend on it).
+__global__ void OrderScatterKernel(const MaskParams p, int rows) {
+  const int row = blockIdx.x * blockDim.x + threadIdx.x;
+  if (row >= rows) return;
+  int32_t* offsets = p.order_workspace + p.num_blocks + 1;
+  p.order[atomicAdd(&offsets[p.counts[row]], 1)] = row;
 }
 
 Status Check(cudaError_t err, const char* what) {
@@ -330,9 +465,20 @@ Status LaunchMaskPrediction(const MaskParams& p, void* stream) {
                              static_cast<int>(smem)),
         "mask select attribute"));
   }
+  if (p.order != nullptr) {
+    RAINSERVE_RETURN_IF_ERROR(Check(
+        cudaMemsetAsync(p.order_workspace, 0, sizeof(int32_t) * (p.num_blocks + 1), s),
+        "mask order histogram"));
+  }
   const dim3 grid((p.num_blocks + rows - 1) / rows, H, B);
   SelectKernel<<<grid, kSelectThreads, smem, s>>>(p);
-  return Check(cudaGetLastError(), "mask select launch");
+  RAINSERVE_RETURN_IF_ERROR(Check(cudaGetLastError(), "mask select launch"));
+  if (p.order == nullptr) return OkStatus();
+  OrderOffsetsKernel<<<1, kOrderThreads, 0, s>>>(p);
+  RAINSERVE_RETURN_IF_ERROR(Check(cudaGetLastError(), "mask order offsets launch"));
+  const int all_rows = B * H * p.num_blocks;
+  OrderScatterKernel<<<(all_rows + 255) / 256, 256, 0, s>>>(p, all_rows);
+  return Check(cudaGetLastError(), "mask order scatter launch");
 }
 
 }  // namespace rainserve::attention::cuda

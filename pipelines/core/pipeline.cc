@@ -59,21 +59,6 @@ bool Serves(const PipelineDescription& model, Task task) {
 }
 
 // The input image against the model's tasks and limits.
-// Mass-targeted selection runs on the CPU backend only: a model whose
-// attention runs on CUDA refuses the mode at the edge.
-Status CheckModeOnBackends(const PipelineDescription& model, attention::AttentionMode mode) {
-  if (mode != attention::AttentionMode::kRainFusionMass) return OkStatus();
-  for (const std::string& backend : model.attention_backends) {
-    if (backend.rfind("cuda", 0) == 0) {
-      return InvalidArgumentError(std::string("sparse_attention.mode ") +
-                                  attention::ModeName(mode) +
-                                  " is not available on cuda yet (model '" + model.name +
-                                  "' runs attention on " + backend + ")");
-    }
-  }
-  return OkStatus();
-}
-
 Status CheckImage(const PipelineDescription& model, const GenerationRequest& request) {
   const Task task = RequestTask(model, request);
   if (!Serves(model, task)) {
@@ -210,7 +195,6 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
   RAINSERVE_RETURN_IF_ERROR(
       attention::ValidateSettings(request.sparse, {latent_frames, request.steps,
                                                    limits.max_quality_probe_rate}));
-  RAINSERVE_RETURN_IF_ERROR(CheckModeOnBackends(model, request.sparse.mode));
   if (limits.max_memory_bytes > 0) {
     const uint64_t need = model.memory.Estimate(request.width, request.height, request.num_frames);
     if (need > limits.max_memory_bytes) {

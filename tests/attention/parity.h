@@ -43,6 +43,7 @@ struct ParityCase {
   DType dtype = DType::kFloat32;
   double sparsity = 0.0;  // 0: the dense mask; else predicted by the CPU backend
   Inputs inputs = Inputs::kStructured;
+  double kept_mass = 0.0;  // > 0: the mass-targeted selection (sparsity unused but > 0)
 };
 
 // A gtest-safe name, e.g. "bfloat16_D128_b2h1_4x32x32_sink1_text7after_bs128_s50"
@@ -53,7 +54,8 @@ std::string CaseName(const ParityCase& c);
 // text before and after the video, windows, block sizes, batch elements with
 // their own masks. Each runs on every variant whose Supports() accepts it.
 const std::vector<ParityCase>& ForwardCases();
-// Mask-prediction cases (sparsity > 0), up to W1's 257 blocks, and exact ties.
+// Mask-prediction cases (sparsity > 0), up to W1's 257 blocks, and exact ties;
+// top-k and mass-targeted.
 const std::vector<ParityCase>& MaskCases();
 
 // A host [B, N, H, D] tensor in one dtype, contiguous.

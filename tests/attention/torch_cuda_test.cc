@@ -1,12 +1,13 @@
 // The at::Tensor entry points on CUDA tensors: dense attention against
 // LibTorch's SDPA (also with a row max that climbs across key tiles), a
 // sparse call through the adapter against the float64 reference, the
-// permutation of activations and RoPE tables on the device, and unsupported
-// inputs as errors, and the quality probe against the CPU probe. The kernels themselves, both CUDA flash kernels chosen
-// explicitly, are checked case by case in the parity suite (parity_test.cc);
-// this suite runs the engine's default kernel, the one the server runs
-// (RAINSERVE_FLASH_KERNEL=mma in the environment makes that the mma.sync one).
-// Skips without a CUDA device.
+// permutation of activations and RoPE tables on the device, unsupported
+// inputs as errors, the quality probe against the CPU probe, and
+// mass-targeted masks (uneven rows, started longest first). The kernels
+// themselves, both CUDA flash kernels chosen explicitly, are checked case by
+// case in the parity suite (parity_test.cc); this suite runs the engine's
+// default kernel, the one the server runs (RAINSERVE_FLASH_KERNEL=mma in the
+// environment makes that the mma.sync one). Skips without a CUDA device.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/version.h>
@@ -197,6 +198,61 @@ TEST_F(TorchCudaTest, SparseCallThroughTheAdapterMatchesTheReference) {
   EXPECT_LE(max_diff(out, ref_t), 2.0 * naive_err) << "naive " << naive_err;
   EXPECT_LE(max_diff(gpu->lse.cpu(), ref_lse_t), 2.0 * naive_lse_err + 1e-4)
       << "naive lse " << naive_lse_err;
+}
+
+// Mass-targeted masks on the GPU: rows keep uneven counts, the mask carries
+// the rows longest first (a permutation of every row, counts non-increasing),
+// the flash kernel started in that order gives the reference result, and the
+// mask is the CPU's up to rows whose mass meets kept_mass within rounding.
+TEST_F(TorchCudaTest, MassTargetedMaskStartsLongRowsFirstAndMatchesTheReference) {
+  const TokenLayout layout = Layout(9, 32, 48, 1, 7);
+  auto plan = AttentionPlan::Build(layout, DefaultWindow(layout));
+  ASSERT_TRUE(plan.ok());
+  const int64_t B = 2, N = plan->tokens(), H = 3, D = 128, nb = plan->num_blocks();
+  testing::Qkv x = testing::StructuredQkv(layout, B, H, D, 5);
+  auto to_tensor = [&](std::vector<float>& t) {
+    return at::from_blob(testing::Permuted(plan->permutation, t, B, H, D).data(), {B, N, H, D})
+        .to(at::kBFloat16);
+  };
+  const at::Tensor q = to_tensor(x.q), k = to_tensor(x.k), v = to_tensor(x.v);
+  AttentionConfig cfg;
+  cfg.kept_mass = 0.8;
+  auto mask = PredictBlockMask(engine_, q.cuda(), k.cuda(), *plan, cfg);
+  ASSERT_TRUE(mask.ok()) << mask.status().ToString();
+  ASSERT_TRUE(mask->order.defined());
+  const at::Tensor counts = mask->counts.cpu(), indices = mask->indices.cpu();
+  const at::Tensor order = mask->order.cpu().to(at::kLong);
+  EXPECT_TRUE(at::equal(std::get<0>(order.sort()), at::arange(B * H * nb, at::kLong)));
+  const at::Tensor ordered = counts.reshape({-1}).index_select(0, order);
+  EXPECT_TRUE((ordered.slice(0, 1) <= ordered.slice(0, 0, -1)).all().item<bool>());
+  EXPECT_GT(counts.max().item<int>(), counts.min().item<int>() + 1) << "rows are not uneven";
+  EXPECT_EQ(KeptBlocks(*mask), counts.sum().item<int64_t>());
+
+  auto cpu = PredictBlockMask(engine_, q.to(at::kFloat), k.to(at::kFloat), *plan, cfg);
+  ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
+  const int64_t rows = B * H * nb;
+  const int64_t off_by_one = (counts - cpu->counts).abs().le(1).sum().item<int64_t>();
+  const int64_t equal = counts.eq(cpu->counts).sum().item<int64_t>();
+  EXPECT_EQ(off_by_one, rows) << "a row's count differs from the CPU's by more than one";
+  EXPECT_GE(equal, rows - rows / 50) << "more than 2% of the rows differ from the CPU's";
+
+  auto gpu = BlockSparseAttention(engine_, q.cuda(), k.cuda(), v.cuda(), *plan, *mask, false);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+  const at::Tensor qf = q.to(at::kFloat), kf = k.to(at::kFloat), vf = v.to(at::kFloat);
+  const BlockMaskView mv{B, H, nb, nb, counts.data_ptr<int32_t>(), indices.data_ptr<int32_t>()};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  std::vector<double> ref, ref_lse;
+  ReferenceAttention(View(qf), View(kf), View(vf), plan->blocks.view(), mv, scale, &ref, &ref_lse,
+                     &engine_.cpu().pool());
+  std::vector<float> naive, naive_lse;
+  NaiveAttention(View(qf), View(kf), View(vf), plan->blocks.view(), mv, scale, DType::kBFloat16,
+                 &naive, &naive_lse, &engine_.cpu().pool());
+  const at::Tensor ref_t = at::from_blob(ref.data(), {B, N, H, D}, at::kDouble);
+  const double naive_err =
+      (at::from_blob(naive.data(), {B, N, H, D}).to(at::kDouble) - ref_t).abs().max().item<double>();
+  const at::Tensor out = gpu->out.cpu().to(at::kDouble);
+  ASSERT_FALSE(out.isnan().any().item<bool>());
+  EXPECT_LE((out - ref_t).abs().max().item<double>(), 2.0 * naive_err) << "naive " << naive_err;
 }
 
 TEST_F(TorchCudaTest, PermutationKernelsEqualCpuPermutation) {

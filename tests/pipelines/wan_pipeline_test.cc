@@ -211,19 +211,12 @@ TEST_F(WanPipelineTest, MassModeRealizesSparsityBetweenItsBounds) {
   EXPECT_EQ(all.realized_sparsity, 0.0);
 }
 
-TEST_F(WanPipelineTest, MassModeIsRefusedOnCudaAttentionBackends) {
+TEST_F(WanPipelineTest, MassModeIsValidOnCpuAndCudaAttentionBackends) {
   GenerationRequest r = Small(1);
   r.sparse.mode = AttentionMode::kRainFusionMass;
   PipelineDescription d = pipeline_->Describe();
   EXPECT_TRUE(ValidateGenerationRequest(d, r).ok());
   d.attention_backends = {"cuda"};
-  const Status st = ValidateGenerationRequest(d, r);
-  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(st.message().rfind("sparse_attention.mode rainfusion_mass is not available on cuda yet",
-                               0),
-            0u)
-      << st.message();
-  r.sparse.mode = AttentionMode::kRainFusion;
   EXPECT_TRUE(ValidateGenerationRequest(d, r).ok());
 }
 

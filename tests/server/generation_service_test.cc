@@ -107,19 +107,15 @@ TEST(RequestMappingTest, MassModeAndItsFieldsResolveAndEcho) {
   EXPECT_EQ(applied.max_kept_blocks(), 6u);
 }
 
-TEST(RequestMappingTest, MassModeOnACudaModelIsInvalidNamingTheMode) {
+TEST(RequestMappingTest, MassModeOnACudaModelIsAccepted) {
   v1::GenerateRequest req;
   req.set_prompt("p");
   req.mutable_sparse_attention()->set_mode(v1::ATTENTION_MODE_RAINFUSION_MASS);
   PipelineDescription cuda = FakeDescription();
   cuda.attention_backends = {"cuda"};
   auto r = ResolveRequest(req, cuda, 1);
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_EQ(r.status().message().rfind("sparse_attention.mode rainfusion_mass is not available on "
-                                       "cuda yet", 0),
-            0u)
-      << r.status().message();
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->generation.sparse.mode, AttentionMode::kRainFusionMass);
 }
 
 TEST(RequestMappingTest, OneFrameIsAnImageWithNoSinkFramesAndPngOutput) {
