@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "attention/torch_adapter.h"
+#include "bench/attention_workloads.h"
 #include "bench/bench_util.h"
 #include "bench/cuda_timing.h"
 
@@ -39,13 +40,9 @@ using rainserve::bench::SetTimes;
 using rainserve::bench::TimeCudaInterleaved;
 using rainserve::bench::Timing;
 
-struct Workload {
-  const char* id;
-  int64_t t, h, w, heads, head_dim;
-};
-const Workload kWorkloads[] = {{"W1", 21, 30, 52, 12, 128},
-                               {"W2", 21, 45, 80, 40, 128},
-                               {"W3", 1, 64, 64, 12, 128}};
+using Workload = rainserve::bench::AttentionWorkload;
+using rainserve::bench::LayoutOf;
+using rainserve::bench::Must;
 
 at::Tensor Sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
 #if TORCH_VERSION_MAJOR >= 2
@@ -54,52 +51,6 @@ at::Tensor Sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   return at::matmul(at::softmax(at::matmul(q, k.transpose(-1, -2)) * scale, -1), v);
 #endif
-}
-
-// Structured q, k (see attention/testing/inputs.h), computed with tensor ops
-// on the GPU: smooth random field (64 Gaussian-frequency modes, correlation
-// 1.5 frames / 3 tokens) + noise, then Wan's 3D RoPE. [1, N, H, D] float.
-std::pair<at::Tensor, at::Tensor> StructuredQk(const TokenLayout& l, int64_t H, int64_t D,
-                                               uint64_t seed) {
-  at::manual_seed(seed);
-  const auto f = at::TensorOptions().dtype(at::kFloat).device(at::kCUDA);
-  const int64_t M = 64, N = l.video_tokens();
-  const at::Tensor t = at::arange(l.frames, f).view({-1, 1, 1}).expand({l.frames, l.height, l.width});
-  const at::Tensor y = at::arange(l.height, f).view({1, -1, 1}).expand({l.frames, l.height, l.width});
-  const at::Tensor x = at::arange(l.width, f).view({1, 1, -1}).expand({l.frames, l.height, l.width});
-  const at::Tensor pos = at::stack({t.reshape(-1), y.reshape(-1), x.reshape(-1)}, 1);  // [N, 3]
-  const at::Tensor lengths = at::tensor({1.5f, 3.0f, 3.0f}).to(at::kCUDA);
-  const at::Tensor w = at::randn({H, 3, M}, f) / lengths.view({1, 3, 1});
-  const at::Tensor phi = at::rand({H, 1, M}, f) * (2 * M_PI);
-  const at::Tensor amp = at::randn({H, M, D}, f) * std::sqrt(2.0 / M);
-  const at::Tensor u = at::bmm(at::cos(at::matmul(pos, w) + phi), amp);  // [H, N, D]
-  at::Tensor q = (u + 0.3 * at::randn_like(u)).permute({1, 0, 2}).contiguous();
-  at::Tensor k = (u + 0.3 * at::randn_like(u)).permute({1, 0, 2}).contiguous();
-  // RoPE: t gets D - 4 (D / 6) dims, h and w 2 (D / 6) each.
-  const int64_t dh = 2 * (D / 6), dt = D - 2 * dh;
-  std::vector<at::Tensor> angles;
-  const int64_t dims[3] = {dt, dh, dh};
-  for (int a = 0; a < 3; ++a) {
-    const at::Tensor i = at::arange(0, dims[a], 2, f);
-    const at::Tensor theta = at::pow(10000.0, -i / static_cast<double>(dims[a]));
-    angles.push_back(pos.select(1, a).unsqueeze(1) * theta.unsqueeze(0));  // [N, dims/2]
-  }
-  const at::Tensor ang = at::cat(angles, 1).unsqueeze(1);  // [N, 1, D/2]
-  auto rope = [&](const at::Tensor& v) {
-    const at::Tensor even = v.slice(2, 0, D, 2), odd = v.slice(2, 1, D, 2);
-    const at::Tensor c = at::cos(ang), s = at::sin(ang);
-    return at::stack({even * c - odd * s, even * s + odd * c}, 3).reshape({N, H, D});
-  };
-  return {rope(q).unsqueeze(0), rope(k).unsqueeze(0)};
-}
-
-template <typename T>
-T Must(rainserve::StatusOr<T> v) {
-  if (!v.ok()) {
-    std::fprintf(stderr, "error: %s\n", v.status().ToString().c_str());
-    std::exit(1);
-  }
-  return std::move(v).value();
 }
 
 struct Flags {
@@ -121,16 +72,6 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     else { std::fprintf(stderr, "unknown flag %s\n", flag.c_str()); return false; }
   }
   return true;
-}
-
-// The workload's latent grid, with one sink frame for video (none for T = 1).
-TokenLayout LayoutOf(const Workload& wl) {
-  TokenLayout l;
-  l.frames = wl.t;
-  l.height = wl.h;
-  l.width = wl.w;
-  l.sink_frames = wl.t > 1 ? 1 : 0;
-  return l;
 }
 
 // What every case shares.
@@ -184,7 +125,7 @@ void MakeInputs(AttentionEngine& engine, Case* c) {
     c->q0 = at::randn({1, N, H, D}, bf16);
     c->k0 = at::randn({1, N, H, D}, bf16);
   } else {
-    auto qk = StructuredQk(c->layout, H, D, 11);
+    auto qk = rainserve::bench::StructuredQk(c->layout, H, D, 11, at::kCUDA);
     c->q0 = qk.first.to(at::kBFloat16);
     c->k0 = qk.second.to(at::kBFloat16);
   }
@@ -411,7 +352,7 @@ int main(int argc, char** argv) {
   Bench bench{flags, engine};
 
   for (const std::string& wid : rainserve::bench::Split(flags.workloads)) {
-    const Workload* wl = rainserve::bench::FindById(kWorkloads, wid);
+    const Workload* wl = rainserve::bench::FindById(rainserve::bench::kAttentionWorkloads, wid);
     if (!wl) { std::fprintf(stderr, "unknown workload %s\n", wid.c_str()); return 2; }
     const TokenLayout layout = LayoutOf(*wl);
     const AttentionPlan plan = Must(AttentionPlan::Build(layout, DefaultWindow(layout), 128));

@@ -1,10 +1,13 @@
 // Small helpers shared by the benchmark programs: date, CPU name, flag lists,
-// timings in result rows.
+// timings in result rows, round-robin timing on the host clock.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -22,6 +25,34 @@ inline void SetTimes(const Timing& t, nlohmann::json* row) {
   (*row)["ms"] = t.median_ms;
   (*row)["ms_min"] = t.min_ms;
   (*row)["ms_max"] = t.max_ms;
+}
+
+// The median, fastest and slowest of `ms` (not empty).
+inline Timing Summarize(std::vector<double> ms) {
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms.front(), ms.back()};
+}
+
+// The host-clock twin of TimeCudaInterleaved (cuda_timing.h), for work that
+// finishes before it returns (the CPU backend): each function is warmed up
+// 3 times, then each of `reps` rounds calls every one once, in turn.
+inline std::vector<Timing> TimeHostInterleaved(int reps,
+                                               const std::vector<std::function<void()>>& fns) {
+  using Clock = std::chrono::steady_clock;
+  for (const auto& fn : fns) {
+    for (int i = 0; i < 3; ++i) fn();
+  }
+  std::vector<std::vector<double>> ms(fns.size());
+  for (int i = 0; i < reps; ++i) {
+    for (size_t f = 0; f < fns.size(); ++f) {
+      const auto start = Clock::now();
+      fns[f]();
+      ms[f].push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+    }
+  }
+  std::vector<Timing> out;
+  for (auto& m : ms) out.push_back(Summarize(std::move(m)));
+  return out;
 }
 
 // The entry of `table` whose `id` is `id`, or nullptr.

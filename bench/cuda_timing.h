@@ -53,10 +53,7 @@ inline std::vector<Timing> TimeCudaInterleaved(int reps,
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   std::vector<Timing> out;
-  for (auto& m : ms) {
-    std::sort(m.begin(), m.end());
-    out.push_back({m[m.size() / 2], m.front(), m.back()});
-  }
+  for (auto& m : ms) out.push_back(Summarize(std::move(m)));
   return out;
 }
 

@@ -2,6 +2,9 @@
 # On the GPU machine: build the attention targets, run the attention tests
 # and the attention benchmarks.
 #   scripts/gpu/attention_check.sh [tests|bench|all] [bench workloads, default W1,W2,W3]
+#   scripts/gpu/attention_check.sh quality [workloads, default W1,W2,wan-tiny]
+# quality: the mass-targeted mode against top-k at equal realized density
+# (bench/attention_quality_bench.cc -> bench/results/quality_gpu.json).
 # Tests: the parity suite (every case on the CPU kernel sets and on both CUDA
 # flash kernels, Hopper and mma.sync, which the suite selects itself; a GPU
 # row that cannot run fails here instead of skipping), the at::Tensor adapter
@@ -11,12 +14,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 what=${1:-all}
-workloads=${2:-W1,W2,W3}
+default_workloads=W1,W2,W3
+targets="attention_parity_test attention_torch_cuda_test attention_gpu_bench"
+if [ "$what" = quality ]; then
+  default_workloads=W1,W2,wan-tiny
+  targets=attention_quality_bench
+fi
+workloads=${2:-$default_workloads}
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 start=$(date +%s)
-RAINSERVE_BUILD_TARGETS="attention_parity_test attention_torch_cuda_test attention_gpu_bench" \
-  scripts/gpu/build.sh > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+RAINSERVE_BUILD_TARGETS="$targets" scripts/gpu/build.sh > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
 source scripts/gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
@@ -48,5 +56,10 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   PYTHONUNBUFFERED=1 python3 bench/flex_attention_bench.py gpu-masks \
     bench/results/attention_gpu_flex.json 2>&1 | tee "$out/flex.log" | grep -v Warning
   cp bench/results/attention_gpu.json bench/results/attention_gpu_flex.json "$out/"
+fi
+if [ "$what" = quality ]; then
+  build-gpu/bench/attention_quality_bench --workloads "$workloads" \
+    --out bench/results/quality_gpu.json 2>&1 | tee "$out/quality.log"
+  cp bench/results/quality_gpu.json "$out/"
 fi
 echo "total: $(( $(date +%s) - start )) s"
