@@ -86,7 +86,8 @@ Status QuantizeWanLinears(at::Device compute, NamedTensors* params) {
   return OkStatus();
 }
 
-StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l) {
+StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l,
+                               bool scale_kernel) {
   if (!l.fp8() || l.weight.scalar_type() != at::kByte || l.weight.dim() != 2) {
     return InternalError("Fp8Linear: the layer is not an FP8 layer");
   }
@@ -113,6 +114,7 @@ StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l) {
   p.m = M;
   p.n = N;
   p.k = K;
+  p.scale_kernel = scale_kernel;
   pipelines::cuda::Fp8GemmPath path{};
   RAINSERVE_RETURN_IF_ERROR(pipelines::cuda::Fp8Gemm(
       p, c10::cuda::getCurrentCUDAStream(x.data.device().index()).stream(), &path));
@@ -122,6 +124,7 @@ StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l) {
   }
   return y;
 #else
+  (void)scale_kernel;
   return FailedPreconditionError("Fp8Linear: FP8 needs a build with CUDA LibTorch");
 #endif
 }

@@ -32,8 +32,10 @@ bool WanFp8Linear(const std::string& name);
 Status QuantizeWanLinears(at::Device compute, NamedTensors* params);
 
 // y = x W^T + b for an FP8 layer (l.fp8()) and x's quantized rows
-// [M, in]: [M, out] bf16, on x's device.
-StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l);
+// [M, in]: [M, out] bf16, on x's device. scale_kernel forces the fallback
+// path (unscaled GEMM + scale kernel), for tests of that path.
+StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l,
+                               bool scale_kernel = false);
 
 // Which way the FP8 GEMMs of this process apply their scales
 // ("outer-vector-scales", "scale-kernel"), or "none" before the first one.

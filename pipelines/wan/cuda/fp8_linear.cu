@@ -281,13 +281,26 @@ Status HandleAndWorkspace(int device, cudaStream_t stream, cublasLtHandle_t* han
   return OkStatus();
 }
 
+// The cache key of a shape on a path.
+std::tuple<int, int64_t, int64_t, int64_t, bool, bool, uint32_t> ChoiceKey(
+    int device, const Fp8GemmParams& p, Fp8GemmPath path) {
+  return std::make_tuple(device, p.m, p.n, p.k, path == Fp8GemmPath::kOuterVectorScales,
+                         p.bias != nullptr, Alignment(p));
+}
+
+// Marks (device, shape, path) as having no working algorithm.
+void RefuseAlgo(int device, const Fp8GemmParams& p, Fp8GemmPath path) {
+  LtState& st = State();
+  const std::lock_guard<std::mutex> lock(st.mutex);
+  st.choices[ChoiceKey(device, p, path)] = Choice{};
+}
+
 // The heuristic's algorithm for (device, shape, path), asked once. A refusal
 // (an error status or no result) is remembered as found = false.
 Choice FindAlgo(cublasLtHandle_t handle, int device, const Fp8GemmParams& p, Fp8GemmPath path,
                 const LtPlan& plan) {
   LtState& st = State();
-  const auto key = std::make_tuple(device, p.m, p.n, p.k, path == Fp8GemmPath::kOuterVectorScales,
-                                   p.bias != nullptr, Alignment(p));
+  const auto key = ChoiceKey(device, p, path);
   {
     const std::lock_guard<std::mutex> lock(st.mutex);
     const auto it = st.choices.find(key);
@@ -339,10 +352,17 @@ Status RunPath(const Fp8GemmParams& p, Fp8GemmPath path, cudaStream_t stream, bo
     return OkStatus();
   }
   const float alpha = 1.0f, beta = 0.0f;
-  RAINSERVE_LT(cublasLtMatmul(handle, plan.desc, &alpha, p.w, plan.a, p.x, plan.b, &beta, p.y,
-                              plan.d, p.y, plan.d, &choice.algo, workspace, kWorkspaceBytes,
-                              stream),
-               "cublasLtMatmul");
+  const cublasStatus_t status =
+      cublasLtMatmul(handle, plan.desc, &alpha, p.w, plan.a, p.x, plan.b, &beta, p.y, plan.d, p.y,
+                     plan.d, &choice.algo, workspace, kWorkspaceBytes, stream);
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED && path == Fp8GemmPath::kOuterVectorScales) {
+    // Refused at run time rather than by the heuristic: remembered the same way.
+    RAINSERVE_LOG(WARNING) << LtError(status, "cublasLtMatmul", p, path);
+    RefuseAlgo(device, p, path);
+    *refused = true;
+    return OkStatus();
+  }
+  RAINSERVE_LT(status, "cublasLtMatmul");
   return OkStatus();
 }
 
@@ -383,8 +403,10 @@ Status Fp8Gemm(const Fp8GemmParams& p, void* stream, Fp8GemmPath* path) {
   }
   if (p.m == 0) return OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
-  bool refused = false;
-  RAINSERVE_RETURN_IF_ERROR(RunPath(p, Fp8GemmPath::kOuterVectorScales, s, &refused));
+  bool refused = true;
+  if (!p.scale_kernel) {
+    RAINSERVE_RETURN_IF_ERROR(RunPath(p, Fp8GemmPath::kOuterVectorScales, s, &refused));
+  }
   if (!refused) {
     if (path != nullptr) *path = Fp8GemmPath::kOuterVectorScales;
     return OkStatus();

@@ -60,6 +60,7 @@ struct Fp8GemmParams {
   const void* bias = nullptr;     // bias: [n] bf16, or null
   void* y = nullptr;              // y: [m, n] bf16, row-major
   int64_t m = 0, n = 0, k = 0;
+  bool scale_kernel = false;  // run the kScaleKernel path without trying the other (tests)
 };
 // `path`, when set, receives the path that ran.
 Status Fp8Gemm(const Fp8GemmParams& p, void* stream, Fp8GemmPath* path = nullptr);
