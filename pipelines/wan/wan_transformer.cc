@@ -29,32 +29,48 @@ at::Tensor LinearGeluTanh(const at::Tensor& x, const WanLinear& l) {
   return y.view({x.size(0), x.size(1), l.weight.size(0)});
 }
 
+// An FP8 layer on e4m3 rows whose activations have shape `shape` [..., in]:
+// [..., out] bf16.
+StatusOr<at::Tensor> ProjectRows(const wan_ops::Fp8Rows& rows, const WanLinear& l,
+                                 std::vector<int64_t> shape) {
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor y, Fp8Linear(rows, l));  // [M, out]
+  shape.back() = l.weight.size(0);
+  return y.view(shape);
+}
+
 // y = x W^T + b over the last dim: [..., in] -> [..., out]. An FP8 layer
 // takes x's rows in e4m3: `xq` when the caller has them (written by the norm
 // that produced x), else quantized here.
 StatusOr<at::Tensor> Project(const at::Tensor& x, const WanLinear& l,
                              const wan_ops::Fp8Rows& xq = {}) {
   if (!l.fp8()) return Linear(x, l);
-  wan_ops::Fp8Rows rows = xq;
-  if (!rows.defined()) {
-    RAINSERVE_ASSIGN_OR_RETURN(rows, wan_ops::QuantizeRows(x.contiguous()));
-  }
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor y, Fp8Linear(rows, l));  // [M, out]
-  std::vector<int64_t> shape = x.sizes().vec();
-  shape.back() = l.weight.size(0);
-  return y.view(shape);
+  if (xq.defined()) return ProjectRows(xq, l, x.sizes().vec());
+  RAINSERVE_ASSIGN_OR_RETURN(const wan_ops::Fp8Rows rows, wan_ops::QuantizeRows(x.contiguous()));
+  return ProjectRows(rows, l, x.sizes().vec());
+}
+
+// RmsNormRope(Project(x, l, xq)): the projection lives only until normed.
+StatusOr<at::Tensor> ProjectNorm(const at::Tensor& x, const WanLinear& l,
+                                 const wan_ops::Fp8Rows& xq, const at::Tensor& norm, double eps,
+                                 int64_t heads, const at::Tensor& cos, const at::Tensor& sin,
+                                 ElementwiseImpl ew) {
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor y, Project(x, l, xq));
+  return wan_ops::RmsNormRope(y, norm, eps, heads, cos, sin, ew);
 }
 
 // The feed-forward Linear, GELU(tanh), Linear on h [B, N, inner] (hq: its
 // e4m3 rows, FP8 layers). FP8: the first GEMM writes bf16 with its bias, one
-// kernel applies GELU and quantizes per token, the second GEMM reads that.
+// kernel applies GELU and quantizes per token, and the bf16 hidden
+// activations are released before the second GEMM reads the e4m3 ones.
 StatusOr<at::Tensor> FeedForward(const WanBlockWeights& w, const at::Tensor& h,
                                  const wan_ops::Fp8Rows& hq) {
   if (!w.ffn_in.fp8()) return Linear(LinearGeluTanh(h, w.ffn_in), w.ffn_out);
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor up, Project(h, w.ffn_in, hq));  // [B, N, ffn]
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor up, Project(h, w.ffn_in, hq));  // [B, N, ffn]
+  const std::vector<int64_t> shape = up.sizes().vec();
   RAINSERVE_ASSIGN_OR_RETURN(const wan_ops::Fp8Rows act,
                              wan_ops::QuantizeRows(up, /*gelu_tanh=*/true));
-  return Project(up, w.ffn_out, act);
+  up = at::Tensor();
+  return ProjectRows(act, w.ffn_out, shape);
 }
 
 // Sinusoidal timestep embedding as diffusers' Timesteps(flip_sin_to_cos=True,
@@ -291,14 +307,12 @@ Status WanTransformer::Block(const WanBlockWeights& w, const Modulation& mod,
   }
 
   // 1. Self-attention: q, k, v [B, N, heads, hd]; q and k RMS-normed with RoPE.
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor q_in, Project(s->h, w.attn1.to_q, s->hq));
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor k_in, Project(s->h, w.attn1.to_k, s->hq));
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor v_in, Project(s->h, w.attn1.to_v, s->hq));
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor q, wan_ops::RmsNormRope(q_in, w.attn1.norm_q, c.eps, heads,
-                                                                rope_cos, rope_sin, ew));
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor k, wan_ops::RmsNormRope(k_in, w.attn1.norm_k, c.eps, heads,
-                                                                rope_cos, rope_sin, ew));
-  at::Tensor v = v_in.view({B, N, heads, hd});
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor q, ProjectNorm(s->h, w.attn1.to_q, s->hq, w.attn1.norm_q,
+                                                       c.eps, heads, rope_cos, rope_sin, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor k, ProjectNorm(s->h, w.attn1.to_k, s->hq, w.attn1.norm_k,
+                                                       c.eps, heads, rope_cos, rope_sin, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor v, Project(s->h, w.attn1.to_v, s->hq));
+  v = v.view({B, N, heads, hd});
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor o, attn.SelfAttention(q, k, v));
   RAINSERVE_ASSIGN_OR_RETURN(o, Project(o.reshape({B, N, inner}), w.attn1.to_out));
   // x += gate * o, fused with norm2 (affine LayerNorm, or none).
@@ -338,26 +352,22 @@ StatusOr<at::Tensor> WanTransformer::CrossAttention(const WanAttentionWeights& w
   const int64_t B = h.size(0), N = h.size(1), heads = c.num_attention_heads;
   const int64_t hd = c.attention_head_dim;
   // q: [B, N, heads, hd]; text k, v: [B, L, heads, hd].
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor q_in, Project(h, w.to_q, hq));
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor k_in, Project(cond.context, w.to_k, cond.context_fp8));
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor v_in, Project(cond.context, w.to_v, cond.context_fp8));
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor q,
-                             wan_ops::RmsNormRope(q_in, w.norm_q, c.eps, heads, {}, {}, ew));
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor k,
-                             wan_ops::RmsNormRope(k_in, w.norm_k, c.eps, heads, {}, {}, ew));
-  at::Tensor o = attention::DenseTorchAttention(q, k, v_in.view({B, -1, heads, hd}));
+  RAINSERVE_ASSIGN_OR_RETURN(
+      const at::Tensor q, ProjectNorm(h, w.to_q, hq, w.norm_q, c.eps, heads, {}, {}, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor k, ProjectNorm(cond.context, w.to_k, cond.context_fp8,
+                                                             w.norm_k, c.eps, heads, {}, {}, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor v, Project(cond.context, w.to_v, cond.context_fp8));
+  at::Tensor o = attention::DenseTorchAttention(q, k, v.view({B, -1, heads, hd}));
   if (cond.image_context.defined()) {
     // The image tokens [B, S, inner] through their own projections; the two
     // attention outputs are summed before to_out.
     const at::Tensor& img = cond.image_context;
-    RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor k_img_in,
-                               Project(img, w.add_k_proj, cond.image_context_fp8));
-    RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor v_img_in,
-                               Project(img, w.add_v_proj, cond.image_context_fp8));
-    RAINSERVE_ASSIGN_OR_RETURN(
-        const at::Tensor k_img,
-        wan_ops::RmsNormRope(k_img_in, w.norm_added_k, c.eps, heads, {}, {}, ew));
-    o = o + attention::DenseTorchAttention(q, k_img, v_img_in.view({B, -1, heads, hd}));
+    const wan_ops::Fp8Rows& img_q = cond.image_context_fp8;
+    RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor k_img, ProjectNorm(img, w.add_k_proj, img_q,
+                                                                   w.norm_added_k, c.eps, heads,
+                                                                   {}, {}, ew));
+    RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor v_img, Project(img, w.add_v_proj, img_q));
+    o = o + attention::DenseTorchAttention(q, k_img, v_img.view({B, -1, heads, hd}));
   }
   return Project(o.reshape({B, N, c.inner_dim()}), w.to_out);
 }
