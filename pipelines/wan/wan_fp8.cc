@@ -10,6 +10,7 @@
 #include "common/logging.h"
 
 #if RAINSERVE_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -83,11 +84,15 @@ Status QuantizeWanLinears(at::Device compute, NamedTensors* params) {
     out.push_back({name.substr(0, name.size() - 7) + ".weight_scale", q.scale.to(home)});
   }
   *params = std::move(out);
+#if RAINSERVE_WITH_CUDA
+  // Hand the bf16 weights' cached blocks back to the device.
+  c10::cuda::CUDACachingAllocator::emptyCache();
+#endif
   return OkStatus();
 }
 
 StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l,
-                               bool scale_kernel) {
+                               const Fp8LinearOptions& options) {
   if (!l.fp8() || l.weight.scalar_type() != at::kByte || l.weight.dim() != 2) {
     return InternalError("Fp8Linear: the layer is not an FP8 layer");
   }
@@ -114,7 +119,8 @@ StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l,
   p.m = M;
   p.n = N;
   p.k = K;
-  p.scale_kernel = scale_kernel;
+  p.scale_kernel = options.scale_kernel;
+  p.fast_accum = options.fast_accum;
   pipelines::cuda::Fp8GemmPath path{};
   RAINSERVE_RETURN_IF_ERROR(pipelines::cuda::Fp8Gemm(
       p, c10::cuda::getCurrentCUDAStream(x.data.device().index()).stream(), &path));
@@ -124,7 +130,7 @@ StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l,
   }
   return y;
 #else
-  (void)scale_kernel;
+  (void)options;
   return FailedPreconditionError("Fp8Linear: FP8 needs a build with CUDA LibTorch");
 #endif
 }

@@ -31,11 +31,16 @@ bool WanFp8Linear(const std::string& name);
 // sizes are not multiples of 16.
 Status QuantizeWanLinears(at::Device compute, NamedTensors* params);
 
+// How Fp8Linear runs its GEMM; the defaults are the model's.
+struct Fp8LinearOptions {
+  bool scale_kernel = false;  // force the fallback path (unscaled GEMM + scale kernel): tests
+  bool fast_accum = false;    // cuBLASLt's FP8 fast accumulation: benchmarks
+};
+
 // y = x W^T + b for an FP8 layer (l.fp8()) and x's quantized rows
-// [M, in]: [M, out] bf16, on x's device. scale_kernel forces the fallback
-// path (unscaled GEMM + scale kernel), for tests of that path.
+// [M, in]: [M, out] bf16, on x's device.
 StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l,
-                               bool scale_kernel = false);
+                               const Fp8LinearOptions& options = {});
 
 // Which way the FP8 GEMMs of this process apply their scales
 // ("outer-vector-scales", "scale-kernel"), or "none" before the first one.

@@ -138,7 +138,9 @@ TEST_F(WanFp8CudaTest, Fp8LinearEqualsTheDequantizedProductWithEachRowAndColumnS
       const at::Tensor x = SpreadRows(M, K, M > 1 ? M / 2 : -1, 20 + M);
       auto xq = wan_ops::QuantizeRows(x);
       ASSERT_TRUE(xq.ok());
-      auto y = Fp8Linear(*xq, layer, scale_kernel);
+      Fp8LinearOptions options;
+      options.scale_kernel = scale_kernel;
+      auto y = Fp8Linear(*xq, layer, options);
       ASSERT_TRUE(y.ok()) << y.status().ToString();
       ASSERT_EQ(y->sizes(), (std::vector<int64_t>{M, N}));
       ASSERT_EQ(y->scalar_type(), at::kBFloat16);

@@ -182,7 +182,7 @@ struct LtState {
   std::mutex mutex;
   std::map<int, cublasLtHandle_t> handles;
   std::map<std::pair<int, cudaStream_t>, void*> workspaces;
-  std::map<std::tuple<int, int64_t, int64_t, int64_t, bool, bool, uint32_t>, Choice> choices;
+  std::map<std::tuple<int, int64_t, int64_t, int64_t, bool, bool, bool, uint32_t>, Choice> choices;
 };
 LtState& State() {
   static LtState* state = new LtState();  // never destroyed: used until exit
@@ -209,6 +209,9 @@ Status BuildPlan(const Fp8GemmParams& p, Fp8GemmPath path, LtPlan* plan) {
   };
   RAINSERVE_LT(set(CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)), "set TRANSA");
   RAINSERVE_LT(set(CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)), "set TRANSB");
+  const int8_t fast_accum = p.fast_accum ? 1 : 0;
+  RAINSERVE_LT(set(CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accum, sizeof(fast_accum)),
+               "set FAST_ACCUM");
   if (outer) {
     const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
     RAINSERVE_LT(set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode)), "set A_SCALE_MODE");
@@ -282,10 +285,10 @@ Status HandleAndWorkspace(int device, cudaStream_t stream, cublasLtHandle_t* han
 }
 
 // The cache key of a shape on a path.
-std::tuple<int, int64_t, int64_t, int64_t, bool, bool, uint32_t> ChoiceKey(
-    int device, const Fp8GemmParams& p, Fp8GemmPath path) {
+using ChoiceKeyType = std::tuple<int, int64_t, int64_t, int64_t, bool, bool, bool, uint32_t>;
+ChoiceKeyType ChoiceKey(int device, const Fp8GemmParams& p, Fp8GemmPath path) {
   return std::make_tuple(device, p.m, p.n, p.k, path == Fp8GemmPath::kOuterVectorScales,
-                         p.bias != nullptr, Alignment(p));
+                         p.bias != nullptr, p.fast_accum, Alignment(p));
 }
 
 // Marks (device, shape, path) as having no working algorithm.

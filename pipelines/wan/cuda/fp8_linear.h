@@ -61,6 +61,10 @@ struct Fp8GemmParams {
   void* y = nullptr;              // y: [m, n] bf16, row-major
   int64_t m = 0, n = 0, k = 0;
   bool scale_kernel = false;  // run the kScaleKernel path without trying the other (tests)
+  // cuBLASLt's FP8 fast accumulation (CUBLASLT_MATMUL_DESC_FAST_ACCUM): no
+  // periodic promotion of the partial sums to fp32; faster, less accurate.
+  // Off in the model; the benchmark measures it.
+  bool fast_accum = false;
 };
 // `path`, when set, receives the path that ran.
 Status Fp8Gemm(const Fp8GemmParams& p, void* stream, Fp8GemmPath* path = nullptr);
