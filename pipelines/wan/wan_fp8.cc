@@ -23,7 +23,8 @@ namespace {
 using attention::ShapeOf;
 
 bool EndsWith(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 #if RAINSERVE_WITH_CUDA
@@ -50,10 +51,10 @@ Status CheckQuantizable(const std::string& name, const at::Tensor& t) {
 bool WanFp8Linear(const std::string& name) {
   if (name.rfind("blocks.", 0) != 0) return false;
   static const char* const kSuffixes[] = {
-      ".attn1.to_q.weight",       ".attn1.to_k.weight",       ".attn1.to_v.weight",
-      ".attn1.to_out.0.weight",   ".attn2.to_q.weight",       ".attn2.to_k.weight",
-      ".attn2.to_v.weight",       ".attn2.to_out.0.weight",   ".attn2.add_k_proj.weight",
-      ".attn2.add_v_proj.weight", ".ffn.net.0.proj.weight",   ".ffn.net.2.weight",
+      ".attn1.to_q.weight",       ".attn1.to_k.weight",     ".attn1.to_v.weight",
+      ".attn1.to_out.0.weight",   ".attn2.to_q.weight",     ".attn2.to_k.weight",
+      ".attn2.to_v.weight",       ".attn2.to_out.0.weight", ".attn2.add_k_proj.weight",
+      ".attn2.add_v_proj.weight", ".ffn.net.0.proj.weight", ".ffn.net.2.weight",
   };
   for (const char* suffix : kSuffixes) {
     if (EndsWith(name, suffix)) return true;
@@ -139,7 +140,8 @@ StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l,
 std::string Fp8GemmPathUsed() {
 #if RAINSERVE_WITH_CUDA
   const int path = g_path.load();
-  if (path >= 0) return pipelines::cuda::Fp8GemmPathName(static_cast<pipelines::cuda::Fp8GemmPath>(path));
+  if (path >= 0)
+    return pipelines::cuda::Fp8GemmPathName(static_cast<pipelines::cuda::Fp8GemmPath>(path));
 #endif
   return "none";
 }

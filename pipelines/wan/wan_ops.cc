@@ -364,12 +364,14 @@ StatusOr<ResidualNorm> GatedResidualAffineLayerNorm(const at::Tensor& x, const a
 
 StatusOr<Fp8Rows> QuantizeRows(const at::Tensor& x, bool gelu_tanh) {
   constexpr const char* kOp = "QuantizeRows";
-  if (!x.defined() || x.dim() < 1 || x.size(-1) == 0) return Invalid(kOp, "x", "must be [..., K], K > 0");
+  if (!x.defined() || x.dim() < 1 || x.size(-1) == 0) {
+    return Invalid(kOp, "x", "must be [..., K], K > 0");
+  }
   if (!x.is_cuda() || !x.is_contiguous() ||
       (x.scalar_type() != at::kBFloat16 && x.scalar_type() != at::kHalf)) {
-    return Invalid(kOp, "x", "must be a contiguous CUDA bfloat16/float16 tensor (FP8 runs on CUDA), got " +
-                                 std::string(c10::toString(x.scalar_type())) + " on " +
-                                 x.device().str());
+    return Invalid(kOp, "x",
+                   "must be a contiguous CUDA bfloat16/float16 tensor (FP8 runs on CUDA), got " +
+                       std::string(c10::toString(x.scalar_type())) + " on " + x.device().str());
   }
 #if RAINSERVE_WITH_CUDA
   const c10::cuda::CUDAGuard guard(x.device());

@@ -108,8 +108,7 @@ TEST_F(WanFp8CudaTest, GeluQuantizeIsWithinHalfAStepOfTheFloat64Gelu) {
     ASSERT_TRUE(q.ok()) << q.status().ToString();
     const at::Tensor ref = at::gelu(x.cpu().to(at::kDouble), "tanh");
     const at::Tensor want = ref.abs().amax(1) / 448.0;
-    EXPECT_TRUE(at::allclose(q->scale.cpu().to(at::kDouble), want, 1e-5, 0))
-        << "cols=" << cols;
+    EXPECT_TRUE(at::allclose(q->scale.cpu().to(at::kDouble), want, 1e-5, 0)) << "cols=" << cols;
     ExpectWithinHalfStep(ref, *q, 1e-5, "gelu cols=" + std::to_string(cols));
   }
 }
@@ -159,8 +158,8 @@ TEST_F(WanFp8CudaTest, Fp8LinearEqualsTheDequantizedProductWithEachRowAndColumnS
           (ref.abs() + product.abs()) * std::ldexp(1.0, -8) + mag * std::ldexp(1.0, -12);
       const at::Tensor excess = (y->cpu().to(at::kDouble) - ref).abs() - bound;
       EXPECT_LE(excess.max().item<double>(), 0.0)
-          << "M=" << M << ", worst element " << excess.argmax().item<int64_t>()
-          << ", path " << Fp8GemmPathUsed();
+          << "M=" << M << ", worst element " << excess.argmax().item<int64_t>() << ", path "
+          << Fp8GemmPathUsed();
       if (!scale_kernel && M == 300) {
         std::printf("fp8 GEMM default path: %s\n", Fp8GemmPathUsed().c_str());
       }
@@ -187,7 +186,8 @@ TEST_F(WanFp8CudaTest, NormFusedQuantizeEqualsQuantizingTheNormOutput) {
     const at::Tensor x = at::randn({2, 45, C}, bf16) * 2 + 0.5;
     const at::Tensor y = at::randn({2, 45, C}, bf16);
     const at::Tensor table = at::randn({2, 3, C}, at::TensorOptions().device(at::kCUDA)) * 0.5;
-    const at::Tensor gate = table.select(1, 0).unsqueeze(1), scale = table.select(1, 1).unsqueeze(1),
+    const at::Tensor gate = table.select(1, 0).unsqueeze(1),
+                     scale = table.select(1, 1).unsqueeze(1),
                      shift = table.select(1, 2).unsqueeze(1);
     auto mod = wan_ops::GatedResidualModulatedLayerNorm(x, y, gate, scale, shift, 1e-6,
                                                         ElementwiseImpl::kFused, true);

@@ -92,9 +92,9 @@ __global__ void __launch_bounds__(kQuantizeThreads) QuantizeRowsKernel(const Qua
 }
 
 // The fallback's epilogue: y[r, c] = y[r, c] * x_scale[r] * w_scale[c] + bias[c].
-__global__ void __launch_bounds__(kScaleThreads) ScaleRowsColsKernel(
-    __nv_bfloat16* y, const float* x_scale, const float* w_scale, const __nv_bfloat16* bias,
-    int64_t m, int64_t n) {
+__global__ void __launch_bounds__(kScaleThreads)
+    ScaleRowsColsKernel(__nv_bfloat16* y, const float* x_scale, const float* w_scale,
+                        const __nv_bfloat16* bias, int64_t m, int64_t n) {
   const int64_t total = m * n, stride = int64_t{gridDim.x} * blockDim.x;
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total; i += stride) {
     const int64_t r = i / n, c = i % n;
@@ -145,16 +145,16 @@ std::string LtError(cublasStatus_t status, const char* call, const Fp8GemmParams
                     Fp8GemmPath path) {
   return std::string("fp8 linear: ") + call + " failed with " + cublasLtGetStatusName(status) +
          " (" + cublasLtGetStatusString(status) + ") for m=" + std::to_string(p.m) +
-         " n=" + std::to_string(p.n) + " k=" + std::to_string(p.k) + ", " +
-         Fp8GemmPathName(path) + " path";
+         " n=" + std::to_string(p.n) + " k=" + std::to_string(p.k) + ", " + Fp8GemmPathName(path) +
+         " path";
 }
 
-#define RAINSERVE_LT(call, what)                                                    \
-  do {                                                                              \
-    const cublasStatus_t lt_status_ = (call);                                       \
-    if (lt_status_ != CUBLAS_STATUS_SUCCESS) {                                      \
-      return InternalError(LtError(lt_status_, what, p, path));                     \
-    }                                                                               \
+#define RAINSERVE_LT(call, what)                                \
+  do {                                                          \
+    const cublasStatus_t lt_status_ = (call);                   \
+    if (lt_status_ != CUBLAS_STATUS_SUCCESS) {                  \
+      return InternalError(LtError(lt_status_, what, p, path)); \
+    }                                                           \
   } while (0)
 
 // The descriptors of one GEMM, destroyed with it.
@@ -223,8 +223,7 @@ Status BuildPlan(const Fp8GemmParams& p, Fp8GemmPath path, LtPlan* plan) {
     if (p.bias != nullptr) {
       const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
       const int32_t bias_type = CUDA_R_16BF;
-      RAINSERVE_LT(set(CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)),
-                   "set EPILOGUE");
+      RAINSERVE_LT(set(CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)), "set EPILOGUE");
       RAINSERVE_LT(set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias, sizeof(p.bias)),
                    "set BIAS_POINTER");
       RAINSERVE_LT(set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)),
@@ -240,17 +239,16 @@ Status BuildPlan(const Fp8GemmParams& p, Fp8GemmPath path, LtPlan* plan) {
                "cublasLtMatrixLayoutCreate(D)");
   RAINSERVE_LT(cublasLtMatmulPreferenceCreate(&plan->pref), "cublasLtMatmulPreferenceCreate");
   const uint64_t workspace = kWorkspaceBytes;
-  RAINSERVE_LT(cublasLtMatmulPreferenceSetAttribute(plan->pref,
-                                                    CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                    &workspace, sizeof(workspace)),
-               "set MAX_WORKSPACE_BYTES");
+  RAINSERVE_LT(
+      cublasLtMatmulPreferenceSetAttribute(plan->pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                           &workspace, sizeof(workspace)),
+      "set MAX_WORKSPACE_BYTES");
   // The operands' actual alignment (16 to 256 bytes): by default the
   // heuristic assumes 256 and may pick a kernel that fails on less.
   const uint32_t align = Alignment(p);
-  for (const auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                          CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                          CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                          CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+  for (const auto attr :
+       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
     RAINSERVE_LT(cublasLtMatmulPreferenceSetAttribute(plan->pref, attr, &align, sizeof(align)),
                  "set MIN_ALIGNMENT");
   }
@@ -311,16 +309,14 @@ Choice FindAlgo(cublasLtHandle_t handle, int device, const Fp8GemmParams& p, Fp8
   }
   cublasLtMatmulHeuristicResult_t result{};
   int returned = 0;
-  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b,
-                                                          plan.d, plan.d, plan.pref, 1, &result,
-                                                          &returned);
+  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(handle, plan.desc, plan.a, plan.b, plan.d,
+                                                          plan.d, plan.pref, 1, &result, &returned);
   Choice choice;
   choice.found = s == CUBLAS_STATUS_SUCCESS && returned > 0;
   if (choice.found) choice.algo = result.algo;
   if (!choice.found) {
-    RAINSERVE_LOG(WARNING) << "fp8 linear: cuBLASLt has no algorithm for m=" << p.m
-                           << " n=" << p.n << " k=" << p.k << " on the "
-                           << Fp8GemmPathName(path) << " path ("
+    RAINSERVE_LOG(WARNING) << "fp8 linear: cuBLASLt has no algorithm for m=" << p.m << " n=" << p.n
+                           << " k=" << p.k << " on the " << Fp8GemmPathName(path) << " path ("
                            << cublasLtGetStatusName(s) << ", " << returned << " results)";
   }
   const std::lock_guard<std::mutex> lock(st.mutex);
@@ -384,19 +380,22 @@ Status LaunchQuantizeRows(const QuantizeRowsParams& p, void* stream) {
   if (p.rows == 0) return OkStatus();
   const auto s = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {
-    case DType::kBFloat16: return LaunchQuantizeTyped<__nv_bfloat16>(p, s);
-    case DType::kFloat16: return LaunchQuantizeTyped<__half>(p, s);
+    case DType::kBFloat16:
+      return LaunchQuantizeTyped<__nv_bfloat16>(p, s);
+    case DType::kFloat16:
+      return LaunchQuantizeTyped<__half>(p, s);
     default:
-      return InvalidArgumentError(std::string("fp8 quantize: dtype must be bfloat16 or float16, got ") +
-                                  attention::DTypeName(p.dtype));
+      return InvalidArgumentError(
+          std::string("fp8 quantize: dtype must be bfloat16 or float16, got ") +
+          attention::DTypeName(p.dtype));
   }
 }
 
 Status Fp8Gemm(const Fp8GemmParams& p, void* stream, Fp8GemmPath* path) {
   if (p.m < 0 || p.n <= 0 || p.k <= 0 || p.n % 16 != 0 || p.k % 16 != 0) {
-    return InvalidArgumentError("fp8 linear: needs m >= 0 and n, k positive multiples of 16, got m=" +
-                                std::to_string(p.m) + " n=" + std::to_string(p.n) +
-                                " k=" + std::to_string(p.k));
+    return InvalidArgumentError(
+        "fp8 linear: needs m >= 0 and n, k positive multiples of 16, got m=" + std::to_string(p.m) +
+        " n=" + std::to_string(p.n) + " k=" + std::to_string(p.k));
   }
   if (Alignment(p) < 16) {
     return InvalidArgumentError("fp8 linear: x, w and y must be 16-byte aligned");
@@ -421,7 +420,8 @@ Status Fp8Gemm(const Fp8GemmParams& p, void* stream, Fp8GemmPath* path) {
                          " on either path (outer-vector scales, unscaled + scale kernel)");
   }
   const int64_t total = p.m * p.n;
-  const int64_t ctas = std::min<int64_t>((total + kScaleThreads - 1) / kScaleThreads, SmCount() * 16);
+  const int64_t ctas =
+      std::min<int64_t>((total + kScaleThreads - 1) / kScaleThreads, SmCount() * 16);
   ScaleRowsColsKernel<<<static_cast<unsigned>(ctas), kScaleThreads, 0, s>>>(
       static_cast<__nv_bfloat16*>(p.y), p.x_scale, p.w_scale,
       static_cast<const __nv_bfloat16*>(p.bias), p.m, p.n);

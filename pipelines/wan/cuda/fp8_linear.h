@@ -53,12 +53,12 @@ const char* Fp8GemmPathName(Fp8GemmPath path);
 // tokens (M) are free. INVALID_ARGUMENT for other sizes; INTERNAL with
 // cuBLASLt's status name and the shape when a call fails.
 struct Fp8GemmParams {
-  const void* x = nullptr;        // x: [m, k] e4m3 bytes, row-major (tokens)
+  const void* x = nullptr;         // x: [m, k] e4m3 bytes, row-major (tokens)
   const float* x_scale = nullptr;  // x_scale: [m] fp32
-  const void* w = nullptr;        // w: [n, k] e4m3 bytes, row-major (out features)
+  const void* w = nullptr;         // w: [n, k] e4m3 bytes, row-major (out features)
   const float* w_scale = nullptr;  // w_scale: [n] fp32
-  const void* bias = nullptr;     // bias: [n] bf16, or null
-  void* y = nullptr;              // y: [m, n] bf16, row-major
+  const void* bias = nullptr;      // bias: [n] bf16, or null
+  void* y = nullptr;               // y: [m, n] bf16, row-major
   int64_t m = 0, n = 0, k = 0;
   bool scale_kernel = false;  // run the kScaleKernel path without trying the other (tests)
   // cuBLASLt's FP8 fast accumulation (CUBLASLT_MATMUL_DESC_FAST_ACCUM): no

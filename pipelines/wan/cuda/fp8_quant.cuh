@@ -31,7 +31,8 @@ __device__ __forceinline__ uint2 ToFp8x8(const float (&v)[8], float inv_scale) {
 
 __device__ __forceinline__ float WarpMax(float v) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
