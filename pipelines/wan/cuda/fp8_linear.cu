@@ -354,8 +354,9 @@ Status RunPath(const Fp8GemmParams& p, Fp8GemmPath path, cudaStream_t stream, bo
   const cublasStatus_t status =
       cublasLtMatmul(handle, plan.desc, &alpha, p.w, plan.a, p.x, plan.b, &beta, p.y, plan.d, p.y,
                      plan.d, &choice.algo, workspace, kWorkspaceBytes, stream);
-  if (status == CUBLAS_STATUS_NOT_SUPPORTED && path == Fp8GemmPath::kOuterVectorScales) {
-    // Refused at run time rather than by the heuristic: remembered the same way.
+  if (status != CUBLAS_STATUS_SUCCESS && path == Fp8GemmPath::kOuterVectorScales) {
+    // Refused at run time rather than by the heuristic (cuBLASLt checks before
+    // it launches anything): remembered the same way, and the other path runs.
     RAINSERVE_LOG(WARNING) << LtError(status, "cublasLtMatmul", p, path);
     RefuseAlgo(device, p, path);
     *refused = true;
