@@ -93,7 +93,7 @@ Status QuantizeWanLinears(at::Device compute, NamedTensors* params) {
 }
 
 StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l,
-                               const Fp8LinearOptions& options) {
+                               const Fp8LinearOptions& options, at::Tensor out) {
   if (!l.fp8() || l.weight.scalar_type() != at::kByte || l.weight.dim() != 2) {
     return InternalError("Fp8Linear: the layer is not an FP8 layer");
   }
@@ -110,7 +110,14 @@ StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l,
 #if RAINSERVE_WITH_CUDA
   const c10::cuda::CUDAGuard guard(x.data.device());
   const int64_t M = x.data.size(0), N = l.weight.size(0);
-  at::Tensor y = at::empty({M, N}, x.data.options().dtype(at::kBFloat16));
+  if (out.defined() && (out.dim() != 2 || out.size(0) != M || out.size(1) != N ||
+                        out.scalar_type() != at::kBFloat16 || !out.is_contiguous() ||
+                        out.device() != x.data.device())) {
+    return InvalidArgumentError("Fp8Linear: out must be [" + std::to_string(M) + ", " +
+                                std::to_string(N) + "] contiguous bf16 on x's device, got " +
+                                ShapeOf(out));
+  }
+  at::Tensor y = out.defined() ? out : at::empty({M, N}, x.data.options().dtype(at::kBFloat16));
   pipelines::cuda::Fp8GemmParams p;
   p.x = x.data.data_ptr();
   p.x_scale = x.scale.data_ptr<float>();
@@ -133,6 +140,7 @@ StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l,
   return y;
 #else
   (void)options;
+  (void)out;
   return FailedPreconditionError("Fp8Linear: FP8 needs a build with CUDA LibTorch");
 #endif
 }

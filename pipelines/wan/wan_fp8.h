@@ -38,9 +38,10 @@ struct Fp8LinearOptions {
 };
 
 // y = x W^T + b for an FP8 layer (l.fp8()) and x's quantized rows
-// [M, in]: [M, out] bf16, on x's device.
+// [M, in]: [M, out] bf16, on x's device; written into `out` when it is
+// defined ([M, out] bf16 contiguous, e.g. a row range of a larger output).
 StatusOr<at::Tensor> Fp8Linear(const wan_ops::Fp8Rows& x, const WanLinear& l,
-                               const Fp8LinearOptions& options = {});
+                               const Fp8LinearOptions& options = {}, at::Tensor out = {});
 
 // Which way the FP8 GEMMs of this process apply their scales
 // ("outer-vector-scales", "scale-kernel"), or "none" before the first one.

@@ -1,5 +1,6 @@
 #include "pipelines/wan/wan_transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <utility>
@@ -29,24 +30,20 @@ at::Tensor LinearGeluTanh(const at::Tensor& x, const WanLinear& l) {
   return y.view({x.size(0), x.size(1), l.weight.size(0)});
 }
 
-// An FP8 layer on e4m3 rows whose activations have shape `shape` [..., in]:
-// [..., out] bf16.
-StatusOr<at::Tensor> ProjectRows(const wan_ops::Fp8Rows& rows, const WanLinear& l,
-                                 std::vector<int64_t> shape) {
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor y, Fp8Linear(rows, l));  // [M, out]
-  shape.back() = l.weight.size(0);
-  return y.view(shape);
-}
-
 // y = x W^T + b over the last dim: [..., in] -> [..., out]. An FP8 layer
 // takes x's rows in e4m3: `xq` when the caller has them (written by the norm
 // that produced x), else quantized here.
 StatusOr<at::Tensor> Project(const at::Tensor& x, const WanLinear& l,
                              const wan_ops::Fp8Rows& xq = {}) {
   if (!l.fp8()) return Linear(x, l);
-  if (xq.defined()) return ProjectRows(xq, l, x.sizes().vec());
-  RAINSERVE_ASSIGN_OR_RETURN(const wan_ops::Fp8Rows rows, wan_ops::QuantizeRows(x.contiguous()));
-  return ProjectRows(rows, l, x.sizes().vec());
+  wan_ops::Fp8Rows rows = xq;
+  if (!rows.defined()) {
+    RAINSERVE_ASSIGN_OR_RETURN(rows, wan_ops::QuantizeRows(x.contiguous()));
+  }
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor y, Fp8Linear(rows, l));  // [M, out]
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = l.weight.size(0);
+  return y.view(shape);
 }
 
 // RmsNormRope(Project(x, l, xq)): the projection lives only until normed.
@@ -58,19 +55,35 @@ StatusOr<at::Tensor> ProjectNorm(const at::Tensor& x, const WanLinear& l,
   return wan_ops::RmsNormRope(y, norm, eps, heads, cos, sin, ew);
 }
 
+// Token rows per chunk of the FP8 feed-forward: its bf16 and e4m3 hidden
+// activations ([chunk, ffn], 3 bytes an element) stay well below the bf16
+// path's [B * N, ffn] GELU output (1.2 GB at W1, 4.2 GB at W2), and the GEMMs
+// stay large (32768 x 8960 x 1536 at W1). A multiple of 4: the chunks'
+// scale vectors stay 16-byte aligned.
+constexpr int64_t kFfnChunkRows = 32768;
+
 // The feed-forward Linear, GELU(tanh), Linear on h [B, N, inner] (hq: its
-// e4m3 rows, FP8 layers). FP8: the first GEMM writes bf16 with its bias, one
-// kernel applies GELU and quantizes per token, and the bf16 hidden
-// activations are released before the second GEMM reads the e4m3 ones.
+// e4m3 rows, FP8 layers). FP8, per chunk of token rows: the first GEMM
+// writes bf16 with its bias, one kernel applies GELU and quantizes per
+// token, the second GEMM writes the chunk's rows of the output.
 StatusOr<at::Tensor> FeedForward(const WanBlockWeights& w, const at::Tensor& h,
                                  const wan_ops::Fp8Rows& hq) {
   if (!w.ffn_in.fp8()) return Linear(LinearGeluTanh(h, w.ffn_in), w.ffn_out);
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor up, Project(h, w.ffn_in, hq));  // [B, N, ffn]
-  const std::vector<int64_t> shape = up.sizes().vec();
-  RAINSERVE_ASSIGN_OR_RETURN(const wan_ops::Fp8Rows act,
-                             wan_ops::QuantizeRows(up, /*gelu_tanh=*/true));
-  up = at::Tensor();
-  return ProjectRows(act, w.ffn_out, shape);
+  wan_ops::Fp8Rows rows = hq;
+  if (!rows.defined()) {
+    RAINSERVE_ASSIGN_OR_RETURN(rows, wan_ops::QuantizeRows(h.contiguous()));
+  }
+  const int64_t M = rows.data.size(0);
+  at::Tensor out = at::empty({M, w.ffn_out.weight.size(0)}, h.options());  // [B * N, inner]
+  for (int64_t start = 0; start < M; start += kFfnChunkRows) {
+    const int64_t n = std::min(kFfnChunkRows, M - start);
+    const wan_ops::Fp8Rows chunk{rows.data.narrow(0, start, n), rows.scale.narrow(0, start, n)};
+    RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor up, Fp8Linear(chunk, w.ffn_in));  // [n, ffn]
+    RAINSERVE_ASSIGN_OR_RETURN(const wan_ops::Fp8Rows act,
+                               wan_ops::QuantizeRows(up, /*gelu_tanh=*/true));
+    RAINSERVE_RETURN_IF_ERROR(Fp8Linear(act, w.ffn_out, {}, out.narrow(0, start, n)).status());
+  }
+  return out.view({h.size(0), h.size(1), -1});
 }
 
 // Sinusoidal timestep embedding as diffusers' Timesteps(flip_sin_to_cos=True,
@@ -307,13 +320,19 @@ Status WanTransformer::Block(const WanBlockWeights& w, const Modulation& mod,
   }
 
   // 1. Self-attention: q, k, v [B, N, heads, hd]; q and k RMS-normed with RoPE.
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor q, ProjectNorm(s->h, w.attn1.to_q, s->hq, w.attn1.norm_q,
-                                                       c.eps, heads, rope_cos, rope_sin, ew));
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor k, ProjectNorm(s->h, w.attn1.to_k, s->hq, w.attn1.norm_k,
-                                                       c.eps, heads, rope_cos, rope_sin, ew));
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor v, Project(s->h, w.attn1.to_v, s->hq));
-  v = v.view({B, N, heads, hd});
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor o, attn.SelfAttention(q, k, v));
+  // h (and q, k, v after the attention) are released as soon as they are read.
+  at::Tensor o;
+  {
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor q, ProjectNorm(s->h, w.attn1.to_q, s->hq,
+                                                         w.attn1.norm_q, c.eps, heads, rope_cos,
+                                                         rope_sin, ew));
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor k, ProjectNorm(s->h, w.attn1.to_k, s->hq,
+                                                         w.attn1.norm_k, c.eps, heads, rope_cos,
+                                                         rope_sin, ew));
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor v, Project(s->h, w.attn1.to_v, s->hq));
+    *s = {s->x, {}, {}};
+    RAINSERVE_ASSIGN_OR_RETURN(o, attn.SelfAttention(q, k, v.view({B, N, heads, hd})));
+  }
   RAINSERVE_ASSIGN_OR_RETURN(o, Project(o.reshape({B, N, inner}), w.attn1.to_out));
   // x += gate * o, fused with norm2 (affine LayerNorm, or none).
   if (c.cross_attn_norm) {

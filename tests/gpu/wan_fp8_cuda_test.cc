@@ -229,17 +229,28 @@ WanTransformerConfig SmallConfig(int64_t image_dim) {
   return c;
 }
 
+// One forward shape of the fp8-vs-bf16 test.
+struct ForwardCase {
+  int64_t image_dim;            // 0: text-to-video
+  std::vector<int64_t> latents;  // [B, 16, F, H, W]
+};
+
 // The same random weights in bf16 and with linear_precision fp8: one forward
 // each (fused element-wise ops, and for fp8 the ATen ones too, whose norms
 // quantize in a separate pass) has cosine >= 0.995 against bf16 and is not
 // identical to it; the fp8 model holds fewer parameter bytes, by exactly
 // the bf16 weights replaced with one byte per element plus an fp32 scale
-// per output channel.
+// per output channel. The last case has 2 x 16,640 token rows: the FP8
+// feed-forward runs in two chunks (32,768 rows and the rest).
 TEST_F(WanFp8CudaTest, Fp8TransformerMatchesBf16WithFewerParameterBytes) {
   const at::Device cuda(at::kCUDA, 0);
   attention::AttentionEngine engine(2);
-  for (const int64_t image_dim : {0, 32}) {
-    const WanTransformerConfig c = SmallConfig(image_dim);
+  const std::vector<ForwardCase> cases = {
+      {0, {2, 16, 3, 8, 8}}, {32, {2, 16, 3, 8, 8}}, {0, {2, 16, 1, 256, 260}}};
+  for (const ForwardCase& fc : cases) {
+    const std::string what = "image_dim " + std::to_string(fc.image_dim) + ", latents " +
+                             std::to_string(fc.latents[3]) + "x" + std::to_string(fc.latents[4]);
+    const WanTransformerConfig c = SmallConfig(fc.image_dim);
     auto bf16 = WanTransformer::Random(c, at::kBFloat16, cuda, 5);
     auto fp8 = WanTransformer::Random(c, at::kBFloat16, cuda, 5);
     int64_t saved = 0;
@@ -253,12 +264,14 @@ TEST_F(WanFp8CudaTest, Fp8TransformerMatchesBf16WithFewerParameterBytes) {
               ParameterBytes(bf16->NamedParameters()) - static_cast<uint64_t>(saved));
 
     at::manual_seed(9);
-    const at::Tensor latents = at::randn({2, 16, 3, 8, 8}).to(at::kBFloat16).cuda();
+    const at::Tensor latents = at::randn(fc.latents).to(at::kBFloat16).cuda();
     const at::Tensor text = at::randn({2, 12, 64}).to(at::kBFloat16).cuda();
     const at::Tensor t = at::tensor({999.0f, 500.0f}).cuda();
     WanForwardOptions o;
     o.engine = &engine;
-    if (image_dim > 0) o.image_embeds = at::randn({2, 7, image_dim}).to(at::kBFloat16).cuda();
+    if (fc.image_dim > 0) {
+      o.image_embeds = at::randn({2, 7, fc.image_dim}).to(at::kBFloat16).cuda();
+    }
     auto ref = bf16->Forward(latents, t, text, o);
     ASSERT_TRUE(ref.ok()) << ref.status().ToString();
     for (const ElementwiseImpl ew : {ElementwiseImpl::kFused, ElementwiseImpl::kAten}) {
@@ -266,11 +279,10 @@ TEST_F(WanFp8CudaTest, Fp8TransformerMatchesBf16WithFewerParameterBytes) {
       auto got = fp8->Forward(latents, t, text, o);
       ASSERT_TRUE(got.ok()) << got.status().ToString();
       const double cosine = Cosine(*got, *ref);
-      std::printf("image_dim %ld, %s element-wise ops: fp8 vs bf16 cosine %.6f\n",
-                  static_cast<long>(image_dim), ew == ElementwiseImpl::kFused ? "fused" : "aten",
-                  cosine);
-      EXPECT_GE(cosine, 0.995) << "image_dim " << image_dim;
-      EXPECT_LT(cosine, 1.0 - 1e-7) << "the fp8 forward equals bf16: FP8 layers did not run";
+      std::printf("%s, %s element-wise ops: fp8 vs bf16 cosine %.6f\n", what.c_str(),
+                  ew == ElementwiseImpl::kFused ? "fused" : "aten", cosine);
+      EXPECT_GE(cosine, 0.995) << what;
+      EXPECT_LT(cosine, 1.0 - 1e-7) << what << ": equals bf16, the FP8 layers did not run";
     }
   }
 }
