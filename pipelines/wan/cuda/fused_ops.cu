@@ -1,6 +1,7 @@
 // Fused element-wise kernels of a DiT block (declared in fused_ops.h):
-// LayerNorm + modulation/affine (optionally after a gated residual), RMSNorm
-// (+ RoPE), gated residual.
+// LayerNorm + modulation/affine (optionally after a gated residual, and
+// optionally also writing its output rows in e4m3 for an FP8 linear layer),
+// RMSNorm (+ RoPE), gated residual.
 //
 // The norms: a warp owns a whole row. A CTA of `warps` warps serves one batch
 // element (blockIdx.y); warp w walks the rows blockIdx.x * warps + w,
