@@ -7,12 +7,22 @@
 // probed step; at probe rate r a request pays r times its excess over
 // rainserve_sparse_0.8_sink1, since unprobed steps run unchanged); plus
 // one block of the 14B configuration at the W2 shape (720p, 75,600 tokens).
+// The _fp8 modes run the same weights with linear_precision fp8
+// (pipelines/wan/wan_fp8.h: e4m3 GEMMs through cuBLASLt) and report their
+// step output's cosine against the bf16 model's in the same mode; the
+// linear_layers rows time the GEMMs of one block alone at each shape, bf16
+// (as the model runs them) against fp8 (GEMMs only, and with every
+// activation quantize as a separate kernel: an upper bound, since three of
+// the five run inside the norms in the model).
 // The SDPA dense mode runs twice: with the fused element-wise kernels (the
 // default, as every other mode) and with the norms, modulation, RoPE and
 // residuals as separate ATen ops (the pre-fusion baseline).
 //
 //   build-gpu/bench/wan_step_bench [--steps 5] [--out bench/results/wan_step_gpu.json]
 //                                  [--only MODE] [--profile 1]
+//   e.g. the FP8 comparison alone:
+//   --only torch_sdpa_dense,rainserve_sparse_0.8_sink1,rainserve_sparse_0.8_sink1_fp8,
+//          rainserve_dense,rainserve_dense_fp8,linear_layers
 //
 // --only runs the named modes (comma-separated, e.g.
 // torch_sdpa_dense,rainserve_sparse_0.8_sink1); --profile 1
@@ -27,7 +37,8 @@
 // the timed steps of all modes interleaved, round by round),
 // the share of step time in attention, mask prediction and permutation (from
 // a separate synchronised pass), realized sparsity and peak GPU memory of the
-// forward.
+// forward (allocated bytes, less the other precision's model when both are
+// resident: the peak with only this mode's model on the card).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <cuda_profiler_api.h>
@@ -35,15 +46,19 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <memory>
 #include <numeric>
 #include <cstdio>
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "pipelines/wan/wan_fp8.h"
 #include "pipelines/wan/wan_transformer.h"
 
 namespace {
@@ -59,6 +74,7 @@ struct Mode {
   // baseline of the fused kernels, pipelines/wan/wan_ops.h).
   ElementwiseImpl elementwise = ElementwiseImpl::kFused;
   double probe_rate = 0.0;  // quality probe: 1 probes every (sparse) step
+  bool fp8 = false;         // the linear_precision fp8 copy of the model
 };
 
 double MedianMs(std::vector<double> v) {
@@ -84,6 +100,11 @@ Flags ParseFlags(int argc, char** argv) {
   return f;
 }
 
+// True when --only names `name` (or there is no --only).
+bool Selected(const Flags& f, const std::string& name) {
+  return f.only.empty() || ("," + f.only + ",").find("," + name + ",") != std::string::npos;
+}
+
 // What every shape shares.
 struct Bench {
   const Flags& flags;
@@ -92,11 +113,18 @@ struct Bench {
   nlohmann::json rows = nlohmann::json::array();  // the result file's rows
 };
 
-// One shape: its model and inputs, the classifier-free guidance batch of 2.
+// One shape: its models and inputs, the classifier-free guidance batch of 2.
 struct ShapeInputs {
   const char* name;
   const WanTransformer& model;
+  const WanTransformer* fp8_model;  // the same weights with fp8 linears, or null
   at::Tensor lat, text, t;
+  const WanTransformer& For(const Mode& mode) const { return mode.fp8 ? *fp8_model : model; }
+  // Device bytes of the model `mode` does not use (0 when it is not resident).
+  double OtherModelBytes(const Mode& mode) const {
+    if (fp8_model == nullptr) return 0;
+    return static_cast<double>(ParameterBytes((mode.fp8 ? model : *fp8_model).NamedParameters()));
+  }
 };
 
 // The options of a mode's steps, set past the warm-up.
@@ -120,7 +148,7 @@ WanForwardOptions OptionsFor(Bench& bench, const Mode& mode) {
 void Step(Bench& bench, const ShapeInputs& in, const Mode& mode, int i, WanForwardStats* st) {
   WanForwardOptions o = OptionsFor(bench, mode);
   o.step = i;
-  auto r = in.model.Forward(in.lat, in.t, in.text, o, st);
+  auto r = in.For(mode).Forward(in.lat, in.t, in.text, o, st);
   if (!r.ok()) {
     std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
     std::exit(1);
@@ -178,8 +206,8 @@ std::vector<Timed> TimeSteps(Bench& bench, const ShapeInputs& in, const std::vec
         ++tm.sparse_steps;
       }
       const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
-      tm.peak_gb = std::max(tm.peak_gb,
-                            static_cast<double>(stats.allocated_bytes[0].peak) / (1 << 30));
+      const double peak = static_cast<double>(stats.allocated_bytes[0].peak);
+      tm.peak_gb = std::max(tm.peak_gb, (peak - in.OtherModelBytes(modes[m])) / (1 << 30));
     }
   }
   return timed;
@@ -193,8 +221,19 @@ bool TimeSplitPass(Bench& bench, const ShapeInputs& in, const Mode& mode, WanFor
   prof.attention.synchronize = [] { cudaDeviceSynchronize(); };
   cudaDeviceSynchronize();
   bool ok = false;
-  *prof_ms = CudaEventMs([&] { ok = in.model.Forward(in.lat, in.t, in.text, prof, ps).ok(); });
+  *prof_ms = CudaEventMs([&] { ok = in.For(mode).Forward(in.lat, in.t, in.text, prof, ps).ok(); });
   return ok;
+}
+
+// One step of `mode` (an fp8 one) and of the bf16 model in the same mode,
+// same inputs: the cosine of the two outputs.
+double CosineVsBf16(Bench& bench, const ShapeInputs& in, const Mode& mode) {
+  const WanForwardOptions o = OptionsFor(bench, mode);
+  auto fp8 = in.fp8_model->Forward(in.lat, in.t, in.text, o);
+  auto bf16 = in.model.Forward(in.lat, in.t, in.text, o);
+  if (!fp8.ok() || !bf16.ok()) return NAN;
+  const at::Tensor a = fp8->to(at::kDouble).flatten(), b = bf16->to(at::kDouble).flatten();
+  return (a.dot(b) / (a.norm() * b.norm())).item<double>();
 }
 
 // The row of one mode, printed and added. *sdpa_ms: the step time of the
@@ -240,6 +279,13 @@ bool ReportMode(Bench& bench, const ShapeInputs& in, const Mode& mode, const Tim
                       {"peak_gpu_gb", tm.peak_gb},
                       {"tokens", ps.tokens}};
   if (*sdpa_ms > 0) r["speedup_vs_sdpa"] = *sdpa_ms / median;
+  if (mode.fp8) {
+    r["linear_precision"] = "fp8";
+    r["fp8_gemm_path"] = Fp8GemmPathUsed();
+    r["cosine_vs_bf16"] = CosineVsBf16(bench, in, mode);
+    std::printf("  %-4s %-36s step output cosine vs bf16 %.5f (%s)\n", in.name, mode.name.c_str(),
+                r["cosine_vs_bf16"].get<double>(), Fp8GemmPathUsed().c_str());
+  }
   std::printf("  %-4s %-36s %.3f s/step [%.3f, %.3f] (host %.3f)  x%.2f  attn %.0f%% "
               "mask %.2f%% perm %.2f%%  real %.3f  peak %.1f GB\n",
               in.name, mode.name.c_str(), median / 1000, r["s_per_step_min"].get<double>(),
@@ -253,18 +299,18 @@ bool ReportMode(Bench& bench, const ShapeInputs& in, const Mode& mode, const Tim
 
 // The modes of `all_modes` that --only names (all without --only) on one
 // latent shape F x H x W of `model`: warm-up, timed steps, a row per mode.
-void RunShape(Bench& bench, const char* shape, const WanTransformer& model, int64_t F, int64_t H,
-              int64_t W, const std::vector<Mode>& all_modes) {
+void RunShape(Bench& bench, const char* shape, const WanTransformer& model,
+              const WanTransformer* fp8_model, int64_t F, int64_t H, int64_t W,
+              const std::vector<Mode>& all_modes) {
   const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(bench.device);
   const WanTransformerConfig& c = model.config();
   const at::Tensor lat = at::randn({2, c.in_channels, F, H, W}, bf16);
   const at::Tensor text = at::randn({2, 512, c.text_dim}, bf16);
   const at::Tensor t = at::full({2}, 900.0, at::TensorOptions().device(bench.device));
-  const ShapeInputs in{shape, model, lat, text, t};
-  const std::string& only = bench.flags.only;
+  const ShapeInputs in{shape, model, fp8_model, lat, text, t};
   std::vector<Mode> modes;
   for (const Mode& mode : all_modes) {
-    if (only.empty() || ("," + only + ",").find("," + mode.name + ",") != std::string::npos) {
+    if (Selected(bench.flags, mode.name) && (!mode.fp8 || fp8_model != nullptr)) {
       modes.push_back(mode);
     }
   }
@@ -273,6 +319,123 @@ void RunShape(Bench& bench, const char* shape, const WanTransformer& model, int6
   for (size_t m = 0; m < modes.size(); ++m) {
     if (!ReportMode(bench, in, modes[m], timed[m], &sdpa_ms)) return;
   }
+}
+
+// ---- The linear layers of one block alone ----
+
+// One GEMM of a block: rows x (in -> out); gelu: the FFN's first layer.
+struct Gemm {
+  const char* name;
+  int64_t rows, in, out;
+  bool gelu = false;
+};
+
+// A GEMM's operands in both precisions.
+struct GemmOperands {
+  Gemm g;
+  at::Tensor x;               // [rows, in] bf16
+  WanLinear bf16, fp8;        // the same weights
+  wan_ops::Fp8Rows xq;        // x quantized
+};
+
+void Check(const Status& s) {
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    std::exit(1);
+  }
+}
+
+GemmOperands MakeGemm(const Gemm& g, const at::Device& device) {
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(device);
+  GemmOperands o{g, at::randn({g.rows, g.in}, bf16), {}, {}, {}};
+  const at::Tensor w = at::randn({g.out, g.in}, bf16) / std::sqrt(static_cast<double>(g.in));
+  o.bf16 = {w, at::randn({g.out}, bf16) * 0.01, {}};
+  NamedTensors params = {{"blocks.0.ffn.net.2.weight", w}};
+  Check(QuantizeWanLinears(device, &params));
+  o.fp8 = {params[0].second, o.bf16.bias, params[1].second};
+  auto xq = wan_ops::QuantizeRows(o.x);
+  Check(xq.status());
+  o.xq = *xq;
+  return o;
+}
+
+// Median ms of `reps` timed calls of fn after 3 warm-ups.
+double MedianCallMs(const std::function<void()>& fn, int reps) {
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) ms.push_back(CudaEventMs(fn));
+  return MedianMs(ms);
+}
+
+// One block's GEMMs (batch 2 with CFG: rows = 2 x tokens; the text keys and
+// values over 2 x 512 tokens), timed bf16 as the model runs them (the FFN's
+// GELU in the epilogue), fp8 GEMMs alone (also with cuBLASLt's fast
+// accumulation, which the model does not use), and fp8 with each GEMM's input
+// quantized by its own kernel; rows per block and per step (x layers).
+void RunLinears(Bench& bench, const char* shape, int64_t tokens, int64_t inner, int64_t ffn,
+                int64_t layers) {
+  const int64_t M = 2 * tokens, L = 2 * 512;
+  const std::vector<Gemm> gemms = {
+      {"self q", M, inner, inner}, {"self k", M, inner, inner}, {"self v", M, inner, inner},
+      {"self out", M, inner, inner}, {"cross q", M, inner, inner}, {"cross k", L, inner, inner},
+      {"cross v", L, inner, inner}, {"cross out", M, inner, inner},
+      {"ffn in", M, inner, ffn, true}, {"ffn out", M, ffn, inner}};
+  std::vector<GemmOperands> ops;
+  for (const Gemm& g : gemms) ops.push_back(MakeGemm(g, bench.device));
+  const int reps = 10;
+  const double bf16_ms = MedianCallMs([&] {
+    for (const GemmOperands& o : ops) {
+      if (o.g.gelu) {
+        at::_addmm_activation(o.bf16.bias, o.x, o.bf16.weight.t(), 1, 1, /*use_gelu=*/true);
+      } else {
+        at::linear(o.x, o.bf16.weight, o.bf16.bias);
+      }
+    }
+  }, reps);
+  const double gemm_ms = MedianCallMs([&] {
+    for (const GemmOperands& o : ops) Check(Fp8Linear(o.xq, o.fp8).status());
+  }, reps);
+  Fp8LinearOptions fast;
+  fast.fast_accum = true;
+  const double fast_ms = MedianCallMs([&] {
+    for (const GemmOperands& o : ops) Check(Fp8Linear(o.xq, o.fp8, fast).status());
+  }, reps);
+  const double quantized_ms = MedianCallMs([&] {
+    for (const GemmOperands& o : ops) {
+      auto xq = wan_ops::QuantizeRows(o.x, /*gelu_tanh=*/o.g.name == std::string("ffn out"));
+      Check(xq.status());
+      Check(Fp8Linear(*xq, o.fp8).status());
+    }
+  }, reps);
+  const std::pair<const char*, double> rows[] = {
+      {"linear_layers_bf16", bf16_ms},
+      {"linear_layers_fp8_gemm_only", gemm_ms},
+      {"linear_layers_fp8_gemm_only_fast_accum", fast_ms},
+      {"linear_layers_fp8", quantized_ms}};
+  for (const auto& [impl, ms] : rows) {
+    nlohmann::json r = {{"shape", shape}, {"impl", impl}, {"tokens", tokens}, {"rows", M},
+                        {"s_per_block", ms / 1000}, {"layers", layers},
+                        {"s_per_step", ms * layers / 1000}, {"speedup_vs_bf16", bf16_ms / ms}};
+    if (std::string(impl) != "linear_layers_bf16") r["fp8_gemm_path"] = Fp8GemmPathUsed();
+    std::printf("  %-4s %-36s %.3f ms/block  %.3f s/step  x%.2f vs bf16\n", shape, impl, ms,
+                ms * layers / 1000, bf16_ms / ms);
+    bench.rows.push_back(r);
+  }
+}
+
+// The model of `config` with random weights (seed), and, when a selected
+// mode needs it, a copy with linear_precision fp8 (same seed, same weights).
+std::pair<std::unique_ptr<WanTransformer>, std::unique_ptr<WanTransformer>> Models(
+    const Bench& bench, const WanTransformerConfig& config, uint64_t seed,
+    const std::vector<Mode>& modes) {
+  auto model = WanTransformer::Random(config, at::kBFloat16, bench.device, seed);
+  std::unique_ptr<WanTransformer> fp8;
+  for (const Mode& mode : modes) {
+    if (!mode.fp8 || !Selected(bench.flags, mode.name) || fp8) continue;
+    fp8 = WanTransformer::Random(config, at::kBFloat16, bench.device, seed);
+    Check(fp8->QuantizeLinearsToFp8(bench.device));
+  }
+  return {std::move(model), std::move(fp8)};
 }
 
 }  // namespace
@@ -298,23 +461,32 @@ int main(int argc, char** argv) {
       {"rainserve_sparse_0.8_sink1_warmup20", attention::DenseKernel::kAuto, 0.8, 0.2},
       {"rainserve_sparse_0.8_sink1_probe", attention::DenseKernel::kAuto, 0.8, 0.0,
        ElementwiseImpl::kFused, 1.0},
+      {"rainserve_sparse_0.8_sink1_fp8", attention::DenseKernel::kAuto, 0.8, 0.0,
+       ElementwiseImpl::kFused, 0.0, /*fp8=*/true},
+      {"rainserve_dense_fp8", attention::DenseKernel::kOurs, 0.0, 0.0, ElementwiseImpl::kFused,
+       0.0, /*fp8=*/true},
   };
   {
     WanTransformerConfig c13;  // Wan2.1-T2V-1.3B
     c13.num_attention_heads = 12;
     c13.ffn_dim = 8960;
     c13.num_layers = 30;
-    auto model = WanTransformer::Random(c13, at::kBFloat16, cuda, 1);
-    RunShape(bench, "W1", *model, 21, 60, 104, modes);
+    auto [model, fp8] = Models(bench, c13, 1, modes);
+    RunShape(bench, "W1", *model, fp8.get(), 21, 60, 104, modes);
   }
   {
     WanTransformerConfig c14;  // Wan2.1-T2V-14B, one block
     c14.num_attention_heads = 40;
     c14.ffn_dim = 13824;
     c14.num_layers = 1;
-    auto model = WanTransformer::Random(c14, at::kBFloat16, cuda, 2);
-    RunShape(bench, "W2x1", *model, 21, 90, 160,
-             {modes[0], modes[1], modes[2], modes[3], modes[4]});
+    const std::vector<Mode> w2_modes = {modes[0], modes[1], modes[2], modes[3],
+                                        modes[4], modes[7], modes[8]};
+    auto [model, fp8] = Models(bench, c14, 2, w2_modes);
+    RunShape(bench, "W2x1", *model, fp8.get(), 21, 90, 160, w2_modes);
+  }
+  if (Selected(flags, "linear_layers")) {
+    RunLinears(bench, "W1", 32760, 1536, 8960, 30);
+    RunLinears(bench, "W2x1", 75600, 5120, 13824, 1);
   }
   if (!flags.out_path.empty()) {
     const std::string command =

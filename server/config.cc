@@ -186,6 +186,7 @@ Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
   RAINSERVE_RETURN_IF_ERROR(m.String("device", &e->device));
   RAINSERVE_RETURN_IF_ERROR(ValidateDevice(m.KeyPath("device"), e->device));
   RAINSERVE_RETURN_IF_ERROR(m.Enum("dtype", {"fp32", "bf16", "fp16"}, &e->dtype));
+  RAINSERVE_RETURN_IF_ERROR(m.Enum("linear_precision", {"bf16", "fp8"}, &e->linear_precision));
   RAINSERVE_RETURN_IF_ERROR(m.Int("threads", 0, 1024, &e->threads));
   RAINSERVE_RETURN_IF_ERROR(m.Bool("load_at_startup", &e->load_at_startup));
   RAINSERVE_RETURN_IF_ERROR(m.Bool("offload_idle_expert", &e->offload_idle_expert));

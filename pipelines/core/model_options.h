@@ -64,6 +64,11 @@ struct ModelOptions {
   ModelDefaultsOverride defaults;
   ModelLimitsOverride limits;
   std::vector<LoraFile> loras;  // merged in this order; at most kMaxLoraFiles
+  // Precision of the transformer blocks' linear layers: "bf16" (the model
+  // dtype) or "fp8" (e4m3 weights and activations with per-channel and
+  // per-token scales, cuBLASLt FP8 GEMMs; CUDA Hopper devices and dtype bf16
+  // only, checked at load: pipelines/wan/wan_fp8.h).
+  std::string linear_precision = "bf16";
   // Two-expert models: keep the expert that is not running in host memory
   // and move it to the device at the switch (and the other one out), instead
   // of both staying resident. Saves one expert's weights of device memory at

@@ -12,7 +12,8 @@ StatusOr<std::unique_ptr<WanExperts>> WanExperts::Load(const std::string& dir,
                                                        int64_t num_train_timesteps,
                                                        at::ScalarType dtype, at::Device device,
                                                        bool offload_idle,
-                                                       const std::vector<LoraFile>& loras) {
+                                                       const std::vector<LoraFile>& loras,
+                                                       bool fp8) {
   std::unique_ptr<WanExperts> e(new WanExperts());
   e->device_ = device;
   e->offload_idle_ = offload_idle && index.has_transformer_2 && !device.is_cpu();
@@ -23,6 +24,7 @@ StatusOr<std::unique_ptr<WanExperts>> WanExperts::Load(const std::string& dir,
     RAINSERVE_ASSIGN_OR_RETURN(e->experts_[i],
                                WanTransformer::Load(dir + folders[i], dtype, load_on));
     RAINSERVE_RETURN_IF_ERROR(e->experts_[i]->MergeLoras(loras));
+    if (fp8) RAINSERVE_RETURN_IF_ERROR(e->experts_[i]->QuantizeLinearsToFp8(device));
   }
   if (e->experts_[1]) {
     if (WanTransformerConfigJson(e->experts_[0]->config()) !=

@@ -25,14 +25,16 @@ namespace rainserve {
 class WanExperts {
  public:
   // Loads transformer/ (and transformer_2/ when `index` names it) from `dir`,
-  // merging `loras` into every expert. Experts whose configs disagree are
-  // INVALID_ARGUMENT naming both folders.
+  // merging `loras` into every expert, then, with fp8, quantizing their
+  // block linears to FP8 on `device` (WanTransformer::QuantizeLinearsToFp8).
+  // Experts whose configs disagree are INVALID_ARGUMENT naming both folders.
   static StatusOr<std::unique_ptr<WanExperts>> Load(const std::string& dir,
                                                     const WanModelIndex& index,
                                                     int64_t num_train_timesteps,
                                                     at::ScalarType dtype, at::Device device,
                                                     bool offload_idle,
-                                                    const std::vector<LoraFile>& loras);
+                                                    const std::vector<LoraFile>& loras,
+                                                    bool fp8 = false);
 
   // Two experts already built (benchmarks, tests): `high` on `device`, `low`
   // anywhere; with offload_idle `low` moves to host memory now.

@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "pipelines/wan/cuda/fp8_linear.h"
 #include "pipelines/wan/cuda/fused_ops.h"
 #endif
 
@@ -146,9 +147,20 @@ at::Tensor KernelReady(const at::Tensor& v) {
 // LayerNorm of x, or of x + branch * gate when branch is defined (gate may
 // be undefined: x + branch); returns {sum, norm} (sum undefined without a
 // branch).
+// Empty e4m3 rows for x [..., K]: [M, K] bytes and [M] fp32 scales.
+Fp8Rows EmptyFp8Rows(const at::Tensor& x) {
+  const int64_t K = x.size(-1), M = K == 0 ? 0 : x.numel() / K;
+  Fp8Rows r;
+  r.data = at::empty({M, K}, x.options().dtype(at::kByte));
+  r.scale = at::empty({M}, x.options().dtype(at::kFloat));
+  return r;
+}
+
+// With quantize, r.norm_fp8 is filled by the same kernel.
 StatusOr<ResidualNorm> FusedLayerNorm(const at::Tensor& x, const at::Tensor& branch,
                                       const at::Tensor& gate, const at::Tensor& scale,
-                                      const at::Tensor& shift, float scale_offset, double eps) {
+                                      const at::Tensor& shift, float scale_offset, double eps,
+                                      bool quantize = false) {
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor a = KernelReady(scale), b = KernelReady(shift);
   const at::Tensor g = gate.defined() ? KernelReady(gate) : at::Tensor();
@@ -164,6 +176,11 @@ StatusOr<ResidualNorm> FusedLayerNorm(const at::Tensor& x, const at::Tensor& bra
     p.branch = branch.data_ptr();
     p.sum = r.sum.data_ptr();
     if (g.defined()) p.gate = KernelVector(g);
+  }
+  if (quantize) {
+    r.norm_fp8 = EmptyFp8Rows(x);
+    p.q = r.norm_fp8.data.data_ptr();
+    p.q_scale = r.norm_fp8.scale.data_ptr<float>();
   }
   p.scale_offset = scale_offset;
   p.eps = static_cast<float>(eps);
@@ -294,7 +311,7 @@ StatusOr<at::Tensor> PlainLayerNorm(const char* op, NormKind kind, const at::Ten
 StatusOr<ResidualNorm> ResidualLayerNorm(const char* op, NormKind kind, const at::Tensor& x,
                                          const at::Tensor& y, const at::Tensor& gate,
                                          const at::Tensor& a, const at::Tensor& b, double eps,
-                                         ElementwiseImpl impl) {
+                                         ElementwiseImpl impl, bool quantize) {
   RAINSERVE_RETURN_IF_ERROR(CheckBranch(op, x, y));
   if (gate.defined()) RAINSERVE_RETURN_IF_ERROR(CheckBatchVector(op, "gate", gate, x));
   RAINSERVE_RETURN_IF_ERROR(CheckNormVectors(op, kind, a, b, x));
@@ -302,12 +319,15 @@ StatusOr<ResidualNorm> ResidualLayerNorm(const char* op, NormKind kind, const at
   if (impl == ElementwiseImpl::kFused && FusedKernelsApply(x) &&
       kernels::SupportsRows(x.size(2), {y.data_ptr()}) && !PerToken(gate) && !PerToken(a) &&
       !PerToken(b)) {
-    return FusedLayerNorm(x, y, gate, a, b, ScaleOffset(kind), eps);
+    return FusedLayerNorm(x, y, gate, a, b, ScaleOffset(kind), eps, quantize);
   }
 #endif
   ResidualNorm r;
   r.sum = AtenResidual(x, y, gate);
   r.norm = AtenLayerNorm(kind, r.sum, a, b, eps);
+  if (quantize) {
+    RAINSERVE_ASSIGN_OR_RETURN(r.norm_fp8, QuantizeRows(r.norm));
+  }
   return r;
 }
 
@@ -328,18 +348,48 @@ StatusOr<ResidualNorm> GatedResidualModulatedLayerNorm(const at::Tensor& x, cons
                                                        const at::Tensor& gate,
                                                        const at::Tensor& scale,
                                                        const at::Tensor& shift, double eps,
-                                                       ElementwiseImpl impl) {
+                                                       ElementwiseImpl impl, bool quantize) {
   return ResidualLayerNorm("GatedResidualModulatedLayerNorm", NormKind::kModulated, x, y, gate,
-                           scale, shift, eps, impl);
+                           scale, shift, eps, impl, quantize);
 }
 
 StatusOr<ResidualNorm> GatedResidualAffineLayerNorm(const at::Tensor& x, const at::Tensor& y,
                                                     const at::Tensor& gate,
                                                     const at::Tensor& weight,
                                                     const at::Tensor& bias, double eps,
-                                                    ElementwiseImpl impl) {
+                                                    ElementwiseImpl impl, bool quantize) {
   return ResidualLayerNorm("GatedResidualAffineLayerNorm", NormKind::kAffine, x, y, gate, weight,
-                           bias, eps, impl);
+                           bias, eps, impl, quantize);
+}
+
+StatusOr<Fp8Rows> QuantizeRows(const at::Tensor& x, bool gelu_tanh) {
+  constexpr const char* kOp = "QuantizeRows";
+  if (!x.defined() || x.dim() < 1 || x.size(-1) == 0) {
+    return Invalid(kOp, "x", "must be [..., K], K > 0");
+  }
+  if (!x.is_cuda() || !x.is_contiguous() ||
+      (x.scalar_type() != at::kBFloat16 && x.scalar_type() != at::kHalf)) {
+    return Invalid(kOp, "x",
+                   "must be a contiguous CUDA bfloat16/float16 tensor (FP8 runs on CUDA), got " +
+                       std::string(c10::toString(x.scalar_type())) + " on " + x.device().str());
+  }
+#if RAINSERVE_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  Fp8Rows r = EmptyFp8Rows(x);
+  kernels::QuantizeRowsParams p;
+  p.x = x.data_ptr();
+  p.q = r.data.data_ptr();
+  p.scale = r.scale.data_ptr<float>();
+  p.rows = r.data.size(0);
+  p.cols = r.data.size(1);
+  p.gelu_tanh = gelu_tanh;
+  p.dtype = KernelDType(x);
+  RAINSERVE_RETURN_IF_ERROR(kernels::LaunchQuantizeRows(p, StreamOf(x)));
+  return r;
+#else
+  (void)gelu_tanh;
+  return FailedPreconditionError("QuantizeRows: FP8 needs a build with CUDA LibTorch");
+#endif
 }
 
 StatusOr<at::Tensor> RmsNormRope(const at::Tensor& x, const at::Tensor& weight, double eps,

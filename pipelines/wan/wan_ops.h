@@ -68,20 +68,39 @@ StatusOr<at::Tensor> GatedResidual(const at::Tensor& x, const at::Tensor& y,
                                    const at::Tensor& gate,
                                    ElementwiseImpl impl = ElementwiseImpl::kFused);
 
+// Rows of activations quantized to FP8 e4m3 for an FP8 linear layer
+// (pipelines/wan/wan_fp8.h): row r is data[r] * scale[r], scale = the row's
+// amax / 448 (1 for an all-zero row).
+struct Fp8Rows {
+  at::Tensor data;   // [M, K] uint8 (the e4m3 bit patterns)
+  at::Tensor scale;  // [M] fp32
+  bool defined() const { return data.defined(); }
+};
+
+// x's rows quantized (x: [..., K] contiguous CUDA bf16/fp16, any K; M =
+// x.numel() / K), after GELU(tanh) in fp32 when gelu_tanh is set (the FFN's
+// hidden activations). FAILED_PRECONDITION without CUDA.
+StatusOr<Fp8Rows> QuantizeRows(const at::Tensor& x, bool gelu_tanh = false);
+
 // A residual update and the LayerNorm that reads it next, as one op: the
 // fused kernel reads x and y once instead of writing the sum and reading it
 // back. Results equal GatedResidual(x, y, gate) followed by the LayerNorm of
 // that (rounded) sum; an undefined gate means the plain residual x + y.
+// With quantize, norm_fp8 is QuantizeRows(norm), written by the fused
+// kernel from the row it has in hand (the ATen path quantizes separately).
 struct ResidualNorm {
-  at::Tensor sum;   // x + y * gate, x's dtype: the updated residual stream
-  at::Tensor norm;  // the LayerNorm of sum, x's dtype
+  at::Tensor sum;    // x + y * gate, x's dtype: the updated residual stream
+  at::Tensor norm;   // the LayerNorm of sum, x's dtype
+  Fp8Rows norm_fp8;  // norm's rows in e4m3 (only with quantize)
 };
 StatusOr<ResidualNorm> GatedResidualModulatedLayerNorm(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& scale,
-    const at::Tensor& shift, double eps, ElementwiseImpl impl = ElementwiseImpl::kFused);
+    const at::Tensor& shift, double eps, ElementwiseImpl impl = ElementwiseImpl::kFused,
+    bool quantize = false);
 StatusOr<ResidualNorm> GatedResidualAffineLayerNorm(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& gate, const at::Tensor& weight,
-    const at::Tensor& bias, double eps, ElementwiseImpl impl = ElementwiseImpl::kFused);
+    const at::Tensor& bias, double eps, ElementwiseImpl impl = ElementwiseImpl::kFused,
+    bool quantize = false);
 
 }  // namespace wan_ops
 }  // namespace rainserve

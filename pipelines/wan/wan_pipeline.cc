@@ -52,6 +52,24 @@ namespace {
 using nlohmann::json;
 using Clock = SteadyClock;
 
+// models[].linear_precision: "bf16", or "fp8" on a CUDA device with dtype bf16.
+Status CheckLinearPrecision(const ModelOptions& entry, const at::Device& device) {
+  if (entry.linear_precision == "bf16") return OkStatus();
+  if (entry.linear_precision != "fp8") {
+    return InvalidArgumentError("linear_precision: expected bf16 or fp8, got '" +
+                                entry.linear_precision + "'");
+  }
+  if (!device.is_cuda()) {
+    return InvalidArgumentError(
+        "linear_precision: fp8 needs a CUDA device (FP8 GEMMs on Hopper); this model's device is " +
+        entry.device);
+  }
+  if (entry.dtype != "bf16") {
+    return InvalidArgumentError("linear_precision: fp8 needs dtype bf16, got " + entry.dtype);
+  }
+  return OkStatus();
+}
+
 // One request's step cache: the policy (pipelines/core/step_cache.h) behind
 // the transformer's hook. The probe's change is mean |a - b| / mean |b| over
 // the whole batch, so both CFG branches share one decision per step.
@@ -201,6 +219,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   std::unique_ptr<WanPipeline> p(new WanPipeline());
   RAINSERVE_ASSIGN_OR_RETURN(p->device_, ParseDevice(entry.device));
   RAINSERVE_ASSIGN_OR_RETURN(p->dtype_, ParseDtype(entry.dtype));
+  RAINSERVE_RETURN_IF_ERROR(CheckLinearPrecision(entry, p->device_));
   RAINSERVE_ASSIGN_OR_RETURN(p->index_, ReadWanModelIndex(dir));
   p->image_mode_ = p->index_.expand_timesteps  ? WanImageMode::kFirstFrame
                    : p->index_.image_to_video() ? WanImageMode::kConcat
@@ -223,7 +242,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   RAINSERVE_ASSIGN_OR_RETURN(
       p->experts_, WanExperts::Load(dir, p->index_, p->scheduler_config_.num_train_timesteps,
                                     p->dtype_, p->device_, entry.offload_idle_expert,
-                                    entry.loras));
+                                    entry.loras, entry.linear_precision == "fp8"));
   RAINSERVE_ASSIGN_OR_RETURN(p->vae_, WanVAE::Load(dir + "/vae", at::kFloat, p->device_));
   if (p->index_.has_image_encoder) {
     // fp32 like the VAE: one encoding per request.

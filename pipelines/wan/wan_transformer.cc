@@ -1,5 +1,6 @@
 #include "pipelines/wan/wan_transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <utility>
@@ -9,6 +10,7 @@
 #include "common/files.h"
 #include "pipelines/core/lora.h"
 #include "pipelines/core/safetensors.h"
+#include "pipelines/wan/wan_fp8.h"
 #include "pipelines/wan/wan_ops.h"
 
 namespace rainserve {
@@ -26,6 +28,62 @@ at::Tensor LinearGeluTanh(const at::Tensor& x, const WanLinear& l) {
   const at::Tensor y = at::_addmm_activation(l.bias, x.reshape({-1, x.size(-1)}), l.weight.t(), 1,
                                              1, /*use_gelu=*/true);
   return y.view({x.size(0), x.size(1), l.weight.size(0)});
+}
+
+// y = x W^T + b over the last dim: [..., in] -> [..., out]. An FP8 layer
+// takes x's rows in e4m3: `xq` when the caller has them (written by the norm
+// that produced x), else quantized here.
+StatusOr<at::Tensor> Project(const at::Tensor& x, const WanLinear& l,
+                             const wan_ops::Fp8Rows& xq = {}) {
+  if (!l.fp8()) return Linear(x, l);
+  wan_ops::Fp8Rows rows = xq;
+  if (!rows.defined()) {
+    RAINSERVE_ASSIGN_OR_RETURN(rows, wan_ops::QuantizeRows(x.contiguous()));
+  }
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor y, Fp8Linear(rows, l));  // [M, out]
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = l.weight.size(0);
+  return y.view(shape);
+}
+
+// RmsNormRope(Project(x, l, xq)): the projection lives only until normed.
+StatusOr<at::Tensor> ProjectNorm(const at::Tensor& x, const WanLinear& l,
+                                 const wan_ops::Fp8Rows& xq, const at::Tensor& norm, double eps,
+                                 int64_t heads, const at::Tensor& cos, const at::Tensor& sin,
+                                 ElementwiseImpl ew) {
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor y, Project(x, l, xq));
+  return wan_ops::RmsNormRope(y, norm, eps, heads, cos, sin, ew);
+}
+
+// Token rows per chunk of the FP8 feed-forward: its bf16 and e4m3 hidden
+// activations ([chunk, ffn], 3 bytes an element) stay well below the bf16
+// path's [B * N, ffn] GELU output (1.2 GB at W1, 4.2 GB at W2), and the GEMMs
+// stay large (32768 x 8960 x 1536 at W1). A multiple of 4: the chunks'
+// scale vectors stay 16-byte aligned.
+constexpr int64_t kFfnChunkRows = 32768;
+
+// The feed-forward Linear, GELU(tanh), Linear on h [B, N, inner] (hq: its
+// e4m3 rows, FP8 layers). FP8, per chunk of token rows: the first GEMM
+// writes bf16 with its bias, one kernel applies GELU and quantizes per
+// token, the second GEMM writes the chunk's rows of the output.
+StatusOr<at::Tensor> FeedForward(const WanBlockWeights& w, const at::Tensor& h,
+                                 const wan_ops::Fp8Rows& hq) {
+  if (!w.ffn_in.fp8()) return Linear(LinearGeluTanh(h, w.ffn_in), w.ffn_out);
+  wan_ops::Fp8Rows rows = hq;
+  if (!rows.defined()) {
+    RAINSERVE_ASSIGN_OR_RETURN(rows, wan_ops::QuantizeRows(h.contiguous()));
+  }
+  const int64_t M = rows.data.size(0);
+  at::Tensor out = at::empty({M, w.ffn_out.weight.size(0)}, h.options());  // [B * N, inner]
+  for (int64_t start = 0; start < M; start += kFfnChunkRows) {
+    const int64_t n = std::min(kFfnChunkRows, M - start);
+    const wan_ops::Fp8Rows chunk{rows.data.narrow(0, start, n), rows.scale.narrow(0, start, n)};
+    RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor up, Fp8Linear(chunk, w.ffn_in));  // [n, ffn]
+    RAINSERVE_ASSIGN_OR_RETURN(const wan_ops::Fp8Rows act,
+                               wan_ops::QuantizeRows(up, /*gelu_tanh=*/true));
+    RAINSERVE_RETURN_IF_ERROR(Fp8Linear(act, w.ffn_out, {}, out.narrow(0, start, n)).status());
+  }
+  return out.view({h.size(0), h.size(1), -1});
 }
 
 // Sinusoidal timestep embedding as diffusers' Timesteps(flip_sin_to_cos=True,
@@ -127,6 +185,10 @@ StatusOr<std::unique_ptr<WanTransformer>> WanTransformer::Load(const std::string
 }
 
 Status WanTransformer::Save(const std::string& dir, int64_t max_shard_bytes) const {
+  if (fp8_) {
+    return FailedPreconditionError(
+        "an FP8 model (linear_precision: fp8) cannot be saved: its checkpoint is the bf16 one");
+  }
   return WriteModelFolder(dir, WanTransformerConfigJson(config_), "diffusion_pytorch_model",
                           params_, max_shard_bytes);
 }
@@ -134,6 +196,7 @@ Status WanTransformer::Save(const std::string& dir, int64_t max_shard_bytes) con
 
 Status WanTransformer::MergeLoras(const std::vector<LoraFile>& loras) {
   if (loras.empty()) return OkStatus();
+  if (fp8_) return FailedPreconditionError("LoRAs merge before linear_precision fp8 quantizes");
   RAINSERVE_RETURN_IF_ERROR(rainserve::MergeLoras(loras, WanOriginalModuleName, &params_));
   return Resolve();
 }
@@ -168,6 +231,23 @@ Status WanTransformer::MoveTo(at::Device device) {
   }
   device_ = device;
   return Resolve();
+}
+
+Status WanTransformer::QuantizeLinearsToFp8(at::Device compute) {
+  if (fp8_) return OkStatus();
+  if (dtype_ != at::kBFloat16) {
+    return InvalidArgumentError("linear_precision: fp8 needs dtype bf16, got " +
+                                std::string(c10::toString(dtype_)));
+  }
+  if (!host_params_.empty()) {
+    return FailedPreconditionError("linear_precision: fp8 quantizes before the first MoveTo");
+  }
+  weights_ = WanWeights();  // drop the views so each bf16 weight is freed as it is quantized
+  const Status quantized = QuantizeWanLinears(compute, &params_);
+  RAINSERVE_RETURN_IF_ERROR(Resolve());
+  RAINSERVE_RETURN_IF_ERROR(quantized);
+  fp8_ = true;
+  return OkStatus();
 }
 
 Status WanTransformer::Resolve() {
@@ -210,6 +290,14 @@ StatusOr<WanTransformer::Conditioning> WanTransformer::Condition(const at::Tenso
   if (image_embeds.defined()) {
     RAINSERVE_ASSIGN_OR_RETURN(cond.image_context, ImageEmbedding(image_embeds, ew));
   }
+  if (fp8_) {
+    // Every block's cross-attention reads the same contexts.
+    RAINSERVE_ASSIGN_OR_RETURN(cond.context_fp8, wan_ops::QuantizeRows(cond.context.contiguous()));
+    if (cond.image_context.defined()) {
+      RAINSERVE_ASSIGN_OR_RETURN(cond.image_context_fp8,
+                                 wan_ops::QuantizeRows(cond.image_context.contiguous()));
+    }
+  }
   return cond;
 }
 
@@ -224,68 +312,83 @@ Status WanTransformer::Block(const WanBlockWeights& w, const Modulation& mod,
   const int64_t B = s->x.size(0), N = s->x.size(1);
   const int64_t heads = c.num_attention_heads, hd = c.attention_head_dim, inner = c.inner_dim();
 
+  // FP8 layers read h's e4m3 rows: the norms that write h quantize it too
+  // (q8), and an h from elsewhere is quantized once here.
+  const bool q8 = fp8_;
+  if (q8 && !s->hq.defined()) {
+    RAINSERVE_ASSIGN_OR_RETURN(s->hq, wan_ops::QuantizeRows(s->h));
+  }
+
   // 1. Self-attention: q, k, v [B, N, heads, hd]; q and k RMS-normed with RoPE.
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor q, wan_ops::RmsNormRope(Linear(s->h, w.attn1.to_q),
-                                                                w.attn1.norm_q, c.eps, heads,
-                                                                rope_cos, rope_sin, ew));
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor k, wan_ops::RmsNormRope(Linear(s->h, w.attn1.to_k),
-                                                                w.attn1.norm_k, c.eps, heads,
-                                                                rope_cos, rope_sin, ew));
-  at::Tensor v = Linear(s->h, w.attn1.to_v).view({B, N, heads, hd});
-  RAINSERVE_ASSIGN_OR_RETURN(at::Tensor o, attn.SelfAttention(q, k, v));
-  o = Linear(o.reshape({B, N, inner}), w.attn1.to_out);
+  // h (and q, k, v after the attention) are released as soon as they are read.
+  at::Tensor o;
+  {
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor q, ProjectNorm(s->h, w.attn1.to_q, s->hq,
+                                                         w.attn1.norm_q, c.eps, heads, rope_cos,
+                                                         rope_sin, ew));
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor k, ProjectNorm(s->h, w.attn1.to_k, s->hq,
+                                                         w.attn1.norm_k, c.eps, heads, rope_cos,
+                                                         rope_sin, ew));
+    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor v, Project(s->h, w.attn1.to_v, s->hq));
+    *s = {s->x, {}, {}};
+    RAINSERVE_ASSIGN_OR_RETURN(o, attn.SelfAttention(q, k, v.view({B, N, heads, hd})));
+  }
+  RAINSERVE_ASSIGN_OR_RETURN(o, Project(o.reshape({B, N, inner}), w.attn1.to_out));
   // x += gate * o, fused with norm2 (affine LayerNorm, or none).
   if (c.cross_attn_norm) {
     RAINSERVE_ASSIGN_OR_RETURN(wan_ops::ResidualNorm r,
                                wan_ops::GatedResidualAffineLayerNorm(
-                                   s->x, o, mod[2], w.norm2_weight, w.norm2_bias, c.eps, ew));
-    *s = {r.sum, r.norm};
+                                   s->x, o, mod[2], w.norm2_weight, w.norm2_bias, c.eps, ew, q8));
+    *s = {r.sum, r.norm, r.norm_fp8};
   } else {
     RAINSERVE_ASSIGN_OR_RETURN(s->x, wan_ops::GatedResidual(s->x, o, mod[2], ew));
-    s->h = s->x;
+    *s = {s->x, s->x, {}};
   }
 
   // 2. Cross-attention to the text (and image): dense, no RoPE.
-  RAINSERVE_ASSIGN_OR_RETURN(o, CrossAttention(w.attn2, s->h, cond, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(o, CrossAttention(w.attn2, s->h, s->hq, cond, ew));
   // x += o (plain residual), fused with norm3 * (1 + c_scale) + c_shift.
   RAINSERVE_ASSIGN_OR_RETURN(
       wan_ops::ResidualNorm r3,
-      wan_ops::GatedResidualModulatedLayerNorm(s->x, o, {}, mod[4], mod[3], c.eps, ew));
-  *s = {r3.sum, r3.norm};
+      wan_ops::GatedResidualModulatedLayerNorm(s->x, o, {}, mod[4], mod[3], c.eps, ew, q8));
+  *s = {r3.sum, r3.norm, r3.norm_fp8};
 
   // 3. Feed-forward; x += c_gate * ffn, fused with the norm that reads x next.
-  const at::Tensor ff = Linear(LinearGeluTanh(s->h, w.ffn_in), w.ffn_out);
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor ff, FeedForward(w, s->h, s->hq));
   RAINSERVE_ASSIGN_OR_RETURN(wan_ops::ResidualNorm r,
                              wan_ops::GatedResidualModulatedLayerNorm(
-                                 s->x, ff, mod[5], next_mod[1], next_mod[0], c.eps, ew));
-  *s = {r.sum, r.norm};
+                                 s->x, ff, mod[5], next_mod[1], next_mod[0], c.eps, ew, q8));
+  *s = {r.sum, r.norm, r.norm_fp8};
   return OkStatus();
 }
 
 StatusOr<at::Tensor> WanTransformer::CrossAttention(const WanAttentionWeights& w,
-                                                    const at::Tensor& h, const Conditioning& cond,
+                                                    const at::Tensor& h,
+                                                    const wan_ops::Fp8Rows& hq,
+                                                    const Conditioning& cond,
                                                     ElementwiseImpl ew) const {
   const WanTransformerConfig& c = config_;
   const int64_t B = h.size(0), N = h.size(1), heads = c.num_attention_heads;
+  const int64_t hd = c.attention_head_dim;
   // q: [B, N, heads, hd]; text k, v: [B, L, heads, hd].
-  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor q, wan_ops::RmsNormRope(Linear(h, w.to_q), w.norm_q,
-                                                                      c.eps, heads, {}, {}, ew));
   RAINSERVE_ASSIGN_OR_RETURN(
-      const at::Tensor k,
-      wan_ops::RmsNormRope(Linear(cond.context, w.to_k), w.norm_k, c.eps, heads, {}, {}, ew));
-  const at::Tensor v = Linear(cond.context, w.to_v).view({B, -1, heads, c.attention_head_dim});
-  at::Tensor o = attention::DenseTorchAttention(q, k, v);  // [B, N, heads, hd]
+      const at::Tensor q, ProjectNorm(h, w.to_q, hq, w.norm_q, c.eps, heads, {}, {}, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor k, ProjectNorm(cond.context, w.to_k, cond.context_fp8,
+                                                             w.norm_k, c.eps, heads, {}, {}, ew));
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor v, Project(cond.context, w.to_v, cond.context_fp8));
+  at::Tensor o = attention::DenseTorchAttention(q, k, v.view({B, -1, heads, hd}));
   if (cond.image_context.defined()) {
     // The image tokens [B, S, inner] through their own projections; the two
     // attention outputs are summed before to_out.
-    RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor k_img,
-                               wan_ops::RmsNormRope(Linear(cond.image_context, w.add_k_proj),
-                                                    w.norm_added_k, c.eps, heads, {}, {}, ew));
-    const at::Tensor v_img =
-        Linear(cond.image_context, w.add_v_proj).view({B, -1, heads, c.attention_head_dim});
-    o = o + attention::DenseTorchAttention(q, k_img, v_img);
+    const at::Tensor& img = cond.image_context;
+    const wan_ops::Fp8Rows& img_q = cond.image_context_fp8;
+    RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor k_img, ProjectNorm(img, w.add_k_proj, img_q,
+                                                                   w.norm_added_k, c.eps, heads,
+                                                                   {}, {}, ew));
+    RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor v_img, Project(img, w.add_v_proj, img_q));
+    o = o + attention::DenseTorchAttention(q, k_img, v_img.view({B, -1, heads, hd}));
   }
-  return Linear(o.reshape({B, N, c.inner_dim()}), w.to_out);
+  return Project(o.reshape({B, N, c.inner_dim()}), w.to_out);
 }
 
 namespace {
@@ -352,6 +455,7 @@ Status WanTransformer::CachedBlocks(const Conditioning& cond, const Modulation& 
     s->x = base + hook->residual;
     RAINSERVE_ASSIGN_OR_RETURN(
         s->h, wan_ops::ModulatedLayerNorm(s->x, out_mod[1], out_mod[0], config_.eps, ew));
+    s->hq = {};
     hook->skipped = true;
     return OkStatus();
   }
@@ -468,7 +572,7 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
     RAINSERVE_ASSIGN_OR_RETURN(cond.token_frame, attn->Permute(at::floor_divide(raster, H * W), 0));
   }
   const Modulation out_mod = OutputModulation(cond);
-  Stream s{x, {}};
+  Stream s{x, {}, {}};
   const Modulation first_mod =
       weights_.blocks.empty() ? out_mod : BlockModulation(weights_.blocks[0], cond);
   RAINSERVE_ASSIGN_OR_RETURN(s.h,

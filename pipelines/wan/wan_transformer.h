@@ -108,6 +108,16 @@ class WanTransformer {
   // unchanged: INVALID_ARGUMENT naming the file and key, or the file reader's.
   Status MergeLoras(const std::vector<LoraFile>& loras);
 
+  // linear_precision fp8 (pipelines/wan/wan_fp8.h): quantizes the blocks'
+  // linear weights to e4m3 with per-output-channel scales on `compute` (a
+  // CUDA device; the weights stay where they are) and releases the bf16
+  // copies; their forwards then run FP8 GEMMs. Called once at load after
+  // MergeLoras, before the first MoveTo. INVALID_ARGUMENT naming
+  // linear_precision when the model cannot take it (dtype not bf16, sizes
+  // not multiples of 16, no CUDA).
+  Status QuantizeLinearsToFp8(at::Device compute);
+  bool fp8() const { return fp8_; }
+
   // Every parameter with its diffusers name and shape, in a stable order.
   static ParameterShapes ExpectedParameters(const WanTransformerConfig& config) {
     return WanExpectedParameters(config);
@@ -146,6 +156,8 @@ class WanTransformer {
     at::Tensor tproj;          // [B, 6, inner] or per frame [B, F, 6, inner] fp32
     at::Tensor context;        // [B, L, inner] model dtype
     at::Tensor image_context;  // [B, S, inner] model dtype; undefined without images
+    // FP8 models: the contexts' rows in e4m3, quantized once per forward.
+    wan_ops::Fp8Rows context_fp8, image_context_fp8;
     at::Tensor token_frame;    // [N] int64, each token's frame in the forward's
                                // token order; undefined for [B] timesteps
   };
@@ -164,7 +176,8 @@ class WanTransformer {
   // The residual stream between blocks: x, and h = the normed, modulated x
   // that the next sublayer reads (residual + next norm are fused).
   struct Stream {
-    at::Tensor x, h;  // [B, N, inner]
+    at::Tensor x, h;     // [B, N, inner]
+    wan_ops::Fp8Rows hq;  // FP8 models: h's rows in e4m3 when the norm wrote them
   };
 
   WanTransformer(WanTransformerConfig config, at::ScalarType dtype, at::Device device);
@@ -194,10 +207,12 @@ class WanTransformer {
   Status Block(const WanBlockWeights& w, const Modulation& mod, const Modulation& next_mod,
                const Conditioning& cond, const at::Tensor& rope_cos, const at::Tensor& rope_sin,
                attention::ForwardAttention& attn, ElementwiseImpl ew, Stream* s) const;
-  // attn2 of a block on h [B, N, inner]: text attention plus, with images,
+  // attn2 of a block on h [B, N, inner] (hq: its e4m3 rows for FP8 layers,
+  // or undefined): text attention plus, with images,
   // the image attention (WanAttnProcessor's order), then to_out.
   StatusOr<at::Tensor> CrossAttention(const WanAttentionWeights& w, const at::Tensor& h,
-                                      const Conditioning& cond, ElementwiseImpl ew) const;
+                                      const wan_ops::Fp8Rows& hq, const Conditioning& cond,
+                                      ElementwiseImpl ew) const;
 
   WanTransformerConfig config_;
   at::ScalarType dtype_;
@@ -205,6 +220,7 @@ class WanTransformer {
   NamedTensors params_;  // ExpectedParameters order (Save, NamedParameters)
   NamedTensors host_params_;  // MoveTo's host copy (empty until the first move)
   WanWeights weights_;   // typed views of params_
+  bool fp8_ = false;     // QuantizeLinearsToFp8 ran
 };
 
 }  // namespace rainserve

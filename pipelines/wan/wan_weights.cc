@@ -115,7 +115,12 @@ class Resolver {
     if (missing_.empty()) missing_ = name;
     return {};
   }
-  WanLinear Linear(const std::string& name) { return {Get(name + ".weight"), Get(name + ".bias")}; }
+  // An FP8 layer also has "<name>.weight_scale" (pipelines/wan/wan_fp8.h).
+  WanLinear Linear(const std::string& name) {
+    const auto scale = by_name_.find(name + ".weight_scale");
+    return {Get(name + ".weight"), Get(name + ".bias"),
+            scale == by_name_.end() ? at::Tensor() : scale->second};
+  }
   // to_q, to_k, to_v, to_out, norm_q, norm_k (the image projections are the caller's).
   WanAttentionWeights Attention(const std::string& name) {
     WanAttentionWeights a;

@@ -15,8 +15,10 @@
 namespace rainserve {
 
 struct WanLinear {
-  at::Tensor weight;  // [out, in] (Conv3d: [out, in, kt, kh, kw])
+  at::Tensor weight;  // [out, in] (Conv3d: [out, in, kt, kh, kw]); uint8 e4m3 when fp8()
   at::Tensor bias;    // [out]
+  at::Tensor weight_scale;  // [out] fp32 per-output-channel scales of an FP8 layer, else undefined
+  bool fp8() const { return weight_scale.defined(); }
 };
 
 // attn1 (self-attention) or attn2 (cross-attention to the text, and to the

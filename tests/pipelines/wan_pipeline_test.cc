@@ -380,6 +380,28 @@ TEST(WanPipelineLoadTest, MissingFolderIsNotFoundAndUnknownDeviceIsRejected) {
   EXPECT_EQ(registry.Families(), std::vector<std::string>{"wan"});
 }
 
+// linear_precision is checked before anything loads: fp8 needs a CUDA
+// device and dtype bf16, and only bf16 and fp8 exist.
+TEST(WanPipelineLoadTest, LinearPrecisionFp8IsRefusedOnCpuAndUnknownValuesNameTheField) {
+  ModelOptions e = TinyEntry();
+  e.linear_precision = "fp8";
+  for (const char* dtype : {"fp32", "bf16"}) {
+    e.dtype = dtype;
+    auto cpu = LoadWanPipeline(e);
+    ASSERT_FALSE(cpu.ok());
+    EXPECT_EQ(cpu.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(cpu.status().message().rfind("linear_precision: fp8 needs a CUDA device", 0), 0u)
+        << cpu.status().message();
+  }
+  e.linear_precision = "int8";
+  auto unknown = LoadWanPipeline(e);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(unknown.status().message(), "linear_precision: expected bf16 or fp8, got 'int8'");
+  e.linear_precision = "bf16";
+  EXPECT_TRUE(LoadWanPipeline(e).ok());
+}
+
 TEST(WanPipelineMemoryTest, RequestsOverTheMemoryBudgetAreRefusedWithTheEstimate) {
   ModelOptions e = TinyEntry();
   e.limits.max_memory_gb = 0.05;  // 50 MB: the 64x64 defaults fit, 512x512x33 does not

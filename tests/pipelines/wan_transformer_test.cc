@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "pipelines/core/safetensors.h"
+#include "pipelines/wan/wan_fp8.h"
 #include "tests/pipelines/wan_test_config.h"
 
 namespace rainserve {
@@ -152,6 +153,53 @@ TEST_F(WanTransformerTest, SaveLoadRoundTripAndCheckpointMismatchesAreReported) 
   EXPECT_NE(m.find("1 missing (" + model_->NamedParameters()[3].first + ")"), std::string::npos) << m;
   EXPECT_NE(m.find("1 unexpected (blocks.0.attn1.to_q.extra)"), std::string::npos) << m;
   EXPECT_NE(m.find("proj_out.bias [5] (config expects [16])"), std::string::npos) << m;
+}
+
+// linear_precision fp8 quantizes exactly the blocks' attention and FFN
+// linear weights (with image cross-attention: its key/value projections too).
+TEST(WanFp8Test, Fp8QuantizesExactlyTheBlockLinearWeights) {
+  WanTransformerConfig c = testing::TinyWanTransformerConfig();
+  c.image_dim = 12;
+  c.added_kv_proj_dim = c.inner_dim();
+  std::set<std::string> picked;
+  for (const auto& [name, shape] : WanExpectedParameters(c)) {
+    if (WanFp8Linear(name)) picked.insert(name);
+  }
+  std::set<std::string> expected;
+  for (int i = 0; i < c.num_layers; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    for (const char* l : {"attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q",
+                          "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "attn2.add_k_proj",
+                          "attn2.add_v_proj", "ffn.net.0.proj", "ffn.net.2"}) {
+      expected.insert(b + l + ".weight");
+    }
+  }
+  EXPECT_EQ(picked, expected);
+}
+
+// Models that cannot run FP8 are refused with an error naming
+// linear_precision, and keep their weights.
+TEST(WanFp8Test, Fp8IsRefusedForNonBf16AndCpuQuantizationLeavingTheModelUnchanged) {
+  auto fp32 = WanTransformer::Random(testing::TinyWanTransformerConfig(), at::kFloat, at::kCPU, 3);
+  const Status dtype = fp32->QuantizeLinearsToFp8(at::kCPU);
+  EXPECT_EQ(dtype.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(dtype.message().rfind("linear_precision: fp8 needs dtype bf16", 0), 0u)
+      << dtype.message();
+
+  auto bf16 =
+      WanTransformer::Random(testing::TinyWanTransformerConfig(), at::kBFloat16, at::kCPU, 3);
+  const uint64_t bytes = ParameterBytes(bf16->NamedParameters());
+  const Status cpu = bf16->QuantizeLinearsToFp8(at::kCPU);
+  EXPECT_EQ(cpu.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(cpu.message(), "linear_precision: fp8 runs on CUDA devices only, got cpu");
+  EXPECT_FALSE(bf16->fp8());
+  EXPECT_EQ(ParameterBytes(bf16->NamedParameters()), bytes);
+  attention::AttentionEngine engine(1);
+  WanForwardOptions o;
+  o.engine = &engine;
+  auto out = bf16->Forward(SmoothLatents(1, 1, 4, 4, 2).to(at::kBFloat16), at::tensor({500.0f}),
+                           at::randn({1, 3, 8}), o);
+  EXPECT_TRUE(out.ok()) << out.status().ToString();
 }
 
 TEST(WanConfigTest, ParsesPublishedConfigAndRejectsBadValues) {

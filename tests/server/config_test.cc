@@ -270,6 +270,21 @@ models:
                  "models[0].offload_idle_expert");
 }
 
+TEST(ConfigTest, LinearPrecisionIsReadAndUnknownValuesNameTheKey) {
+  auto cfg = ParseServerConfig(R"(
+models:
+  - {name: fast, path: ckpt, device: "cuda:0", dtype: bf16, linear_precision: fp8}
+  - {name: plain, path: ckpt}
+)", "test.yaml", "/base");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_EQ(cfg->models.at(0).linear_precision, "fp8");
+  EXPECT_EQ(cfg->models.at(1).linear_precision, "bf16");
+  ExpectRejected("models: [{name: m, path: p, linear_precision: int8}]",
+                 "models[0].linear_precision");
+  ExpectRejected("models: [{name: m, path: p, linear_precision: FP8}]",
+                 "models[0].linear_precision");
+}
+
 TEST(ConfigTest, ReceiveLimitAdmitsEveryModelsLargestImageRequest) {
   // No models: server.max_message_bytes as configured.
   auto none = ParseServerConfig("server: {max_message_bytes: 2048}\n", "test.yaml", "");

@@ -1,6 +1,7 @@
 // Fused element-wise kernels of a DiT block (declared in fused_ops.h):
-// LayerNorm + modulation/affine (optionally after a gated residual), RMSNorm
-// (+ RoPE), gated residual.
+// LayerNorm + modulation/affine (optionally after a gated residual, and
+// optionally also writing its output rows in e4m3 for an FP8 linear layer),
+// RMSNorm (+ RoPE), gated residual.
 //
 // The norms: a warp owns a whole row. A CTA of `warps` warps serves one batch
 // element (blockIdx.y); warp w walks the rows blockIdx.x * warps + w,
@@ -31,10 +32,12 @@
 #include <tuple>
 #include <type_traits>
 
+#include "pipelines/wan/cuda/element_io.cuh"
+#include "pipelines/wan/cuda/fp8_quant.cuh"
+
 namespace rainserve::pipelines::cuda {
 namespace {
 
-constexpr int kVec = 8;        // 16-bit elements per 16-byte vector
 constexpr int kMaxWarps = 8;   // rows in flight per CTA, one per warp
 // Shared memory a CTA of a norm kernel may stage rows in: 8 warps of 1536-
 // channel rows (Wan 1.3B) need 24 KB (48 KB with a residual); wider rows get
@@ -44,50 +47,6 @@ constexpr int kStageBytes = 64 * 1024;
 // registers and spilt for one variant.
 constexpr int kMinNormCtas = 4;
 constexpr int kFlatThreads = 256;  // gated residual
-
-// bf16 / fp16 pairs <-> float2, one conversion instruction each way.
-template <typename T>
-struct Packed;
-template <>
-struct Packed<__nv_bfloat16> {
-  using Pair = __nv_bfloat162;
-  static __device__ __forceinline__ float2 ToFloat2(Pair v) { return __bfloat1622float2(v); }
-  static __device__ __forceinline__ Pair FromFloats(float a, float b) {
-    return __floats2bfloat162_rn(a, b);
-  }
-};
-template <>
-struct Packed<__half> {
-  using Pair = __half2;
-  static __device__ __forceinline__ float2 ToFloat2(Pair v) { return __half22float2(v); }
-  static __device__ __forceinline__ Pair FromFloats(float a, float b) {
-    return __floats2half2_rn(a, b);
-  }
-};
-
-// One 16-byte vector of 8 16-bit elements, widened to fp32.
-template <typename T>
-__device__ __forceinline__ void Widen(const uint4& raw, float (&v)[kVec]) {
-  using P = Packed<T>;
-  const auto* pairs = reinterpret_cast<const typename P::Pair*>(&raw);
-#pragma unroll
-  for (int i = 0; i < kVec / 2; ++i) {
-    const float2 f = P::ToFloat2(pairs[i]);
-    v[2 * i] = f.x;
-    v[2 * i + 1] = f.y;
-  }
-}
-
-// 8 fp32 values rounded to nearest even into one 16-byte vector.
-template <typename T>
-__device__ __forceinline__ uint4 Narrow(const float (&v)[kVec]) {
-  using P = Packed<T>;
-  uint4 raw;
-  auto* pairs = reinterpret_cast<typename P::Pair*>(&raw);
-#pragma unroll
-  for (int i = 0; i < kVec / 2; ++i) pairs[i] = P::FromFloats(v[2 * i], v[2 * i + 1]);
-  return raw;
-}
 
 // 8 fp32 values from 16-byte aligned memory that stays in cache.
 __device__ __forceinline__ void LoadFloats(const float* src, float (&v)[kVec]) {
@@ -158,7 +117,23 @@ __device__ __forceinline__ void StageRow(const RowWalk& w, uint4* slot, const T*
 }
 __device__ __forceinline__ void WaitStaged() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
-template <typename T, bool kResidual>
+// Writes the row staged in `ys` (this lane's vectors, already in T) as e4m3
+// with its scale (fp8_quant.cuh's rule); `amax` is this lane's part.
+template <typename T>
+__device__ __forceinline__ void QuantizeStagedRow(const RowWalk& w, const uint4* ys, float amax,
+                                                  uint8_t* q, float* q_scale) {
+  const float scale = Fp8RowScale(WarpMax(amax));
+  const float inv = 1.0f / scale;
+  auto* out = reinterpret_cast<uint2*>(q);
+  for (int v = w.lane; v < w.vecs; v += 32) {
+    float a[kVec];
+    Widen<T>(ys[v], a);
+    out[v] = ToFp8x8(a, inv);
+  }
+  if (w.lane == 0) *q_scale = scale;
+}
+
+template <typename T, bool kResidual, bool kQuantize>
 __global__ void __launch_bounds__(kMaxWarps * 32, kMinNormCtas) LayerNormKernel(const LayerNormParams p) {
   extern __shared__ uint4 stage[];
   const RowWalk w(p.tokens, p.channels);
@@ -201,6 +176,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32, kMinNormCtas) LayerNormKernel(
     }
     const float rstd = rsqrtf(WarpSum(m2) * inv_c + p.eps);
     auto* out = reinterpret_cast<uint4*>(y + n * C);
+    float amax = 0.0f;  // of the rounded output, for kQuantize
     for (int v = w.lane; v < w.vecs; v += 32) {
       float a[kVec], s[kVec], t[kVec];
       Widen<T>(xs[v], a);
@@ -208,7 +184,19 @@ __global__ void __launch_bounds__(kMaxWarps * 32, kMinNormCtas) LayerNormKernel(
       LoadFloats(shift + v * kVec, t);
 #pragma unroll
       for (int i = 0; i < kVec; ++i) a[i] = (a[i] - mean) * rstd * (s[i] + p.scale_offset) + t[i];
-      out[v] = Narrow<T>(a);
+      const uint4 rounded = Narrow<T>(a);
+      out[v] = rounded;
+      if constexpr (kQuantize) {
+        // The lane's own slot vector: nothing else reads it after this.
+        xs[v] = rounded;
+        Widen<T>(rounded, a);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) amax = fmaxf(amax, fabsf(a[i]));
+      }
+    }
+    if constexpr (kQuantize) {
+      const int64_t row = b * p.tokens + n;
+      QuantizeStagedRow<T>(w, xs, amax, static_cast<uint8_t*>(p.q) + row * C, p.q_scale + row);
     }
   }
 }
@@ -422,13 +410,24 @@ Status LaunchLayerNorm(const LayerNormParams& p, void* stream) {
   RAINSERVE_RETURN_IF_ERROR(CheckVector("layer norm", "shift", p.shift, false));
   RAINSERVE_RETURN_IF_ERROR(CheckVector("layer norm", "gate", p.gate, true));
   if (residual && p.sum == nullptr) return InvalidArgumentError("layer norm: a branch needs a sum");
+  if ((p.q == nullptr) != (p.q_scale == nullptr) ||
+      reinterpret_cast<uintptr_t>(p.q) % 8 != 0) {
+    return InvalidArgumentError("layer norm: q and q_scale are set together, q 8-byte aligned");
+  }
   if (p.batch == 0 || p.tokens == 0) return OkStatus();
   return Dispatch(p.dtype, [&](auto tag) {
     using T = typename decltype(tag)::Type;
-    return residual ? LaunchRows(&LayerNormKernel<T, true>, p, p.batch, p.tokens, p.channels, 2,
-                                 stream, "residual + layer norm launch")
-                    : LaunchRows(&LayerNormKernel<T, false>, p, p.batch, p.tokens, p.channels, 1,
-                                 stream, "layer norm launch");
+    const int rows = residual ? 2 : 1;
+    const char* what = residual ? "residual + layer norm launch" : "layer norm launch";
+    auto launch = [&](auto kernel) {
+      return LaunchRows(kernel, p, p.batch, p.tokens, p.channels, rows, stream, what);
+    };
+    if (p.q != nullptr) {
+      return residual ? launch(&LayerNormKernel<T, true, true>)
+                      : launch(&LayerNormKernel<T, false, true>);
+    }
+    return residual ? launch(&LayerNormKernel<T, true, false>)
+                    : launch(&LayerNormKernel<T, false, false>);
   });
 }
 

@@ -48,7 +48,9 @@ struct BatchVector {
 // modulation (LN(s) * (1 + scale) + shift) and 0 for an affine LayerNorm.
 // s is x, or, when `branch` is set, the residual sum x + branch * gate
 // (x + branch without a gate) rounded to x's dtype and also written to `sum`,
-// so a residual and the norm after it read the stream once.
+// so a residual and the norm after it read the stream once. When `q` is set,
+// y's rows (as rounded to x's dtype) are also written quantized to e4m3 with
+// a per-row scale (fp8_linear.h's rule): the input of an FP8 linear layer.
 struct LayerNormParams {
   const void* x = nullptr;  // x: [B, N, C] bf16/fp16
   void* y = nullptr;        // y: [B, N, C], dtype of x (may alias x)
@@ -57,6 +59,8 @@ struct LayerNormParams {
   const void* branch = nullptr;  // branch: [B, N, C], dtype of x, or null
   BatchVector gate;              // gate: [B, C] or [C] fp32, or null (1)
   void* sum = nullptr;           // sum: [B, N, C], dtype of x; set with branch
+  void* q = nullptr;             // q: [B * N, C] e4m3 bytes, or null
+  float* q_scale = nullptr;      // q_scale: [B * N] fp32; set with q
   float scale_offset = 0.0f;
   float eps = 1e-6f;
   int64_t batch = 0, tokens = 0, channels = 0;
