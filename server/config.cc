@@ -189,6 +189,8 @@ Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
   RAINSERVE_RETURN_IF_ERROR(m.Int("threads", 0, 1024, &e->threads));
   RAINSERVE_RETURN_IF_ERROR(m.Bool("load_at_startup", &e->load_at_startup));
   RAINSERVE_RETURN_IF_ERROR(m.Bool("offload_idle_expert", &e->offload_idle_expert));
+  RAINSERVE_RETURN_IF_ERROR(
+      m.Enum("dense_attention", {"auto", "ours", "sdpa"}, &e->dense_attention));
   RAINSERVE_RETURN_IF_ERROR(m.MapList("loras", [&](size_t i, YamlMap& l) {
     if (i >= kMaxLoraFiles) {
       return InvalidArgumentError(m.KeyPath("loras") + ": at most " +

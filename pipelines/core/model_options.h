@@ -69,6 +69,11 @@ struct ModelOptions {
   // of both staying resident. Saves one expert's weights of device memory at
   // the cost of two host-device copies per request.
   bool offload_idle_expert = false;
+  // The kernel of dense self-attention steps: "auto" (the backend's measured
+  // fastest, attention/forward.h), "ours" (the block kernel with every block
+  // kept) or "sdpa" (LibTorch's dense attention). Benchmarks pin it to time
+  // a baseline; serving keeps "auto".
+  std::string dense_attention = "auto";
 };
 
 }  // namespace rainserve

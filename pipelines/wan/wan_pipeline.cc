@@ -111,6 +111,15 @@ StatusOr<std::string> SchedulerKind(const std::string& json_text, const std::str
   }
 }
 
+// ModelOptions::dense_attention.
+StatusOr<attention::DenseKernel> ParseDenseKernel(const std::string& name) {
+  if (name == "auto") return attention::DenseKernel::kAuto;
+  if (name == "ours") return attention::DenseKernel::kOurs;
+  if (name == "sdpa") return attention::DenseKernel::kTorch;
+  return InvalidArgumentError("dense_attention must be auto, ours or sdpa (got \"" + name +
+                              "\")");
+}
+
 void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimits* l) {
   const ModelDefaultsOverride& o = entry.defaults;
   if (o.width) d->width = *o.width;
@@ -182,6 +191,7 @@ class WanPipeline final : public Pipeline {
   at::Device device_{at::kCPU};
   at::ScalarType dtype_ = at::kFloat;
   std::unique_ptr<attention::AttentionEngine> engine_;
+  attention::DenseKernel dense_kernel_ = attention::DenseKernel::kAuto;
   std::unique_ptr<UMT5Tokenizer> tokenizer_;
   std::unique_ptr<UMT5Encoder> text_encoder_;
   WanModelIndex index_;
@@ -201,6 +211,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   std::unique_ptr<WanPipeline> p(new WanPipeline());
   RAINSERVE_ASSIGN_OR_RETURN(p->device_, ParseDevice(entry.device));
   RAINSERVE_ASSIGN_OR_RETURN(p->dtype_, ParseDtype(entry.dtype));
+  RAINSERVE_ASSIGN_OR_RETURN(p->dense_kernel_, ParseDenseKernel(entry.dense_attention));
   RAINSERVE_ASSIGN_OR_RETURN(p->index_, ReadWanModelIndex(dir));
   p->image_mode_ = p->index_.expand_timesteps  ? WanImageMode::kFirstFrame
                    : p->index_.image_to_video() ? WanImageMode::kConcat
@@ -480,6 +491,7 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
   options.engine = engine_.get();
   options.sparse = request.sparse;
   options.attention.probe_seed = request.seed;
+  options.attention.dense_kernel = dense_kernel_;
   const bool cfg = request.guidance_scale > 1.0;
   const int64_t B = cfg ? 2 : 1;
   options.image_embeds = image.ImageEmbeds(B);

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -296,6 +297,46 @@ TEST_F(WanPipelineTest, StepCacheSkipsAfterWarmupExceptTheLastStep) {
     for (const StepStat& s : zero.steps) EXPECT_FALSE(s.cache_skipped);
     EXPECT_EQ(zero.rgb, off.rgb);
   }
+}
+
+TEST(WanPipelineDenseKernelTest, SdpaDenseMatchesTheBlockKernelAndUnknownNamesFailTheLoad) {
+  // Dense attention is exact with either kernel: fp32 frames agree to
+  // rounding (at most 1 of 255 per value), but not bit for bit.
+  GenerationRequest r;
+  r.prompt = "a red fox runs through fresh snow";
+  r.seed = 3;
+  r.steps = 2;
+  r.width = r.height = 64;
+  r.num_frames = 5;
+  r.sparse.mode = AttentionMode::kDense;
+  std::vector<uint8_t> frames[2];
+  const char* kernels[2] = {"ours", "sdpa"};
+  for (int k = 0; k < 2; ++k) {
+    ModelOptions e = TinyEntry();
+    e.dense_attention = kernels[k];
+    auto p = LoadWanPipeline(e);
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    CancelToken cancel;
+    auto out = (*p)->Generate(r, nullptr, cancel);
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    frames[k] = out->rgb;
+  }
+  ASSERT_EQ(frames[0].size(), frames[1].size());
+  ASSERT_FALSE(frames[0].empty());
+  int max_diff = 0;
+  for (size_t i = 0; i < frames[0].size(); ++i) {
+    max_diff = std::max(max_diff, std::abs(int{frames[0][i]} - int{frames[1][i]}));
+  }
+  EXPECT_LE(max_diff, 1);
+  EXPECT_NE(frames[0], frames[1]) << "the option must reach the attention (the kernels round "
+                                     "differently)";
+
+  ModelOptions bad = TinyEntry();
+  bad.dense_attention = "flash";
+  auto refused = LoadWanPipeline(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().message().rfind("dense_attention", 0), 0u)
+      << refused.status().message();
 }
 
 TEST_F(WanPipelineTest, InvalidRequestsNameTheField) {

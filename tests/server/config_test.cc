@@ -238,6 +238,17 @@ models:
                  "models[0].limits.max_quality_probe_rate");
 }
 
+TEST(ConfigTest, DenseAttentionKernelIsReadAndChecked) {
+  auto cfg = ParseServerConfig(
+      "models: [{name: a, path: p, dense_attention: sdpa}, {name: b, path: p}]", "test.yaml",
+      "/base");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_EQ(cfg->models.at(0).dense_attention, "sdpa");
+  EXPECT_EQ(cfg->models.at(1).dense_attention, "auto");
+  ExpectRejected("models: [{name: m, path: p, dense_attention: flash}]",
+                 "models[0].dense_attention");
+}
+
 TEST(ConfigTest, ImageAndExpertKeysAreReadAndBounded) {
   auto cfg = ParseServerConfig(R"(
 models:
