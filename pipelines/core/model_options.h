@@ -17,6 +17,8 @@ namespace rainserve {
 // (models[].defaults). Unset fields keep the pipeline's own default.
 struct ModelDefaultsOverride {
   std::optional<int64_t> width, height, num_frames, fps, steps;
+  // An explicit schedule (PipelineDefaults::timesteps); sets steps to its size.
+  std::optional<std::vector<double>> timesteps;
   std::optional<double> guidance_scale, flow_shift;
   // Two-expert models only: the low-noise expert's guidance scale.
   std::optional<double> guidance_scale_2;

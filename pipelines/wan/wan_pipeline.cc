@@ -127,6 +127,10 @@ void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimi
   if (o.num_frames) d->num_frames = *o.num_frames;
   if (o.fps) d->fps = *o.fps;
   if (o.steps) d->steps = *o.steps;
+  if (o.timesteps) {  // an explicit schedule sets the step count
+    d->timesteps = *o.timesteps;
+    d->steps = static_cast<int64_t>(o.timesteps->size());
+  }
   if (o.guidance_scale) d->guidance_scale = *o.guidance_scale;
   if (o.flow_shift) d->flow_shift = *o.flow_shift;
   if (o.scheduler) d->scheduler = *o.scheduler;
@@ -265,6 +269,7 @@ Status WanPipeline::FillDescription(const ModelOptions& entry, const std::string
   }
   d.experts = experts_->count();
   d.boundary_timestep = experts_->boundary_timestep();
+  d.num_train_timesteps = scheduler_config_.num_train_timesteps;
   d.device = entry.device;
   d.dtype = entry.dtype;
   d.attention_backends = {device_.is_cuda() ? "cuda" : "cpu"};
@@ -486,7 +491,7 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
   RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<FlowScheduler> scheduler,
                              MakeScheduler(request.scheduler, scheduler_config_));
   RAINSERVE_RETURN_IF_ERROR(scheduler->SetTimesteps(static_cast<int>(request.steps),
-                                                    request.flow_shift));
+                                                    request.flow_shift, request.timesteps));
   WanForwardOptions options;
   options.engine = engine_.get();
   options.sparse = request.sparse;
@@ -530,7 +535,7 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
     if (!latents.defined()) return InternalError("scheduler step " + std::to_string(i) + " failed");
     Synchronize(device_);
     out->steps.push_back({i + 1, stats.sparse, stats.realized_sparsity, SecondsSince(step_start),
-                          cache.skipped(), expert});
+                          cache.skipped(), expert, timestep, x.size(0)});
     out->mask_seconds += stats.mask_seconds;
     for (const attention::ProbeRecord& p : stats.probes) {
       out->quality_probes.push_back(
