@@ -163,6 +163,7 @@ std::unique_ptr<Pipeline> Load(const Flags& flags, bool fp8) {
   warm.height = flags.height;
   warm.num_frames = flags.frames;
   warm.steps = 1;
+  warm.timesteps.clear();
   rainserve::CancelToken cancel;
   for (double guidance : {5.0, 1.0}) {
     warm.guidance_scale = guidance;
@@ -185,6 +186,7 @@ GenerationRequest RequestFor(const Flags& flags, const Pipeline& pipeline, const
   r.height = flags.height;
   r.num_frames = flags.frames;
   r.steps = flags.steps;
+  r.timesteps.clear();  // evenly spaced unless the row sets them
   r.guidance_scale = 5.0;
   r.sparse.mode = impl.sparse ? rainserve::AttentionMode::kRainFusion
                               : rainserve::AttentionMode::kDense;
