@@ -180,6 +180,28 @@ Status YamlMap::IntList(const std::string& key, int64_t min, int64_t max,
   return OkStatus();
 }
 
+Status YamlMap::DoubleList(const std::string& key, double min, double max, size_t max_count,
+                          std::vector<double>* out) {
+  const YAML::Node n = Get(key);
+  if (n.IsNull()) return OkStatus();
+  if (!n.IsSequence()) return TypeError(KeyPath(key), "a list of numbers", n);
+  if (n.size() > max_count) {
+    return InvalidArgumentError(KeyPath(key) + ": at most " + std::to_string(max_count) +
+                                " values (got " + std::to_string(n.size()) + ")");
+  }
+  std::vector<double> values;
+  for (size_t i = 0; i < n.size(); ++i) {
+    double v = 0;
+    if (!n[i].IsScalar() || !ParseDouble(n[i].Scalar(), &v) || v < min || v > max) {
+      return TypeError(KeyPath(key) + "[" + std::to_string(i) + "]",
+                       "number in [" + FormatDouble(min) + ", " + FormatDouble(max) + "]", n[i]);
+    }
+    values.push_back(v);
+  }
+  *out = std::move(values);
+  return OkStatus();
+}
+
 Status YamlMap::StringList(const std::string& key, std::vector<std::string>* out) {
   const YAML::Node n = Get(key);
   if (n.IsNull()) return OkStatus();

@@ -36,6 +36,9 @@ class YamlMap {
   // A string from a fixed set of choices.
   Status Enum(const std::string& key, const std::vector<std::string>& choices, std::string* out);
   Status IntList(const std::string& key, int64_t min, int64_t max, std::vector<int64_t>* out);
+  // Numbers in [min, max], at most max_count of them.
+  Status DoubleList(const std::string& key, double min, double max, size_t max_count,
+                    std::vector<double>* out);
   Status StringList(const std::string& key, std::vector<std::string>* out);
 
   // Nested mapping; `fn` reads it (Finish is called for it afterwards).

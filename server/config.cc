@@ -90,6 +90,23 @@ Status OptionalName(YamlMap& m, const std::string& key, Parse parse, std::option
   });
 }
 
+// models[].defaults.timesteps: an explicit schedule (the pipeline checks its
+// order and range at load, as it checks a request's); steps, when also set,
+// must agree.
+Status ReadTimesteps(YamlMap& d, ModelDefaultsOverride* o) {
+  if (!d.Has("timesteps")) return OkStatus();
+  std::vector<double> t;
+  RAINSERVE_RETURN_IF_ERROR(d.DoubleList("timesteps", 0, 1e6, 1000, &t));
+  if (t.empty()) return InvalidArgumentError(d.KeyPath("timesteps") + ": must not be empty");
+  if (o->steps && *o->steps != static_cast<int64_t>(t.size())) {
+    return InvalidArgumentError(d.KeyPath("steps") + ": " + std::to_string(*o->steps) +
+                                " but timesteps has " + std::to_string(t.size()) +
+                                " values (leave steps out)");
+  }
+  o->timesteps = std::move(t);
+  return OkStatus();
+}
+
 // models[].defaults; ranges here are sanity bounds, the model's limits apply
 // again when a request is resolved.
 Status ReadModelDefaults(YamlMap& d, ModelDefaultsOverride* o) {
@@ -98,6 +115,7 @@ Status ReadModelDefaults(YamlMap& d, ModelDefaultsOverride* o) {
   RAINSERVE_RETURN_IF_ERROR(OptionalInt(d, "num_frames", 1, 1025, &o->num_frames));
   RAINSERVE_RETURN_IF_ERROR(OptionalInt(d, "fps", 1, 240, &o->fps));
   RAINSERVE_RETURN_IF_ERROR(OptionalInt(d, "steps", 1, 1000, &o->steps));
+  RAINSERVE_RETURN_IF_ERROR(ReadTimesteps(d, o));
   RAINSERVE_RETURN_IF_ERROR(OptionalDouble(d, "guidance_scale", 0, 50, &o->guidance_scale));
   RAINSERVE_RETURN_IF_ERROR(OptionalDouble(d, "guidance_scale_2", 0, 50, &o->guidance_scale_2));
   RAINSERVE_RETURN_IF_ERROR(OptionalDouble(d, "flow_shift", 0.001, 100, &o->flow_shift));
@@ -190,6 +208,8 @@ Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
   RAINSERVE_RETURN_IF_ERROR(m.Int("threads", 0, 1024, &e->threads));
   RAINSERVE_RETURN_IF_ERROR(m.Bool("load_at_startup", &e->load_at_startup));
   RAINSERVE_RETURN_IF_ERROR(m.Bool("offload_idle_expert", &e->offload_idle_expert));
+  RAINSERVE_RETURN_IF_ERROR(
+      m.Enum("dense_attention", {"auto", "ours", "sdpa"}, &e->dense_attention));
   RAINSERVE_RETURN_IF_ERROR(m.MapList("loras", [&](size_t i, YamlMap& l) {
     if (i >= kMaxLoraFiles) {
       return InvalidArgumentError(m.KeyPath("loras") + ": at most " +

@@ -203,6 +203,28 @@ Status ResolveSize(const v1::GenerateRequest& request, const PipelineDescription
   return OkStatus();
 }
 
+// The schedule: the request's timesteps (at most limits.max_steps, checked
+// before they are copied), else the model's default schedule when steps is
+// unset too, else `steps` evenly spaced. Values are checked by the validator.
+Status ResolveTimesteps(const v1::GenerateRequest& request, const PipelineDescription& model,
+                        GenerationRequest* g) {
+  const PipelineDefaults& d = model.defaults;
+  if (request.timesteps_size() > model.limits.max_steps) {
+    return InvalidArgumentError("timesteps: at most " + std::to_string(model.limits.max_steps) +
+                                " values (limits.max_steps; got " +
+                                std::to_string(request.timesteps_size()) + ")");
+  }
+  if (request.timesteps_size() > 0) {
+    g->timesteps.assign(request.timesteps().begin(), request.timesteps().end());
+  } else if (!request.has_steps()) {
+    g->timesteps = d.timesteps;
+  }
+  g->steps = request.has_steps() ? request.steps()
+             : g->timesteps.empty() ? d.steps
+                                    : static_cast<int64_t>(g->timesteps.size());
+  return OkStatus();
+}
+
 }  // namespace
 
 Status CheckRequestStrings(const v1::GenerateRequest& request) {
@@ -236,7 +258,7 @@ StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
   g.prompt = request.prompt();
   g.negative_prompt = request.negative_prompt();
   g.seed = request.has_seed() ? request.seed() : random_seed;
-  g.steps = request.has_steps() ? request.steps() : d.steps;
+  RAINSERVE_RETURN_IF_ERROR(ResolveTimesteps(request, model, &g));
   g.guidance_scale = request.has_guidance_scale() ? request.guidance_scale() : d.guidance_scale;
   // Two experts: the request's, else the model's default, else the first
   // expert's. One expert: only a request's (which the validator refuses).
@@ -278,6 +300,7 @@ StatusOr<ResolvedRequest> ResolveRequest(const v1::GenerateRequest& request,
   r.set_model(model.name);
   r.set_seed(g.seed);
   r.set_steps(static_cast<uint32_t>(g.steps));
+  r.mutable_timesteps()->Assign(g.timesteps.begin(), g.timesteps.end());
   r.set_guidance_scale(g.guidance_scale);
   r.set_flow_shift(g.flow_shift);
   r.set_scheduler(SchedulerToProto(g.scheduler));
@@ -334,6 +357,7 @@ void FillModelInfo(const PipelineDescription& model, v1::ModelInfo* info) {
   }
   defaults->set_flow_shift(d.flow_shift);
   defaults->set_scheduler(d.scheduler);
+  defaults->mutable_timesteps()->Assign(d.timesteps.begin(), d.timesteps.end());
   SparseToProto(d.sparse, defaults->mutable_sparse_attention());
   StepCacheToProto(d.step_cache, defaults->mutable_step_cache());
 }
@@ -352,6 +376,8 @@ void FillResultFromOutput(const GenerationOutput& output, const v1::GenerateRequ
     *step->mutable_duration() = SecondsToDuration(s.seconds);
     step->set_cache_skipped(s.cache_skipped);
     step->set_expert(static_cast<uint32_t>(s.expert));
+    step->set_timestep(s.timestep);
+    step->set_batch(static_cast<uint32_t>(s.batch));
   }
   result->set_cache_skipped_steps(static_cast<uint32_t>(output.cache_skipped_steps));
   result->clear_quality_probes();

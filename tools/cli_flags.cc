@@ -32,6 +32,8 @@ const std::vector<FlagSpec>& Flags() {
       {"negative-prompt", "TEXT", "what to steer away from"},
       {"seed", "N", "random seed, 0..2^64-1 (default: the server picks one and reports it)"},
       {"steps", "N", "denoising steps"},
+      {"timesteps", "T1,T2,...", "explicit schedule, strictly decreasing, e.g. 1000,750,500,250 "
+                                 "(few-step distilled checkpoints; sets the step count)"},
       {"guidance", "X", "classifier-free guidance scale (two-expert models: the high-noise "
                         "expert's)"},
       {"guidance-scale-2", "X", "two-expert models: the low-noise expert's guidance scale"},
@@ -79,7 +81,7 @@ const std::vector<FlagSpec>& Flags() {
 }
 
 std::vector<std::string> RequestFlags() {
-  return {"model",    "prompt",     "negative-prompt", "seed",        "steps",
+  return {"model",    "prompt",     "negative-prompt", "seed",        "steps", "timesteps",
           "guidance", "guidance-scale-2", "image",     "max-area",
           "flow-shift", "scheduler",       "width",       "height",
           "frames",   "fps",        "format",          "priority",    "request-id",

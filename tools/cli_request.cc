@@ -1,5 +1,6 @@
 #include "tools/cli_request.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <map>
@@ -110,6 +111,27 @@ Status StepCache(const Args& args, v1::StepCache* sc) {
   return Uint32(args, "step-cache-warmup", [sc](uint32_t v) { sc->set_warmup_steps(v); });
 }
 
+// --timesteps T1,T2,...: at most kMaxTimesteps numbers (the server checks
+// the values against the model).
+constexpr size_t kMaxTimesteps = 1000;
+Status Timesteps(const Args& args, v1::GenerateRequest* r) {
+  if (!args.Has("timesteps")) return OkStatus();
+  const std::string text = args.Get("timesteps");
+  size_t start = 0;
+  while (start <= text.size()) {
+    if (static_cast<size_t>(r->timesteps_size()) == kMaxTimesteps) {
+      return InvalidArgumentError("--timesteps: at most " + std::to_string(kMaxTimesteps) +
+                                  " values");
+    }
+    const size_t comma = std::min(text.find(',', start), text.size());
+    RAINSERVE_ASSIGN_OR_RETURN(const double t,
+                               ParseDouble("timesteps", text.substr(start, comma - start)));
+    r->add_timesteps(t);
+    start = comma + 1;
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
@@ -131,6 +153,7 @@ StatusOr<v1::GenerateRequest> BuildRequest(const Args& args) {
     r.set_priority(static_cast<int32_t>(priority));
   }
   RAINSERVE_RETURN_IF_ERROR(Uint32(args, "steps", [p](uint32_t v) { p->set_steps(v); }));
+  RAINSERVE_RETURN_IF_ERROR(Timesteps(args, &r));
   RAINSERVE_RETURN_IF_ERROR(Uint32(args, "width", [p](uint32_t v) { p->set_width(v); }));
   RAINSERVE_RETURN_IF_ERROR(Uint32(args, "height", [p](uint32_t v) { p->set_height(v); }));
   RAINSERVE_RETURN_IF_ERROR(Uint32(args, "frames", [p](uint32_t v) { p->set_num_frames(v); }));

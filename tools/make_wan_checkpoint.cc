@@ -11,7 +11,10 @@
 //   1.3b  the Wan2.1-T2V-1.3B configuration at full size (umT5-XXL text
 //         encoder and transformer in bf16, the full VAE in fp32, sharded
 //         safetensors with index files), to exercise loading and speed at
-//         real size. Random weights are drawn on --device (default cpu).
+//         real size. Random weights are drawn on --device (default cpu);
+//   1.3b-text1  the same with a one-layer text encoder (umT5-XXL's width,
+//         the tokenizer's 1000-piece vocabulary): whole-request timing of
+//         the transformer and VAE without the 11 GB encoder.
 // Components: tokenizer/ (a SentencePiece unigram model trained on the
 // corpus), text_encoder/ (UMT5), transformer/ (WanTransformer3DModel), vae/
 // (AutoencoderKLWan with the published latent statistics), scheduler/ (flow
@@ -99,6 +102,15 @@ StatusOr<Preset> MakePreset(const std::string& name) {
     p.dtype = at::kBFloat16;
     return p;
   }
+  if (name == "1.3b-text1") {
+    // 1.3b with a one-layer text encoder of umT5-XXL's width over the
+    // tokenizer's vocabulary: the transformer and VAE at full size for whole-
+    // request timing (bench/wan_request_bench.cc), text encoding near free.
+    p.dtype = at::kBFloat16;
+    p.text_encoder.vocab_size = kVocabSize;
+    p.text_encoder.num_layers = 1;
+    return p;
+  }
   if (name == "ti2v-tiny") {
     // Wan2.2 TI2V-5B's layout: the Wan2.2 VAE (z 48, 16x space), a 48-channel
     // transformer, per-frame timesteps.
@@ -141,7 +153,8 @@ StatusOr<Preset> MakePreset(const std::string& name) {
     return p;
   }
   return InvalidArgumentError("unknown preset '" + name +
-                              "' (tiny, wan22-tiny, ti2v-tiny, i2v-tiny, i2v22-tiny, 1.3b)");
+                              "' (tiny, wan22-tiny, ti2v-tiny, i2v-tiny, i2v22-tiny, 1.3b, "
+                              "1.3b-text1)");
 }
 
 Status WriteText(const std::string& path, const std::string& text) {

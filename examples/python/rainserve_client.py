@@ -74,6 +74,8 @@ def build_request(args):
             setattr(request, field, value)
     if args.frames is not None:
         request.num_frames = args.frames
+    if args.timesteps:
+        request.timesteps.extend(args.timesteps)
     if args.guidance is not None:
         request.guidance_scale = args.guidance
     if args.guidance_scale_2 is not None:
@@ -248,6 +250,14 @@ def number(text):
     return value
 
 
+def number_list(text):
+    """argparse type: comma-separated finite numbers, at most 1000 (--timesteps)."""
+    parts = text.split(",")
+    if len(parts) > 1000:
+        raise argparse.ArgumentTypeError("expected at most 1000 numbers")
+    return [number(part) for part in parts]
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], allow_abbrev=False,
@@ -261,6 +271,9 @@ def parse_args(argv=None):
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--seed", type=unsigned(64))
     parser.add_argument("--steps", type=unsigned(32))
+    parser.add_argument("--timesteps", type=number_list, metavar="T1,T2,...",
+                        help="explicit schedule, strictly decreasing, e.g. 1000,750,500,250 "
+                             "(few-step distilled checkpoints; sets the step count)")
     parser.add_argument("--guidance", type=number,
                         help="guidance scale (two-expert models: the high-noise expert's)")
     parser.add_argument("--guidance-scale-2", type=number,

@@ -17,6 +17,8 @@ namespace rainserve {
 // (models[].defaults). Unset fields keep the pipeline's own default.
 struct ModelDefaultsOverride {
   std::optional<int64_t> width, height, num_frames, fps, steps;
+  // An explicit schedule (PipelineDefaults::timesteps); sets steps to its size.
+  std::optional<std::vector<double>> timesteps;
   std::optional<double> guidance_scale, flow_shift;
   // Two-expert models only: the low-noise expert's guidance scale.
   std::optional<double> guidance_scale_2;
@@ -74,6 +76,11 @@ struct ModelOptions {
   // of both staying resident. Saves one expert's weights of device memory at
   // the cost of two host-device copies per request.
   bool offload_idle_expert = false;
+  // The kernel of dense self-attention steps: "auto" (the backend's measured
+  // fastest, attention/forward.h), "ours" (the block kernel with every block
+  // kept) or "sdpa" (LibTorch's dense attention). Benchmarks pin it to time
+  // a baseline; serving keeps "auto".
+  std::string dense_attention = "auto";
 };
 
 }  // namespace rainserve

@@ -161,6 +161,17 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
                       std::to_string(f) + "k+1 in [1, " + std::to_string(limits.max_frames) + "]",
                       static_cast<int64_t>(request.num_frames));
   }
+  if (!request.timesteps.empty()) {
+    const int64_t count = static_cast<int64_t>(request.timesteps.size());
+    RAINSERVE_RETURN_IF_ERROR(CheckInt("timesteps (the number of values)", count, 1,
+                                       limits.max_steps));
+    if (count != request.steps) {
+      return InvalidArgumentError("timesteps: " + Num(count) + " values for steps " +
+                                  Num(request.steps) + " (leave steps unset or equal)");
+    }
+    RAINSERVE_RETURN_IF_ERROR(ValidateExplicitTimesteps(request.timesteps,
+                                                        model.num_train_timesteps));
+  }
   RAINSERVE_RETURN_IF_ERROR(CheckInt("steps", request.steps, 1, limits.max_steps));
   RAINSERVE_RETURN_IF_ERROR(
       CheckGuidance("guidance_scale", request.guidance_scale, limits.max_guidance_scale));
@@ -209,6 +220,24 @@ Status ValidateGenerationRequest(const PipelineDescription& model,
   return OkStatus();
 }
 
+Status ValidateExplicitTimesteps(const std::vector<double>& timesteps,
+                                 int64_t num_train_timesteps) {
+  const double max = static_cast<double>(num_train_timesteps);
+  for (size_t i = 0; i < timesteps.size(); ++i) {
+    const std::string field = "timesteps[" + std::to_string(i) + "]";
+    const double t = timesteps[i];
+    if (!std::isfinite(t) || t <= 0 || t > max) {
+      return OutOfRange(field, "finite in (0, " + Num(max) + "]", t);
+    }
+    if (i > 0 && t >= timesteps[i - 1]) {
+      return OutOfRange(field, "below timesteps[" + std::to_string(i - 1) + "] = " +
+                                   Num(timesteps[i - 1]) + " (strictly decreasing)",
+                        t);
+    }
+  }
+  return OkStatus();
+}
+
 Status ApplyImageAndExpertOverrides(const ModelOptions& entry, PipelineDescription* d) {
   if (entry.defaults.guidance_scale_2) {
     if (d->experts < 2) {
@@ -230,6 +259,8 @@ GenerationRequest DefaultRequest(const PipelineDefaults& d) {
   r.guidance_scale_2 = d.guidance_scale_2;
   r.flow_shift = d.flow_shift;
   r.scheduler = d.scheduler;
+  r.timesteps = d.timesteps;
+  if (!r.timesteps.empty()) r.steps = static_cast<int64_t>(r.timesteps.size());
   r.width = d.width;
   r.height = d.height;
   r.num_frames = d.num_frames;

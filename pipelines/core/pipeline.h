@@ -113,6 +113,9 @@ struct PipelineDefaults {
   std::optional<double> guidance_scale_2;
   double flow_shift = 3.0;
   std::string scheduler = "unipc";  // "unipc" | "euler"
+  // An explicit schedule (few-step distilled checkpoints, e.g. [1000, 750,
+  // 500, 250]); empty: `steps` evenly spaced. When set, steps is its size.
+  std::vector<double> timesteps;
   SparseSettings sparse;
   StepCacheSettings step_cache;  // off unless the model's defaults say otherwise
 };
@@ -127,6 +130,8 @@ struct PipelineDescription {
   // Two experts: the switch timestep, boundary_ratio x num_train_timesteps
   // (steps with timestep >= it run the high-noise expert).
   double boundary_timestep = 0.0;
+  // The scheduler's training timesteps: explicit timesteps lie in (0, it].
+  int64_t num_train_timesteps = 1000;
   std::string device;
   std::string dtype;
   std::vector<std::string> attention_backends;
@@ -147,6 +152,10 @@ struct GenerationRequest {
   std::optional<double> guidance_scale_2;
   double flow_shift = 3.0;
   std::string scheduler = "unipc";
+  // Explicit schedule: `steps` values, strictly decreasing, in (0,
+  // num_train_timesteps] (FlowScheduler::SetTimesteps says how they become
+  // sigmas); empty: `steps` evenly spaced.
+  std::vector<double> timesteps;
   int64_t width = 832;
   int64_t height = 480;
   int64_t num_frames = 81;
@@ -188,6 +197,8 @@ struct StepStat {
   // The step reused the step cache's residual (pipelines/core/step_cache.h).
   bool cache_skipped = false;
   int64_t expert = 0;  // two-expert models: 0 high-noise, 1 low-noise
+  double timestep = 0.0;  // the timestep the transformer got
+  int64_t batch = 0;      // the transformer's batch: 2 with CFG, 1 without
 };
 
 // One probed self-attention layer of one denoising step (attention/probe.h).
@@ -258,6 +269,12 @@ std::vector<DeviceMemoryInfo> QueryDeviceMemory();
 // and the allowed range. The server calls it at the edge; pipelines call it
 // again so that nothing invalid reaches a model.
 Status ValidateGenerationRequest(const PipelineDescription& model, const GenerationRequest& request);
+
+// Checks an explicit schedule: every value finite in (0, num_train_timesteps]
+// and below the one before. INVALID_ARGUMENT naming "timesteps[i]". Called
+// by ValidateGenerationRequest and by the schedulers.
+Status ValidateExplicitTimesteps(const std::vector<double>& timesteps,
+                                 int64_t num_train_timesteps);
 
 // The task a (resolved) request asks `model` for, from its inputs; the
 // validator refuses a task the model does not list (INVALID_ARGUMENT naming

@@ -8,6 +8,8 @@
 // arithmetic is float32.
 #include "pipelines/core/schedulers.h"
 
+#include "pipelines/core/pipeline.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -415,15 +417,26 @@ Status ValidateSchedulerConfig(const SchedulerConfig& c) {
 // ---------------------------------------------------------------------------
 // FlowScheduler
 
-Status FlowScheduler::SetTimesteps(int num_inference_steps, double flow_shift) {
+Status FlowScheduler::SetTimesteps(int num_inference_steps, double flow_shift,
+                                   const std::vector<double>& explicit_timesteps) {
   if (num_inference_steps < 1 || num_inference_steps > config_.num_train_timesteps) {
     return InvalidArgumentError("num_inference_steps must be in [1, " +
                                 std::to_string(config_.num_train_timesteps) + "], got " +
                                 std::to_string(num_inference_steps));
   }
   RAINSERVE_RETURN_IF_ERROR(CheckFlowShift(flow_shift));
+  if (!explicit_timesteps.empty()) {
+    if (explicit_timesteps.size() != static_cast<size_t>(num_inference_steps)) {
+      return InvalidArgumentError("timesteps: " + std::to_string(explicit_timesteps.size()) +
+                                  " values for " + std::to_string(num_inference_steps) +
+                                  " steps");
+    }
+    RAINSERVE_RETURN_IF_ERROR(
+        ValidateExplicitTimesteps(explicit_timesteps, config_.num_train_timesteps));
+  }
   std::vector<float> sigmas, timesteps;
-  RAINSERVE_RETURN_IF_ERROR(BuildSchedule(num_inference_steps, flow_shift, &sigmas, &timesteps));
+  RAINSERVE_RETURN_IF_ERROR(BuildSchedule(num_inference_steps, flow_shift, explicit_timesteps,
+                                          &sigmas, &timesteps));
   sigmas_ = std::move(sigmas);
   timesteps_ = std::move(timesteps);
   Reset();
@@ -441,7 +454,9 @@ bool FlowScheduler::StepArgsOk(const at::Tensor& model_output, int step_index,
 // ---------------------------------------------------------------------------
 // FlowMatchEulerScheduler
 
-Status FlowMatchEulerScheduler::BuildSchedule(int n, double shift, std::vector<float>* sigmas,
+Status FlowMatchEulerScheduler::BuildSchedule(int n, double shift,
+                                              const std::vector<double>& explicit_timesteps,
+                                              std::vector<float>* sigmas,
                                               std::vector<float>* timesteps) const {
   const int big_n = config_.num_train_timesteps;
   // diffusers' constructor: the training sigmas t / N for t = N..1, shifted,
@@ -457,8 +472,13 @@ Status FlowMatchEulerScheduler::BuildSchedule(int n, double shift, std::vector<f
   sigmas->resize(static_cast<size_t>(n) + 1);
   timesteps->resize(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) {
-    const double t = LinspaceAt(sigma_max * big_n, sigma_min * big_n, n, i);
-    const float s = static_cast<float>(ShiftSigma(t / big_n, shift));
+    // Explicit timesteps: float32 t / N, shifted in float32 (diffusers'
+    // numpy arrays); else the float64 linspace.
+    const float s =
+        explicit_timesteps.empty()
+            ? static_cast<float>(
+                  ShiftSigma(LinspaceAt(sigma_max * big_n, sigma_min * big_n, n, i) / big_n, shift))
+            : shift_f32(static_cast<float>(explicit_timesteps[static_cast<size_t>(i)]) / n_f);
     (*sigmas)[static_cast<size_t>(i)] = s;
     (*timesteps)[static_cast<size_t>(i)] = s * n_f;
   }
@@ -481,7 +501,9 @@ at::Tensor FlowMatchEulerScheduler::Step(const at::Tensor& model_output, int ste
 // ---------------------------------------------------------------------------
 // UniPCScheduler
 
-Status UniPCScheduler::BuildSchedule(int n, double shift, std::vector<float>* sigmas,
+Status UniPCScheduler::BuildSchedule(int n, double shift,
+                                     const std::vector<double>& explicit_timesteps,
+                                     std::vector<float>* sigmas,
                                      std::vector<float>* timesteps) const {
   const int big_n = config_.num_train_timesteps;
   // diffusers (use_flow_sigmas, current releases): sigmas = linspace(1, 1/N,
@@ -491,7 +513,10 @@ Status UniPCScheduler::BuildSchedule(int n, double shift, std::vector<float>* si
   sigmas->resize(static_cast<size_t>(n) + 1);
   timesteps->resize(static_cast<size_t>(n));
   for (int j = 0; j < n; ++j) {
-    double s = ShiftSigma(LinspaceAt(1.0, 1.0 / big_n, n + 1, j), shift);
+    const double unshifted = explicit_timesteps.empty()
+                                 ? LinspaceAt(1.0, 1.0 / big_n, n + 1, j)
+                                 : explicit_timesteps[static_cast<size_t>(j)] / big_n;
+    double s = ShiftSigma(unshifted, shift);
     if (j == 0 && std::fabs(s - 1.0) < kFirstSigmaMargin) s -= kFirstSigmaMargin;
     (*sigmas)[static_cast<size_t>(j)] = static_cast<float>(s);
     (*timesteps)[static_cast<size_t>(j)] = static_cast<float>(static_cast<int64_t>(s * big_n));

@@ -11,6 +11,7 @@
 // sigma from ~1 down to the final sigma (0: clean latents). Per request:
 //
 //   RAINSERVE_RETURN_IF_ERROR(scheduler->SetTimesteps(steps, flow_shift));
+//   (or SetTimesteps(timesteps.size(), flow_shift, timesteps): an explicit schedule)
 //   for (int i = 0; i < scheduler->num_steps(); ++i) {
 //     at::Tensor v = Transformer(latents, scheduler->timesteps()[i]);
 //     latents = scheduler->Step(v, i, latents);
@@ -88,7 +89,21 @@ class FlowScheduler {
   // reads), and calls Reset(). INVALID_ARGUMENT (the scheduler unchanged)
   // unless 1 <= num_inference_steps <= num_train_timesteps and flow_shift is
   // finite and in (0, 1000], or if the schedule degenerates in float32.
-  Status SetTimesteps(int num_inference_steps, double flow_shift);
+  //
+  // Explicit schedule (few-step distilled checkpoints): a non-empty
+  // `explicit_timesteps` of num_inference_steps values, strictly decreasing,
+  // each in (0, num_train_timesteps], replaces the evenly spaced one. Step i
+  // then runs at sigma_i = shift(t_i / num_train_timesteps, flow_shift), as
+  // diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps(timesteps=...)
+  // computes it (float32), and the final sigma follows the scheduler's rule
+  // (Euler and UniPC "zero": 0). E.g. [1000, 750, 500, 250] with flow_shift
+  // 5 gives sigmas [1, 0.9375, 0.8333, 0.625, 0] (the 4-step lightx2v
+  // schedule). The transformer gets each scheduler's timestep of sigma_i
+  // (Euler: sigma_i * 1000; UniPC: its int64 truncation, and a first sigma
+  // of 1 lowered by 1e-6 as UniPC always does). Errors name
+  // "timesteps[i]".
+  Status SetTimesteps(int num_inference_steps, double flow_shift,
+                      const std::vector<double>& explicit_timesteps = {});
 
   // 0 before the first successful SetTimesteps.
   int num_steps() const { return static_cast<int>(timesteps_.size()); }
@@ -123,9 +138,11 @@ class FlowScheduler {
   explicit FlowScheduler(SchedulerConfig config) : config_(std::move(config)) {}
 
   // Fills `sigmas` (float32 values, final sigma included) and `timesteps`
-  // for arguments SetTimesteps has range checked; INVALID_ARGUMENT if the
+  // for arguments SetTimesteps has range checked (`explicit_timesteps`:
+  // empty, or num_inference_steps checked values); INVALID_ARGUMENT if the
   // float32 schedule cannot be sampled.
   virtual Status BuildSchedule(int num_inference_steps, double flow_shift,
+                               const std::vector<double>& explicit_timesteps,
                                std::vector<float>* sigmas, std::vector<float>* timesteps) const = 0;
 
   // The checks Step documents, except the ordering one.
@@ -150,7 +167,8 @@ class FlowMatchEulerScheduler final : public FlowScheduler {
   void Reset() override {}
 
  protected:
-  Status BuildSchedule(int num_inference_steps, double flow_shift, std::vector<float>* sigmas,
+  Status BuildSchedule(int num_inference_steps, double flow_shift,
+                       const std::vector<double>& explicit_timesteps, std::vector<float>* sigmas,
                        std::vector<float>* timesteps) const override;
 };
 
@@ -171,7 +189,8 @@ class UniPCScheduler final : public FlowScheduler {
   void Reset() override;
 
  protected:
-  Status BuildSchedule(int num_inference_steps, double flow_shift, std::vector<float>* sigmas,
+  Status BuildSchedule(int num_inference_steps, double flow_shift,
+                       const std::vector<double>& explicit_timesteps, std::vector<float>* sigmas,
                        std::vector<float>* timesteps) const override;
 
  private:

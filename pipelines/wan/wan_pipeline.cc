@@ -129,6 +129,15 @@ StatusOr<std::string> SchedulerKind(const std::string& json_text, const std::str
   }
 }
 
+// ModelOptions::dense_attention.
+StatusOr<attention::DenseKernel> ParseDenseKernel(const std::string& name) {
+  if (name == "auto") return attention::DenseKernel::kAuto;
+  if (name == "ours") return attention::DenseKernel::kOurs;
+  if (name == "sdpa") return attention::DenseKernel::kTorch;
+  return InvalidArgumentError("dense_attention must be auto, ours or sdpa (got \"" + name +
+                              "\")");
+}
+
 void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimits* l) {
   const ModelDefaultsOverride& o = entry.defaults;
   if (o.width) d->width = *o.width;
@@ -136,6 +145,10 @@ void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimi
   if (o.num_frames) d->num_frames = *o.num_frames;
   if (o.fps) d->fps = *o.fps;
   if (o.steps) d->steps = *o.steps;
+  if (o.timesteps) {  // an explicit schedule sets the step count
+    d->timesteps = *o.timesteps;
+    d->steps = static_cast<int64_t>(o.timesteps->size());
+  }
   if (o.guidance_scale) d->guidance_scale = *o.guidance_scale;
   if (o.flow_shift) d->flow_shift = *o.flow_shift;
   if (o.scheduler) d->scheduler = *o.scheduler;
@@ -200,6 +213,7 @@ class WanPipeline final : public Pipeline {
   at::Device device_{at::kCPU};
   at::ScalarType dtype_ = at::kFloat;
   std::unique_ptr<attention::AttentionEngine> engine_;
+  attention::DenseKernel dense_kernel_ = attention::DenseKernel::kAuto;
   std::unique_ptr<UMT5Tokenizer> tokenizer_;
   std::unique_ptr<UMT5Encoder> text_encoder_;
   WanModelIndex index_;
@@ -220,6 +234,7 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
   RAINSERVE_ASSIGN_OR_RETURN(p->device_, ParseDevice(entry.device));
   RAINSERVE_ASSIGN_OR_RETURN(p->dtype_, ParseDtype(entry.dtype));
   RAINSERVE_RETURN_IF_ERROR(CheckLinearPrecision(entry, p->device_));
+  RAINSERVE_ASSIGN_OR_RETURN(p->dense_kernel_, ParseDenseKernel(entry.dense_attention));
   RAINSERVE_ASSIGN_OR_RETURN(p->index_, ReadWanModelIndex(dir));
   p->image_mode_ = p->index_.expand_timesteps  ? WanImageMode::kFirstFrame
                    : p->index_.image_to_video() ? WanImageMode::kConcat
@@ -273,6 +288,7 @@ Status WanPipeline::FillDescription(const ModelOptions& entry, const std::string
   }
   d.experts = experts_->count();
   d.boundary_timestep = experts_->boundary_timestep();
+  d.num_train_timesteps = scheduler_config_.num_train_timesteps;
   d.device = entry.device;
   d.dtype = entry.dtype;
   d.attention_backends = {device_.is_cuda() ? "cuda" : "cpu"};
@@ -494,11 +510,12 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
   RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<FlowScheduler> scheduler,
                              MakeScheduler(request.scheduler, scheduler_config_));
   RAINSERVE_RETURN_IF_ERROR(scheduler->SetTimesteps(static_cast<int>(request.steps),
-                                                    request.flow_shift));
+                                                    request.flow_shift, request.timesteps));
   WanForwardOptions options;
   options.engine = engine_.get();
   options.sparse = request.sparse;
   options.attention.probe_seed = request.seed;
+  options.attention.dense_kernel = dense_kernel_;
   const bool cfg = request.guidance_scale > 1.0;
   const int64_t B = cfg ? 2 : 1;
   options.image_embeds = image.ImageEmbeds(B);
@@ -537,7 +554,7 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
     if (!latents.defined()) return InternalError("scheduler step " + std::to_string(i) + " failed");
     Synchronize(device_);
     out->steps.push_back({i + 1, stats.sparse, stats.realized_sparsity, SecondsSince(step_start),
-                          cache.skipped(), expert});
+                          cache.skipped(), expert, timestep, x.size(0)});
     out->mask_seconds += stats.mask_seconds;
     for (const attention::ProbeRecord& p : stats.probes) {
       out->quality_probes.push_back(

@@ -549,6 +549,71 @@ TEST(SetTimesteps, RejectsBadArgumentsAndKeepsTheSchedule) {
 }
 
 // ---------------------------------------------------------------------------
+// Explicit timesteps (few-step distilled checkpoints). sigma_i = f_s(t_i / N)
+// (diffusers' FlowMatchEulerDiscreteScheduler.set_timesteps(timesteps=...),
+// and lightx2v's step-distill scheduler, which picks t_i from the shifted
+// 1000-step training sigmas), then the final sigma.
+
+TEST(ExplicitSchedule, LightX2VFourStepsShift5MatchHandDerivation) {
+  // [1000, 750, 500, 250] / 1000 = 1, 0.75, 0.5, 0.25; f_5(x) = 5x / (1 + 4x):
+  //   f(1) = 1, f(0.75) = 3.75 / 4 = 0.9375, f(0.5) = 2.5 / 3, f(0.25) = 1.25 / 2 = 0.625.
+  // Euler: timesteps sigma * 1000 = 1000, 937.5, 833.333, 625.
+  auto euler = Make("euler");
+  ASSERT_NE(euler, nullptr);
+  ASSERT_TRUE(euler->SetTimesteps(4, 5.0, {1000, 750, 500, 250}).ok());
+  EXPECT_EQ(euler->num_steps(), 4);
+  ExpectSchedule(*euler, {1.0, 0.9375, 2.5 / 3.0, 0.625, 0.0}, {1000.0, 937.5, 2500.0 / 3.0, 625.0},
+                 1e-7, 1e-4);
+  // UniPC: the same sigmas but the first lowered by 1e-6 (alpha = 0 has no
+  // log-SNR); timesteps truncated to integers as its own schedule does.
+  auto unipc = Make("unipc");
+  ASSERT_NE(unipc, nullptr);
+  ASSERT_TRUE(unipc->SetTimesteps(4, 5.0, {1000, 750, 500, 250}).ok());
+  ExpectSchedule(*unipc, {1.0 - 1e-6, 0.9375, 2.5 / 3.0, 0.625, 0.0}, {999, 937, 833, 625}, 1e-7,
+                 0.0);
+}
+
+TEST(ExplicitSchedule, ShiftOneKeepsTheTimestepsAndEulerStepsBetweenThem) {
+  // f_1 is the identity: sigmas 0.9, 0.6, 0.2, 0; one Euler step from 0.9
+  // to 0.6 is x + (0.6 - 0.9) v = {1 - 0.3 * 0.25, -0.5 - 0.3 * 2}
+  // (kX0 = {1, -0.5}, kV0 = {0.25, 2}).
+  auto s = Make("euler");
+  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s->SetTimesteps(3, 1.0, {900, 600, 200}).ok());
+  ExpectSchedule(*s, {0.9, 0.6, 0.2, 0.0}, {900.0, 600.0, 200.0}, 1e-7, 1e-4);
+  ExpectNear(s->Step(Latent(kV0), 0, Latent(kX0)), {1.0 - 0.3 * 0.25, -0.5 - 0.3 * 2.0}, 1e-6);
+}
+
+TEST(ExplicitSchedule, BadListsNameTheEntryAndKeepTheSchedule) {
+  for (const char* kind : {"unipc", "euler"}) {
+    auto s = MakeWithSteps(kind, 4, 3.0);
+    ASSERT_NE(s, nullptr);
+    const std::vector<float> sigmas = s->sigmas();
+    struct Bad {
+      std::vector<double> timesteps;
+      const char* field;
+    };
+    for (const Bad& bad : {Bad{{1000, 750, 750}, "timesteps[2]"},
+                           Bad{{500, 750}, "timesteps[1]"},
+                           Bad{{1001, 500}, "timesteps[0]"},
+                           Bad{{1000, 0}, "timesteps[1]"},
+                           Bad{{1000, -5}, "timesteps[1]"},
+                           Bad{{kNaN}, "timesteps[0]"},
+                           Bad{{1000, 500, kInf}, "timesteps[2]"}}) {
+      const Status st = s->SetTimesteps(static_cast<int>(bad.timesteps.size()), 3.0,
+                                        bad.timesteps);
+      EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << kind << " " << bad.field;
+      EXPECT_NE(st.message().find(bad.field), std::string::npos) << st.message();
+      EXPECT_EQ(s->sigmas(), sigmas) << kind;
+    }
+    // The count must be the step count.
+    const Status st = s->SetTimesteps(3, 3.0, {1000, 500});
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(st.message().find("timesteps"), std::string::npos) << st.message();
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Config.
 
 // kWan21SchedulerJson with each `from` replaced by its `to`.

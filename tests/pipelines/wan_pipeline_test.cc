@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -291,6 +292,137 @@ TEST_F(WanPipelineTest, StepCacheSkipsAfterWarmupExceptTheLastStep) {
   }
 }
 
+// The published 4-step distilled setting (lightx2v Wan2.1/2.2 4-step:
+// denoising_step_list [1000, 750, 500, 250], sample_shift 5, no CFG).
+GenerationRequest FourStepNoCfg(GenerationRequest r) {
+  r.timesteps = {1000, 750, 500, 250};
+  r.steps = 4;
+  r.flow_shift = 5.0;
+  r.scheduler = "euler";
+  r.guidance_scale = 1.0;
+  return r;
+}
+
+TEST_F(WanPipelineTest, FourExplicitStepsWithoutGuidanceRunFourForwardsOfBatchOne) {
+  const GenerationRequest r = FourStepNoCfg(Small(8));
+  CancelToken cancel;
+  int denoise_reports = 0;
+  auto out = pipeline_->Generate(r, [&](const ProgressUpdate& u) {
+    if (u.stage == "denoise") ++denoise_reports;
+  }, cancel);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  // One transformer forward per step, at f_5(t / 1000) * 1000 (Euler).
+  ASSERT_EQ(out->steps.size(), 4u);
+  EXPECT_EQ(denoise_reports, 4);
+  const double expected[] = {1000.0, 937.5, 2500.0 / 3.0, 625.0};
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_NEAR(out->steps[i].timestep, expected[i], 1e-3) << "step " << i + 1;
+    EXPECT_EQ(out->steps[i].batch, 1) << "guidance 1 runs no unconditional branch";
+  }
+  EXPECT_EQ(out->rgb.size(), 5u * 64 * 64 * 3);
+
+  // With guidance the same schedule runs both branches: batch 2 every step.
+  GenerationRequest guided = r;
+  guided.guidance_scale = 5.0;
+  const GenerationOutput cfg = Run(guided);
+  ASSERT_EQ(cfg.steps.size(), 4u);
+  for (const StepStat& s : cfg.steps) EXPECT_EQ(s.batch, 2);
+  EXPECT_NE(cfg.rgb, out->rgb);
+}
+
+TEST_F(WanPipelineTest, ExplicitTimestepsOfTheEvenScheduleGiveIdenticalFrames) {
+  // Euler, shift 1, 4 steps evenly spaced: timesteps 1000, 667, 334, 1
+  // (scheduler_test's hand derivation). The same values given explicitly
+  // must give the same sigmas and so the same frames; other values must not.
+  GenerationRequest even = Small(9);
+  even.scheduler = "euler";
+  even.flow_shift = 1.0;
+  even.steps = 4;
+  const GenerationOutput a = Run(even);
+  GenerationRequest explicit_steps = even;
+  explicit_steps.timesteps = {1000, 667, 334, 1};
+  const GenerationOutput b = Run(explicit_steps);
+  ASSERT_FALSE(a.rgb.empty());
+  EXPECT_EQ(a.rgb, b.rgb);
+  explicit_steps.timesteps = {1000, 750, 500, 250};
+  EXPECT_NE(Run(explicit_steps).rgb, a.rgb);
+}
+
+TEST(WanPipelineDefaultsTest, ModelDefaultsSelectTheExplicitScheduleWithoutGuidance) {
+  ModelOptions e = TinyEntry();
+  e.defaults.width = 64;
+  e.defaults.height = 64;
+  e.defaults.num_frames = 5;
+  e.defaults.timesteps = std::vector<double>{1000, 750, 500, 250};
+  e.defaults.steps = 50;  // the schedule's size wins over a plain step count
+  e.defaults.guidance_scale = 1.0;
+  e.defaults.flow_shift = 5.0;
+  e.defaults.scheduler = "euler";
+  auto p = LoadWanPipeline(e);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  const PipelineDescription d = (*p)->Describe();
+  EXPECT_EQ(d.defaults.steps, 4);
+  EXPECT_EQ(d.defaults.timesteps, (std::vector<double>{1000, 750, 500, 250}));
+  EXPECT_EQ(d.num_train_timesteps, 1000);
+  GenerationRequest r = DefaultRequest(d.defaults);
+  r.prompt = "a lighthouse at dusk";
+  EXPECT_EQ(r.steps, 4);
+  CancelToken cancel;
+  auto out = (*p)->Generate(r, nullptr, cancel);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  ASSERT_EQ(out->steps.size(), 4u);
+  EXPECT_DOUBLE_EQ(out->steps[1].timestep, 937.5);
+  for (const StepStat& s : out->steps) EXPECT_EQ(s.batch, 1);
+
+  // Defaults outside the scheduler's range fail the load, naming the entry.
+  e.defaults.timesteps = std::vector<double>{1001, 500};
+  auto bad = LoadWanPipeline(e);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("timesteps[0]"), std::string::npos)
+      << bad.status().message();
+}
+
+TEST(WanPipelineDenseKernelTest, SdpaDenseMatchesTheBlockKernelAndUnknownNamesFailTheLoad) {
+  // Dense attention is exact with either kernel: fp32 frames agree to
+  // rounding (at most 1 of 255 per value), but not bit for bit.
+  GenerationRequest r;
+  r.prompt = "a red fox runs through fresh snow";
+  r.seed = 3;
+  r.steps = 2;
+  r.width = r.height = 64;
+  r.num_frames = 5;
+  r.sparse.mode = AttentionMode::kDense;
+  std::vector<uint8_t> frames[2];
+  const char* kernels[2] = {"ours", "sdpa"};
+  for (int k = 0; k < 2; ++k) {
+    ModelOptions e = TinyEntry();
+    e.dense_attention = kernels[k];
+    auto p = LoadWanPipeline(e);
+    ASSERT_TRUE(p.ok()) << p.status().ToString();
+    CancelToken cancel;
+    auto out = (*p)->Generate(r, nullptr, cancel);
+    ASSERT_TRUE(out.ok()) << out.status().ToString();
+    frames[k] = out->rgb;
+  }
+  ASSERT_EQ(frames[0].size(), frames[1].size());
+  ASSERT_FALSE(frames[0].empty());
+  int max_diff = 0;
+  for (size_t i = 0; i < frames[0].size(); ++i) {
+    max_diff = std::max(max_diff, std::abs(int{frames[0][i]} - int{frames[1][i]}));
+  }
+  EXPECT_LE(max_diff, 1);
+  EXPECT_NE(frames[0], frames[1]) << "the option must reach the attention (the kernels round "
+                                     "differently)";
+
+  ModelOptions bad = TinyEntry();
+  bad.dense_attention = "flash";
+  auto refused = LoadWanPipeline(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().message().rfind("dense_attention", 0), 0u)
+      << refused.status().message();
+}
+
 TEST_F(WanPipelineTest, InvalidRequestsNameTheField) {
   const InvalidCase cases[] = {
       {"width", [](GenerationRequest* r) { r->width = 72; }},
@@ -324,6 +456,17 @@ TEST_F(WanPipelineTest, InvalidRequestsNameTheField) {
        [](GenerationRequest* r) { r->step_cache.threshold = std::nan(""); }},
       {"step_cache.warmup_steps", [](GenerationRequest* r) { r->step_cache.warmup_steps = 3; }},
       {"step_cache.warmup_steps", [](GenerationRequest* r) { r->step_cache.warmup_steps = -1; }},
+      {"timesteps[1]", [](GenerationRequest* r) { r->timesteps = {1000, 1000}; }},
+      {"timesteps[1]", [](GenerationRequest* r) { r->timesteps = {500, 750}; }},
+      {"timesteps[1]", [](GenerationRequest* r) { r->timesteps = {1000, 0}; }},
+      {"timesteps[0]", [](GenerationRequest* r) { r->timesteps = {1001, 500}; }},
+      {"timesteps[0]", [](GenerationRequest* r) { r->timesteps = {std::nan(""), 500}; }},
+      {"timesteps", [](GenerationRequest* r) { r->timesteps = {1000, 750, 500}; }},
+      {"timesteps",
+       [](GenerationRequest* r) {
+         r->steps = 201;  // over max_steps (200): refused before the values are read
+         r->timesteps.assign(201, 500.0);
+       }},
   };
   for (const InvalidCase& c : cases) {
     GenerationRequest r = Small(1);

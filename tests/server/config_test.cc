@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 namespace rainserve {
 namespace {
@@ -236,6 +237,45 @@ models:
       "models[0].defaults.sparse_attention.quality_probe.rate");
   ExpectRejected("models: [{name: m, path: p, limits: {max_quality_probe_rate: -1}}]",
                  "models[0].limits.max_quality_probe_rate");
+}
+
+TEST(ConfigTest, ExplicitTimestepsDefaultsAreReadAndValidated) {
+  auto cfg = ParseServerConfig(R"(
+models:
+  - name: lightning
+    path: ckpt
+    defaults: {timesteps: [1000, 750, 500, 250], guidance_scale: 1, flow_shift: 5,
+               scheduler: euler}
+  - name: plain
+    path: ckpt
+)", "test.yaml", "/base");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  ASSERT_TRUE(cfg->models.at(0).defaults.timesteps.has_value());
+  EXPECT_EQ(*cfg->models.at(0).defaults.timesteps, (std::vector<double>{1000, 750, 500, 250}));
+  EXPECT_EQ(cfg->models.at(0).defaults.guidance_scale, 1.0);
+  EXPECT_FALSE(cfg->models.at(1).defaults.timesteps.has_value());
+
+  ExpectRejected("models: [{name: m, path: p, defaults: {timesteps: [1000, -1]}}]",
+                 "models[0].defaults.timesteps[1]");
+  ExpectRejected("models: [{name: m, path: p, defaults: {timesteps: [1000, x]}}]",
+                 "models[0].defaults.timesteps[1]");
+  ExpectRejected("models: [{name: m, path: p, defaults: {timesteps: []}}]",
+                 "models[0].defaults.timesteps");
+  ExpectRejected("models: [{name: m, path: p, defaults: {timesteps: 1000}}]",
+                 "models[0].defaults.timesteps");
+  ExpectRejected("models: [{name: m, path: p, defaults: {steps: 8, timesteps: [1000, 500]}}]",
+                 "models[0].defaults.steps");
+}
+
+TEST(ConfigTest, DenseAttentionKernelIsReadAndChecked) {
+  auto cfg = ParseServerConfig(
+      "models: [{name: a, path: p, dense_attention: sdpa}, {name: b, path: p}]", "test.yaml",
+      "/base");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_EQ(cfg->models.at(0).dense_attention, "sdpa");
+  EXPECT_EQ(cfg->models.at(1).dense_attention, "auto");
+  ExpectRejected("models: [{name: m, path: p, dense_attention: flash}]",
+                 "models[0].dense_attention");
 }
 
 TEST(ConfigTest, ImageAndExpertKeysAreReadAndBounded) {

@@ -216,6 +216,77 @@ TEST(RequestMappingTest, StepCacheTakesModelDefaultsAndIsEchoedResolved) {
   EXPECT_EQ(r->resolved.step_cache().mode(), v1::STEP_CACHE_MODE_OFF);
 }
 
+TEST(RequestMappingTest, ExplicitTimestepsComeFromTheRequestElseTheDefaultsUnlessStepsIsSet) {
+  PipelineDescription model = FakeDescription();
+  model.defaults.timesteps = {1000, 750, 500, 250};
+  model.defaults.steps = 4;
+  v1::GenerateRequest req;
+  req.set_prompt("rain");
+  // Neither steps nor timesteps: the model's schedule, echoed.
+  auto r = ResolveRequest(req, model, 1);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->generation.timesteps, (std::vector<double>{1000, 750, 500, 250}));
+  EXPECT_EQ(r->generation.steps, 4);
+  ASSERT_EQ(r->resolved.timesteps_size(), 4);
+  EXPECT_DOUBLE_EQ(r->resolved.timesteps(1), 750);
+  EXPECT_EQ(r->resolved.steps(), 4u);
+
+  // steps alone: evenly spaced, the default schedule dropped.
+  req.set_steps(3);
+  r = ResolveRequest(req, model, 1);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(r->generation.timesteps.empty());
+  EXPECT_EQ(r->generation.steps, 3);
+  EXPECT_EQ(r->resolved.timesteps_size(), 0);
+
+  // The request's own list sets the step count.
+  req.clear_steps();
+  for (double t : {999.0, 500.0}) req.add_timesteps(t);
+  r = ResolveRequest(req, model, 1);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->generation.timesteps, (std::vector<double>{999, 500}));
+  EXPECT_EQ(r->generation.steps, 2);
+  EXPECT_EQ(r->resolved.steps(), 2u);
+
+  // Models.Describe shows the default schedule.
+  v1::ModelInfo info;
+  FillModelInfo(model, &info);
+  ASSERT_EQ(info.defaults().timesteps_size(), 4);
+  EXPECT_DOUBLE_EQ(info.defaults().timesteps(3), 250);
+}
+
+TEST(RequestMappingTest, ExplicitTimestepErrorsNameTheField) {
+  const PipelineDescription model = FakeDescription();
+  const std::pair<const char*, std::function<void(v1::GenerateRequest*)>> cases[] = {
+      {"timesteps[1]",
+       [](v1::GenerateRequest* q) {
+         q->add_timesteps(500);
+         q->add_timesteps(600);
+       }},
+      {"timesteps[0]", [](v1::GenerateRequest* q) { q->add_timesteps(1000.5); }},
+      {"timesteps[0]", [](v1::GenerateRequest* q) { q->add_timesteps(-1); }},
+      {"timesteps",
+       [](v1::GenerateRequest* q) {
+         q->set_steps(3);
+         q->add_timesteps(900);
+         q->add_timesteps(100);
+       }},
+      {"timesteps",  // more values than limits.max_steps: refused before they are copied
+       [&model](v1::GenerateRequest* q) {
+         for (int64_t i = 0; i <= model.limits.max_steps; ++i) q->add_timesteps(1000.0 - i);
+       }},
+  };
+  for (const auto& [field, mutate] : cases) {
+    v1::GenerateRequest req;
+    req.set_prompt("rain");
+    mutate(&req);
+    auto r = ResolveRequest(req, model, 1);
+    ASSERT_FALSE(r.ok()) << field;
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(r.status().message().rfind(field, 0), 0u) << r.status().message();
+  }
+}
+
 TEST(RequestMappingTest, StepCacheValidationNamesTheField) {
   const std::pair<const char*, std::function<void(v1::StepCache*)>> cases[] = {
       {"step_cache.mode", [](v1::StepCache* c) { c->set_mode(static_cast<v1::StepCacheMode>(9)); }},

@@ -65,7 +65,7 @@ def client_args(**fields):
     args = dict(model="wan-tiny", prompt="a paper boat", negative_prompt="", seed=11,
                 steps=None, guidance=None, width=None, height=None, frames=None, fps=None,
                 format=None, sparsity=None, sink_frames=None, image=None, guidance_scale_2=None,
-                max_area=None, quality_probe=None, kept_mass=None)
+                max_area=None, quality_probe=None, kept_mass=None, timesteps=None)
     args.update(fields)
     return argparse.Namespace(**args)
 
@@ -255,6 +255,18 @@ class PythonClientTest(unittest.TestCase):
         self.assertAlmostEqual(request.sparse_attention.kept_mass, 0.9, places=6)
         self.assertNotEqual(rainserve_client.build_request(client_args()).sparse_attention.mode,
                             sparse_attention_pb2.ATTENTION_MODE_RAINFUSION_MASS)
+
+    def test_7e_timesteps_flag_sets_the_explicit_schedule(self):
+        args = rainserve_client.parse_args(["--prompt", "x", "--timesteps", "1000,750,500,250",
+                                            "--guidance", "1"])
+        self.assertEqual(args.timesteps, [1000.0, 750.0, 500.0, 250.0])
+        request = rainserve_client.build_request(args)
+        self.assertEqual(list(request.timesteps), [1000.0, 750.0, 500.0, 250.0])
+        self.assertFalse(request.HasField("steps"))
+        self.assertEqual(request.guidance_scale, 1.0)
+        code, _, err = self.run_main("--prompt", "x", "--timesteps", "1000,x")
+        self.assertEqual(code, 2)
+        self.assertIn("expected a number, got 'x'", err)
 
     def test_7c_quality_probe_flag_sets_the_rate_and_the_summary_reads_the_records(self):
         request = rainserve_client.build_request(client_args(quality_probe=0.5))

@@ -141,6 +141,22 @@ TEST(CliFlagsTest, StepCacheFlagsReachTheRequest) {
             "--step-cache expects first_block|off|teacache, got 'magcache'");
 }
 
+TEST(CliFlagsTest, TimestepsFlagSetsTheExplicitSchedule) {
+  const auto args = ParseArgs({"generate", "--prompt", "p", "--timesteps", "1000,750,500,250.5",
+                               "--guidance", "1"});
+  ASSERT_TRUE(args.ok()) << args.status().ToString();
+  const auto r = BuildRequest(*args);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->timesteps_size(), 4);
+  EXPECT_DOUBLE_EQ(r->timesteps(0), 1000);
+  EXPECT_DOUBLE_EQ(r->timesteps(3), 250.5);
+  EXPECT_FALSE(r->has_steps());  // the server takes the count from the list
+  EXPECT_EQ(BuildError({"generate", "--timesteps", "1000,,500"}),
+            "--timesteps expects a number, got ''");
+  EXPECT_EQ(BuildError({"generate", "--timesteps", "1000,x"}),
+            "--timesteps expects a number, got 'x'");
+}
+
 TEST(CliFlagsTest, ImageAndExpertFlagsReachTheRequest) {
   char path[] = "/tmp/rainserve-cli-image-XXXXXX";
   const int fd = mkstemp(path);
