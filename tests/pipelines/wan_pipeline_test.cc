@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include "pipelines/core/registry.h"
+#include "pipelines/core/torch_device.h"
 #include "pipelines/core/torch_status.h"
 #include "tests/test_files.h"
 
@@ -378,6 +379,39 @@ TEST(WanPipelineLoadTest, MissingFolderIsNotFoundAndUnknownDeviceIsRejected) {
   PipelineRegistry registry;
   RegisterBuiltinPipelines(&registry);
   EXPECT_EQ(registry.Families(), std::vector<std::string>{"wan"});
+}
+
+TEST(WanPipelineLoadTest, SeveralDevicesAreCheckedAgainstHeadsAndGpus) {
+  // wan-tiny has 2 attention heads: 4 devices cannot split them.
+  ModelOptions e = TinyEntry();
+  e.devices = {"cuda:0", "cuda:1", "cuda:2", "cuda:3"};
+  e.device = "cuda:0";
+  auto heads = LoadWanPipeline(e);
+  ASSERT_FALSE(heads.ok());
+  EXPECT_EQ(heads.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(heads.status().message().find(
+                "devices: 4 devices do not divide the transformer's 2 attention heads"),
+            std::string::npos)
+      << heads.status().message();
+
+  // 2 divides the heads; past that the GPUs must exist.
+  e.devices = {"cuda:0", "cuda:7"};
+  auto gpus = LoadWanPipeline(e);
+  ASSERT_FALSE(gpus.ok());
+  if (CudaDeviceCount() < 8) {
+    EXPECT_EQ(gpus.status().code(), StatusCode::kFailedPrecondition);
+    EXPECT_NE(gpus.status().message().find("devices: '" +
+                                           std::string(CudaDeviceCount() < 1 ? "cuda:0" : "cuda:7") +
+                                           "' is not available"),
+              std::string::npos)
+        << gpus.status().message();
+  } else {
+    EXPECT_EQ(gpus.status().code(), StatusCode::kUnimplemented);
+  }
+  // One entry in devices is the single-device path.
+  e.devices = {"cpu"};
+  e.device = "cpu";
+  EXPECT_TRUE(LoadWanPipeline(e).ok());
 }
 
 TEST(WanPipelineMemoryTest, RequestsOverTheMemoryBudgetAreRefusedWithTheEstimate) {
