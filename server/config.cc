@@ -46,7 +46,8 @@ Status ReadDevices(YamlMap& m, ModelEntry* e) {
     const std::string item = key + "[" + std::to_string(i) + "]";
     RAINSERVE_RETURN_IF_ERROR(ValidateDevice(item, d));
     if (d == "cpu") {
-      return InvalidArgumentError(item + ": expected \"cuda:N\" (several devices are GPUs), got 'cpu'");
+      return InvalidArgumentError(item +
+                                  ": expected \"cuda:N\" (several devices are GPUs), got 'cpu'");
     }
     if (!seen.insert(d).second) {
       return InvalidArgumentError(item + ": '" + d + "' is listed twice");

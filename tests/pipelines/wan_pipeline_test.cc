@@ -400,9 +400,8 @@ TEST(WanPipelineLoadTest, SeveralDevicesAreCheckedAgainstHeadsAndGpus) {
   ASSERT_FALSE(gpus.ok());
   if (CudaDeviceCount() < 8) {
     EXPECT_EQ(gpus.status().code(), StatusCode::kFailedPrecondition);
-    EXPECT_NE(gpus.status().message().find("devices: '" +
-                                           std::string(CudaDeviceCount() < 1 ? "cuda:0" : "cuda:7") +
-                                           "' is not available"),
+    const std::string missing = CudaDeviceCount() < 1 ? "cuda:0" : "cuda:7";
+    EXPECT_NE(gpus.status().message().find("devices: '" + missing + "' is not available"),
               std::string::npos)
         << gpus.status().message();
   } else {
