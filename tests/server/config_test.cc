@@ -34,6 +34,20 @@ TEST(ConfigTest, ShippedServerYamlLoads) {
   }
 }
 
+TEST(ConfigTest, MultiGpuOverlayYamlLoads) {
+  auto cfg = LoadServerConfig(testing::SourceDir() + "/deploy/k8s/overlays/gpu-multi/server.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  int multi = 0;
+  for (const ModelEntry& m : cfg->models) {
+    if (m.DeviceCount() > 1) {
+      ++multi;
+      EXPECT_EQ(m.DeviceCount(), 8) << m.name;
+      EXPECT_EQ(m.device, "cuda:0") << m.name;
+    }
+  }
+  EXPECT_EQ(multi, 1);
+}
+
 TEST(ConfigTest, EmptyDocumentGivesDefaults) {
   auto cfg = ParseServerConfig("", "empty.yaml", "");
   ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
