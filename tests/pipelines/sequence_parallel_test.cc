@@ -8,6 +8,7 @@
 
 #include "pipelines/core/collective.h"
 #include "pipelines/core/parallel_plan.h"
+#include "pipelines/wan/wan_parallel.h"
 #include "pipelines/wan/wan_transformer.h"
 #include "tests/pipelines/rank_threads.h"
 #include "tests/pipelines/wan_test_config.h"
@@ -150,6 +151,72 @@ TEST_F(SequenceParallelTest, CfgPairTimesUlyssesEqualsTheBatchedForward) {
     return OkStatus();
   }));
   for (int64_t r = 0; r < 4; ++r) ExpectClose(out[r], want, "rank " + std::to_string(r));
+}
+
+// The groups of a plan as loopback groups, and each rank's WanRank.
+struct LoopbackRanks {
+  std::vector<std::unique_ptr<LoopbackGroup>> ulysses, cfg;
+  std::vector<std::unique_ptr<attention::AttentionEngine>> engines;
+  std::vector<WanRank> ranks;
+};
+
+LoopbackRanks MakeRanks(const ParallelPlan& plan, const WanTransformer* model) {
+  LoopbackRanks l;
+  for (int64_t c = 0; c < plan.cfg_degree; ++c) {
+    l.ulysses.push_back(std::make_unique<LoopbackGroup>(plan.ulysses_degree));
+  }
+  for (int64_t u = 0; u < plan.ulysses_degree; ++u) {
+    l.cfg.push_back(std::make_unique<LoopbackGroup>(plan.cfg_degree));
+  }
+  for (int64_t r = 0; r < plan.world; ++r) {
+    l.engines.push_back(std::make_unique<attention::AttentionEngine>(1));
+    const int64_t c = plan.CfgRank(r), u = plan.UlyssesRank(r);
+    l.ranks.push_back({model, l.engines.back().get(), &l.ulysses[c]->rank(u), &l.cfg[u]->rank(c)});
+  }
+  return l;
+}
+
+TEST_F(SequenceParallelTest, ParallelWanForwardEqualsTheBatchedForwardForEveryPlan) {
+  const at::Tensor lat = Latents(2, 3, 10, 14);
+  WanForwardOptions o;
+  o.sparse.mode = attention::AttentionMode::kRainFusion;
+  o.sparse.sparsity = 0.5;
+  o.attention.min_sparse_blocks = 1;  // sparse even on 105 tokens
+  const at::Tensor want = SingleForward(lat, t_, text_, o);
+  for (const auto& [devices, cfg] : std::vector<std::pair<int64_t, bool>>{
+           {1, true}, {2, true}, {2, false}, {4, true}, {4, false}}) {
+    auto plan = MakeParallelPlan(devices, cfg, FourHeadConfig().num_attention_heads);
+    ASSERT_TRUE(plan.ok());
+    LoopbackRanks l = MakeRanks(*plan, model_.get());
+    WanForwardStats stats;
+    auto got = ParallelWanForward(*plan, l.ranks, lat, t_, text_, o, &stats);
+    const std::string what = std::to_string(plan->cfg_degree) + " x " +
+                             std::to_string(plan->ulysses_degree);
+    ASSERT_TRUE(got.ok()) << what << ": " << got.status().ToString();
+    ExpectClose(*got, want, what);
+    EXPECT_EQ(stats.tokens, 105) << what;
+    EXPECT_TRUE(stats.sparse) << what;
+  }
+}
+
+TEST_F(SequenceParallelTest, ParallelWanForwardRefusesRanksThatDoNotMatchThePlan) {
+  auto plan = MakeParallelPlan(4, true, 4);
+  ASSERT_TRUE(plan.ok());
+  LoopbackRanks l = MakeRanks(*plan, model_.get());
+  const at::Tensor lat = Latents(2, 1, 4, 4);
+  std::vector<WanRank> three(l.ranks.begin(), l.ranks.begin() + 3);
+  auto r = ParallelWanForward(*plan, three, lat, t_, text_, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("3 ranks for a plan of 4"), std::string::npos);
+  std::swap(l.ranks[0].ulysses, l.ranks[1].ulysses);
+  r = ParallelWanForward(*plan, l.ranks, lat, t_, text_, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("rank 0: its Ulysses group"), std::string::npos);
+  LoopbackRanks ok = MakeRanks(*plan, model_.get());
+  r = ParallelWanForward(*plan, ok.ranks, lat.narrow(0, 0, 1), t_.narrow(0, 0, 1),
+                         text_.narrow(0, 0, 1), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("CFG parallel needs batch 2"), std::string::npos);
 }
 
 TEST_F(SequenceParallelTest, StepCacheIsRefused) {
