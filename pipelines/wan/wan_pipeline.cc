@@ -220,10 +220,17 @@ Status CheckDevices(const ModelOptions& entry) {
                                   path + ")");
     }
   }
+  // "cuda:N" (the config checks it; options built in code are checked here).
+  for (const std::string& device : entry.devices) {
+    if (device.size() <= 5 || device.size() >= 9 || device.rfind("cuda:", 0) != 0 ||
+        device.find_first_not_of("0123456789", 5) != std::string::npos) {
+      return InvalidArgumentError("model '" + entry.name +
+                                  "': devices: expected \"cuda:N\", got '" + device + "'");
+    }
+  }
   const int64_t visible = CudaDeviceCount();
   for (const std::string& device : entry.devices) {
-    const int64_t ordinal = std::stoll(device.substr(5));  // "cuda:N", checked by the config
-    if (ordinal >= visible) {
+    if (std::stoll(device.substr(5)) >= visible) {
       return FailedPreconditionError("model '" + entry.name + "': devices: '" + device +
                                      "' is not available: this build or machine has " +
                                      std::to_string(visible) + " CUDA devices");

@@ -407,6 +407,12 @@ TEST(WanPipelineLoadTest, SeveralDevicesAreCheckedAgainstHeadsAndGpus) {
   } else {
     EXPECT_EQ(gpus.status().code(), StatusCode::kUnimplemented);
   }
+  e.devices = {"cuda:0", "gpu1"};
+  auto bad = LoadWanPipeline(e);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("devices: expected \"cuda:N\", got 'gpu1'"),
+            std::string::npos)
+      << bad.status().message();
   // One entry in devices is the single-device path.
   e.devices = {"cpu"};
   e.device = "cpu";
