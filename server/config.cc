@@ -9,6 +9,7 @@
 #include "attention/settings.h"
 #include "common/files.h"
 #include "common/yaml_reader.h"
+#include "pipelines/core/parallel_plan.h"
 #include "pipelines/core/pipeline.h"
 
 namespace rainserve {
@@ -26,6 +27,38 @@ Status ValidateDevice(const std::string& key_path, const std::string& device) {
     }
   }
   return InvalidArgumentError(key_path + ": expected \"cpu\" or \"cuda:N\", got '" + device + "'");
+}
+
+// models[].devices: distinct CUDA devices, at most kMaxModelDevices; with
+// `device` also given, it must be the first of them.
+Status ReadDevices(YamlMap& m, ModelEntry* e) {
+  if (!m.Has("devices")) return OkStatus();
+  const std::string key = m.KeyPath("devices");
+  RAINSERVE_RETURN_IF_ERROR(m.StringList("devices", &e->devices));
+  const int64_t n = static_cast<int64_t>(e->devices.size());
+  if (n < 1 || n > kMaxModelDevices) {
+    return InvalidArgumentError(key + ": expected 1 to " + std::to_string(kMaxModelDevices) +
+                                " devices, got " + std::to_string(n));
+  }
+  std::set<std::string> seen;
+  for (size_t i = 0; i < e->devices.size(); ++i) {
+    const std::string& d = e->devices[i];
+    const std::string item = key + "[" + std::to_string(i) + "]";
+    RAINSERVE_RETURN_IF_ERROR(ValidateDevice(item, d));
+    if (d == "cpu") {
+      return InvalidArgumentError(item +
+                                  ": expected \"cuda:N\" (several devices are GPUs), got 'cpu'");
+    }
+    if (!seen.insert(d).second) {
+      return InvalidArgumentError(item + ": '" + d + "' is listed twice");
+    }
+  }
+  if (m.Has("device") && e->device != e->devices[0]) {
+    return InvalidArgumentError(m.KeyPath("device") + ": must be devices[0] ('" + e->devices[0] +
+                                "') when both are given, got '" + e->device + "'");
+  }
+  e->device = e->devices[0];
+  return OkStatus();
 }
 
 Status ReadServerSection(YamlMap& m, ServerSection* s) {
@@ -203,6 +236,7 @@ Status ReadModelEntry(YamlMap& m, const std::string& base_dir, ModelEntry* e) {
   }
   RAINSERVE_RETURN_IF_ERROR(m.String("device", &e->device));
   RAINSERVE_RETURN_IF_ERROR(ValidateDevice(m.KeyPath("device"), e->device));
+  RAINSERVE_RETURN_IF_ERROR(ReadDevices(m, e));
   RAINSERVE_RETURN_IF_ERROR(m.Enum("dtype", {"fp32", "bf16", "fp16"}, &e->dtype));
   RAINSERVE_RETURN_IF_ERROR(m.Enum("linear_precision", {"bf16", "fp8"}, &e->linear_precision));
   RAINSERVE_RETURN_IF_ERROR(m.Int("threads", 0, 1024, &e->threads));

@@ -37,6 +37,10 @@ void FillModelView(const ModelView& view, v1::ModelInfo* info) {
   info->set_name(view.entry.name);
   info->set_pipeline(view.entry.pipeline);
   info->set_device(view.entry.device);
+  info->clear_devices();
+  if (view.entry.DeviceCount() > 1) {
+    for (const std::string& device : view.entry.devices) info->add_devices(device);
+  }
   info->set_dtype(view.entry.dtype);
   info->set_state(ToProto(view.state));
   info->set_state_reason(view.reason);

@@ -61,6 +61,10 @@ struct ModelOptions {
   std::string pipeline = "wan";
   std::string path;            // checkpoint folder (diffusers layout)
   std::string device = "cpu";  // "cpu" or "cuda:N"
+  // models[].devices: every GPU one request runs on (CFG parallel x Ulysses
+  // sequence parallel, pipelines/core/parallel_plan.h), distinct "cuda:N",
+  // at most kMaxModelDevices; `device` is devices[0]. Empty: `device` alone.
+  std::vector<std::string> devices;
   std::string dtype = "fp32";  // "fp32" | "bf16" | "fp16"
   int64_t threads = 0;         // CPU threads for this model's worker; 0 = all cores
   ModelDefaultsOverride defaults;
@@ -81,6 +85,11 @@ struct ModelOptions {
   // kept) or "sdpa" (LibTorch's dense attention). Benchmarks pin it to time
   // a baseline; serving keeps "auto".
   std::string dense_attention = "auto";
+
+  // How many devices one request runs on (1 without `devices`).
+  int64_t DeviceCount() const {
+    return devices.empty() ? 1 : static_cast<int64_t>(devices.size());
+  }
 };
 
 }  // namespace rainserve

@@ -32,6 +32,14 @@ StatusOr<at::Device> ParseDevice(const std::string& name) {
   }
 }
 
+int64_t CudaDeviceCount() {
+#if RAINSERVE_WITH_CUDA
+  return at::hasCUDA() ? static_cast<int64_t>(c10::cuda::device_count()) : 0;
+#else
+  return 0;
+#endif
+}
+
 void ResetPeakMemory(const at::Device& device) {
 #if RAINSERVE_WITH_CUDA
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index());

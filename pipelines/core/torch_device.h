@@ -16,6 +16,9 @@ StatusOr<at::ScalarType> ParseDtype(const std::string& name);
 // "cpu" | "cuda:N"; FAILED_PRECONDITION when this build or machine has no CUDA.
 StatusOr<at::Device> ParseDevice(const std::string& name);
 
+// CUDA devices this build and machine can use (0 without CUDA).
+int64_t CudaDeviceCount();
+
 // Waits for the device's queued work (stage and step times are device times).
 void Synchronize(const at::Device& device);
 // Peak memory since the last ResetPeakMemory on `device`: the CUDA caching

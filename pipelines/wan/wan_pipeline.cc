@@ -31,6 +31,7 @@
 
 #include "attention/engine.h"
 #include "common/logging.h"
+#include "pipelines/core/parallel_plan.h"
 #include "pipelines/core/schedulers.h"
 #include "pipelines/core/step_cache.h"
 #include "pipelines/text/tokenizer.h"
@@ -228,8 +229,56 @@ class WanPipeline final : public Pipeline {
   int threads_ = 1;
 };
 
+namespace {
+
+// models[].devices with several GPUs: every transformer's heads must split
+// evenly over them (pipelines/core/parallel_plan.h), and this build and
+// machine must have them. Checked before anything is loaded.
+Status CheckDevices(const ModelOptions& entry) {
+  const int64_t n = entry.DeviceCount();
+  if (n == 1) return OkStatus();
+  const std::string& dir = entry.path;
+  RAINSERVE_ASSIGN_OR_RETURN(const WanModelIndex index, ReadWanModelIndex(dir));
+  for (const char* folder : {"/transformer", "/transformer_2"}) {
+    if (std::string(folder) == "/transformer_2" && !index.has_transformer_2) break;
+    std::string text;
+    const std::string path = dir + folder + "/config.json";
+    RAINSERVE_RETURN_IF_ERROR(ReadFile(path, &text));
+    RAINSERVE_ASSIGN_OR_RETURN(const WanTransformerConfig config,
+                               ParseWanTransformerConfig(text, path));
+    const Status heads = CheckHeadsDivisible(n, config.num_attention_heads);
+    if (!heads.ok()) {
+      return InvalidArgumentError("model '" + entry.name + "': " + heads.message() + " (" +
+                                  path + ")");
+    }
+  }
+  // "cuda:N" (the config checks it; options built in code are checked here).
+  for (const std::string& device : entry.devices) {
+    if (device.size() <= 5 || device.size() >= 9 || device.rfind("cuda:", 0) != 0 ||
+        device.find_first_not_of("0123456789", 5) != std::string::npos) {
+      return InvalidArgumentError("model '" + entry.name +
+                                  "': devices: expected \"cuda:N\", got '" + device + "'");
+    }
+  }
+  const int64_t visible = CudaDeviceCount();
+  for (const std::string& device : entry.devices) {
+    if (std::stoll(device.substr(5)) >= visible) {
+      return FailedPreconditionError("model '" + entry.name + "': devices: '" + device +
+                                     "' is not available: this build or machine has " +
+                                     std::to_string(visible) + " CUDA devices");
+    }
+  }
+  return UnimplementedError("model '" + entry.name + "': devices: " + std::to_string(n) +
+                            " GPUs per request are planned (CFG and Ulysses sequence parallel) "
+                            "but the Wan pipeline does not run one request over several GPUs "
+                            "yet; use one device per model and replicas");
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& entry) {
   const std::string& dir = entry.path;
+  RAINSERVE_RETURN_IF_ERROR(CheckDevices(entry));
   std::unique_ptr<WanPipeline> p(new WanPipeline());
   RAINSERVE_ASSIGN_OR_RETURN(p->device_, ParseDevice(entry.device));
   RAINSERVE_ASSIGN_OR_RETURN(p->dtype_, ParseDtype(entry.dtype));

@@ -331,7 +331,7 @@ Status WanTransformer::Block(const WanBlockWeights& w, const Modulation& mod,
                                                          rope_sin, ew));
     RAINSERVE_ASSIGN_OR_RETURN(at::Tensor v, Project(s->h, w.attn1.to_v, s->hq));
     *s = {s->x, {}, {}};
-    RAINSERVE_ASSIGN_OR_RETURN(o, attn.SelfAttention(q, k, v.view({B, N, heads, hd})));
+    RAINSERVE_ASSIGN_OR_RETURN(o, SelfAttention(attn, cond, q, k, v.view({B, N, heads, hd})));
   }
   RAINSERVE_ASSIGN_OR_RETURN(o, Project(o.reshape({B, N, inner}), w.attn1.to_out));
   // x += gate * o, fused with norm2 (affine LayerNorm, or none).
@@ -360,6 +360,20 @@ Status WanTransformer::Block(const WanBlockWeights& w, const Modulation& mod,
                                  s->x, ff, mod[5], next_mod[1], next_mod[0], c.eps, ew, q8));
   *s = {r.sum, r.norm, r.norm_fp8};
   return OkStatus();
+}
+
+StatusOr<at::Tensor> WanTransformer::SelfAttention(attention::ForwardAttention& attn,
+                                                   const Conditioning& cond, const at::Tensor& q,
+                                                   const at::Tensor& k,
+                                                   const at::Tensor& v) const {
+  if (cond.sp == nullptr) return attn.SelfAttention(q, k, v);
+  // [B, n_r, heads, hd] -> [B, N, heads / P, hd]: RainFusion over the whole
+  // sequence for this rank's heads (its mask is per head), then back.
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor qh, TokensToHeads(*cond.sp, q, cond.shards));
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor kh, TokensToHeads(*cond.sp, k, cond.shards));
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor vh, TokensToHeads(*cond.sp, v, cond.shards));
+  RAINSERVE_ASSIGN_OR_RETURN(const at::Tensor o, attn.SelfAttention(qh, kh, vh));
+  return HeadsToTokens(*cond.sp, o, cond.shards);
 }
 
 StatusOr<at::Tensor> WanTransformer::CrossAttention(const WanAttentionWeights& w,
@@ -571,13 +585,35 @@ StatusOr<at::Tensor> WanTransformer::Forward(const at::Tensor& latents, const at
         at::arange(F * H * W, at::TensorOptions().dtype(at::kLong).device(device_));
     RAINSERVE_ASSIGN_OR_RETURN(cond.token_frame, attn->Permute(at::floor_divide(raster, H * W), 0));
   }
+  at::Tensor rope_cos_local = rope_cos, rope_sin_local = rope_sin;
+  if (options.sequence_parallel != nullptr) {
+    if (options.step_cache != nullptr && options.step_cache->mode != StepCacheMode::kOff) {
+      return InvalidArgumentError("step_cache: not available with sequence parallel");
+    }
+    // This rank's shard of the permuted sequence (x, RoPE tables, frames).
+    cond.sp = options.sequence_parallel;
+    cond.shards = TokenShards(x.size(1), cond.sp->size());
+    const IndexRange mine = cond.shards[cond.sp->rank()];
+    x = x.narrow(1, mine.begin, mine.size).contiguous();
+    rope_cos_local = rope_cos.narrow(0, mine.begin, mine.size).contiguous();
+    rope_sin_local = rope_sin.narrow(0, mine.begin, mine.size).contiguous();
+    if (cond.token_frame.defined()) {
+      cond.token_frame = cond.token_frame.narrow(0, mine.begin, mine.size).contiguous();
+    }
+  }
   const Modulation out_mod = OutputModulation(cond);
   Stream s{x, {}, {}};
   const Modulation first_mod =
       weights_.blocks.empty() ? out_mod : BlockModulation(weights_.blocks[0], cond);
   RAINSERVE_ASSIGN_OR_RETURN(s.h,
                              wan_ops::ModulatedLayerNorm(x, first_mod[1], first_mod[0], c.eps, ew));
-  RAINSERVE_RETURN_IF_ERROR(CachedBlocks(cond, out_mod, rope_cos, rope_sin, *attn, options, &s));
+  RAINSERVE_RETURN_IF_ERROR(
+      CachedBlocks(cond, out_mod, rope_cos_local, rope_sin_local, *attn, options, &s));
+  if (cond.sp != nullptr) {
+    std::vector<int64_t> sizes;  // every rank's shard, gathered in token order
+    for (const IndexRange& shard : cond.shards) sizes.push_back(shard.size);
+    RAINSERVE_ASSIGN_OR_RETURN(s.h, AllGather(*cond.sp, s.h, 1, sizes));
+  }
 
   // s.h = norm_out(x) (token-wise, so before the unpermute) -> proj_out.
   RAINSERVE_ASSIGN_OR_RETURN(at::Tensor h, attn->Unpermute(s.h));

@@ -44,6 +44,7 @@
 #include "attention/forward.h"
 #include "attention/settings.h"
 #include "common/status.h"
+#include "pipelines/core/collective.h"
 #include "pipelines/core/model_options.h"
 #include "pipelines/core/pipeline.h"
 #include "pipelines/core/step_cache.h"
@@ -86,6 +87,15 @@ struct WanForwardOptions {
   // one image), or pos_embed_seq_len when that is set (FLF2V: the first and
   // the last frame's 257 tokens, one after the other).
   at::Tensor image_embeds;
+  // Ulysses sequence parallel (models with several devices,
+  // pipelines/core/parallel_plan.h): this rank's handle on its group. The
+  // forward permutes the full sequence, keeps this rank's token shard
+  // (TokenShards), turns token shards into head slices around each
+  // self-attention (TokensToHeads / HeadsToTokens) and gathers the shards
+  // before the output projection; every rank returns the full output. The
+  // weights, inputs and settings must be the same on every rank of the group.
+  // Null runs the whole sequence here. Refused with a step cache.
+  Communicator* sequence_parallel = nullptr;
 };
 
 using WanForwardStats = attention::ForwardStats;
@@ -160,6 +170,10 @@ class WanTransformer {
     wan_ops::Fp8Rows context_fp8, image_context_fp8;
     at::Tensor token_frame;    // [N] int64, each token's frame in the forward's
                                // token order; undefined for [B] timesteps
+    // Sequence parallel: this rank's group and the token shards of the
+    // permuted sequence (N above is then the rank's shard); null comm: none.
+    Communicator* sp = nullptr;
+    std::vector<IndexRange> shards;
   };
   // Modulation vectors (shift, scale, ...) of a block or norm_out: fp32
   // [B, 1, inner] per batch element, or [B, F, inner] per frame. operator[]
@@ -207,6 +221,11 @@ class WanTransformer {
   Status Block(const WanBlockWeights& w, const Modulation& mod, const Modulation& next_mod,
                const Conditioning& cond, const at::Tensor& rope_cos, const at::Tensor& rope_sin,
                attention::ForwardAttention& attn, ElementwiseImpl ew, Stream* s) const;
+  // Self-attention of q, k, v [B, N, heads, hd] through `attn`, around the
+  // Ulysses all-to-alls when cond.sp is set.
+  StatusOr<at::Tensor> SelfAttention(attention::ForwardAttention& attn, const Conditioning& cond,
+                                     const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& v) const;
   // attn2 of a block on h [B, N, inner] (hq: its e4m3 rows for FP8 layers,
   // or undefined): text attention plus, with images,
   // the image attention (WanAttnProcessor's order), then to_out.

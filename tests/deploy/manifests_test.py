@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Static checks of the deployment files, each against the tool that reads them:
 
-  KustomizeTest  kubectl kustomize renders deploy/k8s/overlays/{cpu-tiny,gpu};
+  KustomizeTest  kubectl kustomize renders deploy/k8s/overlays/{cpu-tiny,gpu,gpu-multi};
                  the rendered objects agree with the server (ports in the
                  ConfigMap's server.yaml, health service names, metric names)
                  and with each other (selectors, named ports, grace period).
@@ -100,8 +100,9 @@ class KustomizeTest(unittest.TestCase):
             self.assertIn(kind, objects, f"{overlay}: no {kind}")
         return objects
 
-    def check_overlay(self, overlay):
-        """The checks both overlays share; returns (objects, container, server config)."""
+    def check_overlay(self, overlay, baked=True):
+        """The checks every overlay shares; returns (objects, container, server config).
+        baked: the overlay's server.yaml is also an image's built-in config."""
         objs = self.render(overlay)
         deployment, config_map = objs["Deployment"], objs["ConfigMap"]
         pod = deployment["spec"]["template"]
@@ -119,8 +120,9 @@ class KustomizeTest(unittest.TestCase):
         self.assertEqual(args[args.index("--config") + 1],
                          mounts[config_volume[0]] + "/server.yaml")
         # ... which is also the image's built-in config.
-        self.assertIn(f"COPY deploy/k8s/overlays/{overlay}/server.yaml /etc/rainserve/server.yaml",
-                      dockerfile())
+        if baked:
+            self.assertIn(f"COPY deploy/k8s/overlays/{overlay}/server.yaml /etc/rainserve/server.yaml",
+                          dockerfile())
 
         # Ports: the config, the container, the Service and the probes agree.
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -190,6 +192,20 @@ class KustomizeTest(unittest.TestCase):
         self.assertIn("wan-tiny", [m["name"] for m in config["models"]])
         self.assertNotIn("nvidia.com/gpu", container["resources"].get("limits", {}))
         self.assertTrue(container["image"].endswith(":cpu"), container["image"])
+
+    def test_gpu_multi_overlay_requests_as_many_gpus_as_its_devices_lists(self):
+        _, container, config = self.check_overlay("gpu-multi", baked=False)
+        gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
+        self.assertGreater(gpus, 1)
+        visible = {f"cuda:{i}" for i in range(gpus)}
+        multi = [m for m in config["models"] if len(m.get("devices", [])) > 1]
+        self.assertTrue(multi, "a model spans several GPUs")
+        for m in config["models"]:
+            devices = m.get("devices", [m.get("device", "cpu")])
+            self.assertEqual(len(set(devices)), len(devices), m["name"])
+            self.assertLessEqual(set(devices), visible, m["name"])
+        self.assertEqual(len(multi[0]["devices"]), gpus)
+        self.assertTrue(container["image"].endswith(":gpu"), container["image"])
 
     def test_gpu_overlay_requests_one_gpu_and_configures_cuda0_bf16(self):
         _, container, config = self.check_overlay("gpu")

@@ -14,6 +14,7 @@
 #include <ATen/Parallel.h>
 
 #include "pipelines/core/registry.h"
+#include "pipelines/core/torch_device.h"
 #include "pipelines/core/torch_status.h"
 #include "tests/test_files.h"
 
@@ -542,6 +543,44 @@ TEST(WanPipelineLoadTest, LinearPrecisionFp8IsRefusedOnCpuAndUnknownValuesNameTh
   EXPECT_EQ(unknown.status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(unknown.status().message(), "linear_precision: expected bf16 or fp8, got 'int8'");
   e.linear_precision = "bf16";
+  EXPECT_TRUE(LoadWanPipeline(e).ok());
+}
+
+TEST(WanPipelineLoadTest, SeveralDevicesAreCheckedAgainstHeadsAndGpus) {
+  // wan-tiny has 2 attention heads: 4 devices cannot split them.
+  ModelOptions e = TinyEntry();
+  e.devices = {"cuda:0", "cuda:1", "cuda:2", "cuda:3"};
+  e.device = "cuda:0";
+  auto heads = LoadWanPipeline(e);
+  ASSERT_FALSE(heads.ok());
+  EXPECT_EQ(heads.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(heads.status().message().find(
+                "devices: 4 devices do not divide the transformer's 2 attention heads"),
+            std::string::npos)
+      << heads.status().message();
+
+  // 2 divides the heads; past that the GPUs must exist.
+  e.devices = {"cuda:0", "cuda:7"};
+  auto gpus = LoadWanPipeline(e);
+  ASSERT_FALSE(gpus.ok());
+  if (CudaDeviceCount() < 8) {
+    EXPECT_EQ(gpus.status().code(), StatusCode::kFailedPrecondition);
+    const std::string missing = CudaDeviceCount() < 1 ? "cuda:0" : "cuda:7";
+    EXPECT_NE(gpus.status().message().find("devices: '" + missing + "' is not available"),
+              std::string::npos)
+        << gpus.status().message();
+  } else {
+    EXPECT_EQ(gpus.status().code(), StatusCode::kUnimplemented);
+  }
+  e.devices = {"cuda:0", "gpu1"};
+  auto bad = LoadWanPipeline(e);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("devices: expected \"cuda:N\", got 'gpu1'"),
+            std::string::npos)
+      << bad.status().message();
+  // One entry in devices is the single-device path.
+  e.devices = {"cpu"};
+  e.device = "cpu";
   EXPECT_TRUE(LoadWanPipeline(e).ok());
 }
 

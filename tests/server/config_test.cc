@@ -35,6 +35,20 @@ TEST(ConfigTest, ShippedServerYamlLoads) {
   }
 }
 
+TEST(ConfigTest, MultiGpuOverlayYamlLoads) {
+  auto cfg = LoadServerConfig(testing::SourceDir() + "/deploy/k8s/overlays/gpu-multi/server.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  int multi = 0;
+  for (const ModelEntry& m : cfg->models) {
+    if (m.DeviceCount() > 1) {
+      ++multi;
+      EXPECT_EQ(m.DeviceCount(), 8) << m.name;
+      EXPECT_EQ(m.device, "cuda:0") << m.name;
+    }
+  }
+  EXPECT_EQ(multi, 1);
+}
+
 TEST(ConfigTest, EmptyDocumentGivesDefaults) {
   auto cfg = ParseServerConfig("", "empty.yaml", "");
   ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
@@ -110,6 +124,39 @@ TEST(ConfigTest, OutOfRangeValuesAreRejectedWithTheirPath) {
   ExpectRejected("server: {metrics_address: 'nohost'}\n", "server.metrics_address:");
   ExpectRejected("models: [{name: a, path: p, threads: -1}]\n",
                  "models[0].threads: expected integer in [0, 1024]");
+}
+
+TEST(ConfigTest, DevicesListSetsTheModelsGpus) {
+  auto cfg = ParseServerConfig(
+      "models: [{name: a, path: p, devices: [cuda:0, 'cuda:3']},\n"
+      "         {name: b, path: p, device: 'cuda:2', devices: ['cuda:2', 'cuda:1']},\n"
+      "         {name: c, path: p, device: 'cuda:1'}]\n",
+      "t.yaml", "");
+  ASSERT_TRUE(cfg.ok()) << cfg.status().ToString();
+  EXPECT_EQ(cfg->models[0].devices, (std::vector<std::string>{"cuda:0", "cuda:3"}));
+  EXPECT_EQ(cfg->models[0].device, "cuda:0");  // devices[0]
+  EXPECT_EQ(cfg->models[0].DeviceCount(), 2);
+  EXPECT_EQ(cfg->models[1].device, "cuda:2");
+  EXPECT_EQ(cfg->models[1].DeviceCount(), 2);
+  EXPECT_TRUE(cfg->models[2].devices.empty());  // one device: unchanged
+  EXPECT_EQ(cfg->models[2].DeviceCount(), 1);
+}
+
+TEST(ConfigTest, DevicesListIsValidated) {
+  ExpectRejected("models: [{name: a, path: p, devices: []}]\n",
+                 "models[0].devices: expected 1 to 16 devices, got 0");
+  ExpectRejected("models: [{name: a, path: p, devices: [cuda:0, cpu]}]\n",
+                 "models[0].devices[1]: expected \"cuda:N\" (several devices are GPUs), got 'cpu'");
+  ExpectRejected("models: [{name: a, path: p, devices: [cuda:0, gpu1]}]\n",
+                 "models[0].devices[1]: expected \"cpu\" or \"cuda:N\", got 'gpu1'");
+  ExpectRejected("models: [{name: a, path: p, devices: [cuda:0, cuda:1, cuda:0]}]\n",
+                 "models[0].devices[2]: 'cuda:0' is listed twice");
+  ExpectRejected("models: [{name: a, path: p, device: 'cuda:1', devices: [cuda:0, cuda:1]}]\n",
+                 "models[0].device: must be devices[0] ('cuda:0') when both are given");
+  ExpectRejected("models: [{name: a, path: p, devices: cuda:0}]\n", "models[0].devices:");
+  std::string many = "models: [{name: a, path: p, devices: [";
+  for (int i = 0; i < 17; ++i) many += (i ? ", cuda:" : "cuda:") + std::to_string(i);
+  ExpectRejected(many + "]}]\n", "models[0].devices: expected 1 to 16 devices, got 17");
 }
 
 TEST(ConfigTest, ModelEntriesAreValidated) {

@@ -6,6 +6,7 @@
 
 #include <atomic>
 
+#include "server/services.h"
 #include "tests/server/fake_pipeline.h"
 
 namespace rainserve {
@@ -56,6 +57,39 @@ TEST(ModelManagerTest, DeviceFaultTakesTheModelOutOfServiceUntilUnloadedAndLoade
   // Unknown names are NOT_FOUND; marking one is a no-op.
   models.MarkFailed("nope", "x");
   EXPECT_EQ(models.Ready("nope").status().code(), StatusCode::kNotFound);
+}
+
+TEST(ModelManagerTest, DescribeListsSeveralDevicesAndTheLoadError) {
+  ModelEntry multi = Entry("multi");
+  multi.devices = {"cuda:0", "cuda:1"};
+  multi.device = "cuda:0";
+  ModelManager models(
+      {multi, Entry("single")},
+      [](const ModelOptions& o) -> StatusOr<std::unique_ptr<Pipeline>> {
+        if (o.DeviceCount() > 1) {
+          return FailedPreconditionError("devices: 'cuda:1' is not available");
+        }
+        return std::unique_ptr<Pipeline>(new testing::FakePipeline());
+      },
+      {});
+  models.LoadAtStartup();
+  models.WaitIdle();
+  auto view = models.Get("multi");
+  ASSERT_TRUE(view.ok());
+  v1::ModelInfo info;
+  FillModelView(*view, &info);
+  EXPECT_EQ(info.device(), "cuda:0");
+  ASSERT_EQ(info.devices_size(), 2);
+  EXPECT_EQ(info.devices(1), "cuda:1");
+  EXPECT_EQ(info.state(), v1::MODEL_STATE_FAILED);
+  EXPECT_NE(info.state_reason().find("devices: 'cuda:1'"), std::string::npos)
+      << info.state_reason();
+  // One device: the list stays empty.
+  auto single = models.Get("single");
+  ASSERT_TRUE(single.ok());
+  v1::ModelInfo one;
+  FillModelView(*single, &one);
+  EXPECT_EQ(one.devices_size(), 0);
 }
 
 }  // namespace
