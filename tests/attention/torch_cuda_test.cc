@@ -153,51 +153,71 @@ TEST_F(TorchCudaTest, QualityProbeMatchesTheCpuProbe) {
   EXPECT_NEAR(a.kept_mass, b.kept_mass, 1e-4);
 }
 
-TEST_F(TorchCudaTest, SparseCallThroughTheAdapterMatchesTheReference) {
-  const TokenLayout layout = Layout(4, 32, 32, 1, 7);  // N = 4103: partial and text blocks
-  auto plan = AttentionPlan::Build(layout, DefaultWindow(layout));
-  ASSERT_TRUE(plan.ok());
-  const int64_t B = 2, N = plan->tokens(), H = 1, D = 128, nb = plan->num_blocks();
-  testing::Qkv x = testing::StructuredQkv(layout, B, H, D, 99);
+// Structured q, k, v [B, N, H, D] (bf16, host) in the plan's token order.
+struct StructuredInputs {
+  at::Tensor q, k, v;
+};
+StructuredInputs Structured(const TokenLayout& layout, const AttentionPlan& plan, int64_t B,
+                            int64_t H, int64_t D, uint64_t seed) {
+  testing::Qkv x = testing::StructuredQkv(layout, B, H, D, seed);
   auto to_tensor = [&](std::vector<float>& t) {
-    return at::from_blob(testing::Permuted(plan->permutation, t, B, H, D).data(), {B, N, H, D})
+    return at::from_blob(testing::Permuted(plan.permutation, t, B, H, D).data(),
+                         {B, plan.tokens(), H, D})
         .to(at::kBFloat16);
   };
-  const at::Tensor q = to_tensor(x.q), k = to_tensor(x.k), v = to_tensor(x.v);
-  AttentionConfig cfg;
-  cfg.sparsity = 0.5;
-  cfg.return_lse = true;
-  auto mask = PredictBlockMask(engine_, q.cuda(), k.cuda(), *plan, cfg);
-  ASSERT_TRUE(mask.ok()) << mask.status().ToString();
-  const at::Tensor counts = mask->counts.cpu(), indices = mask->indices.cpu();
-  EXPECT_EQ(KeptBlocks(*mask), counts.sum().item<int64_t>());
-  auto gpu = BlockSparseAttention(engine_, q.cuda(), k.cuda(), v.cuda(), *plan, *mask, true);
-  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
-  EXPECT_EQ(gpu->stats.backend.rfind("cuda-", 0), 0u);
-  EXPECT_TRUE(gpu->stats.sparse);
+  return {to_tensor(x.q), to_tensor(x.k), to_tensor(x.v)};
+}
 
-  const at::Tensor qf = q.to(at::kFloat), kf = k.to(at::kFloat), vf = v.to(at::kFloat);
+// A GPU result against the float64 reference under the same (host) mask,
+// with the parity suite's bounds (parity.h): twice the naive bf16 error
+// (LSE, when given: + 1e-4).
+void ExpectMatchesReference(AttentionEngine& engine, const StructuredInputs& in,
+                            const AttentionPlan& plan, const at::Tensor& counts,
+                            const at::Tensor& indices, const AttentionResult& gpu) {
+  const int64_t B = in.q.size(0), N = in.q.size(1), H = in.q.size(2), D = in.q.size(3);
+  const int64_t nb = plan.num_blocks();
+  const at::Tensor qf = in.q.to(at::kFloat), kf = in.k.to(at::kFloat), vf = in.v.to(at::kFloat);
   const BlockMaskView mv{B, H, nb, nb, counts.data_ptr<int32_t>(), indices.data_ptr<int32_t>()};
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   std::vector<double> ref, ref_lse;
-  ReferenceAttention(View(qf), View(kf), View(vf), plan->blocks.view(), mv, scale, &ref, &ref_lse,
-                     &engine_.cpu().pool());
+  ReferenceAttention(View(qf), View(kf), View(vf), plan.blocks.view(), mv, scale, &ref, &ref_lse,
+                     &engine.cpu().pool());
   std::vector<float> naive, naive_lse;
-  NaiveAttention(View(qf), View(kf), View(vf), plan->blocks.view(), mv, scale, DType::kBFloat16,
-                 &naive, &naive_lse, &engine_.cpu().pool());
-  // The bounds of the parity suite (parity.h): twice the naive error (LSE: + 1e-4).
+  NaiveAttention(View(qf), View(kf), View(vf), plan.blocks.view(), mv, scale, DType::kBFloat16,
+                 &naive, &naive_lse, &engine.cpu().pool());
   auto max_diff = [](const at::Tensor& a, const at::Tensor& b) {
     return (a.to(at::kDouble) - b).abs().max().item<double>();
   };
   const at::Tensor ref_t = at::from_blob(ref.data(), {B, N, H, D}, at::kDouble);
-  const at::Tensor ref_lse_t = at::from_blob(ref_lse.data(), {B, H, N}, at::kDouble);
   const double naive_err = max_diff(at::from_blob(naive.data(), {B, N, H, D}), ref_t);
-  const double naive_lse_err = max_diff(at::from_blob(naive_lse.data(), {B, H, N}), ref_lse_t);
-  const at::Tensor out = gpu->out.cpu();
+  const at::Tensor out = gpu.out.cpu();
   ASSERT_FALSE(out.isnan().any().item<bool>());
   EXPECT_LE(max_diff(out, ref_t), 2.0 * naive_err) << "naive " << naive_err;
-  EXPECT_LE(max_diff(gpu->lse.cpu(), ref_lse_t), 2.0 * naive_lse_err + 1e-4)
+  if (!gpu.lse.defined()) return;
+  const at::Tensor ref_lse_t = at::from_blob(ref_lse.data(), {B, H, N}, at::kDouble);
+  const double naive_lse_err = max_diff(at::from_blob(naive_lse.data(), {B, H, N}), ref_lse_t);
+  EXPECT_LE(max_diff(gpu.lse.cpu(), ref_lse_t), 2.0 * naive_lse_err + 1e-4)
       << "naive lse " << naive_lse_err;
+}
+
+TEST_F(TorchCudaTest, SparseCallThroughTheAdapterMatchesTheReference) {
+  const TokenLayout layout = Layout(4, 32, 32, 1, 7);  // N = 4103: partial and text blocks
+  auto plan = AttentionPlan::Build(layout, DefaultWindow(layout));
+  ASSERT_TRUE(plan.ok());
+  const StructuredInputs in = Structured(layout, *plan, 2, 1, 128, 99);
+  AttentionConfig cfg;
+  cfg.sparsity = 0.5;
+  cfg.return_lse = true;
+  auto mask = PredictBlockMask(engine_, in.q.cuda(), in.k.cuda(), *plan, cfg);
+  ASSERT_TRUE(mask.ok()) << mask.status().ToString();
+  const at::Tensor counts = mask->counts.cpu(), indices = mask->indices.cpu();
+  EXPECT_EQ(KeptBlocks(*mask), counts.sum().item<int64_t>());
+  auto gpu =
+      BlockSparseAttention(engine_, in.q.cuda(), in.k.cuda(), in.v.cuda(), *plan, *mask, true);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+  EXPECT_EQ(gpu->stats.backend.rfind("cuda-", 0), 0u);
+  EXPECT_TRUE(gpu->stats.sparse);
+  ExpectMatchesReference(engine_, in, *plan, counts, indices, *gpu);
 }
 
 // Mass-targeted masks on the GPU: rows keep uneven counts, the mask carries
@@ -208,16 +228,11 @@ TEST_F(TorchCudaTest, MassTargetedMaskStartsLongRowsFirstAndMatchesTheReference)
   const TokenLayout layout = Layout(9, 32, 48, 1, 7);
   auto plan = AttentionPlan::Build(layout, DefaultWindow(layout));
   ASSERT_TRUE(plan.ok());
-  const int64_t B = 2, N = plan->tokens(), H = 3, D = 128, nb = plan->num_blocks();
-  testing::Qkv x = testing::StructuredQkv(layout, B, H, D, 5);
-  auto to_tensor = [&](std::vector<float>& t) {
-    return at::from_blob(testing::Permuted(plan->permutation, t, B, H, D).data(), {B, N, H, D})
-        .to(at::kBFloat16);
-  };
-  const at::Tensor q = to_tensor(x.q), k = to_tensor(x.k), v = to_tensor(x.v);
+  const int64_t B = 2, H = 3, nb = plan->num_blocks();
+  const StructuredInputs in = Structured(layout, *plan, B, H, 128, 5);
   AttentionConfig cfg;
   cfg.kept_mass = 0.8;
-  auto mask = PredictBlockMask(engine_, q.cuda(), k.cuda(), *plan, cfg);
+  auto mask = PredictBlockMask(engine_, in.q.cuda(), in.k.cuda(), *plan, cfg);
   ASSERT_TRUE(mask.ok()) << mask.status().ToString();
   ASSERT_TRUE(mask->order.defined());
   const at::Tensor counts = mask->counts.cpu(), indices = mask->indices.cpu();
@@ -228,7 +243,7 @@ TEST_F(TorchCudaTest, MassTargetedMaskStartsLongRowsFirstAndMatchesTheReference)
   EXPECT_GT(counts.max().item<int>(), counts.min().item<int>() + 1) << "rows are not uneven";
   EXPECT_EQ(KeptBlocks(*mask), counts.sum().item<int64_t>());
 
-  auto cpu = PredictBlockMask(engine_, q.to(at::kFloat), k.to(at::kFloat), *plan, cfg);
+  auto cpu = PredictBlockMask(engine_, in.q.to(at::kFloat), in.k.to(at::kFloat), *plan, cfg);
   ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
   const int64_t rows = B * H * nb;
   const int64_t off_by_one = (counts - cpu->counts).abs().le(1).sum().item<int64_t>();
@@ -236,23 +251,10 @@ TEST_F(TorchCudaTest, MassTargetedMaskStartsLongRowsFirstAndMatchesTheReference)
   EXPECT_EQ(off_by_one, rows) << "a row's count differs from the CPU's by more than one";
   EXPECT_GE(equal, rows - rows / 50) << "more than 2% of the rows differ from the CPU's";
 
-  auto gpu = BlockSparseAttention(engine_, q.cuda(), k.cuda(), v.cuda(), *plan, *mask, false);
+  auto gpu =
+      BlockSparseAttention(engine_, in.q.cuda(), in.k.cuda(), in.v.cuda(), *plan, *mask, false);
   ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
-  const at::Tensor qf = q.to(at::kFloat), kf = k.to(at::kFloat), vf = v.to(at::kFloat);
-  const BlockMaskView mv{B, H, nb, nb, counts.data_ptr<int32_t>(), indices.data_ptr<int32_t>()};
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  std::vector<double> ref, ref_lse;
-  ReferenceAttention(View(qf), View(kf), View(vf), plan->blocks.view(), mv, scale, &ref, &ref_lse,
-                     &engine_.cpu().pool());
-  std::vector<float> naive, naive_lse;
-  NaiveAttention(View(qf), View(kf), View(vf), plan->blocks.view(), mv, scale, DType::kBFloat16,
-                 &naive, &naive_lse, &engine_.cpu().pool());
-  const at::Tensor ref_t = at::from_blob(ref.data(), {B, N, H, D}, at::kDouble);
-  const double naive_err =
-      (at::from_blob(naive.data(), {B, N, H, D}).to(at::kDouble) - ref_t).abs().max().item<double>();
-  const at::Tensor out = gpu->out.cpu().to(at::kDouble);
-  ASSERT_FALSE(out.isnan().any().item<bool>());
-  EXPECT_LE((out - ref_t).abs().max().item<double>(), 2.0 * naive_err) << "naive " << naive_err;
+  ExpectMatchesReference(engine_, in, *plan, counts, indices, *gpu);
 }
 
 TEST_F(TorchCudaTest, PermutationKernelsEqualCpuPermutation) {
