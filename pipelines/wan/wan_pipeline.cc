@@ -566,6 +566,10 @@ StatusOr<GenerationOutput> WanPipeline::Generate(const GenerationRequest& reques
                                                  const ProgressCallback& progress,
                                                  const CancelToken& cancel) {
   RAINSERVE_RETURN_IF_ERROR(ValidateGenerationRequest(description_, request));
+  if (devices_.size() > 1 && request.step_cache.mode != StepCacheMode::kOff) {
+    // Its skip decision would have to agree across the ranks.
+    return InvalidArgumentError("step_cache: not available on a model with several devices");
+  }
   at::set_num_threads(threads_);
   // The model boundary: the one place where a LibTorch exception from any
   // stage becomes a Status (pipelines/core/torch_status.h).
@@ -658,10 +662,6 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
   options.attention.dense_kernel = dense_kernel_;
   const bool cfg = request.guidance_scale > 1.0;
   const int64_t B = cfg ? 2 : 1;
-  if (devices_.size() > 1 && request.step_cache.mode != StepCacheMode::kOff) {
-    // Its skip decision would have to agree across the ranks.
-    return InvalidArgumentError("step_cache: not available on a model with several devices");
-  }
   options.image_embeds = image.ImageEmbeds(B);
   attention::SparsityTally tally;
   StepCacheRun cache(request.step_cache, request.steps,
