@@ -22,13 +22,15 @@ class LoopbackGroup::Rank final : public Communicator {
                   const std::vector<at::Tensor>& recv) override {
     return group_->Exchange(rank_, send, recv);
   }
+  void Abort() override { group_->Abort(); }
 
  private:
   LoopbackGroup* group_;
   int64_t rank_;
 };
 
-LoopbackGroup::LoopbackGroup(int64_t size) : posted_(size, nullptr) {
+LoopbackGroup::LoopbackGroup(int64_t size, LoopbackFault fault)
+    : posted_(size, nullptr), fault_(std::move(fault)) {
   for (int64_t r = 0; r < size; ++r) ranks_.push_back(std::make_unique<Rank>(this, r));
 }
 
@@ -36,26 +38,37 @@ LoopbackGroup::~LoopbackGroup() = default;
 
 Communicator& LoopbackGroup::rank(int64_t r) { return *ranks_[r]; }
 
-void LoopbackGroup::Barrier() {
+void LoopbackGroup::Abort() {
+  std::lock_guard<std::mutex> lock(mu_);
+  aborted_ = true;
+  cv_.notify_all();
+}
+
+bool LoopbackGroup::Barrier(bool abortable) {
   std::unique_lock<std::mutex> lock(mu_);
+  if (abortable && aborted_) return false;
   const int64_t generation = generation_;
   if (++arrived_ == size()) {
     arrived_ = 0;
     ++generation_;
     cv_.notify_all();
-    return;
+    return true;
   }
-  cv_.wait(lock, [&] { return generation_ != generation; });
+  cv_.wait(lock, [&] { return generation_ != generation || (abortable && aborted_); });
+  return generation_ != generation;
 }
 
 Status LoopbackGroup::Exchange(int64_t rank, const std::vector<at::Tensor>& send,
                                const std::vector<at::Tensor>& recv) {
   const size_t n = ranks_.size();
+  if (fault_) RAINSERVE_RETURN_IF_ERROR(fault_(rank));
+  const Status aborted =
+      UnavailableError("all-to-all: rank " + std::to_string(rank) + "'s group was aborted");
   {
     std::lock_guard<std::mutex> lock(mu_);
     posted_[rank] = &send;
   }
-  Barrier();
+  if (!Barrier(/*abortable=*/true)) return aborted;
   // Every rank has posted; each copies its receives, then all wait so that
   // no send list goes away while a peer still reads it.
   Status status = OkStatus();
@@ -80,7 +93,9 @@ Status LoopbackGroup::Exchange(int64_t rank, const std::vector<at::Tensor>& send
       status = TorchExceptionStatus("all-to-all copy", e);
     }
   }
-  Barrier();
+  // Every rank passed the first barrier, so all reach this one: it waits
+  // even after an abort, since a peer may still be reading `send`.
+  Barrier(/*abortable=*/false);
   return status;
 }
 
@@ -188,6 +203,7 @@ class NcclCommunicator final : public Communicator {
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(send[0].device().index()).stream();
     return group_->AllToAll(rank_, send_ptrs, send_counts, recv_ptrs, recv_counts, dtype, stream);
   }
+  void Abort() override { group_->Abort(); }
 
  private:
   std::shared_ptr<const NcclGroup> group_;

@@ -17,6 +17,7 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -37,22 +38,35 @@ class Communicator {
   // (INVALID_ARGUMENT on every rank otherwise).
   virtual Status AllToAll(const std::vector<at::Tensor>& send,
                           const std::vector<at::Tensor>& recv) = 0;
+  // Fails the whole group for good: every rank's pending and later
+  // all-to-alls return UNAVAILABLE instead of waiting on a peer. Called from
+  // any thread by whoever sees a rank fail (ParallelWanForward), so that the
+  // other ranks do not hang inside a collective; the group is not used again.
+  virtual void Abort() = 0;
 };
+
+// Test hook of a LoopbackGroup: called by rank r at the start of each of its
+// all-to-alls; a non-OK status fails that rank there, before it reaches its
+// peers, as a lost device would (they wait until the group is aborted).
+using LoopbackFault = std::function<Status(int64_t rank)>;
 
 // N ranks in one process: rank(i) is used by one thread per rank. Each
 // AllToAll is two barriers: every rank posts its send list, copies its
 // receives from the others' lists, and waits until all have copied.
 class LoopbackGroup {
  public:
-  explicit LoopbackGroup(int64_t size);
+  explicit LoopbackGroup(int64_t size, LoopbackFault fault = nullptr);
   ~LoopbackGroup();
   int64_t size() const { return static_cast<int64_t>(ranks_.size()); }
   Communicator& rank(int64_t r);
+  // Communicator::Abort for every rank.
+  void Abort();
 
  private:
   class Rank;
-  // Blocks until every rank has arrived.
-  void Barrier();
+  // Blocks until every rank has arrived; false when `abortable` and the
+  // group was aborted.
+  bool Barrier(bool abortable);
   Status Exchange(int64_t rank, const std::vector<at::Tensor>& send,
                   const std::vector<at::Tensor>& recv);
 
@@ -61,6 +75,8 @@ class LoopbackGroup {
   std::mutex mu_;
   std::condition_variable cv_;
   int64_t arrived_ = 0, generation_ = 0;
+  bool aborted_ = false;
+  LoopbackFault fault_;
 };
 
 // q, k or v of rank `comm.rank()`: x [B, shards[rank].size, H, D] ->

@@ -17,11 +17,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -44,6 +46,7 @@
 #include "pipelines/wan/wan_experts.h"
 #include "pipelines/wan/wan_image_conditioning.h"
 #include "pipelines/wan/wan_model_index.h"
+#include "pipelines/wan/wan_parallel.h"
 #include "pipelines/wan/wan_transformer.h"
 #include "pipelines/wan/wan_vae.h"
 
@@ -178,7 +181,8 @@ void ApplyOverrides(const ModelOptions& entry, PipelineDefaults* d, PipelineLimi
 
 class WanPipeline final : public Pipeline {
  public:
-  static StatusOr<std::unique_ptr<WanPipeline>> Load(const ModelOptions& entry);
+  static StatusOr<std::unique_ptr<WanPipeline>> Load(const ModelOptions& entry,
+                                                     const WanPipelineHooks& hooks);
 
   PipelineDescription Describe() const override { return description_; }
   Status DeviceStatus() const override;
@@ -193,6 +197,14 @@ class WanPipeline final : public Pipeline {
   Status FillDescription(const ModelOptions& entry, const std::string& scheduler_kind);
   // Load's checks that the text encoder, transformer and VAE fit together.
   Status CheckComponentsMatch(const std::string& dir) const;
+  // Several devices: the transformer's replicas, engines and the groups of
+  // both plans (with and without CFG).
+  Status LoadRanks(const WanPipelineHooks& hooks);
+  // One transformer forward: on device_, or over every device (several).
+  // A failure over several devices marks the model lost (DeviceStatus).
+  StatusOr<at::Tensor> Forward(const WanTransformer& transformer, const at::Tensor& x,
+                               const at::Tensor& t, const at::Tensor& text, bool cfg,
+                               const WanForwardOptions& options, WanForwardStats* stats);
   // The memory model of a request, sized from the loaded components.
   MemoryModel SizeMemoryModel(int64_t size_multiple) const;
   // prompts -> [B, max_prompt_tokens, d_model], zero past each prompt's length.
@@ -211,7 +223,18 @@ class WanPipeline final : public Pipeline {
                 GenerationOutput* out);
 
   PipelineDescription description_;
-  at::Device device_{at::kCPU};
+  at::Device device_{at::kCPU};  // devices_[0]: text encoder, VAE, the loop's tensors
+  std::vector<at::Device> devices_;
+  // Several devices only: rank r >= 1's transformer copy and engine (rank 0
+  // runs experts_->expert(0) and engine_), and the groups of the plan with
+  // CFG ([1]) and without ([0]).
+  std::vector<std::unique_ptr<WanTransformer>> replicas_;
+  std::vector<std::unique_ptr<attention::AttentionEngine>> rank_engines_;
+  std::array<std::unique_ptr<WanParallelGroups>, 2> groups_;
+  // Set when a forward over several devices failed: its groups are aborted,
+  // so the model serves nothing more (DeviceStatus reports it).
+  mutable std::mutex lost_mu_;
+  Status lost_ = OkStatus();
   at::ScalarType dtype_ = at::kFloat;
   std::unique_ptr<attention::AttentionEngine> engine_;
   attention::DenseKernel dense_kernel_ = attention::DenseKernel::kAuto;
@@ -231,12 +254,17 @@ class WanPipeline final : public Pipeline {
 
 namespace {
 
-// models[].devices with several GPUs: every transformer's heads must split
-// evenly over them (pipelines/core/parallel_plan.h), and this build and
-// machine must have them. Checked before anything is loaded.
-Status CheckDevices(const ModelOptions& entry) {
+// models[].devices with several devices: every transformer's heads must
+// split evenly over them (pipelines/core/parallel_plan.h), the model must
+// have one expert, and this build and machine must have the GPUs ("cpu"
+// ranks, all of them, are allowed for tests). Checked before anything is
+// loaded; returns the devices.
+StatusOr<std::vector<at::Device>> CheckDevices(const ModelOptions& entry) {
   const int64_t n = entry.DeviceCount();
-  if (n == 1) return OkStatus();
+  if (n == 1) {
+    RAINSERVE_ASSIGN_OR_RETURN(at::Device device, ParseDevice(entry.device));
+    return std::vector<at::Device>{device};
+  }
   const std::string& dir = entry.path;
   RAINSERVE_ASSIGN_OR_RETURN(const WanModelIndex index, ReadWanModelIndex(dir));
   for (const char* folder : {"/transformer", "/transformer_2"}) {
@@ -252,35 +280,47 @@ Status CheckDevices(const ModelOptions& entry) {
                                   path + ")");
     }
   }
-  // "cuda:N" (the config checks it; options built in code are checked here).
+  // "cuda:N" (the config checks it; options built in code are checked here),
+  // or "cpu" for every rank.
+  const bool cpu = std::all_of(entry.devices.begin(), entry.devices.end(),
+                               [](const std::string& d) { return d == "cpu"; });
   for (const std::string& device : entry.devices) {
-    if (device.size() <= 5 || device.size() >= 9 || device.rfind("cuda:", 0) != 0 ||
-        device.find_first_not_of("0123456789", 5) != std::string::npos) {
+    if (!cpu && (device.size() <= 5 || device.size() >= 9 || device.rfind("cuda:", 0) != 0 ||
+                 device.find_first_not_of("0123456789", 5) != std::string::npos)) {
       return InvalidArgumentError("model '" + entry.name +
                                   "': devices: expected \"cuda:N\", got '" + device + "'");
     }
   }
-  const int64_t visible = CudaDeviceCount();
+  std::vector<at::Device> devices;
+  const int64_t visible = cpu ? 0 : CudaDeviceCount();
   for (const std::string& device : entry.devices) {
+    if (cpu) {
+      devices.emplace_back(at::kCPU);
+      continue;
+    }
     if (std::stoll(device.substr(5)) >= visible) {
       return FailedPreconditionError("model '" + entry.name + "': devices: '" + device +
                                      "' is not available: this build or machine has " +
                                      std::to_string(visible) + " CUDA devices");
     }
+    RAINSERVE_ASSIGN_OR_RETURN(at::Device d, ParseDevice(device));
+    devices.push_back(d);
   }
-  return UnimplementedError("model '" + entry.name + "': devices: " + std::to_string(n) +
-                            " GPUs per request are planned (CFG and Ulysses sequence parallel) "
-                            "but the Wan pipeline does not run one request over several GPUs "
-                            "yet; use one device per model and replicas");
+  if (index.has_transformer_2) {
+    return UnimplementedError("model '" + entry.name + "': devices: a two-expert model (" + dir +
+                              "/transformer_2) runs on one device per request; use device");
+  }
+  return devices;
 }
 
 }  // namespace
 
-StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& entry) {
+StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& entry,
+                                                         const WanPipelineHooks& hooks) {
   const std::string& dir = entry.path;
-  RAINSERVE_RETURN_IF_ERROR(CheckDevices(entry));
   std::unique_ptr<WanPipeline> p(new WanPipeline());
-  RAINSERVE_ASSIGN_OR_RETURN(p->device_, ParseDevice(entry.device));
+  RAINSERVE_ASSIGN_OR_RETURN(p->devices_, CheckDevices(entry));
+  p->device_ = p->devices_[0];
   RAINSERVE_ASSIGN_OR_RETURN(p->dtype_, ParseDtype(entry.dtype));
   RAINSERVE_RETURN_IF_ERROR(CheckLinearPrecision(entry, p->device_));
   RAINSERVE_ASSIGN_OR_RETURN(p->dense_kernel_, ParseDenseKernel(entry.dense_attention));
@@ -319,7 +359,45 @@ StatusOr<std::unique_ptr<WanPipeline>> WanPipeline::Load(const ModelOptions& ent
 
   RAINSERVE_RETURN_IF_ERROR(p->CheckComponentsMatch(dir));
   RAINSERVE_RETURN_IF_ERROR(p->FillDescription(entry, scheduler_kind));
+  if (p->devices_.size() > 1) RAINSERVE_RETURN_IF_ERROR(p->LoadRanks(hooks));
   return p;
+}
+
+Status WanPipeline::LoadRanks(const WanPipelineHooks& hooks) {
+  const WanTransformer& first = experts_->expert(0);
+  const int64_t n = static_cast<int64_t>(devices_.size());
+  for (int64_t r = 1; r < n; ++r) {
+    RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<WanTransformer> copy, first.CopyTo(devices_[r]));
+    replicas_.push_back(std::move(copy));
+    rank_engines_.push_back(std::make_unique<attention::AttentionEngine>(threads_));
+  }
+  for (const bool cfg : {false, true}) {
+    RAINSERVE_ASSIGN_OR_RETURN(const ParallelPlan plan,
+                               MakeParallelPlan(n, cfg, first.config().num_attention_heads));
+    RAINSERVE_ASSIGN_OR_RETURN(groups_[cfg ? 1 : 0],
+                               WanParallelGroups::Create(plan, devices_, hooks.collective_fault));
+  }
+  return OkStatus();
+}
+
+StatusOr<at::Tensor> WanPipeline::Forward(const WanTransformer& transformer, const at::Tensor& x,
+                                          const at::Tensor& t, const at::Tensor& text, bool cfg,
+                                          const WanForwardOptions& options,
+                                          WanForwardStats* stats) {
+  if (devices_.size() == 1) return transformer.Forward(x, t, text, options, stats);
+  const WanParallelGroups& groups = *groups_[cfg ? 1 : 0];
+  std::vector<WanRank> ranks;
+  for (int64_t r = 0; r < groups.plan().world; ++r) {
+    ranks.push_back({r == 0 ? &transformer : replicas_[r - 1].get(),
+                     r == 0 ? engine_.get() : rank_engines_[r - 1].get(), groups.ulysses(r),
+                     groups.cfg(r)});
+  }
+  StatusOr<at::Tensor> v = ParallelWanForward(groups.plan(), ranks, x, t, text, options, stats);
+  if (!v.ok()) {
+    std::lock_guard<std::mutex> lock(lost_mu_);
+    if (lost_.ok()) lost_ = v.status();
+  }
+  return v;
 }
 
 Status WanPipeline::FillDescription(const ModelOptions& entry, const std::string& scheduler_kind) {
@@ -456,17 +534,26 @@ StatusOr<at::Tensor> WanPipeline::EncodePrompts(const std::vector<std::string>& 
 }
 
 Status WanPipeline::DeviceStatus() const {
+  {
+    std::lock_guard<std::mutex> lock(lost_mu_);
+    if (!lost_.ok()) {
+      return UnavailableError("a forward over the model's " + std::to_string(devices_.size()) +
+                              " devices failed and aborted their collectives: " +
+                              lost_.message());
+    }
+  }
 #if RAINSERVE_WITH_CUDA
-  if (device_.is_cuda()) {
+  for (const at::Device& device : devices_) {
+    if (!device.is_cuda()) continue;
     // A sticky error (illegal address, launch failure, ECC, ...) is returned
     // by every synchronisation, even after cudaGetLastError() cleared the
     // last one; a transient one (e.g. a failed allocation) is not.
-    cudaSetDevice(device_.index());
+    cudaSetDevice(device.index());
     if (cudaDeviceSynchronize() != cudaSuccess) {
       cudaGetLastError();
       const cudaError_t again = cudaDeviceSynchronize();
       if (again != cudaSuccess) {
-        return UnavailableError("device " + description_.device +
+        return UnavailableError("device " + device.str() +
                                 " has a sticky CUDA error: " + cudaGetErrorString(again));
       }
     }
@@ -479,6 +566,10 @@ StatusOr<GenerationOutput> WanPipeline::Generate(const GenerationRequest& reques
                                                  const ProgressCallback& progress,
                                                  const CancelToken& cancel) {
   RAINSERVE_RETURN_IF_ERROR(ValidateGenerationRequest(description_, request));
+  if (devices_.size() > 1 && request.step_cache.mode != StepCacheMode::kOff) {
+    // Its skip decision would have to agree across the ranks.
+    return InvalidArgumentError("step_cache: not available on a model with several devices");
+  }
   at::set_num_threads(threads_);
   // The model boundary: the one place where a LibTorch exception from any
   // stage becomes a Status (pipelines/core/torch_status.h).
@@ -498,7 +589,7 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
   auto report = [&](const char* stage, int64_t step, int64_t total) {
     if (progress) progress({stage, step, total, SecondsSince(start)});
   };
-  ResetPeakMemory(device_);
+  for (const at::Device& device : devices_) ResetPeakMemory(device);
   GenerationOutput out;
   out.width = request.width;
   out.height = request.height;
@@ -539,7 +630,11 @@ StatusOr<GenerationOutput> WanPipeline::Run(const GenerationRequest& request,
   *stage = "decode";
   if (request.decode_frames) report("decode", request.steps, request.steps);
   RAINSERVE_RETURN_IF_ERROR(Output(request, latents, &out));
-  out.peak_memory_bytes = PeakMemory(device_);
+  // Several devices: the largest peak of any of them (each device's use is
+  // in the server's device memory gauges).
+  for (const at::Device& device : devices_) {
+    out.peak_memory_bytes = std::max(out.peak_memory_bytes, PeakMemory(device));
+  }
   return out;
 }
 
@@ -596,7 +691,12 @@ StatusOr<at::Tensor> WanPipeline::Denoise(const GenerationRequest& request, cons
     const at::Tensor t = image.Timesteps(timestep, B, F, device_);
     const at::Tensor x = image.ModelInput(latents, B, dtype_);
     WanForwardStats stats;
-    RAINSERVE_ASSIGN_OR_RETURN(at::Tensor v, transformer->Forward(x, t, text, options, &stats));
+    StatusOr<at::Tensor> forward = Forward(*transformer, x, t, text, cfg, options, &stats);
+    if (!forward.ok()) {
+      return Status(forward.status().code(), "denoise step " + std::to_string(i + 1) + ": " +
+                                                 forward.status().message());
+    }
+    at::Tensor v = std::move(forward).value();
     v = v.to(at::kFloat);
     if (cfg) v = v[1] + guidance * (v[0] - v[1]);
     latents = scheduler->Step(v.view_as(latents), static_cast<int>(i), latents);
@@ -649,8 +749,13 @@ Status WanPipeline::Output(const GenerationRequest& request, const at::Tensor& l
 }  // namespace
 
 StatusOr<std::unique_ptr<Pipeline>> LoadWanPipeline(const ModelOptions& entry) {
+  return LoadWanPipelineWithHooks(entry, WanPipelineHooks());
+}
+
+StatusOr<std::unique_ptr<Pipeline>> LoadWanPipelineWithHooks(const ModelOptions& entry,
+                                                             const WanPipelineHooks& hooks) {
   try {
-    RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<WanPipeline> p, WanPipeline::Load(entry));
+    RAINSERVE_ASSIGN_OR_RETURN(std::unique_ptr<WanPipeline> p, WanPipeline::Load(entry, hooks));
     return std::unique_ptr<Pipeline>(std::move(p));
   } catch (const std::exception& e) {
     return TorchExceptionStatus("model '" + entry.name + "': loading", e);

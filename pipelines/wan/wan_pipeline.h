@@ -15,6 +15,8 @@
 // Torch-free header: the server creates pipelines through the registry.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "pipelines/core/model_options.h"
@@ -27,6 +29,24 @@ namespace rainserve {
 // (the VAE stays fp32). Called by the server's model loader thread.
 // NOT_FOUND / INVALID_ARGUMENT / UNIMPLEMENTED name the file at fault;
 // FAILED_PRECONDITION when the device is not available in this build.
+//
+// With several `entry.devices` (docs/multi-gpu.md) the transformer is read
+// once onto devices[0] and copied to every other device, the text encoder
+// and VAE stay on devices[0], and each denoising step runs over all devices
+// (ParallelWanForward, pipelines/wan/wan_parallel.h) through NCCL groups
+// created here. Tests may pass devices that are all "cpu": the same wiring
+// then runs on CPU ranks with loopback groups (the config file refuses it).
+// Two-expert models with several devices are UNIMPLEMENTED naming devices.
 StatusOr<std::unique_ptr<Pipeline>> LoadWanPipeline(const ModelOptions& entry);
+
+// Test hooks of a multi-device load.
+struct WanPipelineHooks {
+  // CPU ranks only: called by plan rank r at the start of each of its
+  // collectives; a non-OK status fails that rank there, as a lost device
+  // would (LoopbackFault, pipelines/core/collective.h).
+  std::function<Status(int64_t rank)> collective_fault;
+};
+StatusOr<std::unique_ptr<Pipeline>> LoadWanPipelineWithHooks(const ModelOptions& entry,
+                                                             const WanPipelineHooks& hooks);
 
 }  // namespace rainserve

@@ -233,6 +233,17 @@ Status WanTransformer::MoveTo(at::Device device) {
   return Resolve();
 }
 
+StatusOr<std::unique_ptr<WanTransformer>> WanTransformer::CopyTo(at::Device device) const {
+  std::unique_ptr<WanTransformer> copy(new WanTransformer(config_, dtype_, device));
+  for (const auto& [name, t] : params_) {
+    copy->params_.push_back({name, t.to(t.options().device(device), /*non_blocking=*/false,
+                                        /*copy=*/true)});
+  }
+  copy->fp8_ = fp8_;
+  RAINSERVE_RETURN_IF_ERROR(copy->Resolve());
+  return copy;
+}
+
 Status WanTransformer::QuantizeLinearsToFp8(at::Device compute) {
   if (fp8_) return OkStatus();
   if (dtype_ != at::kBFloat16) {

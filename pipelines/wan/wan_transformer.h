@@ -159,6 +159,11 @@ class WanTransformer {
   // Not thread-safe: the model's worker calls it between forwards.
   Status MoveTo(at::Device device);
 
+  // A replica with a copy of every parameter on `device` (a rank of a model
+  // with several devices; the weights are read from disk once). Called at
+  // load, before the model serves.
+  StatusOr<std::unique_ptr<WanTransformer>> CopyTo(at::Device device) const;
+
  private:
   // The conditioning of one forward (fp32 modulation inputs, contexts).
   struct Conditioning {

@@ -66,5 +66,32 @@ TEST(CollectiveTest, MismatchedSizesFailOnEveryRankWithoutHanging) {
   }));
 }
 
+TEST(CollectiveTest, AFailedRankLeavesItsPeersWaitingUntilTheGroupIsAborted) {
+  // Rank 2 fails before reaching its peers, as a lost device would; ranks 0
+  // and 1 wait in the exchange until Abort, then return UNAVAILABLE.
+  LoopbackGroup group(3, [](int64_t r) {
+    return r == 2 ? UnavailableError("rank 2 lost") : OkStatus();
+  });
+  const std::vector<Status> status = RunRanks(3, [&](int64_t r) -> Status {
+    std::vector<at::Tensor> send(3, at::ones({1})), recv;
+    for (int i = 0; i < 3; ++i) recv.push_back(at::empty({1}));
+    const Status s = group.rank(r).AllToAll(send, recv);
+    if (r == 2) group.rank(r).Abort();
+    return s;
+  });
+  ASSERT_EQ(status.size(), 3u);
+  EXPECT_EQ(status[2].message(), "rank 2 lost");
+  for (int64_t r : {0, 1}) {
+    EXPECT_EQ(status[r].code(), StatusCode::kUnavailable);
+    EXPECT_NE(status[r].message().find("rank " + std::to_string(r) + "'s group was aborted"),
+              std::string::npos)
+        << status[r].message();
+  }
+  // Aborted for good: a later exchange fails at once instead of waiting.
+  const Status later = group.rank(0).AllToAll(std::vector<at::Tensor>(3, at::ones({1})),
+                                              std::vector<at::Tensor>(3, at::empty({1})));
+  EXPECT_EQ(later.code(), StatusCode::kUnavailable);
+}
+
 }  // namespace
 }  // namespace rainserve

@@ -3,6 +3,8 @@
 // single-device forward.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -217,6 +219,54 @@ TEST_F(SequenceParallelTest, ParallelWanForwardRefusesRanksThatDoNotMatchThePlan
                          text_.narrow(0, 0, 1), {});
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("CFG parallel needs batch 2"), std::string::npos);
+}
+
+// The ranks of a plan over the communicators of WanParallelGroups.
+std::vector<WanRank> GroupRanks(const WanParallelGroups& g, const WanTransformer* model,
+                                std::vector<std::unique_ptr<attention::AttentionEngine>>* engines) {
+  std::vector<WanRank> ranks;
+  for (int64_t r = 0; r < g.plan().world; ++r) {
+    engines->push_back(std::make_unique<attention::AttentionEngine>(1));
+    ranks.push_back({model, engines->back().get(), g.ulysses(r), g.cfg(r)});
+  }
+  return ranks;
+}
+
+TEST_F(SequenceParallelTest, ParallelGroupsOnCpuRanksMatchTheBatchedForward) {
+  const at::Tensor lat = Latents(2, 3, 10, 14);
+  const at::Tensor want = SingleForward(lat, t_, text_, {});
+  for (const bool cfg : {true, false}) {
+    auto plan = MakeParallelPlan(4, cfg, FourHeadConfig().num_attention_heads);
+    ASSERT_TRUE(plan.ok());
+    auto groups = WanParallelGroups::Create(*plan, std::vector<at::Device>(4, at::kCPU));
+    ASSERT_TRUE(groups.ok()) << groups.status().ToString();
+    std::vector<std::unique_ptr<attention::AttentionEngine>> engines;
+    auto got = ParallelWanForward(*plan, GroupRanks(**groups, model_.get(), &engines), lat, t_,
+                                  text_, {});
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ExpectClose(*got, want, cfg ? "2 x 2" : "1 x 4");
+  }
+}
+
+TEST_F(SequenceParallelTest, ALostRankFailsTheForwardOnEveryRankWithoutHanging) {
+  // 2 CFG groups x 2 Ulysses ranks; rank 3 is lost at its third collective
+  // (inside a block). Its Ulysses peer waits in that collective and ranks 0
+  // and 1 would wait in the CFG all-gather: the abort releases all of them.
+  auto plan = MakeParallelPlan(4, true, FourHeadConfig().num_attention_heads);
+  ASSERT_TRUE(plan.ok());
+  std::atomic<int> calls{0};
+  auto groups = WanParallelGroups::Create(
+      *plan, std::vector<at::Device>(4, at::kCPU), [&](int64_t rank) {
+        return rank == 3 && ++calls == 3 ? UnavailableError("injected device loss")
+                                         : OkStatus();
+      });
+  ASSERT_TRUE(groups.ok()) << groups.status().ToString();
+  std::vector<std::unique_ptr<attention::AttentionEngine>> engines;
+  auto got = ParallelWanForward(*plan, GroupRanks(**groups, model_.get(), &engines),
+                                Latents(2, 3, 10, 14), t_, text_, {});
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(got.status().message(), "rank 3 (cpu): injected device loss");
 }
 
 TEST_F(SequenceParallelTest, StepCacheIsRefused) {

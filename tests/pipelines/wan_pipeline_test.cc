@@ -562,15 +562,15 @@ TEST(WanPipelineLoadTest, SeveralDevicesAreCheckedAgainstHeadsAndGpus) {
   // 2 divides the heads; past that the GPUs must exist.
   e.devices = {"cuda:0", "cuda:7"};
   auto gpus = LoadWanPipeline(e);
-  ASSERT_FALSE(gpus.ok());
   if (CudaDeviceCount() < 8) {
+    ASSERT_FALSE(gpus.ok());
     EXPECT_EQ(gpus.status().code(), StatusCode::kFailedPrecondition);
     const std::string missing = CudaDeviceCount() < 1 ? "cuda:0" : "cuda:7";
     EXPECT_NE(gpus.status().message().find("devices: '" + missing + "' is not available"),
               std::string::npos)
         << gpus.status().message();
   } else {
-    EXPECT_EQ(gpus.status().code(), StatusCode::kUnimplemented);
+    EXPECT_TRUE(gpus.ok()) << gpus.status().ToString();  // runs over both GPUs
   }
   e.devices = {"cuda:0", "gpu1"};
   auto bad = LoadWanPipeline(e);

@@ -33,6 +33,7 @@ StatusOr<std::unique_ptr<NcclGroup>> NcclGroup::Create(const std::vector<int>& o
 }
 
 NcclGroup::~NcclGroup() {
+  if (aborted_.load()) return;  // ncclCommAbort released them
   for (ncclComm_t c : comms_) {
     if (c != nullptr) ncclCommDestroy(c);
   }
@@ -48,6 +49,7 @@ Status NcclGroup::AllToAll(int64_t rank, const std::vector<const void*>& send,
     return InvalidArgumentError("NCCL all-to-all: rank or per-peer buffer lists do not match the " +
                                 std::to_string(n) + " ranks");
   }
+  if (aborted_.load()) return UnavailableError("NCCL all-to-all: the group was aborted");
   ncclComm_t comm = comms_[rank];
   const ncclDataType_t type = ToNccl(dtype);
   RAINSERVE_RETURN_IF_ERROR(NcclStatus(ncclGroupStart(), "ncclGroupStart"));
@@ -66,6 +68,13 @@ Status NcclGroup::AllToAll(int64_t rank, const std::vector<const void*>& send,
   }
   const Status end = NcclStatus(ncclGroupEnd(), "ncclGroupEnd");
   return status.ok() ? end : status;
+}
+
+void NcclGroup::Abort() const {
+  if (aborted_.exchange(true)) return;
+  for (ncclComm_t c : comms_) {
+    if (c != nullptr) ncclCommAbort(c);
+  }
 }
 
 }  // namespace rainserve

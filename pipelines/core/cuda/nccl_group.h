@@ -21,6 +21,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -52,9 +53,15 @@ class NcclGroup {
                   const std::vector<int64_t>& recv_counts, NcclDtype dtype,
                   cudaStream_t stream) const;
 
+  // Aborts every communicator (ncclCommAbort), ending collectives still in
+  // flight on any rank; later AllToAll calls are UNAVAILABLE. Called from
+  // any thread once a rank has failed; the group is not used again.
+  void Abort() const;
+
  private:
   explicit NcclGroup(std::vector<ncclComm_t> comms) : comms_(std::move(comms)) {}
   std::vector<ncclComm_t> comms_;
+  mutable std::atomic<bool> aborted_{false};
 };
 
 }  // namespace rainserve
