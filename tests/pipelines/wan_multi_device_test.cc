@@ -13,6 +13,7 @@
 #include <filesystem>
 
 #include "pipelines/wan/wan_pipeline.h"
+#include "tests/pipelines/cancel_at_step.h"
 #include "tests/pipelines/wan_eight_head_checkpoint.h"
 #include "tests/test_files.h"
 
@@ -120,19 +121,9 @@ TEST_F(WanMultiDeviceTest, DecodedFramesEqualOneDevice) {
 TEST_F(WanMultiDeviceTest, CancellationStopsEveryRankAndTheNextRequestRuns) {
   GenerationRequest r = Small(5.0);
   r.steps = 6;
-  CancelToken cancel;
-  int denoise_updates = 0;
-  auto out = double_->Generate(
-      r,
-      [&](const ProgressUpdate& u) {
-        if (u.stage != "denoise") return;
-        ++denoise_updates;
-        if (u.step == 2) cancel.Cancel();
-      },
-      cancel);
-  ASSERT_FALSE(out.ok());
-  EXPECT_EQ(out.status().code(), StatusCode::kCancelled);
-  EXPECT_EQ(denoise_updates, 2);
+  const testing::CancelledRun run = testing::GenerateCancellingAt(*double_, r, 2);
+  EXPECT_EQ(run.status.code(), StatusCode::kCancelled);
+  EXPECT_EQ(run.denoise_updates, 2);
   EXPECT_TRUE(double_->DeviceStatus().ok());
   // The groups are intact: the next request matches one device.
   ExpectClose(Latents(*double_, Small(5.0)), Latents(*single_, Small(5.0)), "after cancel");

@@ -16,6 +16,7 @@
 #include "pipelines/core/registry.h"
 #include "pipelines/core/torch_device.h"
 #include "pipelines/core/torch_status.h"
+#include "tests/pipelines/cancel_at_step.h"
 #include "tests/test_files.h"
 
 namespace rainserve {
@@ -133,19 +134,9 @@ TEST_F(WanPipelineTest, ReportsProgressOncePerStepAndStageTimings) {
 TEST_F(WanPipelineTest, CancellationStopsWithinOneStep) {
   GenerationRequest r = Small(1);
   r.steps = 6;
-  CancelToken cancel;
-  int denoise_updates = 0;
-  auto out = pipeline_->Generate(
-      r,
-      [&](const ProgressUpdate& u) {
-        if (u.stage != "denoise") return;
-        ++denoise_updates;
-        if (u.step == 2) cancel.Cancel();
-      },
-      cancel);
-  ASSERT_FALSE(out.ok());
-  EXPECT_EQ(out.status().code(), StatusCode::kCancelled);
-  EXPECT_EQ(denoise_updates, 2);
+  const testing::CancelledRun run = testing::GenerateCancellingAt(*pipeline_, r, 2);
+  EXPECT_EQ(run.status.code(), StatusCode::kCancelled);
+  EXPECT_EQ(run.denoise_updates, 2);
   // The pipeline stays usable.
   EXPECT_EQ(Run(Small(1)).num_frames, 5);
 }
