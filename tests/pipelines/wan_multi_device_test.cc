@@ -13,12 +13,14 @@
 #include <filesystem>
 
 #include "pipelines/wan/wan_pipeline.h"
-#include "tests/pipelines/cancel_at_step.h"
+#include "tests/pipelines/pipeline_runs.h"
 #include "tests/pipelines/wan_eight_head_checkpoint.h"
 #include "tests/test_files.h"
 
 namespace rainserve {
 namespace {
+
+using testing::Latents;
 
 ModelOptions TinyEntry(int64_t devices) {
   ModelOptions e;
@@ -46,13 +48,6 @@ GenerationRequest Small(double guidance) {
   r.num_frames = 5;
   r.decode_frames = false;
   return r;
-}
-
-std::vector<float> Latents(Pipeline& p, const GenerationRequest& r) {
-  CancelToken cancel;
-  auto out = p.Generate(r, nullptr, cancel);
-  EXPECT_TRUE(out.ok()) << out.status().ToString();
-  return out.ok() ? out->latents : std::vector<float>{};
 }
 
 // Every element within 1e-5 of the reference's largest magnitude.

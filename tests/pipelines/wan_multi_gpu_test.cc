@@ -14,10 +14,13 @@
 
 #include "pipelines/core/torch_device.h"
 #include "pipelines/wan/wan_pipeline.h"
+#include "tests/pipelines/pipeline_runs.h"
 #include "tests/pipelines/wan_eight_head_checkpoint.h"
 
 namespace rainserve {
 namespace {
+
+using testing::Latents;
 
 namespace fs = std::filesystem;
 
@@ -50,13 +53,6 @@ GenerationRequest Request(double guidance) {
   r.sparse.sink_frames = 1;
   r.decode_frames = false;
   return r;
-}
-
-std::vector<float> Latents(Pipeline& p, const GenerationRequest& r) {
-  CancelToken cancel;
-  auto out = p.Generate(r, nullptr, cancel);
-  EXPECT_TRUE(out.ok()) << out.status().ToString();
-  return out.ok() ? out->latents : std::vector<float>{};
 }
 
 TEST(WanMultiGpuTest, NGpuLatentsEqualOneGpuWithinBf16Tolerance) {

@@ -16,7 +16,7 @@
 #include "pipelines/core/registry.h"
 #include "pipelines/core/torch_device.h"
 #include "pipelines/core/torch_status.h"
-#include "tests/pipelines/cancel_at_step.h"
+#include "tests/pipelines/pipeline_runs.h"
 #include "tests/test_files.h"
 
 namespace rainserve {

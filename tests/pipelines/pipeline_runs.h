@@ -1,10 +1,22 @@
-// Runs a request that cancels itself when the denoise stage reports a given
-// step, for the pipelines' cancellation tests.
+// Pipeline runs shared by the pipeline tests: a request's latents, and a
+// request that cancels itself when the denoise stage reports a given step.
 #pragma once
+
+#include <gtest/gtest.h>
+
+#include <vector>
 
 #include "pipelines/core/pipeline.h"
 
 namespace rainserve::testing {
+
+// The latents of `r` on `p` (a failure is a test failure and gives none).
+inline std::vector<float> Latents(Pipeline& p, const GenerationRequest& r) {
+  CancelToken cancel;
+  auto out = p.Generate(r, nullptr, cancel);
+  EXPECT_TRUE(out.ok()) << out.status().ToString();
+  return out.ok() ? out->latents : std::vector<float>{};
+}
 
 struct CancelledRun {
   Status status;
