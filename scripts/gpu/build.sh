@@ -5,7 +5,8 @@
 #
 #   scripts/gpu/build.sh [extra cmake args]
 #   source scripts/gpu/env.sh   # for running the binaries afterwards
-# RAINSERVE_BUILD_TARGETS="a b" builds only those targets.
+# RAINSERVE_BUILD_TARGETS="a b" builds only those targets; RAINSERVE_KEEP_GOING=1
+# builds every target it can when one fails to compile.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/gpu/env.sh
@@ -28,4 +29,5 @@ cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90a \
   -DRAINSERVE_WITH_VIDEO=OFF \
   "$@"
-cmake --build "$build_dir" -j "${RAINSERVE_JOBS:-16}" ${RAINSERVE_BUILD_TARGETS:+--target $RAINSERVE_BUILD_TARGETS}
+cmake --build "$build_dir" -j "${RAINSERVE_JOBS:-16}" ${RAINSERVE_BUILD_TARGETS:+--target $RAINSERVE_BUILD_TARGETS} \
+  ${RAINSERVE_KEEP_GOING:+-- -k 0}
