@@ -19,13 +19,7 @@ constexpr int64_t kIntMax = std::numeric_limits<int64_t>::max();
 constexpr double kDoubleMax = std::numeric_limits<double>::max();
 
 Status ValidateDevice(const std::string& key_path, const std::string& device) {
-  if (device == "cpu") return OkStatus();
-  if (device.rfind("cuda:", 0) == 0 && device.size() > 5) {
-    for (size_t i = 5; i < device.size(); ++i) {
-      if (device[i] < '0' || device[i] > '9') break;
-      if (i + 1 == device.size()) return OkStatus();
-    }
-  }
+  if (device == "cpu" || CudaDeviceIndex(device) >= 0) return OkStatus();
   return InvalidArgumentError(key_path + ": expected \"cpu\" or \"cuda:N\", got '" + device + "'");
 }
 

@@ -31,6 +31,19 @@ namespace rainserve {
 // Most devices one model entry may name (the GPUs of one host).
 inline constexpr int64_t kMaxModelDevices = 16;
 
+// The N of a device name "cuda:N" (N decimal digits, below 1000); -1 for
+// anything else ("cpu", "cuda", "cuda:x", "gpu1"). Inline: the torch-free
+// config reader uses it without linking the plan.
+inline int64_t CudaDeviceIndex(const std::string& name) {
+  const std::string prefix = "cuda:";
+  if (name.size() <= prefix.size() || name.size() > prefix.size() + 3 ||
+      name.compare(0, prefix.size(), prefix) != 0 ||
+      name.find_first_not_of("0123456789", prefix.size()) != std::string::npos) {
+    return -1;
+  }
+  return std::stoll(name.substr(prefix.size()));
+}
+
 // A half-open range [begin, begin + size).
 struct IndexRange {
   int64_t begin = 0;

@@ -285,8 +285,7 @@ StatusOr<std::vector<at::Device>> CheckDevices(const ModelOptions& entry) {
   const bool cpu = std::all_of(entry.devices.begin(), entry.devices.end(),
                                [](const std::string& d) { return d == "cpu"; });
   for (const std::string& device : entry.devices) {
-    if (!cpu && (device.size() <= 5 || device.size() >= 9 || device.rfind("cuda:", 0) != 0 ||
-                 device.find_first_not_of("0123456789", 5) != std::string::npos)) {
+    if (!cpu && CudaDeviceIndex(device) < 0) {
       return InvalidArgumentError("model '" + entry.name +
                                   "': devices: expected \"cuda:N\", got '" + device + "'");
     }
@@ -298,7 +297,7 @@ StatusOr<std::vector<at::Device>> CheckDevices(const ModelOptions& entry) {
       devices.emplace_back(at::kCPU);
       continue;
     }
-    if (std::stoll(device.substr(5)) >= visible) {
+    if (CudaDeviceIndex(device) >= visible) {
       return FailedPreconditionError("model '" + entry.name + "': devices: '" + device +
                                      "' is not available: this build or machine has " +
                                      std::to_string(visible) + " CUDA devices");

@@ -10,6 +10,17 @@
 namespace rainserve {
 namespace {
 
+TEST(ParallelPlanTest, CudaDeviceIndexReadsOnlyCudaColonDigits) {
+  EXPECT_EQ(CudaDeviceIndex("cuda:0"), 0);
+  EXPECT_EQ(CudaDeviceIndex("cuda:7"), 7);
+  EXPECT_EQ(CudaDeviceIndex("cuda:15"), 15);
+  EXPECT_EQ(CudaDeviceIndex("cuda:999"), 999);
+  for (const char* bad : {"cpu", "cuda", "cuda:", "cuda:x", "cuda:1x", "cuda:-1", "cuda:1000",
+                          "gpu1", "CUDA:0", " cuda:0", "cuda:0 "}) {
+    EXPECT_EQ(CudaDeviceIndex(bad), -1) << bad;
+  }
+}
+
 TEST(ParallelPlanTest, CfgParallelTakesTwoGroupsWhenTheCountIsEven) {
   struct Case {
     int64_t devices;
