@@ -7,10 +7,7 @@
 //   wan_vae22_test --gtest_also_run_disabled_tests --gtest_filter='*Timing*'
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -19,16 +16,14 @@
 #include "pipelines/core/safetensors.h"
 #include "pipelines/wan/wan_vae.h"
 #include "pipelines/wan/wan_vae_layers.h"
+#include "tests/pipelines/wan_vae_test_util.h"
 
 namespace rainserve {
 namespace {
 
-std::string TempDir() {
-  char tmpl[] = "/tmp/rainserve-wan-vae22-XXXXXX";
-  return mkdtemp(tmpl);
-}
+using testing::Contains;
+using testing::VaeTempDir;
 
-bool Contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // The tensor of `values` with the given shape (float32).
 at::Tensor Values(std::vector<float> values, std::vector<int64_t> shape) {
@@ -389,7 +384,7 @@ void WriteCheckpointDir(const std::string& dir, const WanVAEConfig& config,
 }
 
 TEST_F(WanVAE22Test, SaveLoadRoundTripGivesIdenticalOutputs) {
-  const std::string dir = TempDir();
+  const std::string dir = VaeTempDir();
   ASSERT_TRUE(vae_->Save(dir, 256 * 1024).ok());  // sharded
   auto loaded = WanVAE::Load(dir, at::kFloat, at::kCPU);
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
@@ -416,7 +411,7 @@ TEST_F(WanVAE22Test, SaveLoadRoundTripGivesIdenticalOutputs) {
       name = "decoder.up_blocks.0.upsamplers.0.time_conv.weight";
     }
   }
-  const std::string bad = TempDir();
+  const std::string bad = VaeTempDir();
   WriteCheckpointDir(bad, vae_->config(), params);
   auto r = WanVAE::Load(bad, at::kFloat, at::kCPU);
   ASSERT_FALSE(r.ok());
@@ -435,7 +430,7 @@ TEST_F(WanVAE22Test, DecodeUnpatchifiesOutputChannelsIntoPixels) {
       t = name == "decoder.conv_out.bias" ? bias : at::zeros_like(t);
     }
   }
-  const std::string dir = TempDir();
+  const std::string dir = VaeTempDir();
   WriteCheckpointDir(dir, vae_->config(), params);
   auto vae = WanVAE::Load(dir, at::kFloat, at::kCPU);
   ASSERT_TRUE(vae.ok()) << vae.status().ToString();
@@ -466,21 +461,11 @@ TEST(WanVAE22Timing, DISABLED_DecodeTimingByBaseDim) {
     WanVAEConfig c = WanVAE22Config();
     c.base_dim = base;
     c.decoder_base_dim = decoder;
-    auto vae = WanVAE::Random(c, at::kFloat, at::kCPU, 1);
-    at::manual_seed(1);
-    const at::Tensor lat = at::randn({1, 48, 5, 16, 16});
-    double best = 1e9;
-    for (int rep = 0; rep < 2; ++rep) {
-      const auto start = std::chrono::steady_clock::now();
-      auto v = vae->Decode(lat);
-      ASSERT_TRUE(v.ok());
-      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-      ASSERT_EQ(v->size(2), 17);
-    }
-    int64_t numel = 0;
-    for (const auto& [name, t] : vae->NamedParameters()) numel += t.numel();
+    const testing::DecodeTiming t = testing::TimeRandomDecode(c, {1, 48, 5, 16, 16});
+    ASSERT_EQ(t.frames, 17);
     std::printf("base_dim %ld, decoder_base_dim %ld: %ld parameters, decode -> 17x256x256: %.2f s\n",
-                static_cast<long>(base), static_cast<long>(decoder), static_cast<long>(numel), best);
+                static_cast<long>(base), static_cast<long>(decoder), static_cast<long>(t.parameters),
+                t.seconds);
   }
 }
 

@@ -9,10 +9,8 @@
 
 #include <ATen/Parallel.h>
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -21,9 +19,13 @@
 
 #include "pipelines/core/safetensors.h"
 #include "pipelines/wan/wan_vae_layers.h"
+#include "tests/pipelines/wan_vae_test_util.h"
 
 namespace rainserve {
 namespace {
+
+using testing::Contains;
+using testing::VaeTempDir;
 
 using wan_vae::CacheCursor;
 using wan_vae::CausalCache;
@@ -35,17 +37,11 @@ WanVAEConfig TinyConfig(int64_t base_dim = 4) {
   return c;
 }
 
-std::string TempDir() {
-  char tmpl[] = "/tmp/rainserve-wan-vae-XXXXXX";
-  return mkdtemp(tmpl);
-}
 
 void WriteText(const std::string& path, const std::string& text) {
   std::ofstream f(path);
   f << text;
 }
-
-bool Contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // The vae/config.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers.
 const char kPublishedConfig[] = R"({
@@ -440,7 +436,7 @@ TEST_F(WanVAETest, DecodeToFramesIsRoundedUint8OfDecode) {
 }
 
 TEST_F(WanVAETest, SaveLoadRoundTripDecodesIdentically) {
-  const std::string dir = TempDir();
+  const std::string dir = VaeTempDir();
   ASSERT_TRUE(vae_->Save(dir, 64 * 1024).ok());  // sharded
   std::ifstream index(dir + "/diffusion_pytorch_model.safetensors.index.json");
   EXPECT_TRUE(index.good());
@@ -453,7 +449,7 @@ TEST_F(WanVAETest, SaveLoadRoundTripDecodesIdentically) {
   auto b = (*loaded)->Decode(lat);
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_TRUE(at::equal(*a, *b));
-  const std::string dir2 = TempDir();
+  const std::string dir2 = VaeTempDir();
   ASSERT_TRUE(vae_->Save(dir2, int64_t{1} << 40).ok());  // one file
   auto single = WanVAE::Load(dir2, at::kFloat, at::kCPU);
   ASSERT_TRUE(single.ok()) << single.status().ToString();
@@ -475,7 +471,7 @@ TEST_F(WanVAETest, LoadNamesMissingMisShapedAndUnexpectedParameters) {
                                  [](const auto& p) { return p.first == "decoder.up_blocks.0.upsamplers.0.time_conv.weight"; }),
                   missing.end());
     ASSERT_EQ(missing.size() + 1, params.size());
-    const std::string dir = TempDir();
+    const std::string dir = VaeTempDir();
     WriteCheckpointDir(dir, vae_->config(), missing);
     auto r = WanVAE::Load(dir, at::kFloat, at::kCPU);
     ASSERT_FALSE(r.ok());
@@ -489,7 +485,7 @@ TEST_F(WanVAETest, LoadNamesMissingMisShapedAndUnexpectedParameters) {
       if (name == "decoder.conv_in.weight") t = at::zeros({8, 16, 3, 3, 3});
     }
     shaped.push_back({"decoder.extra.weight", at::zeros({2})});
-    const std::string dir = TempDir();
+    const std::string dir = VaeTempDir();
     WriteCheckpointDir(dir, vae_->config(), shaped);
     auto r = WanVAE::Load(dir, at::kFloat, at::kCPU);
     ASSERT_FALSE(r.ok());
@@ -497,7 +493,7 @@ TEST_F(WanVAETest, LoadNamesMissingMisShapedAndUnexpectedParameters) {
     EXPECT_TRUE(Contains(r.status().message(), "decoder.extra.weight")) << r.status().message();
   }
   {
-    const std::string dir = TempDir();
+    const std::string dir = VaeTempDir();
     WriteText(dir + "/config.json", R"({"base_dim": "four"})");
     auto r = WanVAE::Load(dir, at::kFloat, at::kCPU);
     ASSERT_FALSE(r.ok());
@@ -531,21 +527,10 @@ TEST_F(WanVAETest, EncodeShapesAndCausality) {
 TEST(WanVAETiming, DISABLED_DecodeTimingByBaseDim) {
   at::set_num_threads(2);
   for (int64_t base : {8, 16}) {
-    auto vae = WanVAE::Random(TinyConfig(base), at::kFloat, at::kCPU, 1);
-    at::manual_seed(1);
-    const at::Tensor lat = at::randn({1, 16, 5, 32, 32});
-    double best = 1e9;
-    for (int rep = 0; rep < 2; ++rep) {
-      const auto start = std::chrono::steady_clock::now();
-      auto v = vae->Decode(lat);
-      ASSERT_TRUE(v.ok());
-      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-      ASSERT_EQ(v->size(2), 17);
-    }
-    int64_t numel = 0;
-    for (const auto& [name, t] : vae->NamedParameters()) numel += t.numel();
+    const testing::DecodeTiming t = testing::TimeRandomDecode(TinyConfig(base), {1, 16, 5, 32, 32});
+    ASSERT_EQ(t.frames, 17);
     std::printf("base_dim %3ld: %ld parameters, decode [1,16,5,32,32] -> 17x256x256: %.2f s\n",
-                static_cast<long>(base), static_cast<long>(numel), best);
+                static_cast<long>(base), static_cast<long>(t.parameters), t.seconds);
   }
 }
 
