@@ -11,7 +11,6 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,6 +23,7 @@
 #include "server/config.h"
 #include "server/server_app.h"
 #include "tests/media/test_frames.h"
+#include "tests/server/e2e_client.h"
 #include "tests/test_files.h"
 
 namespace rainserve {
@@ -31,29 +31,28 @@ namespace {
 
 using media::testing::DecodeMp4;
 using media::testing::DecodedVideo;
+using testing::Client;
+using testing::Generated;
+using testing::SharedServerTest;
+using testing::Summarize;
 
 constexpr char kWan22[] = "wan22-tiny";
 constexpr char kTi2v[] = "ti2v-tiny";
 constexpr char kI2v[] = "i2v-tiny";
 
-// configs/<name>.yaml as the server loads it, on free loopback ports; the
+// configs/<kName>.yaml as the server loads it, on free loopback ports; the
 // models are served exactly as the file says.
-std::unique_ptr<ServerApp> StartExample(const std::string& name) {
+template <const char* kName>
+std::unique_ptr<ServerApp> StartExample() {
   StatusOr<ServerConfig> config =
-      LoadServerConfig(testing::SourceDir() + "/configs/" + name + ".yaml");
+      LoadServerConfig(testing::SourceDir() + "/configs/" + kName + ".yaml");
   if (!config.ok()) {
-    ADD_FAILURE() << "configs/" << name << ".yaml: " << config.status().ToString();
+    ADD_FAILURE() << "configs/" << kName << ".yaml: " << config.status().ToString();
     return nullptr;
   }
   config->server.listen_address = "127.0.0.1:0";
   config->server.metrics_address = "127.0.0.1:0";
-  StatusOr<std::unique_ptr<ServerApp>> app = ServerApp::Start(*config);
-  if (!app.ok()) {
-    ADD_FAILURE() << "ServerApp::Start(" << name << "): " << app.status().ToString();
-    return nullptr;
-  }
-  (*app)->WaitForModels();
-  return std::move(app).value();
+  return testing::StartApp(*config);
 }
 
 // [height, width, 3] gradients, encoded with the server's PNG encoder.
@@ -85,78 +84,17 @@ v1::GenerateRequest Request(const std::string& model, uint32_t width, uint32_t h
   return r;
 }
 
-// What one Generate stream delivered: the resolved request, the result, and
-// each artifact's header and bytes (chunks checked to arrive in order).
-struct Generated {
-  grpc::Status status;
-  v1::GenerateRequest resolved;
-  v1::GenerateResult result;
-  std::vector<v1::ArtifactInfo> infos;
-  std::vector<std::string> artifacts;
-};
-
-class Client {
- public:
-  explicit Client(const ServerApp& app)
-      : channel_(grpc::CreateChannel("127.0.0.1:" + std::to_string(app.grpc_port()),
-                                     grpc::InsecureChannelCredentials())),
-        generation_(v1::Generation::NewStub(channel_)),
-        models_(v1::Models::NewStub(channel_)) {}
-
-  Generated Generate(const v1::GenerateRequest& request) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
-    auto reader = generation_->Generate(&ctx, request);
-    Generated g;
-    for (v1::GenerateEvent e; reader->Read(&e);) {
-      if (e.has_accepted()) g.resolved = e.accepted().resolved();
-      if (e.has_completed()) g.result = e.completed().result();
-      if (e.has_artifact_header()) {
-        g.infos.push_back(e.artifact_header().info());
-        g.artifacts.emplace_back();
-      }
-      if (e.has_artifact_chunk()) {
-        const v1::ArtifactChunk& c = e.artifact_chunk();
-        EXPECT_LT(c.index(), g.artifacts.size());
-        if (c.index() >= g.artifacts.size()) continue;
-        EXPECT_EQ(c.offset(), g.artifacts[c.index()].size());
-        g.artifacts[c.index()] += c.data();
-      }
-    }
-    g.status = reader->Finish();
-    for (size_t i = 0; i < g.artifacts.size(); ++i) {
-      EXPECT_EQ(media::Sha256Hex(g.artifacts[i]), g.infos[i].sha256());
-    }
-    return g;
-  }
-
-  v1::ModelInfo Describe(const std::string& name) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    v1::DescribeModelRequest request;
-    request.set_name(name);
-    v1::ModelInfo info;
-    const grpc::Status s = models_->Describe(&ctx, request, &info);
-    EXPECT_TRUE(s.ok()) << name << ": " << s.error_message();
-    return info;
-  }
-
- private:
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Generation::Stub> generation_;
-  std::unique_ptr<v1::Models::Stub> models_;
-};
-
 // The one MP4 of a successful stream, decoded, with `frames` frames of
 // width x height (the header's and the decoded stream's).
 void ExpectOneMp4(const Generated& g, uint32_t width, uint32_t height, uint32_t frames) {
   ASSERT_TRUE(g.status.ok()) << g.status.error_message();
   ASSERT_EQ(g.artifacts.size(), 1u);
-  EXPECT_EQ(g.infos[0].mime_type(), "video/mp4");
-  EXPECT_EQ(g.infos[0].width(), width);
-  EXPECT_EQ(g.infos[0].height(), height);
-  EXPECT_EQ(g.infos[0].frames(), frames);
-  StatusOr<DecodedVideo> video = DecodeMp4(g.artifacts[0]);
+  const v1::ArtifactInfo& info = g.artifacts[0].info;
+  EXPECT_EQ(info.mime_type(), "video/mp4");
+  EXPECT_EQ(info.width(), width);
+  EXPECT_EQ(info.height(), height);
+  EXPECT_EQ(info.frames(), frames);
+  StatusOr<DecodedVideo> video = DecodeMp4(g.artifacts[0].data);
   ASSERT_TRUE(video.ok()) << video.status().ToString();
   EXPECT_EQ(video->width, static_cast<int>(width));
   EXPECT_EQ(video->height, static_cast<int>(height));
@@ -182,7 +120,7 @@ Generated DefaultRequest(Client* client, const std::string& model, const std::st
   r.set_model(model);
   r.set_prompt("a lighthouse in a storm");
   r.set_image(image);
-  Generated g = client->Generate(r);
+  Generated g = Summarize(client->Generate(r));
   ExpectOneMp4(g, 128, 128, 9);
   EXPECT_EQ(g.result.applied().steps(), 8u);
   EXPECT_EQ(g.result.steps_size(), 8);
@@ -190,29 +128,9 @@ Generated DefaultRequest(Client* client, const std::string& model, const std::st
 }
 
 // One server per example config, shared by the tests of its suite.
-template <const char* kName>
-class ExampleConfigTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { app_ = StartExample(kName).release(); }
-  static void TearDownTestSuite() {
-    delete app_;
-    app_ = nullptr;
-  }
-  void SetUp() override {
-    ASSERT_NE(app_, nullptr);
-    client_ = std::make_unique<Client>(*app_);
-  }
-
-  static ServerApp* app_;
-  std::unique_ptr<Client> client_;
-};
-
-template <const char* kName>
-ServerApp* ExampleConfigTest<kName>::app_ = nullptr;
-
-using Wan22TinyConfigTest = ExampleConfigTest<kWan22>;
-using Ti2vTinyConfigTest = ExampleConfigTest<kTi2v>;
-using I2vTinyConfigTest = ExampleConfigTest<kI2v>;
+using Wan22TinyConfigTest = SharedServerTest<StartExample<kWan22>>;
+using Ti2vTinyConfigTest = SharedServerTest<StartExample<kTi2v>>;
+using I2vTinyConfigTest = SharedServerTest<StartExample<kI2v>>;
 
 // ---------------------------------------------------------------- wan22-tiny
 
@@ -231,7 +149,7 @@ TEST_F(Wan22TinyConfigTest, DescribeShowsTwoExpertsSwitchingAtTimestep875) {
 TEST_F(Wan22TinyConfigTest, VideoRunsTheHighNoiseExpertThenTheLowNoiseOne) {
   v1::GenerateRequest r = Request(kWan22, 64, 48, 9, 4);
   r.set_guidance_scale_2(2.5);
-  const Generated g = client_->Generate(r);
+  const Generated g = Summarize(client_->Generate(r));
   ExpectOneMp4(g, 64, 48, 9);
   ASSERT_TRUE(g.resolved.has_guidance_scale_2());
   EXPECT_DOUBLE_EQ(g.resolved.guidance_scale_2(), 2.5);
@@ -259,7 +177,7 @@ TEST_F(Ti2vTinyConfigTest, TextRequestReturnsAnMp4OfTheRequestedSize) {
   EXPECT_EQ(Tasks(info), (std::vector<std::string>{"t2v", "t2i", "ti2v"}));
   EXPECT_EQ(info.limits().size_multiple(), 32u);  // Wan2.2 VAE: 16x, patch 2
 
-  const Generated g = client_->Generate(Request(kTi2v, 96, 64, 9, 2));
+  const Generated g = Summarize(client_->Generate(Request(kTi2v, 96, 64, 9, 2)));
   ExpectOneMp4(g, 96, 64, 9);
   EXPECT_FALSE(g.resolved.has_input_image());
   EXPECT_EQ(Seconds(g.result.timings().image_encode()), 0.0);
@@ -269,7 +187,7 @@ TEST_F(Ti2vTinyConfigTest, ImageRequestReturnsAnMp4OfTheRequestedSize) {
   const std::string png = GradientPng(80, 60);
   v1::GenerateRequest r = Request(kTi2v, 96, 64, 9, 2);
   r.set_image(png);
-  const Generated g = client_->Generate(r);
+  const Generated g = Summarize(client_->Generate(r));
   ExpectOneMp4(g, 96, 64, 9);
   EXPECT_EQ(g.resolved.image(), "");  // never echoed
   EXPECT_EQ(g.resolved.input_image().mime_type(), "image/png");
@@ -293,7 +211,7 @@ TEST_F(I2vTinyConfigTest, PngInMp4OutWithTheRequestedFramesAndSize) {
 
   v1::GenerateRequest r = Request(kI2v, 64, 64, 9, 2);
   r.set_image(GradientPng(64, 64));
-  const Generated g = client_->Generate(r);
+  const Generated g = Summarize(client_->Generate(r));
   ExpectOneMp4(g, 64, 64, 9);
   EXPECT_EQ(g.resolved.input_image().width(), 64u);
   EXPECT_GT(Seconds(g.result.timings().image_encode()), 0.0);
@@ -306,7 +224,7 @@ TEST_F(I2vTinyConfigTest, ImageRequestWithWidthAndHeightUnsetGetsTheConfigsDefau
 }
 
 TEST_F(I2vTinyConfigTest, RequestWithoutAnImageIsInvalidArgumentNamingImage) {
-  ExpectInvalidArgumentNaming(client_->Generate(Request(kI2v, 64, 64, 9, 2)), "image");
+  ExpectInvalidArgumentNaming(Summarize(client_->Generate(Request(kI2v, 64, 64, 9, 2))), "image");
 }
 
 TEST_F(I2vTinyConfigTest, CorruptPngIsInvalidArgumentNamingImageAndTheNextRequestSucceeds) {
@@ -317,15 +235,15 @@ TEST_F(I2vTinyConfigTest, CorruptPngIsInvalidArgumentNamingImageAndTheNextReques
   for (size_t i = 40; i < corrupt.size() - 12; ++i) corrupt[i] = static_cast<char>(~corrupt[i]);
   v1::GenerateRequest bad = Request(kI2v, 64, 64, 9, 2);
   bad.set_image(corrupt);
-  ExpectInvalidArgumentNaming(client_->Generate(bad), "image");
+  ExpectInvalidArgumentNaming(Summarize(client_->Generate(bad)), "image");
 
   v1::GenerateRequest truncated = bad;
   truncated.set_image(png.substr(0, png.size() / 2));
-  ExpectInvalidArgumentNaming(client_->Generate(truncated), "image");
+  ExpectInvalidArgumentNaming(Summarize(client_->Generate(truncated)), "image");
 
   v1::GenerateRequest good = bad;
   good.set_image(png);
-  ExpectOneMp4(client_->Generate(good), 64, 64, 9);
+  ExpectOneMp4(Summarize(client_->Generate(good)), 64, 64, 9);
 }
 
 TEST_F(I2vTinyConfigTest, MaxAreaAloneSizesTheVideoFromTheImagesAspectRatio) {
@@ -340,7 +258,7 @@ TEST_F(I2vTinyConfigTest, MaxAreaAloneSizesTheVideoFromTheImagesAspectRatio) {
   const ImageSize expected = SizeForImage(96, 48, 4096, 16);
   ASSERT_EQ(expected.width, 80);
   ASSERT_EQ(expected.height, 32);
-  const Generated g = client_->Generate(r);
+  const Generated g = Summarize(client_->Generate(r));
   ExpectOneMp4(g, 80, 32, 9);
   EXPECT_EQ(g.resolved.width(), 80u);
   EXPECT_EQ(g.resolved.height(), 32u);

@@ -13,11 +13,9 @@
 #include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
-#include <openssl/sha.h>
 
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -28,12 +26,14 @@
 #include <vector>
 
 #include "common/files.h"
-#include "server/config.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "media/sha256.h"
 #include "rainserve/v1/generation.grpc.pb.h"
 #include "rainserve/v1/models.grpc.pb.h"
+#include "server/config.h"
 #include "server/server_app.h"
 #include "tests/media/test_frames.h"
+#include "tests/server/e2e_client.h"
 #include "tests/server/test_server.h"
 
 namespace rainserve {
@@ -41,8 +41,16 @@ namespace {
 
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
+using media::Sha256Hex;
 using media::testing::DecodeMp4;
 using media::testing::DecodePng;
+using testing::Artifact;
+using testing::Artifacts;
+using testing::Client;
+using testing::ReadToEnd;
+using testing::StartApp;
+using testing::Stream;
+using testing::Target;
 
 constexpr char kModel[] = "wan-tiny";
 constexpr char kGeneration[] = "rainserve.v1.Generation";
@@ -73,18 +81,6 @@ class TempDir {
  private:
   std::string path_;
 };
-
-std::string Sha256Hex(const std::string& data) {
-  unsigned char digest[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), digest);
-  std::string hex;
-  char byte[3];
-  for (unsigned char d : digest) {
-    std::snprintf(byte, sizeof(byte), "%02x", d);
-    hex += byte;
-  }
-  return hex;
-}
 
 // wan-tiny with small defaults and the limits of configs/server.yaml, but
 // 64 prompt tokens (faster tests; the shipped config has the reference's 512).
@@ -127,21 +123,6 @@ ServerConfig Config(bool load_at_startup = true) {
   return c;
 }
 
-// Starts the service and waits for its models; null (with a failure) on error.
-std::unique_ptr<ServerApp> StartApp(const ServerConfig& config) {
-  StatusOr<std::unique_ptr<ServerApp>> app = ServerApp::Start(config);
-  if (!app.ok()) {
-    ADD_FAILURE() << "ServerApp::Start: " << app.status().ToString();
-    return nullptr;
-  }
-  (*app)->WaitForModels();
-  return std::move(app).value();
-}
-
-std::string Target(const ServerApp& app) {
-  return "127.0.0.1:" + std::to_string(app.grpc_port());
-}
-
 v1::GenerateRequest Request(const std::string& prompt, uint32_t width, uint32_t height,
                             uint32_t frames, uint32_t steps, uint64_t seed = 1) {
   v1::GenerateRequest r;
@@ -159,38 +140,6 @@ v1::GenerateRequest LongRequest(const std::string& prompt) {
   return Request(prompt, 256, 256, 17, kLongSteps);
 }
 
-struct Stream {
-  std::vector<v1::GenerateEvent> events;
-  grpc::Status status;
-};
-
-struct Artifact {
-  v1::ArtifactInfo info;
-  std::string data;
-};
-
-// The artifacts of a stream, from their headers and chunks (in offset order).
-std::vector<Artifact> Artifacts(const Stream& s) {
-  std::vector<Artifact> artifacts;
-  for (const v1::GenerateEvent& e : s.events) {
-    if (e.has_artifact_header()) {
-      EXPECT_EQ(e.artifact_header().info().index(), artifacts.size());
-      artifacts.push_back({e.artifact_header().info(), ""});
-    } else if (e.has_artifact_chunk()) {
-      const v1::ArtifactChunk& c = e.artifact_chunk();
-      EXPECT_LT(c.index(), artifacts.size());
-      if (c.index() >= artifacts.size()) continue;
-      EXPECT_EQ(c.offset(), artifacts[c.index()].data.size());
-      artifacts[c.index()].data += c.data();
-    }
-  }
-  for (const Artifact& a : artifacts) {
-    EXPECT_EQ(a.data.size(), a.info.size_bytes());
-    EXPECT_EQ(Sha256Hex(a.data), a.info.sha256());
-  }
-  return artifacts;
-}
-
 std::vector<v1::Progress> DenoiseProgress(const Stream& s) {
   std::vector<v1::Progress> progress;
   for (const v1::GenerateEvent& e : s.events) {
@@ -198,144 +147,6 @@ std::vector<v1::Progress> DenoiseProgress(const Stream& s) {
   }
   return progress;
 }
-
-// A connection with stubs for the API and health; `token` goes out as
-// "authorization: Bearer <token>" on every API call when set.
-class Client {
- public:
-  explicit Client(std::shared_ptr<grpc::Channel> channel, std::string token = "")
-      : channel_(std::move(channel)),
-        token_(std::move(token)),
-        generation_(v1::Generation::NewStub(channel_)),
-        models_(v1::Models::NewStub(channel_)),
-        health_(grpc::health::v1::Health::NewStub(channel_)) {}
-  explicit Client(const ServerApp& app, std::string token = "")
-      : Client(grpc::CreateChannel(Target(app), grpc::InsecureChannelCredentials()),
-               std::move(token)) {}
-
-  // Token and a deadline (every call has one, so that a hang fails the test).
-  void Prepare(grpc::ClientContext* ctx, double deadline_seconds = 120) const {
-    if (!token_.empty()) ctx->AddMetadata("authorization", "Bearer " + token_);
-    ctx->set_deadline(std::chrono::system_clock::now() +
-                      std::chrono::milliseconds(static_cast<int64_t>(deadline_seconds * 1000)));
-  }
-
-  Stream Generate(const v1::GenerateRequest& request, double deadline_seconds = 120) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, deadline_seconds);
-    return ReadAll(generation_->Generate(&ctx, request).get());
-  }
-
-  Stream Watch(const std::string& job_id, uint64_t from_seq) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx);
-    v1::WatchRequest watch;
-    watch.set_job_id(job_id);
-    watch.set_from_seq(from_seq);
-    return ReadAll(generation_->Watch(&ctx, watch).get());
-  }
-
-  grpc::Status Submit(const v1::GenerateRequest& request, v1::Job* job) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx);
-    v1::SubmitResponse response;
-    const grpc::Status s = generation_->Submit(&ctx, request, &response);
-    *job = response.job();
-    return s;
-  }
-
-  grpc::Status Cancel(const std::string& job_id) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx);
-    v1::CancelRequest request;
-    request.set_job_id(job_id);
-    v1::CancelResponse response;
-    return generation_->Cancel(&ctx, request, &response);
-  }
-
-  v1::Job GetJob(const std::string& job_id) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx);
-    v1::GetJobRequest request;
-    request.set_job_id(job_id);
-    v1::Job job;
-    const grpc::Status s = generation_->GetJob(&ctx, request, &job);
-    EXPECT_TRUE(s.ok()) << job_id << ": " << s.error_message();
-    return job;
-  }
-
-  // Polls GetJob until the job reaches `state`; the last snapshot either way.
-  v1::Job WaitForState(const std::string& job_id, v1::JobState state, double timeout_seconds = 60) {
-    const auto end = std::chrono::steady_clock::now() +
-                     std::chrono::milliseconds(static_cast<int64_t>(timeout_seconds * 1000));
-    v1::Job job = GetJob(job_id);
-    while (job.state() != state && std::chrono::steady_clock::now() < end) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      job = GetJob(job_id);
-    }
-    EXPECT_EQ(job.state(), state) << job.DebugString();
-    return job;
-  }
-
-  grpc::Status ListModels(v1::ListModelsResponse* response, double deadline_seconds = 10) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx, deadline_seconds);
-    return models_->List(&ctx, v1::ListModelsRequest(), response);
-  }
-
-  grpc::Status Describe(const std::string& name, v1::ModelInfo* info) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx);
-    v1::DescribeModelRequest request;
-    request.set_name(name);
-    return models_->Describe(&ctx, request, info);
-  }
-
-  grpc::Status Load(const std::string& name, v1::ModelInfo* info) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx);
-    v1::LoadModelRequest request;
-    request.set_name(name);
-    return models_->Load(&ctx, request, info);
-  }
-
-  grpc::Status Unload(const std::string& name, v1::ModelInfo* info) {
-    grpc::ClientContext ctx;
-    Prepare(&ctx);
-    v1::UnloadModelRequest request;
-    request.set_name(name);
-    return models_->Unload(&ctx, request, info);
-  }
-
-  // Health.Check for `service`; the RPC must succeed.
-  HealthCheckResponse::ServingStatus Health(const std::string& service) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    HealthCheckRequest request;
-    request.set_service(service);
-    HealthCheckResponse response;
-    const grpc::Status s = health_->Check(&ctx, request, &response);
-    EXPECT_TRUE(s.ok()) << service << ": " << s.error_message();
-    return response.status();
-  }
-
-  v1::Generation::Stub* generation() { return generation_.get(); }
-  grpc::health::v1::Health::Stub* health() { return health_.get(); }
-
- private:
-  static Stream ReadAll(grpc::ClientReader<v1::GenerateEvent>* reader) {
-    Stream s;
-    for (v1::GenerateEvent e; reader->Read(&e);) s.events.push_back(e);
-    s.status = reader->Finish();
-    return s;
-  }
-
-  std::shared_ptr<grpc::Channel> channel_;
-  std::string token_;
-  std::unique_ptr<v1::Generation::Stub> generation_;
-  std::unique_ptr<v1::Models::Stub> models_;
-  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
-};
 
 // Reads `reader` up to and including the first denoise Progress event.
 bool ReadUntilDenoising(grpc::ClientReader<v1::GenerateEvent>* reader, Stream* s) {
@@ -368,25 +179,11 @@ std::vector<v1::GenerateEvent> Coalesced(const std::vector<v1::GenerateEvent>& e
 
 // ---------------------------------------------------------------- one shared server
 
+std::unique_ptr<ServerApp> StartWanTiny() { return StartApp(Config()); }
+
 // The default configuration (no auth, no TLS, queue of 64), started once for
 // every test of the suite: these tests leave the server as they found it.
-class WanTinyE2eTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { app_ = StartApp(Config()).release(); }
-  static void TearDownTestSuite() {
-    delete app_;
-    app_ = nullptr;
-  }
-  void SetUp() override {
-    ASSERT_NE(app_, nullptr);
-    client_ = std::make_unique<Client>(*app_);
-  }
-
-  static ServerApp* app_;
-  std::unique_ptr<Client> client_;
-};
-
-ServerApp* WanTinyE2eTest::app_ = nullptr;
+using WanTinyE2eTest = testing::SharedServerTest<StartWanTiny>;
 
 TEST_F(WanTinyE2eTest, ImageRequestReturnsAPngThatDecodesToTheRequestedSize) {
   const Stream s = client_->Generate(Request("a red kite", 80, 48, 1, 2));
@@ -525,8 +322,7 @@ TEST_F(WanTinyE2eTest, CancelRpcStopsARunningJob) {
   ASSERT_TRUE(ReadUntilDenoising(reader.get(), &s));
   const std::string id = s.events.front().job_id();
   ASSERT_TRUE(client_->Cancel(id).ok());
-  for (v1::GenerateEvent e; reader->Read(&e);) s.events.push_back(e);
-  s.status = reader->Finish();
+  ReadToEnd(reader.get(), &s);
   EXPECT_EQ(s.status.error_code(), grpc::StatusCode::CANCELLED) << s.status.error_message();
   ASSERT_TRUE(s.events.back().has_failed());
   EXPECT_EQ(s.events.back().failed().code(), static_cast<int>(grpc::StatusCode::CANCELLED));
@@ -823,8 +619,7 @@ TEST_F(E2eTest, ShutdownFlipsHealthToNotServingAndDrainsTheRunningJob) {
   watch_ctx.TryCancel();
   (void)watch->Finish();
 
-  for (v1::GenerateEvent e; reader->Read(&e);) s.events.push_back(e);
-  s.status = reader->Finish();
+  ReadToEnd(reader.get(), &s);
   stopper.join();
   EXPECT_TRUE(s.status.ok()) << s.status.error_message();
   ASSERT_FALSE(s.events.empty());
