@@ -26,8 +26,9 @@ struct MaskArgs {
   double kept_mass = 0.0;      // > 0: mass-targeted selection (mask.h), sparsity unused
   int64_t min_kept_blocks = 1;
   int64_t max_kept_blocks = 0; // 0 = no cap
-  // Optional out [B * H * nb] (CUDA): the rows (b * H + h) * nb + qb sorted
-  // by kept count, longest first, for Forward's launch order (mask.order).
+  // Optional out [B * H * nb] (CUDA): the rows (b * H + h) * nb + qb in
+  // Forward's launch order (mask.order): rows keeping every block first, then
+  // head by head, longest first within a head.
   int32_t* order = nullptr;
 };
 

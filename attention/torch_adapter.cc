@@ -211,7 +211,7 @@ StatusOr<TorchBlockMask> PredictBlockMask(AttentionEngine& engine, const at::Ten
   args.indices = mask.indices.data_ptr<int32_t>();
   args.kept = kept.data_ptr<int64_t>();
   if (config.kept_mass > 0.0 && !q.is_cpu()) {
-    // Rows keep uneven counts: the GPU starts the longest first.
+    // Rows keep uneven counts: the GPU starts each head's longest first.
     mask.order = at::empty({B * H * nb}, int_opts);
     args.order = mask.order.data_ptr<int32_t>();
   }

@@ -35,7 +35,7 @@ struct AttentionStats {
 struct TorchBlockMask {
   at::Tensor counts;       // [B, H, nb] int32
   at::Tensor indices;      // [B, H, nb, nb] int32, ascending within counts
-  at::Tensor order;        // optional [B * H * nb] int32: rows longest first (CUDA mass masks)
+  at::Tensor order;        // optional [B * H * nb] int32: launch order (CUDA mass masks)
   at::Tensor kept_tensor;  // [1] int64 on the mask's device: kept block pairs
   int64_t kept = -1;       // the same on the host; -1 until read (GPU masks: reading syncs)
   bool dense = false;

@@ -61,7 +61,7 @@ struct BlockMaskView {
   const int32_t* counts = nullptr;   // [B, H, q_blocks]
   const int32_t* indices = nullptr;  // [B, H, q_blocks, k_blocks]
   // Optional [B * H * q_blocks]: the order in which a backend should start
-  // the rows, longest first (MaskArgs::order); the result does not depend on it.
+  // the rows (MaskArgs::order); the result does not depend on it.
   const int32_t* order = nullptr;
 
   RAINSERVE_HOST_DEVICE int64_t Row(int64_t b, int64_t h, int64_t qb) const {

@@ -100,7 +100,9 @@ Status CudaBackend::PredictMask(const MaskArgs& args) {
   const int64_t nb = args.blocks.num_blocks;
   const size_t pooled_bytes =
       2 * sizeof(float) * static_cast<size_t>(args.q.batch * args.q.heads * nb * args.q.head_dim);
-  const size_t need = pooled_bytes + 2 * sizeof(int32_t) * static_cast<size_t>(nb + 1);
+  const size_t order_slots =
+      static_cast<size_t>(cuda::MaskOrderSlots(args.q.batch, args.q.heads, nb));
+  const size_t need = pooled_bytes + 2 * sizeof(int32_t) * order_slots;
   if (workspace_bytes_ < need) {
     if (workspace_ != nullptr) cudaFree(workspace_);
     workspace_ = nullptr;

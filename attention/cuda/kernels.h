@@ -26,8 +26,8 @@ struct FlashParams {
   const int32_t* mask_counts = nullptr;   // device [B, H, nb]
   const int32_t* mask_indices = nullptr;  // device [B, H, nb, nb]
   // Optional device [B * H * nb]: the rows (b * H + h) * nb + qb in launch
-  // order, longest first (mass-targeted masks, whose rows keep uneven
-  // counts); replaces FlashTileOf's order when set.
+  // order (mass-targeted masks, whose rows keep uneven counts: MaskParams::
+  // order); replaces FlashTileOf's order when set.
   const int32_t* row_order = nullptr;
   float scale_log2 = 0.0f;                // softmax scale * log2(e)
   DType dtype = DType::kBFloat16;
@@ -87,11 +87,18 @@ struct MaskParams {
   double kept_mass = 0.0;                 // > 0: mass-targeted selection (mask.h)
   int min_kept_blocks = 1;
   int max_kept_blocks = 0;                // 0 = no cap
-  // Optional device out [B * H * nb]: the rows longest first (FlashParams::
-  // row_order); needs `order_workspace`, device [2 * (nb + 1)] int32.
+  // Optional device out [B * H * nb]: the flash kernels' launch order
+  // (FlashParams::row_order): rows keeping every block first, then head by
+  // head, longest first within a head. Needs `order_workspace`, device
+  // [2 * MaskOrderSlots(B, H, nb)] int32.
   int32_t* order = nullptr;
   int32_t* order_workspace = nullptr;
 };
+// Slots of the launch-order counting sort: one for the rows keeping every
+// block, then one per (head, count below nb).
+inline int64_t MaskOrderSlots(int64_t batch, int64_t heads, int64_t num_blocks) {
+  return 1 + batch * heads * num_blocks;
+}
 Status LaunchMaskPrediction(const MaskParams& p, void* stream);
 // Largest number of blocks the top-k kernel sorts in shared memory.
 constexpr int kMaxMaskBlocks = 4096;
