@@ -62,13 +62,13 @@ Status LoopbackGroup::Exchange(int64_t rank, const std::vector<at::Tensor>& send
                                const std::vector<at::Tensor>& recv) {
   const size_t n = ranks_.size();
   if (fault_) RAINSERVE_RETURN_IF_ERROR(fault_(rank));
-  const Status aborted =
-      UnavailableError("all-to-all: rank " + std::to_string(rank) + "'s group was aborted");
   {
     std::lock_guard<std::mutex> lock(mu_);
     posted_[rank] = &send;
   }
-  if (!Barrier(/*abortable=*/true)) return aborted;
+  if (!Barrier(/*abortable=*/true)) {
+    return UnavailableError("all-to-all: rank " + std::to_string(rank) + "'s group was aborted");
+  }
   // Every rank has posted; each copies its receives, then all wait so that
   // no send list goes away while a peer still reads it.
   Status status = OkStatus();

@@ -297,13 +297,13 @@ StatusOr<std::vector<at::Device>> CheckDevices(const ModelOptions& entry) {
       devices.emplace_back(at::kCPU);
       continue;
     }
-    if (CudaDeviceIndex(device) >= visible) {
+    const int64_t ordinal = CudaDeviceIndex(device);
+    if (ordinal >= visible) {
       return FailedPreconditionError("model '" + entry.name + "': devices: '" + device +
                                      "' is not available: this build or machine has " +
                                      std::to_string(visible) + " CUDA devices");
     }
-    RAINSERVE_ASSIGN_OR_RETURN(at::Device d, ParseDevice(device));
-    devices.push_back(d);
+    devices.emplace_back(at::kCUDA, static_cast<c10::DeviceIndex>(ordinal));
   }
   if (index.has_transformer_2) {
     return UnimplementedError("model '" + entry.name + "': devices: a two-expert model (" + dir +
