@@ -3,11 +3,12 @@
 // sparse call through the adapter against the float64 reference, the
 // permutation of activations and RoPE tables on the device, unsupported
 // inputs as errors, the quality probe against the CPU probe, and
-// mass-targeted masks (uneven rows, each head's started longest first). The kernels
-// themselves, both CUDA flash kernels chosen explicitly, are checked case by
-// case in the parity suite (parity_test.cc); this suite runs the engine's
-// default kernel, the one the server runs (RAINSERVE_FLASH_KERNEL=mma in the
-// environment makes that the mma.sync one). Skips without a CUDA device.
+// mass-targeted masks (uneven rows, each head's started longest first). The
+// kernels themselves, both CUDA flash kernels chosen explicitly, are checked
+// case by case in the parity suite (parity_test.cc); this suite runs the
+// engine's default kernel, the one the server runs (RAINSERVE_FLASH_KERNEL=mma
+// in the environment makes that the mma.sync one). Skips without a CUDA
+// device.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/version.h>
