@@ -259,26 +259,48 @@ __device__ __forceinline__ bool Forced(const uint32_t* bits, int j) {
   return (bits[j >> 5] >> (j & 31)) & 1u;
 }
 
+// Rows of at most this many key blocks per lane keep their softmax weights
+// in registers for MassCount's search; longer rows recompute them per pass.
+constexpr int kMassCachedPerLane = 20;  // 640 blocks: W1 (257) and W2 (591)
+
 // How many unforced key blocks a mass-targeted row keeps (mask.h's rule):
 // the fewest, in ranking order, whose softmax mass with the forced blocks'
 // reaches kept_mass, then clamped by the floor and the cap. The unnormalised
 // masses exp(s - max) are summed in double; the last needed key T is found
 // bit by bit (the largest T whose keys >= T reach the target), and keys
 // equal to T are added one at a time, lowest index first, as on the CPU.
+// Lane l owns keys l, l + 32, ...; with kPerLane > 0 (nb <= 32 * kPerLane)
+// each lane holds its keys' weights in registers, computed once, and the
+// bit search only compares and adds: the same sums in the same order as
+// kPerLane == 0, which computes each weight again in every pass.
 // bits: the forced blocks' bitmask.
+template <int kPerLane>
 __device__ int MassCount(const uint32_t* keys, const uint32_t* bits, int nb, const MaskParams& p,
                          int lane) {
   float top = -INFINITY;
   for (int j = lane; j < nb; j += 32) top = fmaxf(top, ScoreOf(keys[j]));
   top = WarpMax(top);
   auto weight = [&](uint32_t key) { return exp(static_cast<double>(ScoreOf(key)) - top); };
+  const int per_lane = kPerLane > 0 ? kPerLane : (nb + 31) / 32;
+  double cached[kPerLane > 0 ? kPerLane : 1];
   double sum = 0.0, forced_sum = 0.0;
   int forced = 0;
-  for (int j = lane; j < nb; j += 32) {
-    const double e = weight(keys[j]);
-    sum += e;
-    if (Forced(bits, j)) forced_sum += e, ++forced;
+#pragma unroll
+  for (int e = 0; e < per_lane; ++e) {
+    const int j = lane + 32 * e;
+    double w = 0.0;  // unforced weight; 0 for forced blocks and past the row
+    if (j < nb) {
+      w = weight(keys[j]);
+      sum += w;
+      if (Forced(bits, j)) forced_sum += w, ++forced, w = 0.0;
+    }
+    if constexpr (kPerLane > 0) cached[e] = w;
   }
+  // Adding a forced block's 0.0 leaves a sum bitwise unchanged.
+  auto unforced_weight = [&](int e, int j) {
+    if constexpr (kPerLane > 0) return cached[e];
+    return Forced(bits, j) ? 0.0 : weight(keys[j]);
+  };
   sum = WarpSum(sum);
   forced_sum = WarpSum(forced_sum);
   forced = WarpSum(forced);
@@ -294,16 +316,20 @@ __device__ int MassCount(const uint32_t* keys, const uint32_t* bits, int nb, con
     for (int bit = 31; bit >= 0; --bit) {
       const uint32_t candidate = last | (1u << bit);
       double mass = 0.0;
-      for (int j = lane; j < nb; j += 32) {
-        if (!Forced(bits, j) && keys[j] >= candidate) mass += weight(keys[j]);
+#pragma unroll
+      for (int e = 0; e < per_lane; ++e) {
+        const int j = lane + 32 * e;
+        if (j < nb && keys[j] >= candidate) mass += unforced_weight(e, j);
       }
       if (forced_sum + WarpSum(mass) >= target) last = candidate;
     }
     double above = 0.0;
     int n_above = 0, n_ties = 0;
-    for (int j = lane; j < nb; j += 32) {
-      if (Forced(bits, j)) continue;
-      if (keys[j] > last) above += weight(keys[j]), ++n_above;
+#pragma unroll
+    for (int e = 0; e < per_lane; ++e) {
+      const int j = lane + 32 * e;
+      if (j >= nb || Forced(bits, j)) continue;
+      if (keys[j] > last) above += unforced_weight(e, j), ++n_above;
       if (keys[j] == last) ++n_ties;
     }
     double mass = forced_sum + WarpSum(above);
@@ -355,7 +381,9 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams 
   __syncwarp();
   int top_k = min(p.top_k, nb);
   if (p.kept_mass > 0.0) {
-    top_k = MassCount(keys, bits, nb, p, lane);
+    top_k = nb <= 32 * kMassCachedPerLane
+                ? MassCount<kMassCachedPerLane>(keys, bits, nb, p, lane)
+                : MassCount<0>(keys, bits, nb, p, lane);
     // Forced blocks rank last (key 0 is below every score's key), so that
     // the top_k come from the others; they are kept through the bitmask.
     for (int j = lane; j < nb; j += 32) {
