@@ -342,6 +342,17 @@ __device__ int MassCount(const uint32_t* keys, const uint32_t* bits, int nb, con
   return max(0, min(min(max(needed, floor - forced), cap - forced), unforced));
 }
 
+// A selected row's bookkeeping: its kept count, the call's kept total and,
+// with an order output, its launch-order slot in the histogram.
+__device__ void RecordRow(const MaskParams& p, int64_t row, int count) {
+  const int nb = p.num_blocks;
+  p.counts[row] = count;
+  atomicAdd(reinterpret_cast<unsigned long long*>(p.kept), static_cast<unsigned long long>(count));
+  if (p.order != nullptr) {
+    atomicAdd(&p.order_workspace[OrderSlot(static_cast<int>(row / nb), count, nb)], 1);
+  }
+}
+
 // One CTA of 8 warps per (8 query blocks, head, batch); warp w owns query
 // block blockIdx.x * 8 + w. The warp copies its row of keys (ScoreKernel) to
 // shared memory, finds the top_k threshold by radix select, keeps every key
@@ -364,11 +375,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams 
   int32_t* out = p.indices + row * nb;
   if (p.block_forced[qb] != 0) {
     for (int j = lane; j < nb; j += 32) out[j] = j;
-    if (lane == 0) {
-      p.counts[row] = nb;
-      atomicAdd(reinterpret_cast<unsigned long long*>(p.kept), static_cast<unsigned long long>(nb));
-      if (p.order != nullptr) atomicAdd(&p.order_workspace[OrderSlot(0, nb, nb)], 1);
-    }
+    if (lane == 0) RecordRow(p, row, nb);
     return;
   }
   for (int j = lane; j < nb; j += 32) keys[j] = static_cast<uint32_t>(out[j]);
@@ -423,13 +430,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(const MaskParams 
     for (uint32_t r = m; r != 0; r &= r - 1) out[pos++] = w * 32 + __ffs(r) - 1;
     base += __shfl_sync(0xffffffff, incl, 31);
   }
-  if (lane == 0) {
-    p.counts[row] = base;
-    atomicAdd(reinterpret_cast<unsigned long long*>(p.kept), static_cast<unsigned long long>(base));
-    if (p.order != nullptr) {
-      atomicAdd(&p.order_workspace[OrderSlot(static_cast<int>(row / nb), base, nb)], 1);
-    }
-  }
+  if (lane == 0) RecordRow(p, row, base);
 }
 
 constexpr int kOrderThreads = 1024;
